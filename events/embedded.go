@@ -1,0 +1,410 @@
+package events
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/google/uuid"
+)
+
+// Options tune the embedded store. The zero value is ready to use.
+type Options struct {
+	// Now is the clock stamped on events and used for $maxAge (default time.Now).
+	Now func() time.Time
+	// ScavengeInterval is how often expired events are deleted from disk
+	// (default 10 minutes; negative: only when Scavenge is called).
+	ScavengeInterval time.Duration
+	// RetryWindow is how many recent event ids are remembered to make
+	// Any/StreamExists appends idempotent (default 100,000). Appends with
+	// NoStream or an exact revision are idempotent without it.
+	RetryWindow int
+	// Logger receives storage-engine errors (default: slog.Default()).
+	Logger *slog.Logger
+}
+
+func (o *Options) fill() {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.ScavengeInterval == 0 {
+		o.ScavengeInterval = 10 * time.Minute
+	}
+	if o.RetryWindow <= 0 {
+		o.RetryWindow = 100_000
+	}
+	if o.RetryWindow < minRetryWindow {
+		o.RetryWindow = minRetryWindow // a round's own events must fit
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// markerFile sits in every store directory so that Open never adopts (or
+// scribbles over) a directory that is something else.
+const markerFile = "IMSYNC-EVENTS"
+
+// Embedded is the default Store: a single-process, durable store on local
+// disk (pebble underneath). Appends from many goroutines are grouped so that
+// one fsync acknowledges all of them (group commit); an append returns only
+// after its batch is fsynced.
+//
+// Reads never see an event before it is durable: every read is capped at
+// the durable watermark that the commit loop publishes.
+type Embedded struct {
+	db   *pebble.DB
+	opts Options
+
+	reqs  chan *writeReq // to the writer goroutine
+	syncq chan *round    // writer → syncer, in commit order
+	quit  chan struct{}  // closed by Close
+	wg    sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+	bg        context.Context // cancelled by Close; bounds background work
+	stopBG    context.CancelFunc
+
+	dbMu       sync.RWMutex // readers hold it shared; Close takes it to close db
+	scavengeMu sync.Mutex   // one scavenge at a time
+
+	// writer-owned: only the writer goroutine touches these.
+	lastPos     uint64
+	nextSID     uint64
+	lastCreated int64
+	recent      *retryCache
+
+	mu         sync.RWMutex
+	streams    map[string]*streamState // every stream ever written
+	byID       map[uint64]*streamState
+	durablePos uint64        // last global position that is durable
+	changed    chan struct{} // closed and replaced whenever durablePos moves
+	failed     error         // set once a write to disk failed; the store is then read-only
+	closed     bool
+}
+
+type streamState struct {
+	id   uint64
+	name string
+	cur  header // as applied by the writer (writer-owned)
+	pub  header // as durable (guarded by Embedded.mu)
+	// scavengedBefore: events below it were already deleted (scavenger-owned).
+	scavengedBefore Revision
+}
+
+var _ Store = (*Embedded)(nil)
+
+// Open opens (or creates) the store in dir. A directory that exists, is not
+// empty and is not an imsync store is refused with ErrNotAStore; damaged
+// storage gives ErrCorrupt. Only one process may open a store at a time.
+func Open(dir string, opts Options) (*Embedded, error) {
+	if dir == "" {
+		return nil, invalid("empty store directory")
+	}
+	fresh, err := prepareDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return open(dir, vfs.Default, !fresh, opts)
+}
+
+// OpenInMemory returns a store that keeps everything in memory: the same
+// engine and semantics as Open without durability, for tests.
+func OpenInMemory(opts Options) (*Embedded, error) {
+	return open("", vfs.NewMem(), false, opts)
+}
+
+func prepareDir(dir string) (fresh bool, err error) {
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return false, fmt.Errorf("events: create store directory: %w", err)
+		}
+	case err != nil:
+		return false, fmt.Errorf("events: read store directory: %w", err)
+	case len(entries) > 0:
+		marker, err := os.ReadFile(filepath.Join(dir, markerFile))
+		if errors.Is(err, os.ErrNotExist) {
+			return false, fmt.Errorf("%w: %s is not empty and has no %s file; refusing to use it", ErrNotAStore, dir, markerFile)
+		}
+		if err != nil {
+			return false, fmt.Errorf("events: read %s: %w", markerFile, err)
+		}
+		if got := string(bytes.TrimSpace(marker)); got != storeFormat {
+			return false, fmt.Errorf("%w: %s holds format %q, this build reads %q", ErrNotAStore, dir, got, storeFormat)
+		}
+		return false, nil
+	}
+	if err := writeFileSync(filepath.Join(dir, markerFile), []byte(storeFormat+"\n")); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	if err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("events: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("events: %w", err)
+	}
+	return f.Close()
+}
+
+func open(dir string, fs vfs.FS, mustExist bool, opts Options) (s *Embedded, err error) {
+	opts.fill()
+	popts := &pebble.Options{
+		FS:               fs,
+		ErrorIfNotExists: mustExist,
+		Logger:           pebbleLogger{opts.Logger},
+		MemTableSize:     64 << 20,
+	}
+	if dir != "" {
+		dir = filepath.Join(dir, "db")
+	}
+	// pebble panics on some kinds of damage; a store must answer with an error.
+	defer func() {
+		if r := recover(); r != nil {
+			s, err = nil, fmt.Errorf("%w: %v", ErrCorrupt, r)
+		}
+	}()
+	db, err := pebble.Open(dir, popts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: open %s: %v", ErrCorrupt, dir, err)
+	}
+	s = &Embedded{
+		db:      db,
+		opts:    opts,
+		reqs:    make(chan *writeReq),
+		syncq:   make(chan *round, 4),
+		quit:    make(chan struct{}),
+		streams: make(map[string]*streamState),
+		byID:    make(map[uint64]*streamState),
+		changed: make(chan struct{}),
+		recent:  newRetryCache(opts.RetryWindow),
+	}
+	s.bg, s.stopBG = context.WithCancel(context.Background())
+	if err := s.load(mustExist); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.wg.Add(2)
+	go s.writeLoop()
+	go s.syncLoop()
+	if opts.ScavengeInterval > 0 {
+		s.wg.Add(1)
+		go s.scavengeLoop(opts.ScavengeInterval)
+	}
+	return s, nil
+}
+
+// load reads the format, the counters and every stream header.
+func (s *Embedded) load(mustExist bool) error {
+	format, err := s.get(keyFormat)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound) && !mustExist:
+		b := s.db.NewBatch()
+		b.Set(keyFormat, []byte(storeFormat), nil)
+		b.Set(keyGlobal, encodeGlobal(0, 1), nil)
+		if err := b.Commit(pebble.Sync); err != nil {
+			return fmt.Errorf("events: initialise store: %w", err)
+		}
+		format, err = []byte(storeFormat), nil
+	case errors.Is(err, pebble.ErrNotFound):
+		return fmt.Errorf("%w: format key missing", ErrCorrupt)
+	case err != nil:
+		return err
+	}
+	if string(format) != storeFormat {
+		return fmt.Errorf("%w: format %q, this build reads %q", ErrNotAStore, format, storeFormat)
+	}
+	g, err := s.get(keyGlobal)
+	if err != nil {
+		return fmt.Errorf("%w: global counters: %v", ErrCorrupt, err)
+	}
+	if s.lastPos, s.nextSID, err = decodeGlobal(g); err != nil {
+		return err
+	}
+	s.durablePos = s.lastPos
+
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixHeader}, UpperBound: []byte{prefixHeader + 1}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		if len(k) != 9 {
+			return fmt.Errorf("%w: bad header key %x", ErrCorrupt, k)
+		}
+		h, name, err := decodeHeader(it.Value())
+		if err != nil {
+			return err
+		}
+		st := &streamState{id: binary.BigEndian.Uint64(k[1:]), name: name, cur: h, pub: h}
+		if st.id >= s.nextSID {
+			return fmt.Errorf("%w: stream id %d beyond counter %d", ErrCorrupt, st.id, s.nextSID)
+		}
+		s.streams[name] = st
+		s.byID[st.id] = st
+	}
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return s.loadRecentIDs()
+}
+
+// loadRecentIDs refills the retry cache from the tail of the log so that a
+// retry after a restart is still recognised.
+func (s *Embedded) loadRecentIDs() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixLog}, UpperBound: []byte{prefixLog + 1}})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	var tail []logEntry
+	var poss []uint64
+	for ok := it.Last(); ok && len(tail) < s.opts.RetryWindow; ok = it.Prev() {
+		l, err := decodeLogEntry(it.Value())
+		if err != nil {
+			return err
+		}
+		pos, err := decodeLogKey(it.Key())
+		if err != nil {
+			return err
+		}
+		tail, poss = append(tail, l), append(poss, pos)
+	}
+	for i := len(tail) - 1; i >= 0; i-- {
+		s.recent.add(tail[i].sid, tail[i].id, tail[i].rev, poss[i])
+	}
+	return it.Error()
+}
+
+func (s *Embedded) get(key []byte) ([]byte, error) {
+	v, closer, err := s.db.Get(key)
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	return append([]byte(nil), v...), nil
+}
+
+// Close stops the commit loop after the batch in flight, wakes subscribers
+// and closes the database. Appends in flight either complete or fail with
+// ErrClosed.
+func (s *Embedded) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		close(s.quit)
+		s.stopBG()
+		s.wg.Wait()
+		s.dbMu.Lock()
+		defer s.dbMu.Unlock()
+		s.closeErr = s.db.Close()
+	})
+	return s.closeErr
+}
+
+// Flush forces buffered state into sorted tables; used by tests and tools.
+func (s *Embedded) Flush() error {
+	if err := s.beginRead(); err != nil {
+		return err
+	}
+	defer s.endRead()
+	return s.db.Flush()
+}
+
+func (s *Embedded) usable() error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// changedChan returns a channel closed at the next durability change.
+func (s *Embedded) changedChan() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changed
+}
+
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(string, ...any) {}
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error("event store: " + fmt.Sprintf(format, args...))
+}
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	// pebble calls Fatalf on broken invariants; continuing could lose data.
+	panic(fmt.Sprintf("event store: "+format, args...))
+}
+
+// retryCache remembers the ids of the latest events (FIFO) so that a retried
+// Any/StreamExists append is recognised.
+type retryCache struct {
+	byID map[retryKey]retryVal
+	ring []retrySlot
+	next int
+}
+
+type retrySlot struct {
+	key retryKey
+	pos uint64
+}
+
+type retryKey struct {
+	sid uint64
+	id  uuid.UUID
+}
+
+type retryVal struct {
+	rev Revision
+	pos uint64
+}
+
+func newRetryCache(n int) *retryCache {
+	return &retryCache{byID: make(map[retryKey]retryVal, n), ring: make([]retrySlot, n)}
+}
+
+func (c *retryCache) add(sid uint64, id uuid.UUID, rev Revision, pos uint64) {
+	k := retryKey{sid, id}
+	// Evict the oldest entry unless its key was added again since.
+	if old := c.ring[c.next]; old.pos != 0 {
+		if v, ok := c.byID[old.key]; ok && v.pos == old.pos {
+			delete(c.byID, old.key)
+		}
+	}
+	c.ring[c.next] = retrySlot{k, pos}
+	c.next = (c.next + 1) % len(c.ring)
+	c.byID[k] = retryVal{rev, pos}
+}
+
+func (c *retryCache) find(sid uint64, id uuid.UUID) (retryVal, bool) {
+	v, ok := c.byID[retryKey{sid, id}]
+	return v, ok
+}
+
+var _ io.Closer = (*Embedded)(nil)
