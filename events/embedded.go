@@ -64,6 +64,7 @@ const markerFile = "IMSYNC-EVENTS"
 // the durable watermark that the commit loop publishes.
 type Embedded struct {
 	db   *pebble.DB
+	lock io.Closer // the store directory's lock (nil in memory)
 	opts Options
 
 	reqs  chan *writeReq // to the writer goroutine
@@ -106,17 +107,52 @@ type streamState struct {
 var _ Store = (*Embedded)(nil)
 
 // Open opens (or creates) the store in dir. A directory that exists, is not
-// empty and is not an imsync store is refused with ErrNotAStore; damaged
-// storage gives ErrCorrupt. Only one process may open a store at a time.
+// empty and is not an imsync store is refused with ErrNotAStore (and left
+// untouched); damaged storage gives ErrCorrupt; a store that another
+// process has open gives ErrInUse.
 func Open(dir string, opts Options) (*Embedded, error) {
 	if dir == "" {
 		return nil, invalid("empty store directory")
 	}
-	fresh, err := prepareDir(dir)
+	fresh, err := inspectDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	return open(dir, vfs.Default, !fresh, opts)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("events: create store directory: %w", err)
+	}
+	lock, err := vfs.Default.Lock(filepath.Join(dir, lockFile))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrInUse, dir, err)
+	}
+	if fresh {
+		// The marker goes in place only once the database is initialised; a
+		// crash before that leaves the temporary marker, which says "ours,
+		// unfinished" to the next Open.
+		if err := writeFileSync(filepath.Join(dir, markerFile+".tmp"), []byte(storeFormat+"\n")); err != nil {
+			lock.Close()
+			return nil, err
+		}
+	}
+	s, err := open(filepath.Join(dir, "db"), vfs.Default, !fresh, opts)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	if fresh {
+		if err := os.Rename(filepath.Join(dir, markerFile+".tmp"), filepath.Join(dir, markerFile)); err != nil {
+			s.Close()
+			lock.Close()
+			return nil, fmt.Errorf("events: %w", err)
+		}
+		if err := syncDir(dir); err != nil {
+			s.Close()
+			lock.Close()
+			return nil, err
+		}
+	}
+	s.lock = lock
+	return s, nil
 }
 
 // OpenInMemory returns a store that keeps everything in memory: the same
@@ -125,20 +161,24 @@ func OpenInMemory(opts Options) (*Embedded, error) {
 	return open("", vfs.NewMem(), false, opts)
 }
 
-func prepareDir(dir string) (fresh bool, err error) {
+const lockFile = "LOCK"
+
+// inspectDir tells a new store (missing or empty directory, or one whose
+// creation was cut short) from an existing one, and refuses anything else.
+func inspectDir(dir string) (fresh bool, err error) {
 	entries, err := os.ReadDir(dir)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		if err := os.MkdirAll(dir, 0o750); err != nil {
-			return false, fmt.Errorf("events: create store directory: %w", err)
-		}
-	case err != nil:
+	if errors.Is(err, os.ErrNotExist) {
+		return true, nil
+	}
+	if err != nil {
 		return false, fmt.Errorf("events: read store directory: %w", err)
-	case len(entries) > 0:
+	}
+	names := map[string]bool{}
+	for _, e := range entries {
+		names[e.Name()] = true
+	}
+	if names[markerFile] {
 		marker, err := os.ReadFile(filepath.Join(dir, markerFile))
-		if errors.Is(err, os.ErrNotExist) {
-			return false, fmt.Errorf("%w: %s is not empty and has no %s file; refusing to use it", ErrNotAStore, dir, markerFile)
-		}
 		if err != nil {
 			return false, fmt.Errorf("events: read %s: %w", markerFile, err)
 		}
@@ -147,26 +187,26 @@ func prepareDir(dir string) (fresh bool, err error) {
 		}
 		return false, nil
 	}
-	if err := writeFileSync(filepath.Join(dir, markerFile), []byte(storeFormat+"\n")); err != nil {
-		return false, err
+	delete(names, lockFile)
+	if names[markerFile+".tmp"] {
+		return true, nil // our own creation, cut short before it held data
+	}
+	if len(names) > 0 {
+		return false, fmt.Errorf("%w: %s is not empty and has no %s file; refusing to use it", ErrNotAStore, dir, markerFile)
 	}
 	return true, nil
 }
 
-func writeFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("events: %w", err)
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("events: %w", err)
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("events: sync %s: %w", dir, err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("events: %w", err)
-	}
-	return f.Close()
+	return nil
 }
 
 func open(dir string, fs vfs.FS, mustExist bool, opts Options) (s *Embedded, err error) {
@@ -177,9 +217,6 @@ func open(dir string, fs vfs.FS, mustExist bool, opts Options) (s *Embedded, err
 		Logger:           pebbleLogger{opts.Logger},
 		MemTableSize:     64 << 20,
 	}
-	if dir != "" {
-		dir = filepath.Join(dir, "db")
-	}
 	// pebble panics on some kinds of damage; a store must answer with an error.
 	defer func() {
 		if r := recover(); r != nil {
@@ -187,6 +224,9 @@ func open(dir string, fs vfs.FS, mustExist bool, opts Options) (s *Embedded, err
 		}
 	}()
 	db, err := pebble.Open(dir, popts)
+	if errors.Is(err, os.ErrPermission) {
+		return nil, fmt.Errorf("events: open %s: %w", dir, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: open %s: %v", ErrCorrupt, dir, err)
 	}
@@ -322,6 +362,9 @@ func (s *Embedded) Close() error {
 		s.dbMu.Lock()
 		defer s.dbMu.Unlock()
 		s.closeErr = s.db.Close()
+		if s.lock != nil {
+			s.lock.Close()
+		}
 	})
 	return s.closeErr
 }
@@ -407,4 +450,21 @@ func (c *retryCache) find(sid uint64, id uuid.UUID) (retryVal, bool) {
 	return v, ok
 }
 
-var _ io.Closer = (*Embedded)(nil)
+
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	if err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("events: write %s: %w", path, err)
+	}
+	return nil
+}

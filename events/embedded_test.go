@@ -177,6 +177,23 @@ func overwrite(t *testing.T, path string, off int64, b []byte) {
 	}
 }
 
+// TestOpenAfterCutCreation: a store whose creation was cut short (marker
+// still temporary, no data acknowledged) opens as a new store.
+func TestOpenAfterCutCreation(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "IMSYNC-EVENTS.tmp"), []byte("imsync-events/1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := events.Open(dir, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := os.Stat(filepath.Join(dir, "IMSYNC-EVENTS")); err != nil {
+		t.Fatalf("marker not in place: %v", err)
+	}
+}
+
 func TestOpenTwiceRefused(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "s")
 	s, err := events.Open(dir, quiet())
@@ -184,8 +201,16 @@ func TestOpenTwiceRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s2, err := events.Open(dir, quiet()); err == nil {
-		s2.Close()
-		t.Fatal("a second open of a store in use succeeded")
+	if s2, err := events.Open(dir, quiet()); !errors.Is(err, events.ErrInUse) {
+		if err == nil {
+			s2.Close()
+		}
+		t.Fatalf("a second open of a store in use: %v", err)
 	}
+	s.Close()
+	s2, err := events.Open(dir, quiet())
+	if err != nil {
+		t.Fatalf("open after the first closed: %v", err)
+	}
+	s2.Close()
 }

@@ -320,6 +320,8 @@ var (
 	ErrCorrupt = errors.New("events: corrupt store")
 	// ErrNotAStore: the directory holds something other than an imsync store.
 	ErrNotAStore = errors.New("events: not an imsync event store")
+	// ErrInUse: another process has the store open.
+	ErrInUse = errors.New("events: store in use by another process")
 )
 
 // WrongExpectedRevisionError says where the stream really is.
