@@ -450,7 +450,6 @@ func (c *retryCache) find(sid uint64, id uuid.UUID) (retryVal, bool) {
 	return v, ok
 }
 
-
 func writeFileSync(path string, data []byte) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
 	if err != nil {
