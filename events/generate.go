@@ -1,0 +1,3 @@
+package events
+
+//go:generate protoc --go_out=. --go_opt=paths=source_relative imsync_events.proto
