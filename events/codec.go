@@ -17,6 +17,11 @@ import (
 //	'h' sid(8)          → stream header
 //	'e' sid(8) rev(8)   → event record
 //	'l' pos(8)          → sid(8) rev(8) id(16)   (the global log, $all)
+//	'f' sid(8)          → rev(8): the scavenger deleted every event below
+//
+// A stream header is written when the stream is created and when its
+// metadata or deletion state changes, not on every append: Open derives the
+// next revision from the last event key and the floor.
 //
 // An event is written once (under 'e'); the log only points at it. Every
 // append is one pebble batch, so an event and its log entry appear together
@@ -28,6 +33,7 @@ const (
 	prefixHeader = 'h'
 	prefixEvent  = 'e'
 	prefixLog    = 'l'
+	prefixFloor  = 'f'
 
 	recordVersion = 1
 	headerVersion = 1
@@ -48,6 +54,13 @@ func nameKey(name string) []byte {
 func headerKey(sid uint64) []byte {
 	k := make([]byte, 9)
 	k[0] = prefixHeader
+	binary.BigEndian.PutUint64(k[1:], sid)
+	return k
+}
+
+func floorKey(sid uint64) []byte {
+	k := make([]byte, 9)
+	k[0] = prefixFloor
 	binary.BigEndian.PutUint64(k[1:], sid)
 	return k
 }

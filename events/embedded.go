@@ -102,6 +102,9 @@ type streamState struct {
 	pub  header // as durable (guarded by Embedded.mu)
 	// scavengedBefore: events below it were already deleted (scavenger-owned).
 	scavengedBefore Revision
+
+	round *round // writer-owned: the round that last touched the stream
+	dirty bool   // writer-owned: header to be written in the current round
 }
 
 var _ Store = (*Embedded)(nil)
@@ -299,10 +302,14 @@ func (s *Embedded) load(mustExist bool) error {
 		if err != nil {
 			return err
 		}
-		st := &streamState{id: binary.BigEndian.Uint64(k[1:]), name: name, cur: h, pub: h}
+		st := &streamState{id: binary.BigEndian.Uint64(k[1:]), name: name}
 		if st.id >= s.nextSID {
 			return fmt.Errorf("%w: stream id %d beyond counter %d", ErrCorrupt, st.id, s.nextSID)
 		}
+		if h.next, st.scavengedBefore, err = s.loadNext(st.id, h.next); err != nil {
+			return err
+		}
+		st.cur, st.pub = h, h
 		s.streams[name] = st
 		s.byID[st.id] = st
 	}
@@ -310,6 +317,36 @@ func (s *Embedded) load(mustExist bool) error {
 		return fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	return s.loadRecentIDs()
+}
+
+// loadNext derives a stream's next revision: one past its last event on
+// disk, or the floor the scavenger left when it deleted every event, or what
+// the header last recorded, whichever is highest (each is a lower bound,
+// and the true value is always one of them).
+func (s *Embedded) loadNext(sid uint64, recorded uint64) (next uint64, floor Revision, err error) {
+	next = recorded
+	if v, err := s.get(floorKey(sid)); err == nil {
+		if len(v) != 8 {
+			return 0, 0, fmt.Errorf("%w: floor of stream %d", ErrCorrupt, sid)
+		}
+		floor = Revision(binary.BigEndian.Uint64(v))
+		next = max(next, uint64(floor))
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return 0, 0, err
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(sid, 0), UpperBound: eventKey(sid, RevisionEnd)})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer it.Close()
+	if it.Last() {
+		_, rev, err := decodeEventKey(it.Key())
+		if err != nil {
+			return 0, 0, err
+		}
+		next = max(next, uint64(rev)+1)
+	}
+	return next, floor, it.Error()
 }
 
 // loadRecentIDs refills the retry cache from the tail of the log so that a

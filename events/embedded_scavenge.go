@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"encoding/binary"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -83,6 +84,8 @@ func (s *Embedded) scavengeStream(st *streamState, h header) error {
 		return err
 	}
 	if !b.Empty() {
+		// The floor keeps the next revision known when every event goes.
+		b.Set(floorKey(st.id), binary.BigEndian.AppendUint64(nil, uint64(min(cut, Revision(h.next)))), nil)
 		// Not synced: after a crash the same deletions are simply redone.
 		if err := b.Commit(pebble.NoSync); err != nil {
 			return err

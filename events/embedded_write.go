@@ -51,6 +51,7 @@ type round struct {
 	results []writeResult
 	touched []*streamState
 	heads   []header // heads[i] is the state of touched[i] after the round
+	dirty   []*streamState // streams whose header must be written (new, metadata, deletion)
 	lastPos uint64
 	events  int
 }
@@ -121,7 +122,13 @@ func (s *Embedded) apply(r *round) {
 	r.heads = make([]header, len(r.touched))
 	for i, st := range r.touched {
 		r.heads[i] = st.cur
+		st.round = nil
+	}
+	// A plain append does not rewrite the header: Open derives a stream's
+	// next revision from its last event key (see loadNext).
+	for _, st := range r.dirty {
 		r.batch.Set(headerKey(st.id), st.cur.encode(st.name), nil)
+		st.dirty = false
 	}
 	r.lastPos = s.lastPos
 	if r.batch.Empty() {
@@ -193,13 +200,15 @@ func (r *round) reply(req *writeReq, res WriteResult, err error) {
 	r.results = append(r.results, writeResult{res, err})
 }
 
-func (r *round) touch(st *streamState) {
-	for _, t := range r.touched {
-		if t == st {
-			return
-		}
+func (r *round) touch(st *streamState, dirty bool) {
+	if st.round != r {
+		st.round = r
+		r.touched = append(r.touched, st)
 	}
-	r.touched = append(r.touched, st)
+	if dirty && !st.dirty {
+		st.dirty = true
+		r.dirty = append(r.dirty, st)
+	}
 }
 
 // prepare checks one request against the current state and, if it passes,
@@ -224,7 +233,7 @@ func (s *Embedded) prepare(r *round, req *writeReq) {
 		r.reply(req, res, err)
 	case writeMeta:
 		h.meta = req.meta
-		s.setHeader(r, st, req.stream, h)
+		s.setHeader(r, st, req.stream, h, true)
 		r.reply(req, WriteResult{}, nil)
 	case writeDelete, writeTombstone:
 		if !checkExpected(req.expected, h.exists(), h.last()) {
@@ -240,7 +249,7 @@ func (s *Embedded) prepare(r *round, req *writeReq) {
 		} else {
 			h.tombstoned = true
 		}
-		s.setHeader(r, st, req.stream, h)
+		s.setHeader(r, st, req.stream, h, true)
 		r.reply(req, WriteResult{Position: Position{s.lastPos, s.lastPos}}, nil)
 	}
 }
@@ -250,8 +259,10 @@ func wrongExpected(req *writeReq, h header) error {
 }
 
 // setHeader records h as the stream's state, creating the stream if needed.
-func (s *Embedded) setHeader(r *round, st *streamState, name string, h header) *streamState {
+// persist says the header itself changed (not only the next revision).
+func (s *Embedded) setHeader(r *round, st *streamState, name string, h header, persist bool) *streamState {
 	if st == nil {
+		persist = true
 		st = &streamState{id: s.nextSID, name: name}
 		s.nextSID++
 		s.mu.Lock()
@@ -260,7 +271,7 @@ func (s *Embedded) setHeader(r *round, st *streamState, name string, h header) *
 		s.mu.Unlock()
 	}
 	st.cur = h
-	r.touch(st)
+	r.touch(st, persist)
 	return st
 }
 
@@ -278,8 +289,9 @@ func (s *Embedded) prepareAppend(r *round, st *streamState, h header, req *write
 		now = s.lastCreated // keep stamps monotonic per store so $maxAge expires a prefix
 	}
 	s.lastCreated = now
+	recreated := h.deleted
 	h.deleted = false
-	st = s.setHeader(r, st, req.stream, h) // allocates the id of a new stream
+	st = s.setHeader(r, st, req.stream, h, recreated) // allocates the id of a new stream
 	var buf []byte
 	var rev Revision
 	for _, e := range req.events {

@@ -118,3 +118,47 @@ func TestScavengeRunsInBackground(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestScavengeThenReopenKeepsRevisions: after the scavenger deleted every
+// event of a stream, a reopened store still knows where its revisions are.
+func TestScavengeThenReopenKeepsRevisions(t *testing.T) {
+	dir := t.TempDir() + "/s"
+	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, stream := range []string{"soft", "capped"} {
+		for range 3 {
+			if _, err := s.AppendToStream(ctx, stream, events.Any, events.EventData{Type: "T"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := s.DeleteStream(ctx, "soft", events.Any); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetStreamMetadata(ctx, "capped", events.StreamMetadata{TruncateBefore: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Scavenge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, stream := range []string{"soft", "capped"} {
+		if n, _ := s.StoredEvents(stream); n != 0 {
+			t.Fatalf("%s: %d events left on disk", stream, n)
+		}
+	}
+	s.Close()
+	s, err = events.Open(dir, events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if res, err := s.AppendToStream(ctx, "soft", events.NoStream, events.EventData{Type: "T"}); err != nil || res.NextExpected != 3 {
+		t.Fatalf("recreate soft-deleted stream after scavenge and reopen: %+v %v", res, err)
+	}
+	if res, err := s.AppendToStream(ctx, "capped", events.Exactly(2), events.EventData{Type: "T"}); err != nil || res.NextExpected != 3 {
+		t.Fatalf("append to emptied stream after reopen: %+v %v", res, err)
+	}
+}
