@@ -50,7 +50,7 @@ type round struct {
 	reqs    []*writeReq
 	results []writeResult
 	touched []*streamState
-	heads   []header // heads[i] is the state of touched[i] after the round
+	heads   []header       // heads[i] is the state of touched[i] after the round
 	dirty   []*streamState // streams whose header must be written (new, metadata, deletion)
 	lastPos uint64
 	events  int
