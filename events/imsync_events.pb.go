@@ -515,6 +515,7 @@ type MessagePointer struct {
 	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
 	Seq            uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
 	Message        *MessageSent           `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"` // absent when too large to inline
+	Sender         string                 `protobuf:"bytes,4,opt,name=sender,proto3" json:"sender,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -568,6 +569,13 @@ func (x *MessagePointer) GetMessage() *MessageSent {
 		return x.Message
 	}
 	return nil
+}
+
+func (x *MessagePointer) GetSender() string {
+	if x != nil {
+		return x.Sender
+	}
+	return ""
 }
 
 type RecallNotice struct {
@@ -723,6 +731,7 @@ type MembershipChanged struct {
 	By             string                 `protobuf:"bytes,5,opt,name=by,proto3" json:"by,omitempty"`
 	Kind           ConversationKind       `protobuf:"varint,6,opt,name=kind,proto3,enum=imsync.events.v1.ConversationKind" json:"kind,omitempty"`
 	Name           string                 `protobuf:"bytes,7,opt,name=name,proto3" json:"name,omitempty"`
+	ReadFanout     bool                   `protobuf:"varint,8,opt,name=read_fanout,json=readFanout,proto3" json:"read_fanout,omitempty"` // the group is now large: no entry per message
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -804,6 +813,13 @@ func (x *MembershipChanged) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *MembershipChanged) GetReadFanout() bool {
+	if x != nil {
+		return x.ReadFanout
+	}
+	return false
 }
 
 // Large groups (read-fanout): the conversation moved on; devices pull its
@@ -1052,11 +1068,12 @@ const file_imsync_events_proto_rawDesc = "" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12\x12\n" +
 	"\x04body\x18\x03 \x01(\fR\x04body\x12\x1c\n" +
 	"\n" +
-	"at_unix_ms\x18\x04 \x01(\x03R\batUnixMs\"\x84\x01\n" +
+	"at_unix_ms\x18\x04 \x01(\x03R\batUnixMs\"\x9c\x01\n" +
 	"\x0eMessagePointer\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x127\n" +
-	"\amessage\x18\x03 \x01(\v2\x1d.imsync.events.v1.MessageSentR\amessage\"|\n" +
+	"\amessage\x18\x03 \x01(\v2\x1d.imsync.events.v1.MessageSentR\amessage\x12\x16\n" +
+	"\x06sender\x18\x04 \x01(\tR\x06sender\"|\n" +
 	"\fRecallNotice\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12!\n" +
@@ -1069,7 +1086,7 @@ const file_imsync_events_proto_rawDesc = "" +
 	"\n" +
 	"edited_seq\x18\x03 \x01(\x04R\teditedSeq\x12\x0e\n" +
 	"\x02by\x18\x04 \x01(\tR\x02by\x12\x12\n" +
-	"\x04body\x18\x05 \x01(\fR\x04body\"\xd4\x01\n" +
+	"\x04body\x18\x05 \x01(\fR\x04body\"\xf5\x01\n" +
 	"\x11MembershipChanged\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x12\n" +
@@ -1077,7 +1094,9 @@ const file_imsync_events_proto_rawDesc = "" +
 	"\x05added\x18\x04 \x01(\bR\x05added\x12\x0e\n" +
 	"\x02by\x18\x05 \x01(\tR\x02by\x126\n" +
 	"\x04kind\x18\x06 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
-	"\x04name\x18\a \x01(\tR\x04name\"P\n" +
+	"\x04name\x18\a \x01(\tR\x04name\x12\x1f\n" +
+	"\vread_fanout\x18\b \x01(\bR\n" +
+	"readFanout\"P\n" +
 	"\x13ConversationChanged\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\"m\n" +

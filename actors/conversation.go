@@ -1,0 +1,353 @@
+package actors
+
+import (
+	"slices"
+	"sort"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imsync/imsync/events"
+)
+
+// convState is the state of one conversation, rebuilt by evolveConv from
+// its stream conv-<id>. A conversation's seq of an event is its stream
+// revision + 1: gapless from 1.
+type convState struct {
+	id           string
+	kind         events.ConversationKind
+	name         string
+	creator      string
+	members      map[string]bool // member → admin
+	lastSeq      uint64
+	latestSeq    uint64 // seq of the latest message
+	latest       *events.MessageSent
+	lastActivity int64 // unix ms of the latest event
+
+	msgs     []msgRef            // every message, by seq: "is it a message", unread counts
+	recent   map[uint64]*msgInfo // messages still inside the recall/edit window
+	recalled map[uint64]bool
+	edited   map[uint64][]byte // latest body of edited messages
+
+	clientIDs   map[string]uint64 // sender\x00client id → seq (dedup)
+	clientOrder []string          // FIFO bounding clientIDs
+}
+
+type msgRef struct {
+	seq    uint64
+	sender string
+}
+
+type msgInfo struct {
+	sender string
+	at     int64
+}
+
+func newConvState(id string) *convState {
+	return &convState{
+		id:        id,
+		members:   map[string]bool{},
+		recent:    map[uint64]*msgInfo{},
+		recalled:  map[uint64]bool{},
+		edited:    map[uint64][]byte{},
+		clientIDs: map[string]uint64{},
+	}
+}
+
+func (s *convState) exists() bool { return s.lastSeq > 0 }
+
+func (s *convState) isMember(u string) bool { _, ok := s.members[u]; return ok }
+
+// readFanout says whether messages are fanned out by reading (large group).
+func (s *convState) readFanout(lim Limits) bool {
+	return s.kind == events.ConversationKind_GROUP && len(s.members) > lim.ReadFanoutThreshold
+}
+
+func (s *convState) message(seq uint64) (msgRef, bool) {
+	i := sort.Search(len(s.msgs), func(i int) bool { return s.msgs[i].seq >= seq })
+	if i < len(s.msgs) && s.msgs[i].seq == seq {
+		return s.msgs[i], true
+	}
+	return msgRef{}, false
+}
+
+// unreadAfter counts messages from others with a seq above after.
+func (s *convState) unreadAfter(user string, after uint64) uint64 {
+	i := sort.Search(len(s.msgs), func(i int) bool { return s.msgs[i].seq > after })
+	var n uint64
+	for _, m := range s.msgs[i:] {
+		if m.sender != user && !s.recalled[m.seq] {
+			n++
+		}
+	}
+	return n
+}
+
+func clientKey(sender, id string) string { return sender + "\x00" + id }
+
+// decideConv checks a command against the state and returns the events that
+// carry it out (possibly none, for an idempotent repeat) and the reply to
+// give once they are durable. It does no I/O and reads no clock but now.
+func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]proto.Message, *Written, *Failure) {
+	at := now.UnixMilli()
+	written := func(evs ...proto.Message) ([]proto.Message, *Written, *Failure) {
+		return evs, &Written{Seq: s.lastSeq + uint64(len(evs)), ConversationId: s.id}, nil
+	}
+	duplicate := func(seq uint64) ([]proto.Message, *Written, *Failure) {
+		return nil, &Written{Seq: seq, Duplicate: true, ConversationId: s.id}, nil
+	}
+	switch c := cmd.(type) {
+	case *CreateConversation:
+		return decideCreate(s, c, at, lim)
+
+	case *ChangeMember:
+		if !s.exists() || !s.isMember(c.Actor) {
+			return nil, nil, notFound(s.id)
+		}
+		if err := ValidateID("user", c.User); err != nil {
+			return nil, nil, err.(*Failure)
+		}
+		if s.kind == events.ConversationKind_DIRECT {
+			return nil, nil, fail(Code_INVALID, "the members of a direct conversation cannot change")
+		}
+		self := c.User == c.Actor
+		if !(s.members[c.Actor] || (self && !c.Add)) {
+			return nil, nil, fail(Code_FORBIDDEN, "only a group admin adds or removes others")
+		}
+		if c.Add {
+			if s.isMember(c.User) {
+				return duplicate(s.lastSeq)
+			}
+			if len(s.members) >= lim.MaxGroupSize {
+				return nil, nil, fail(Code_TOO_LARGE, "group has the maximum of %d members", lim.MaxGroupSize)
+			}
+			return written(&events.MemberAdded{User: c.User, By: c.Actor, AtUnixMs: at})
+		}
+		if !s.isMember(c.User) {
+			return duplicate(s.lastSeq)
+		}
+		return written(&events.MemberRemoved{User: c.User, By: c.Actor, AtUnixMs: at})
+
+	case *SendMessage:
+		if !s.exists() || !s.isMember(c.Sender) {
+			return nil, nil, notFound(s.id)
+		}
+		if c.ClientMsgId != "" {
+			if seq, ok := s.clientIDs[clientKey(c.Sender, c.ClientMsgId)]; ok {
+				return duplicate(seq)
+			}
+		}
+		if len(c.Body) > lim.MaxBodySize {
+			return nil, nil, fail(Code_TOO_LARGE, "message body of %d bytes exceeds %d", len(c.Body), lim.MaxBodySize)
+		}
+		if len(c.Body) == 0 {
+			return nil, nil, fail(Code_INVALID, "empty message body")
+		}
+		if len(c.ClientMsgId) > maxIDLen || len(c.Kind) > maxIDLen || len(c.Device) > maxIDLen {
+			return nil, nil, fail(Code_INVALID, "client message id, kind or device longer than %d bytes", maxIDLen)
+		}
+		if c.ReplyTo != 0 {
+			if _, ok := s.message(c.ReplyTo); !ok {
+				return nil, nil, fail(Code_INVALID, "reply to %d: no such message", c.ReplyTo)
+			}
+		}
+		for _, m := range c.Mentions {
+			if !s.isMember(m) {
+				return nil, nil, fail(Code_INVALID, "mention of %q, who is not a member", m)
+			}
+		}
+		kind := c.Kind
+		if kind == "" {
+			kind = "text"
+		}
+		return written(&events.MessageSent{
+			Sender: c.Sender, SenderDevice: c.Device, ClientMsgId: c.ClientMsgId, Kind: kind,
+			Body: c.Body, ReplyTo: c.ReplyTo, Mentions: c.Mentions, AtUnixMs: at,
+		})
+
+	case *RecallMessage:
+		if _, f := s.checkAuthorOrAdmin(c.Actor, c.Seq, lim.RecallWindow, at, "recalled"); f != nil {
+			return nil, nil, f
+		}
+		if s.recalled[c.Seq] {
+			return duplicate(s.lastSeq)
+		}
+		return written(&events.MessageRecalled{Seq: c.Seq, By: c.Actor, AtUnixMs: at})
+
+	case *EditMessage:
+		if _, f := s.checkAuthorOrAdmin(c.Actor, c.Seq, lim.EditWindow, at, "edited"); f != nil {
+			return nil, nil, f
+		}
+		if s.recalled[c.Seq] {
+			return nil, nil, fail(Code_INVALID, "message %d was recalled", c.Seq)
+		}
+		if len(c.Body) == 0 || len(c.Body) > lim.MaxBodySize {
+			return nil, nil, fail(Code_INVALID, "edited body must be 1..%d bytes", lim.MaxBodySize)
+		}
+		return written(&events.MessageEdited{Seq: c.Seq, By: c.Actor, Body: c.Body, AtUnixMs: at})
+	}
+	return nil, nil, fail(Code_INVALID, "unknown command %T", cmd)
+}
+
+func decideCreate(s *convState, c *CreateConversation, at int64, lim Limits) ([]proto.Message, *Written, *Failure) {
+	if err := ValidateID("user", c.Creator); err != nil {
+		return nil, nil, err.(*Failure)
+	}
+	members := []string{c.Creator}
+	for _, m := range c.Members {
+		if err := ValidateID("user", m); err != nil {
+			return nil, nil, err.(*Failure)
+		}
+		if !slices.Contains(members, m) {
+			members = append(members, m)
+		}
+	}
+	switch c.Kind {
+	case events.ConversationKind_DIRECT:
+		if len(members) != 2 {
+			return nil, nil, fail(Code_INVALID, "a direct conversation has exactly two members")
+		}
+		if s.id != DirectID(members[0], members[1]) {
+			return nil, nil, fail(Code_INVALID, "direct conversation id must be %q", DirectID(members[0], members[1]))
+		}
+		if s.exists() {
+			// Either side opening it again finds the same conversation.
+			return nil, &Written{Seq: s.lastSeq, Duplicate: true, ConversationId: s.id}, nil
+		}
+	case events.ConversationKind_GROUP:
+		if len(c.Name) > lim.MaxNameLen {
+			return nil, nil, fail(Code_INVALID, "group name of %d bytes exceeds %d", len(c.Name), lim.MaxNameLen)
+		}
+		if len(members) > lim.MaxGroupSize {
+			return nil, nil, fail(Code_TOO_LARGE, "%d members exceed the maximum of %d", len(members), lim.MaxGroupSize)
+		}
+		if s.exists() {
+			if s.creator == c.Creator {
+				return nil, &Written{Seq: s.lastSeq, Duplicate: true, ConversationId: s.id}, nil // a retried create
+			}
+			return nil, nil, fail(Code_CONFLICT, "conversation %q exists", s.id)
+		}
+	default:
+		return nil, nil, fail(Code_INVALID, "unknown conversation kind %v", c.Kind)
+	}
+	ev := &events.ConversationCreated{ConversationId: s.id, Kind: c.Kind, Name: c.Name, Creator: c.Creator, Members: members, AtUnixMs: at}
+	return []proto.Message{ev}, &Written{Seq: 1, ConversationId: s.id}, nil
+}
+
+// checkAuthorOrAdmin allows the sender of message seq, or a group admin,
+// within window after it was sent.
+func (s *convState) checkAuthorOrAdmin(actor string, seq uint64, window time.Duration, at int64, what string) (*msgInfo, *Failure) {
+	if !s.exists() || !s.isMember(actor) {
+		return nil, notFound(s.id)
+	}
+	ref, ok := s.message(seq)
+	if !ok {
+		return nil, fail(Code_INVALID, "seq %d is not a message", seq)
+	}
+	admin := s.kind == events.ConversationKind_GROUP && s.members[actor]
+	if ref.sender != actor && !admin {
+		return nil, fail(Code_FORBIDDEN, "only the sender or a group admin may have message %d %s", seq, what)
+	}
+	info := s.recent[seq]
+	if info == nil || at-info.at > window.Milliseconds() {
+		return nil, fail(Code_EXPIRED, "message %d can no longer be %s (window %s)", seq, what, window)
+	}
+	return info, nil
+}
+
+// evolveConv applies the event stored at seq.
+func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
+	s.lastSeq = seq
+	switch e := ev.(type) {
+	case *events.ConversationCreated:
+		s.kind, s.name, s.creator = e.Kind, e.Name, e.Creator
+		for _, m := range e.Members {
+			s.members[m] = m == e.Creator && e.Kind == events.ConversationKind_GROUP
+		}
+		s.lastActivity = e.AtUnixMs
+	case *events.MemberAdded:
+		s.members[e.User] = false
+		s.lastActivity = e.AtUnixMs
+	case *events.MemberRemoved:
+		delete(s.members, e.User)
+		s.lastActivity = e.AtUnixMs
+	case *events.MessageSent:
+		s.msgs = append(s.msgs, msgRef{seq: seq, sender: e.Sender})
+		s.latestSeq, s.latest, s.lastActivity = seq, e, e.AtUnixMs
+		s.recent[seq] = &msgInfo{sender: e.Sender, at: e.AtUnixMs}
+		s.forgetOld(e.AtUnixMs, max(lim.RecallWindow, lim.EditWindow))
+		if e.ClientMsgId != "" {
+			k := clientKey(e.Sender, e.ClientMsgId)
+			s.clientIDs[k] = seq
+			s.clientOrder = append(s.clientOrder, k)
+			if len(s.clientOrder) > lim.DedupWindow {
+				delete(s.clientIDs, s.clientOrder[0])
+				s.clientOrder = s.clientOrder[1:]
+			}
+		}
+	case *events.MessageRecalled:
+		s.recalled[e.Seq] = true
+		delete(s.edited, e.Seq)
+		s.lastActivity = e.AtUnixMs
+	case *events.MessageEdited:
+		s.edited[e.Seq] = e.Body
+		s.lastActivity = e.AtUnixMs
+	}
+}
+
+// forgetOld drops window bookkeeping of messages older than the longest
+// window (the map stays as small as the traffic of that window).
+func (s *convState) forgetOld(now int64, window time.Duration) {
+	if len(s.recent) < 64 {
+		return
+	}
+	for seq, m := range s.recent {
+		if now-m.at > window.Milliseconds() {
+			delete(s.recent, seq)
+		}
+	}
+}
+
+// recipients says who receives the fanout of the event at seq, and as what
+// inbox entry; state is the conversation after the event was applied.
+func recipients(s *convState, seq uint64, ev proto.Message, lim Limits) map[string]*InboxItem {
+	out := map[string]*InboxItem{}
+	item := func(m proto.Message) *InboxItem {
+		data, _ := proto.Marshal(m)
+		return &InboxItem{Type: events.TypeOf(m), Data: data, ConvSeq: seq}
+	}
+	everyone := func(m proto.Message) {
+		it := item(m)
+		for u := range s.members {
+			out[u] = it
+		}
+	}
+	membership := func(user string, added bool, by string) *events.MembershipChanged {
+		return &events.MembershipChanged{ConversationId: s.id, Seq: seq, User: user, Added: added, By: by, Kind: s.kind, Name: s.name, ReadFanout: s.readFanout(lim)}
+	}
+	switch e := ev.(type) {
+	case *events.ConversationCreated:
+		for u := range s.members {
+			out[u] = item(membership(u, true, e.Creator))
+		}
+	case *events.MemberAdded:
+		everyone(membership(e.User, true, e.By))
+	case *events.MemberRemoved:
+		everyone(membership(e.User, false, e.By))
+		out[e.User] = item(membership(e.User, false, e.By)) // the one who left learns it too
+	case *events.MessageSent:
+		if s.readFanout(lim) {
+			return out // members pull the timeline; the conversation list asks the grain
+		}
+		p := &events.MessagePointer{ConversationId: s.id, Seq: seq, Sender: e.Sender}
+		if len(e.Body) <= lim.InlineMaxSize {
+			p.Message = e
+		}
+		everyone(p)
+	case *events.MessageRecalled:
+		everyone(&events.RecallNotice{ConversationId: s.id, Seq: seq, RecalledSeq: e.Seq, By: e.By})
+	case *events.MessageEdited:
+		everyone(&events.EditNotice{ConversationId: s.id, Seq: seq, EditedSeq: e.Seq, By: e.By, Body: e.Body})
+	}
+	return out
+}

@@ -1,0 +1,292 @@
+package actors
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imsync/imsync/events"
+)
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func testLimits() Limits {
+	l := DefaultLimits()
+	l.MaxGroupSize = 5
+	l.MaxBodySize = 32
+	l.ReadFanoutThreshold = 3
+	l.InlineMaxSize = 8
+	return l
+}
+
+// conv builds a conversation state by running commands through decide and
+// evolve, failing on any refusal.
+func conv(t *testing.T, id string, cmds ...proto.Message) *convState {
+	t.Helper()
+	s := newConvState(id)
+	for _, c := range cmds {
+		apply(t, s, c, t0)
+	}
+	return s
+}
+
+func apply(t *testing.T, s *convState, cmd proto.Message, now time.Time) *Written {
+	t.Helper()
+	evs, w, f := decideConv(s, cmd, now, testLimits())
+	if f != nil {
+		t.Fatalf("%T refused: %v", cmd, f)
+	}
+	for i, e := range evs {
+		evolveConv(s, s.lastSeq+1, e, testLimits())
+		_ = i
+	}
+	return w
+}
+
+func group(t *testing.T) *convState {
+	return conv(t, "g1", &CreateConversation{Kind: events.ConversationKind_GROUP, Name: "team", Creator: "ann", Members: []string{"bob", "cat"}})
+}
+
+func send(sender, cid, body string) *SendMessage {
+	return &SendMessage{Sender: sender, Device: "phone", ClientMsgId: cid, Body: []byte(body)}
+}
+
+func TestDecideConversation(t *testing.T) {
+	direct := func(t *testing.T) *convState {
+		return conv(t, DirectID("ann", "bob"), &CreateConversation{Kind: events.ConversationKind_DIRECT, Creator: "ann", Members: []string{"bob"}})
+	}
+	withMsg := func(t *testing.T) *convState {
+		s := group(t)
+		apply(t, s, send("bob", "c1", "hello"), t0) // seq 2
+		return s
+	}
+	cases := []struct {
+		name   string
+		state  func(*testing.T) *convState
+		cmd    proto.Message
+		at     time.Duration // after t0
+		code   Code          // CODE_UNSPECIFIED: accepted
+		events int
+		seq    uint64
+		dup    bool
+	}{
+		{"create group", func(*testing.T) *convState { return newConvState("g1") },
+			&CreateConversation{Kind: events.ConversationKind_GROUP, Creator: "ann", Members: []string{"bob"}}, 0, 0, 1, 1, false},
+		{"retried create group", group,
+			&CreateConversation{Kind: events.ConversationKind_GROUP, Creator: "ann", Members: []string{"bob"}}, 0, 0, 0, 1, true},
+		{"someone else's group id", group,
+			&CreateConversation{Kind: events.ConversationKind_GROUP, Creator: "eve"}, 0, Code_CONFLICT, 0, 0, false},
+		{"group too large", func(*testing.T) *convState { return newConvState("g2") },
+			&CreateConversation{Kind: events.ConversationKind_GROUP, Creator: "a", Members: []string{"b", "c", "d", "e", "f"}}, 0, Code_TOO_LARGE, 0, 0, false},
+		{"group name too long", func(*testing.T) *convState { return newConvState("g2") },
+			&CreateConversation{Kind: events.ConversationKind_GROUP, Creator: "a", Name: strings.Repeat("n", 300)}, 0, Code_INVALID, 0, 0, false},
+		{"bad member id", func(*testing.T) *convState { return newConvState("g2") },
+			&CreateConversation{Kind: events.ConversationKind_GROUP, Creator: "a", Members: []string{"b/c"}}, 0, Code_INVALID, 0, 0, false},
+		{"direct needs two", func(*testing.T) *convState { return newConvState(DirectID("ann", "ann")) },
+			&CreateConversation{Kind: events.ConversationKind_DIRECT, Creator: "ann", Members: []string{"ann"}}, 0, Code_INVALID, 0, 0, false},
+		{"direct under a wrong id", func(*testing.T) *convState { return newConvState("x") },
+			&CreateConversation{Kind: events.ConversationKind_DIRECT, Creator: "ann", Members: []string{"bob"}}, 0, Code_INVALID, 0, 0, false},
+		{"direct opened by the other side", direct,
+			&CreateConversation{Kind: events.ConversationKind_DIRECT, Creator: "bob", Members: []string{"ann"}}, 0, 0, 0, 1, true},
+		{"direct cannot grow", direct, &ChangeMember{Actor: "ann", User: "cat", Add: true}, 0, Code_INVALID, 0, 0, false},
+		{"member sends", group, send("bob", "c1", "hi"), 0, 0, 1, 2, false},
+		{"non-member sends", group, send("eve", "c1", "hi"), 0, Code_NOT_FOUND, 0, 0, false},
+		{"send to unknown conversation", func(*testing.T) *convState { return newConvState("nope") }, send("ann", "c1", "hi"), 0, Code_NOT_FOUND, 0, 0, false},
+		{"duplicate client id", withMsg, send("bob", "c1", "hello again"), 0, 0, 0, 2, true},
+		{"same client id, other sender", withMsg, send("ann", "c1", "mine"), 0, 0, 1, 3, false},
+		{"body too large", group, send("bob", "c2", strings.Repeat("x", 33)), 0, Code_TOO_LARGE, 0, 0, false},
+		{"empty body", group, send("bob", "c2", ""), 0, Code_INVALID, 0, 0, false},
+		{"reply to a message", withMsg, &SendMessage{Sender: "ann", Body: []byte("re"), ReplyTo: 2}, 0, 0, 1, 3, false},
+		{"reply to a non-message", withMsg, &SendMessage{Sender: "ann", Body: []byte("re"), ReplyTo: 1}, 0, Code_INVALID, 0, 0, false},
+		{"mention a stranger", group, &SendMessage{Sender: "ann", Body: []byte("@eve"), Mentions: []string{"eve"}}, 0, Code_INVALID, 0, 0, false},
+		{"sender recalls", withMsg, &RecallMessage{Actor: "bob", Seq: 2}, time.Minute, 0, 1, 3, false},
+		{"admin recalls", withMsg, &RecallMessage{Actor: "ann", Seq: 2}, time.Minute, 0, 1, 3, false},
+		{"other member recalls", withMsg, &RecallMessage{Actor: "cat", Seq: 2}, time.Minute, Code_FORBIDDEN, 0, 0, false},
+		{"stranger recalls", withMsg, &RecallMessage{Actor: "eve", Seq: 2}, time.Minute, Code_NOT_FOUND, 0, 0, false},
+		{"recall too late", withMsg, &RecallMessage{Actor: "bob", Seq: 2}, 3 * time.Minute, Code_EXPIRED, 0, 0, false},
+		{"recall a non-message", withMsg, &RecallMessage{Actor: "bob", Seq: 1}, 0, Code_INVALID, 0, 0, false},
+		{"sender edits", withMsg, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("hello!")}, 10 * time.Minute, 0, 1, 3, false},
+		{"edit too late", withMsg, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("x")}, 16 * time.Minute, Code_EXPIRED, 0, 0, false},
+		{"other member edits", withMsg, &EditMessage{Actor: "cat", Seq: 2, Body: []byte("x")}, 0, Code_FORBIDDEN, 0, 0, false},
+		{"admin adds", group, &ChangeMember{Actor: "ann", User: "dan", Add: true}, 0, 0, 1, 2, false},
+		{"member adds", group, &ChangeMember{Actor: "bob", User: "dan", Add: true}, 0, Code_FORBIDDEN, 0, 0, false},
+		{"member leaves", group, &ChangeMember{Actor: "bob", User: "bob"}, 0, 0, 1, 2, false},
+		{"member removes another", group, &ChangeMember{Actor: "bob", User: "cat"}, 0, Code_FORBIDDEN, 0, 0, false},
+		{"add an existing member", group, &ChangeMember{Actor: "ann", User: "bob", Add: true}, 0, 0, 0, 1, true},
+		{"remove a non-member", group, &ChangeMember{Actor: "ann", User: "zed"}, 0, 0, 0, 1, true},
+		{"stranger adds", group, &ChangeMember{Actor: "eve", User: "eve", Add: true}, 0, Code_NOT_FOUND, 0, 0, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := tc.state(t)
+			before := s.lastSeq
+			evs, w, f := decideConv(s, tc.cmd, t0.Add(tc.at), testLimits())
+			if tc.code != Code_CODE_UNSPECIFIED {
+				if f == nil || f.Code != tc.code {
+					t.Fatalf("got %v, want %s", f, tc.code)
+				}
+				if len(evs) != 0 || s.lastSeq != before {
+					t.Fatal("a refusal produced events")
+				}
+				return
+			}
+			if f != nil {
+				t.Fatalf("refused: %v", f)
+			}
+			if len(evs) != tc.events || w.Seq != tc.seq || w.Duplicate != tc.dup {
+				t.Fatalf("got %d events, %+v; want %d events, seq %d, duplicate %v", len(evs), w, tc.events, tc.seq, tc.dup)
+			}
+		})
+	}
+}
+
+func TestEvolveConversation(t *testing.T) {
+	s := group(t)
+	apply(t, s, send("bob", "1", "a"), t0)                // 2
+	apply(t, s, send("cat", "2", "b"), t0)                // 3
+	apply(t, s, send("ann", "3", "c"), t0)                // 4
+	apply(t, s, &RecallMessage{Actor: "cat", Seq: 3}, t0) // 5
+	if s.lastSeq != 5 || s.latestSeq != 4 {
+		t.Fatalf("lastSeq %d latestSeq %d", s.lastSeq, s.latestSeq)
+	}
+	// Unread for ann after seq 1: bob's (2); cat's was recalled, her own does not count.
+	if n := s.unreadAfter("ann", 1); n != 1 {
+		t.Fatalf("unread %d, want 1", n)
+	}
+	apply(t, s, &ChangeMember{Actor: "ann", User: "dan", Add: true}, t0)
+	if !s.readFanout(testLimits()) {
+		t.Fatal("4 members over a threshold of 3: read-fanout expected")
+	}
+	// Recalled twice is a duplicate, not a second event.
+	evs, w, f := decideConv(s, &RecallMessage{Actor: "cat", Seq: 3}, t0, testLimits())
+	if f != nil || len(evs) != 0 || !w.Duplicate {
+		t.Fatalf("second recall: %v %v %+v", f, evs, w)
+	}
+}
+
+func TestRecipients(t *testing.T) {
+	lim := testLimits()
+	s := group(t)
+	msg := &events.MessageSent{Sender: "bob", Body: []byte("short")}
+	evolveConv(s, 2, msg, lim)
+	got := recipients(s, 2, msg, lim)
+	if len(got) != 3 {
+		t.Fatalf("%d recipients, want the 3 members", len(got))
+	}
+	var p events.MessagePointer
+	if err := proto.Unmarshal(got["cat"].Data, &p); err != nil || p.Seq != 2 || p.Message == nil || p.Sender != "bob" {
+		t.Fatalf("pointer %+v %v", &p, err)
+	}
+	long := &events.MessageSent{Sender: "bob", Body: []byte("longer than eight")}
+	evolveConv(s, 3, long, lim)
+	proto.Unmarshal(recipients(s, 3, long, lim)["cat"].Data, &p)
+	if p.Message != nil {
+		t.Fatal("a body above InlineMaxSize was inlined")
+	}
+	left := &events.MemberRemoved{User: "cat", By: "cat"}
+	evolveConv(s, 4, left, lim)
+	if got := recipients(s, 4, left, lim); len(got) != 3 || got["cat"] == nil {
+		t.Fatalf("removal goes to the remaining members and the one removed: %v", got)
+	}
+	for _, u := range []string{"dan", "eve"} {
+		add := &events.MemberAdded{User: u, By: "ann"}
+		evolveConv(s, s.lastSeq+1, add, lim)
+	}
+	big := &events.MessageSent{Sender: "bob", Body: []byte("x")}
+	evolveConv(s, s.lastSeq+1, big, lim)
+	if got := recipients(s, s.lastSeq, big, lim); len(got) != 0 {
+		t.Fatalf("read-fanout group fanned a message out to %d inboxes", len(got))
+	}
+}
+
+func TestUserCore(t *testing.T) {
+	s := newUserState("ann")
+	entry := func(m proto.Message) { evolveUser(s, s.userSeq+1, m) }
+	entry(&events.MembershipChanged{ConversationId: "g1", Seq: 1, User: "ann", Added: true, Kind: events.ConversationKind_GROUP, Name: "team"})
+	entry(&events.MessagePointer{ConversationId: "g1", Seq: 2, Sender: "bob"})
+	entry(&events.MessagePointer{ConversationId: "g1", Seq: 3, Sender: "cat"})
+	entry(&events.MessagePointer{ConversationId: "g1", Seq: 4, Sender: "bob"})
+	c := s.convs["g1"]
+	if len(c.unread) != 3 || c.lastConvSeq != 4 {
+		t.Fatalf("unread %v last %d", c.unread, c.lastConvSeq)
+	}
+	entry(&events.RecallNotice{ConversationId: "g1", Seq: 5, RecalledSeq: 3})
+	if len(c.unread) != 2 {
+		t.Fatalf("recall did not clear the unread message: %v", c.unread)
+	}
+	entry(&events.ReadMarkerMoved{ConversationId: "g1", ReadSeq: 2})
+	if len(c.unread) != 1 || c.lastRead != 2 {
+		t.Fatalf("after reading to 2: unread %v lastRead %d", c.unread, c.lastRead)
+	}
+	entry(&events.MessagePointer{ConversationId: "g1", Seq: 6, Sender: "ann"})
+	if len(c.unread) != 0 || c.lastRead != 6 {
+		t.Fatalf("own message reads up to it: unread %v lastRead %d", c.unread, c.lastRead)
+	}
+
+	// Deliver keeps only what is new.
+	d := &Deliver{ConversationId: "g1", Items: []*InboxItem{{ConvSeq: 5}, {ConvSeq: 6}, {ConvSeq: 7}, {ConvSeq: 8}}}
+	if got := decideDeliver(s, d); len(got) != 2 || got[0].ConvSeq != 7 {
+		t.Fatalf("deliver kept %v", got)
+	}
+
+	// Read markers move forward only, and only in one's own conversations.
+	cases := []struct {
+		m      *MarkRead
+		moves  bool
+		failed bool
+	}{
+		{&MarkRead{ConversationId: "g1", Seq: 5}, false, false},
+		{&MarkRead{ConversationId: "g1", Seq: 6}, false, false},
+		{&MarkRead{ConversationId: "g1", Seq: 7}, true, false},
+		{&MarkRead{ConversationId: "g9", Seq: 1}, false, true},
+	}
+	for _, tc := range cases {
+		ev, f := decideMarkRead(s, tc.m)
+		if (f != nil) != tc.failed || (ev != nil) != tc.moves {
+			t.Errorf("%v: event %v failure %v", tc.m, ev, f)
+		}
+	}
+	entry(&events.MembershipChanged{ConversationId: "g1", Seq: 9, User: "ann", Added: false})
+	if _, f := decideMarkRead(s, &MarkRead{ConversationId: "g1", Seq: 9}); f == nil || f.Code != Code_NOT_FOUND {
+		t.Fatalf("former member marks read: %v", f)
+	}
+}
+
+func TestDeviceCore(t *testing.T) {
+	s := &deviceState{}
+	for _, tc := range []struct {
+		ack, userSeq uint64
+		moves, fails bool
+	}{
+		{3, 5, true, false},
+		{2, 5, false, false},
+		{6, 5, false, true},
+	} {
+		ev, f := decideAck(s, &AckDevice{UserSeq: tc.ack}, tc.userSeq)
+		if (ev != nil) != tc.moves || (f != nil) != tc.fails {
+			t.Fatalf("ack %d of %d: %v %v", tc.ack, tc.userSeq, ev, f)
+		}
+		if ev != nil {
+			evolveDevice(s, ev)
+		}
+	}
+	if s.acked != 3 {
+		t.Fatalf("acked %d", s.acked)
+	}
+}
+
+func TestFailureIs(t *testing.T) {
+	var err error = fail(Code_NOT_FOUND, "conversation x")
+	if !errors.Is(err, ErrNotFound) || errors.Is(err, ErrForbidden) {
+		t.Fatal("errors.Is does not compare codes")
+	}
+	if ValidateID("user", "a/b") == nil || ValidateID("user", "") == nil || ValidateID("user", "ann.b_c-d@x") != nil {
+		t.Fatal("ValidateID")
+	}
+	if DirectID("bob", "ann") != DirectID("ann", "bob") {
+		t.Fatal("DirectID depends on the order")
+	}
+}

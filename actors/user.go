@@ -1,0 +1,167 @@
+package actors
+
+import (
+	"slices"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imsync/imsync/events"
+)
+
+// userState is a user's sync state, rebuilt by evolveUser from the stream
+// inbox-<user>. user seq = stream revision + 1: gapless from 1.
+type userState struct {
+	id      string
+	userSeq uint64
+	convs   map[string]*convSummary
+}
+
+// convSummary is one line of the conversation list.
+type convSummary struct {
+	id           string
+	kind         events.ConversationKind
+	name         string
+	member       bool
+	readFanout   bool
+	lastConvSeq  uint64 // highest conversation seq delivered here (dedup)
+	latestSeq    uint64
+	latest       *events.MessageSent
+	lastRead     uint64
+	unread       []uint64 // seqs of messages from others after lastRead (write-fanout)
+	lastActivity int64
+}
+
+func newUserState(id string) *userState {
+	return &userState{id: id, convs: map[string]*convSummary{}}
+}
+
+func (s *userState) conv(id string) *convSummary {
+	c := s.convs[id]
+	if c == nil {
+		c = &convSummary{id: id}
+		s.convs[id] = c
+	}
+	return c
+}
+
+// decideDeliver keeps the items not delivered before: a conversation fans
+// out in seq order and retries whole batches, so "seq above the last one
+// seen from that conversation" is exactly "new".
+func decideDeliver(s *userState, d *Deliver) []*InboxItem {
+	last := uint64(0)
+	if c := s.convs[d.ConversationId]; c != nil {
+		last = c.lastConvSeq
+	}
+	var out []*InboxItem
+	for _, it := range d.Items {
+		if it.ConvSeq > last {
+			out = append(out, it)
+			last = it.ConvSeq
+		}
+	}
+	return out
+}
+
+// decideMarkRead moves the read marker forward only.
+func decideMarkRead(s *userState, m *MarkRead) (proto.Message, *Failure) {
+	c := s.convs[m.ConversationId]
+	if c == nil || !c.member {
+		return nil, notFound(m.ConversationId)
+	}
+	if m.Seq <= c.lastRead {
+		return nil, nil // read markers only move forward: nothing to do
+	}
+	return &events.ReadMarkerMoved{ConversationId: m.ConversationId, ReadSeq: m.Seq, Device: m.Device}, nil
+}
+
+// evolveUser applies the inbox entry stored at userSeq.
+func evolveUser(s *userState, userSeq uint64, ev proto.Message) {
+	s.userSeq = userSeq
+	switch e := ev.(type) {
+	case *events.MembershipChanged:
+		c := s.conv(e.ConversationId)
+		c.lastConvSeq = max(c.lastConvSeq, e.Seq)
+		c.kind, c.name, c.readFanout = e.Kind, e.Name, e.ReadFanout
+		if e.User == s.id {
+			c.member = e.Added
+		}
+	case *events.MessagePointer:
+		c := s.conv(e.ConversationId)
+		c.lastConvSeq = max(c.lastConvSeq, e.Seq)
+		c.latestSeq = e.Seq
+		c.latest = e.Message
+		if e.Message != nil {
+			c.lastActivity = e.Message.AtUnixMs
+		}
+		if e.Sender == s.id {
+			c.readUpTo(e.Seq) // sending implies having read what came before
+		} else if e.Seq > c.lastRead {
+			c.unread = append(c.unread, e.Seq)
+		}
+	case *events.RecallNotice:
+		c := s.conv(e.ConversationId)
+		c.lastConvSeq = max(c.lastConvSeq, e.Seq)
+		c.unread = slices.DeleteFunc(c.unread, func(seq uint64) bool { return seq == e.RecalledSeq })
+	case *events.EditNotice:
+		c := s.conv(e.ConversationId)
+		c.lastConvSeq = max(c.lastConvSeq, e.Seq)
+		if c.latestSeq == e.EditedSeq && c.latest != nil {
+			edited := proto.Clone(c.latest).(*events.MessageSent)
+			edited.Body = e.Body
+			c.latest = edited
+		}
+	case *events.ConversationChanged:
+		c := s.conv(e.ConversationId)
+		c.lastConvSeq = max(c.lastConvSeq, e.Seq)
+	case *events.ReadMarkerMoved:
+		s.conv(e.ConversationId).readUpTo(e.ReadSeq)
+	}
+}
+
+func (c *convSummary) readUpTo(seq uint64) {
+	if seq <= c.lastRead {
+		return
+	}
+	c.lastRead = seq
+	c.unread = slices.DeleteFunc(c.unread, func(s uint64) bool { return s <= seq })
+}
+
+// summary renders the list line (unread of read-fanout groups is filled in
+// by asking the conversation).
+func (c *convSummary) summary() *ConversationSummary {
+	return &ConversationSummary{
+		ConversationId:     c.id,
+		Kind:               c.kind,
+		Name:               c.name,
+		LastSeq:            c.lastConvSeq,
+		LatestMessageSeq:   c.latestSeq,
+		LatestMessage:      c.latest,
+		Unread:             uint64(len(c.unread)),
+		LastReadSeq:        c.lastRead,
+		LastActivityUnixMs: c.lastActivity,
+		ReadFanout:         c.readFanout,
+	}
+}
+
+// deviceState is a device's acknowledged position in its user's sync
+// timeline, rebuilt from device-<user>/<device>.
+type deviceState struct {
+	acked uint64
+}
+
+// decideAck moves the device's seq forward only and never past the user's.
+func decideAck(s *deviceState, a *AckDevice, userSeq uint64) (proto.Message, *Failure) {
+	if a.UserSeq > userSeq {
+		return nil, fail(Code_INVALID, "ack of user seq %d beyond the newest, %d", a.UserSeq, userSeq)
+	}
+	if a.UserSeq <= s.acked {
+		return nil, nil
+	}
+	return &events.DeviceAcked{UserSeq: a.UserSeq}, nil
+}
+
+func evolveDevice(s *deviceState, ev proto.Message) {
+	if e, ok := ev.(*events.DeviceAcked); ok && e.UserSeq > s.acked {
+		s.acked = e.UserSeq
+	}
+}
