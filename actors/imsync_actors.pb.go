@@ -547,6 +547,7 @@ func (x *GetHistory) GetLimit() uint32 {
 type GetConversation struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Reader        string                 `protobuf:"bytes,1,opt,name=reader,proto3" json:"reader,omitempty"`
+	ReadSeq       uint64                 `protobuf:"varint,2,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"` // the reader's read marker, for ConversationInfo.unread
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -586,6 +587,13 @@ func (x *GetConversation) GetReader() string {
 		return x.Reader
 	}
 	return ""
+}
+
+func (x *GetConversation) GetReadSeq() uint64 {
+	if x != nil {
+		return x.ReadSeq
+	}
+	return 0
 }
 
 // Reply to a conversation write: the seq of the event written (or of the
@@ -1364,6 +1372,96 @@ func (*ListConversations) Descriptor() ([]byte, []int) {
 	return file_imsync_actors_proto_rawDescGZIP(), []int{20}
 }
 
+// From a device grain: the device's connection came or went.
+type DevicePresence struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Device        string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	Online        bool                   `protobuf:"varint,2,opt,name=online,proto3" json:"online,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DevicePresence) Reset() {
+	*x = DevicePresence{}
+	mi := &file_imsync_actors_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DevicePresence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DevicePresence) ProtoMessage() {}
+
+func (x *DevicePresence) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_actors_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DevicePresence.ProtoReflect.Descriptor instead.
+func (*DevicePresence) Descriptor() ([]byte, []int) {
+	return file_imsync_actors_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DevicePresence) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *DevicePresence) GetOnline() bool {
+	if x != nil {
+		return x.Online
+	}
+	return false
+}
+
+// Asks a user grain for its newest user seq; answered with Delivered.
+type GetUserSeq struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUserSeq) Reset() {
+	*x = GetUserSeq{}
+	mi := &file_imsync_actors_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUserSeq) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUserSeq) ProtoMessage() {}
+
+func (x *GetUserSeq) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_actors_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUserSeq.ProtoReflect.Descriptor instead.
+func (*GetUserSeq) Descriptor() ([]byte, []int) {
+	return file_imsync_actors_proto_rawDescGZIP(), []int{22}
+}
+
 type ConversationSummary struct {
 	state              protoimpl.MessageState  `protogen:"open.v1"`
 	ConversationId     string                  `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
@@ -1382,7 +1480,7 @@ type ConversationSummary struct {
 
 func (x *ConversationSummary) Reset() {
 	*x = ConversationSummary{}
-	mi := &file_imsync_actors_proto_msgTypes[21]
+	mi := &file_imsync_actors_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1492,7 @@ func (x *ConversationSummary) String() string {
 func (*ConversationSummary) ProtoMessage() {}
 
 func (x *ConversationSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[21]
+	mi := &file_imsync_actors_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1505,7 @@ func (x *ConversationSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationSummary.ProtoReflect.Descriptor instead.
 func (*ConversationSummary) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{21}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ConversationSummary) GetConversationId() string {
@@ -1490,7 +1588,7 @@ type ConversationList struct {
 
 func (x *ConversationList) Reset() {
 	*x = ConversationList{}
-	mi := &file_imsync_actors_proto_msgTypes[22]
+	mi := &file_imsync_actors_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1600,7 @@ func (x *ConversationList) String() string {
 func (*ConversationList) ProtoMessage() {}
 
 func (x *ConversationList) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[22]
+	mi := &file_imsync_actors_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1613,7 @@ func (x *ConversationList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationList.ProtoReflect.Descriptor instead.
 func (*ConversationList) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{22}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ConversationList) GetConversations() []*ConversationSummary {
@@ -1543,7 +1641,7 @@ type AttachDevice struct {
 
 func (x *AttachDevice) Reset() {
 	*x = AttachDevice{}
-	mi := &file_imsync_actors_proto_msgTypes[23]
+	mi := &file_imsync_actors_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1653,7 @@ func (x *AttachDevice) String() string {
 func (*AttachDevice) ProtoMessage() {}
 
 func (x *AttachDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[23]
+	mi := &file_imsync_actors_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1666,7 @@ func (x *AttachDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachDevice.ProtoReflect.Descriptor instead.
 func (*AttachDevice) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{23}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AttachDevice) GetAddress() string {
@@ -1595,7 +1693,7 @@ type DetachDevice struct {
 
 func (x *DetachDevice) Reset() {
 	*x = DetachDevice{}
-	mi := &file_imsync_actors_proto_msgTypes[24]
+	mi := &file_imsync_actors_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1607,7 +1705,7 @@ func (x *DetachDevice) String() string {
 func (*DetachDevice) ProtoMessage() {}
 
 func (x *DetachDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[24]
+	mi := &file_imsync_actors_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1620,7 +1718,7 @@ func (x *DetachDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachDevice.ProtoReflect.Descriptor instead.
 func (*DetachDevice) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{24}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DetachDevice) GetAddress() string {
@@ -1648,7 +1746,7 @@ type NotifyDevice struct {
 
 func (x *NotifyDevice) Reset() {
 	*x = NotifyDevice{}
-	mi := &file_imsync_actors_proto_msgTypes[25]
+	mi := &file_imsync_actors_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1758,7 @@ func (x *NotifyDevice) String() string {
 func (*NotifyDevice) ProtoMessage() {}
 
 func (x *NotifyDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[25]
+	mi := &file_imsync_actors_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1771,7 @@ func (x *NotifyDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotifyDevice.ProtoReflect.Descriptor instead.
 func (*NotifyDevice) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{25}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NotifyDevice) GetUserSeq() uint64 {
@@ -1699,7 +1797,7 @@ type AckDevice struct {
 
 func (x *AckDevice) Reset() {
 	*x = AckDevice{}
-	mi := &file_imsync_actors_proto_msgTypes[26]
+	mi := &file_imsync_actors_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +1809,7 @@ func (x *AckDevice) String() string {
 func (*AckDevice) ProtoMessage() {}
 
 func (x *AckDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[26]
+	mi := &file_imsync_actors_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +1822,7 @@ func (x *AckDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckDevice.ProtoReflect.Descriptor instead.
 func (*AckDevice) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{26}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AckDevice) GetUserSeq() uint64 {
@@ -1744,7 +1842,7 @@ type DeviceState struct {
 
 func (x *DeviceState) Reset() {
 	*x = DeviceState{}
-	mi := &file_imsync_actors_proto_msgTypes[27]
+	mi := &file_imsync_actors_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1756,7 +1854,7 @@ func (x *DeviceState) String() string {
 func (*DeviceState) ProtoMessage() {}
 
 func (x *DeviceState) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[27]
+	mi := &file_imsync_actors_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1769,7 +1867,7 @@ func (x *DeviceState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceState.ProtoReflect.Descriptor instead.
 func (*DeviceState) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{27}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeviceState) GetAckedUserSeq() uint64 {
@@ -1801,7 +1899,7 @@ type Push struct {
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_imsync_actors_proto_msgTypes[28]
+	mi := &file_imsync_actors_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1813,7 +1911,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[28]
+	mi := &file_imsync_actors_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1826,7 +1924,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{28}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Push) GetUser() string {
@@ -1865,7 +1963,7 @@ type Ok struct {
 
 func (x *Ok) Reset() {
 	*x = Ok{}
-	mi := &file_imsync_actors_proto_msgTypes[29]
+	mi := &file_imsync_actors_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +1975,7 @@ func (x *Ok) String() string {
 func (*Ok) ProtoMessage() {}
 
 func (x *Ok) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[29]
+	mi := &file_imsync_actors_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +1988,7 @@ func (x *Ok) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ok.ProtoReflect.Descriptor instead.
 func (*Ok) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{29}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{31}
 }
 
 var File_imsync_actors_proto protoreflect.FileDescriptor
@@ -1931,9 +2029,10 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\n" +
 	"before_seq\x18\x02 \x01(\x04R\tbeforeSeq\x12\x1b\n" +
 	"\tafter_seq\x18\x03 \x01(\x04R\bafterSeq\x12\x14\n" +
-	"\x05limit\x18\x04 \x01(\rR\x05limit\")\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\"D\n" +
 	"\x0fGetConversation\x12\x16\n" +
-	"\x06reader\x18\x01 \x01(\tR\x06reader\"b\n" +
+	"\x06reader\x18\x01 \x01(\tR\x06reader\x12\x19\n" +
+	"\bread_seq\x18\x02 \x01(\x04R\areadSeq\"b\n" +
 	"\aWritten\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12'\n" +
@@ -1986,7 +2085,12 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\aentries\x18\x01 \x03(\v2\x1b.imsync.actors.v1.SyncEntryR\aentries\x12\"\n" +
 	"\rlast_user_seq\x18\x02 \x01(\x04R\vlastUserSeq\x12$\n" +
 	"\x0efirst_user_seq\x18\x03 \x01(\x04R\ffirstUserSeq\"\x13\n" +
-	"\x11ListConversations\"\xa9\x03\n" +
+	"\x11ListConversations\"@\n" +
+	"\x0eDevicePresence\x12\x16\n" +
+	"\x06device\x18\x01 \x01(\tR\x06device\x12\x16\n" +
+	"\x06online\x18\x02 \x01(\bR\x06online\"\f\n" +
+	"\n" +
+	"GetUserSeq\"\xa9\x03\n" +
 	"\x13ConversationSummary\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x126\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
@@ -2046,7 +2150,7 @@ func file_imsync_actors_proto_rawDescGZIP() []byte {
 }
 
 var file_imsync_actors_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imsync_actors_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_imsync_actors_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_imsync_actors_proto_goTypes = []any{
 	(Code)(0),                    // 0: imsync.actors.v1.Code
 	(*Failure)(nil),              // 1: imsync.actors.v1.Failure
@@ -2070,30 +2174,32 @@ var file_imsync_actors_proto_goTypes = []any{
 	(*SyncEntry)(nil),            // 19: imsync.actors.v1.SyncEntry
 	(*SyncPage)(nil),             // 20: imsync.actors.v1.SyncPage
 	(*ListConversations)(nil),    // 21: imsync.actors.v1.ListConversations
-	(*ConversationSummary)(nil),  // 22: imsync.actors.v1.ConversationSummary
-	(*ConversationList)(nil),     // 23: imsync.actors.v1.ConversationList
-	(*AttachDevice)(nil),         // 24: imsync.actors.v1.AttachDevice
-	(*DetachDevice)(nil),         // 25: imsync.actors.v1.DetachDevice
-	(*NotifyDevice)(nil),         // 26: imsync.actors.v1.NotifyDevice
-	(*AckDevice)(nil),            // 27: imsync.actors.v1.AckDevice
-	(*DeviceState)(nil),          // 28: imsync.actors.v1.DeviceState
-	(*Push)(nil),                 // 29: imsync.actors.v1.Push
-	(*Ok)(nil),                   // 30: imsync.actors.v1.Ok
-	(events.ConversationKind)(0), // 31: imsync.events.v1.ConversationKind
-	(*events.MessageSent)(nil),   // 32: imsync.events.v1.MessageSent
+	(*DevicePresence)(nil),       // 22: imsync.actors.v1.DevicePresence
+	(*GetUserSeq)(nil),           // 23: imsync.actors.v1.GetUserSeq
+	(*ConversationSummary)(nil),  // 24: imsync.actors.v1.ConversationSummary
+	(*ConversationList)(nil),     // 25: imsync.actors.v1.ConversationList
+	(*AttachDevice)(nil),         // 26: imsync.actors.v1.AttachDevice
+	(*DetachDevice)(nil),         // 27: imsync.actors.v1.DetachDevice
+	(*NotifyDevice)(nil),         // 28: imsync.actors.v1.NotifyDevice
+	(*AckDevice)(nil),            // 29: imsync.actors.v1.AckDevice
+	(*DeviceState)(nil),          // 30: imsync.actors.v1.DeviceState
+	(*Push)(nil),                 // 31: imsync.actors.v1.Push
+	(*Ok)(nil),                   // 32: imsync.actors.v1.Ok
+	(events.ConversationKind)(0), // 33: imsync.events.v1.ConversationKind
+	(*events.MessageSent)(nil),   // 34: imsync.events.v1.MessageSent
 }
 var file_imsync_actors_proto_depIdxs = []int32{
 	0,  // 0: imsync.actors.v1.Failure.code:type_name -> imsync.actors.v1.Code
-	31, // 1: imsync.actors.v1.CreateConversation.kind:type_name -> imsync.events.v1.ConversationKind
-	31, // 2: imsync.actors.v1.ConversationInfo.kind:type_name -> imsync.events.v1.ConversationKind
-	32, // 3: imsync.actors.v1.ConversationInfo.latest_message:type_name -> imsync.events.v1.MessageSent
-	32, // 4: imsync.actors.v1.HistoryMessage.message:type_name -> imsync.events.v1.MessageSent
+	33, // 1: imsync.actors.v1.CreateConversation.kind:type_name -> imsync.events.v1.ConversationKind
+	33, // 2: imsync.actors.v1.ConversationInfo.kind:type_name -> imsync.events.v1.ConversationKind
+	34, // 3: imsync.actors.v1.ConversationInfo.latest_message:type_name -> imsync.events.v1.MessageSent
+	34, // 4: imsync.actors.v1.HistoryMessage.message:type_name -> imsync.events.v1.MessageSent
 	11, // 5: imsync.actors.v1.History.messages:type_name -> imsync.actors.v1.HistoryMessage
 	14, // 6: imsync.actors.v1.Deliver.items:type_name -> imsync.actors.v1.InboxItem
 	19, // 7: imsync.actors.v1.SyncPage.entries:type_name -> imsync.actors.v1.SyncEntry
-	31, // 8: imsync.actors.v1.ConversationSummary.kind:type_name -> imsync.events.v1.ConversationKind
-	32, // 9: imsync.actors.v1.ConversationSummary.latest_message:type_name -> imsync.events.v1.MessageSent
-	22, // 10: imsync.actors.v1.ConversationList.conversations:type_name -> imsync.actors.v1.ConversationSummary
+	33, // 8: imsync.actors.v1.ConversationSummary.kind:type_name -> imsync.events.v1.ConversationKind
+	34, // 9: imsync.actors.v1.ConversationSummary.latest_message:type_name -> imsync.events.v1.MessageSent
+	24, // 10: imsync.actors.v1.ConversationList.conversations:type_name -> imsync.actors.v1.ConversationSummary
 	19, // 11: imsync.actors.v1.NotifyDevice.entry:type_name -> imsync.actors.v1.SyncEntry
 	19, // 12: imsync.actors.v1.Push.entry:type_name -> imsync.actors.v1.SyncEntry
 	13, // [13:13] is the sub-list for method output_type
@@ -2114,7 +2220,7 @@ func file_imsync_actors_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_actors_proto_rawDesc), len(file_imsync_actors_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

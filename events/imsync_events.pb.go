@@ -1025,6 +1025,58 @@ func (x *FanoutCheckpoint) GetSeq() uint64 {
 	return 0
 }
 
+type WatchCheckpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Commit        uint64                 `protobuf:"varint,1,opt,name=commit,proto3" json:"commit,omitempty"` // global position of the last conversation event checked
+	Prepare       uint64                 `protobuf:"varint,2,opt,name=prepare,proto3" json:"prepare,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchCheckpoint) Reset() {
+	*x = WatchCheckpoint{}
+	mi := &file_imsync_events_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCheckpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCheckpoint) ProtoMessage() {}
+
+func (x *WatchCheckpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_events_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCheckpoint.ProtoReflect.Descriptor instead.
+func (*WatchCheckpoint) Descriptor() ([]byte, []int) {
+	return file_imsync_events_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchCheckpoint) GetCommit() uint64 {
+	if x != nil {
+		return x.Commit
+	}
+	return 0
+}
+
+func (x *WatchCheckpoint) GetPrepare() uint64 {
+	if x != nil {
+		return x.Prepare
+	}
+	return 0
+}
+
 var File_imsync_events_proto protoreflect.FileDescriptor
 
 const file_imsync_events_proto_rawDesc = "" +
@@ -1107,7 +1159,10 @@ const file_imsync_events_proto_rawDesc = "" +
 	"\vDeviceAcked\x12\x19\n" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\"$\n" +
 	"\x10FanoutCheckpoint\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq*L\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"C\n" +
+	"\x0fWatchCheckpoint\x12\x16\n" +
+	"\x06commit\x18\x01 \x01(\x04R\x06commit\x12\x18\n" +
+	"\aprepare\x18\x02 \x01(\x04R\aprepare*L\n" +
 	"\x10ConversationKind\x12!\n" +
 	"\x1dCONVERSATION_KIND_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -1127,7 +1182,7 @@ func file_imsync_events_proto_rawDescGZIP() []byte {
 }
 
 var file_imsync_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imsync_events_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_imsync_events_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_imsync_events_proto_goTypes = []any{
 	(ConversationKind)(0),       // 0: imsync.events.v1.ConversationKind
 	(*ConversationCreated)(nil), // 1: imsync.events.v1.ConversationCreated
@@ -1144,6 +1199,7 @@ var file_imsync_events_proto_goTypes = []any{
 	(*ReadMarkerMoved)(nil),     // 12: imsync.events.v1.ReadMarkerMoved
 	(*DeviceAcked)(nil),         // 13: imsync.events.v1.DeviceAcked
 	(*FanoutCheckpoint)(nil),    // 14: imsync.events.v1.FanoutCheckpoint
+	(*WatchCheckpoint)(nil),     // 15: imsync.events.v1.WatchCheckpoint
 }
 var file_imsync_events_proto_depIdxs = []int32{
 	0, // 0: imsync.events.v1.ConversationCreated.kind:type_name -> imsync.events.v1.ConversationKind
@@ -1167,7 +1223,7 @@ func file_imsync_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_events_proto_rawDesc), len(file_imsync_events_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,448 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/cluster"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imsync/imsync/events"
+)
+
+const (
+	kindConversation = "conversation"
+	kindUser         = "user"
+	kindDevice       = "device"
+)
+
+// conversationGrain owns conv-<id>: it validates commands with decideConv,
+// appends through its journal, answers once the events are durable, then
+// fans them out to the members' user grains.
+//
+// Fanout is recoverable: it resumes from the checkpoint in
+// fanout-<id> whenever the grain activates, and user grains drop what they
+// already have, so every inbox gets each entry exactly once.
+type conversationGrain struct {
+	svc     *Service
+	id      string
+	state   *convState
+	j       *journal
+	broken  bool // the journal failed: rebuild before the next command
+	fanout  fanout
+	waiters []ensureWaiter
+}
+
+type fanoutItem struct {
+	seq uint64
+	to  map[string]*InboxItem
+}
+
+type fanout struct {
+	staged       []fanoutItem // applied, not yet durable
+	pending      []fanoutItem // durable, not yet delivered to every member
+	cursor       uint64       // every event up to here reached every inbox
+	checkpointed uint64
+	running      bool
+	failures     int
+}
+
+type ensureWaiter struct {
+	seq    uint64
+	sender *actor.PID
+}
+
+type fanoutDone struct {
+	upTo uint64
+	err  error
+}
+
+type fanoutRetry struct{}
+
+const fanoutBatch = 128
+
+func (g *conversationGrain) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *cluster.ClusterInit:
+		g.id = m.Identity.Identity
+		if err := g.load(); err != nil {
+			g.svc.log.Error("conversation grain cannot load", "conversation", g.id, "err", err)
+			g.broken = true
+		}
+		ctx.SetReceiveTimeout(g.svc.cfg.PassivateAfter)
+		g.startFanout(ctx)
+	case *appendDone:
+		if err := g.j.done(ctx, m); err != nil {
+			g.svc.log.Warn("conversation append failed; rebuilding", "conversation", g.id, "err", err)
+			g.broken = true
+			g.fanout.staged = nil
+			return
+		}
+		g.promoteDurable()
+		g.startFanout(ctx)
+	case *fanoutDone:
+		g.fanoutDone(ctx, m)
+	case *fanoutRetry:
+		g.fanout.running = false
+		g.startFanout(ctx)
+	case *actor.ReceiveTimeout:
+		if g.j != nil && g.j.idle() && !g.fanout.running && len(g.fanout.pending) == 0 {
+			g.writeCheckpoint(true)
+			ctx.Stop(ctx.Self())
+		}
+	case *EnsureFanout:
+		if g.ensureReady(ctx) && m.Seq > g.fanout.cursor {
+			g.waiters = append(g.waiters, ensureWaiter{m.Seq, ctx.Sender()})
+			return
+		}
+		ctx.Respond(&Written{Seq: g.fanout.cursor, ConversationId: g.id})
+	case *GetConversation:
+		if !g.ensureReady(ctx) {
+			return
+		}
+		ctx.Respond(g.info(m))
+	case *GetHistory:
+		if !g.ensureReady(ctx) {
+			return
+		}
+		g.history(ctx, m)
+	case *CreateConversation, *ChangeMember, *SendMessage, *RecallMessage, *EditMessage:
+		if !g.ensureReady(ctx) {
+			return
+		}
+		g.write(ctx, m.(proto.Message))
+	}
+}
+
+// ensureReady rebuilds the state after a failed append; it answers the
+// request with UNAVAILABLE if the store cannot be read.
+func (g *conversationGrain) ensureReady(ctx actor.Context) bool {
+	if !g.broken {
+		return true
+	}
+	if err := g.load(); err != nil {
+		ctx.Respond(unavailable(err))
+		return false
+	}
+	g.broken = false
+	g.startFanout(ctx)
+	return true
+}
+
+// load rebuilds the state from conv-<id>; events after the fanout
+// checkpoint are queued for fanout again.
+func (g *conversationGrain) load() error {
+	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	cp, err := readFanoutCheckpoint(ctx, g.svc.store, g.id)
+	if err != nil {
+		return err
+	}
+	lim := g.svc.cfg.Limits
+	s := newConvState(g.id)
+	var pending []fanoutItem
+	n, err := replay(ctx, g.svc.store, events.ConversationStream(g.id), func(n uint64, m proto.Message) {
+		evolveConv(s, n, m, lim)
+		if n > cp {
+			pending = append(pending, fanoutItem{seq: n, to: recipients(s, n, m, lim)})
+		}
+	})
+	if err != nil {
+		return err
+	}
+	g.state = s
+	g.j = newJournal(g.svc.store, events.ConversationStream(g.id), n)
+	g.fanout = fanout{pending: pending, cursor: min(cp, n), checkpointed: cp}
+	return nil
+}
+
+func (g *conversationGrain) write(ctx actor.Context, cmd proto.Message) {
+	lim := g.svc.cfg.Limits
+	evs, w, f := decideConv(g.state, cmd, g.svc.cfg.Now(), lim)
+	if f != nil {
+		ctx.Respond(f)
+		return
+	}
+	for _, e := range evs {
+		seq := g.state.lastSeq + 1
+		evolveConv(g.state, seq, e, lim)
+		g.fanout.staged = append(g.fanout.staged, fanoutItem{seq: seq, to: recipients(g.state, seq, e, lim)})
+	}
+	if len(evs) > 0 {
+		if _, err := g.j.add(evs...); err != nil {
+			ctx.Respond(fail(Code_INVALID, "%v", err))
+			return
+		}
+	}
+	sender := ctx.Sender()
+	g.j.whenDurable(w.Seq, func(err error) {
+		if err != nil {
+			ctx.Send(sender, unavailable(err))
+			return
+		}
+		ctx.Send(sender, w)
+	})
+	g.j.flush(ctx)
+}
+
+// promoteDurable moves staged fanout items that are now durable to pending.
+func (g *conversationGrain) promoteDurable() {
+	i := 0
+	for i < len(g.fanout.staged) && g.fanout.staged[i].seq <= g.j.durable {
+		i++
+	}
+	g.fanout.pending = append(g.fanout.pending, g.fanout.staged[:i]...)
+	g.fanout.staged = g.fanout.staged[i:]
+}
+
+// startFanout delivers the next batch of pending events, one Deliver per
+// recipient, all in parallel; the next batch starts when every recipient
+// has this one. A recipient thus always gets a conversation's entries in
+// seq order, which is what its dedup relies on.
+func (g *conversationGrain) startFanout(ctx actor.Context) {
+	f := &g.fanout
+	if f.running || len(f.pending) == 0 {
+		return
+	}
+	batch := f.pending[:min(len(f.pending), fanoutBatch)]
+	upTo := batch[len(batch)-1].seq
+	per := map[string][]*InboxItem{}
+	for _, it := range batch {
+		for u, item := range it.to {
+			per[u] = append(per[u], item)
+		}
+	}
+	f.running = true
+	root, self, svc, conv := ctx.ActorSystem().Root, ctx.Self(), g.svc, g.id
+	go func() {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var firstErr error
+		for user, items := range per {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := svc.deliver(conv, user, items); err != nil {
+					mu.Lock()
+					firstErr = cmpErr(firstErr, err)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		root.Send(self, &fanoutDone{upTo: upTo, err: firstErr})
+	}()
+}
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+func (g *conversationGrain) fanoutDone(ctx actor.Context, d *fanoutDone) {
+	f := &g.fanout
+	if d.err != nil {
+		f.failures++
+		delay := min(time.Duration(f.failures)*50*time.Millisecond, 2*time.Second)
+		g.svc.log.Warn("fanout failed; retrying", "conversation", g.id, "upTo", d.upTo, "err", d.err, "retryIn", delay)
+		root, self := ctx.ActorSystem().Root, ctx.Self()
+		time.AfterFunc(delay, func() { root.Send(self, &fanoutRetry{}) })
+		return // running stays true until the retry
+	}
+	f.failures = 0
+	f.running = false
+	i := 0
+	for i < len(f.pending) && f.pending[i].seq <= d.upTo {
+		i++
+	}
+	f.pending = f.pending[i:]
+	f.cursor = max(f.cursor, d.upTo)
+	kept := g.waiters[:0]
+	for _, w := range g.waiters {
+		if w.seq <= f.cursor {
+			ctx.Send(w.sender, &Written{Seq: f.cursor, ConversationId: g.id})
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	g.waiters = kept
+	if f.cursor-f.checkpointed >= 256 || len(f.pending) == 0 {
+		g.writeCheckpoint(false)
+	}
+	g.startFanout(ctx)
+}
+
+// writeCheckpoint records the fanout cursor. Losing one only means
+// re-delivering (and dropping) a few entries after a crash, so it is
+// written in the background unless the grain is about to stop.
+func (g *conversationGrain) writeCheckpoint(wait bool) {
+	f := &g.fanout
+	if f.cursor <= f.checkpointed {
+		return
+	}
+	f.checkpointed = f.cursor
+	ev, err := events.Encode([16]byte{}, &events.FanoutCheckpoint{Seq: f.cursor})
+	if err != nil {
+		return
+	}
+	store, stream := g.svc.store, events.FanoutStream(g.id)
+	write := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+		defer cancel()
+		if _, err := store.AppendToStream(ctx, stream, events.Any, ev); err != nil && !errors.Is(err, events.ErrClosed) {
+			g.svc.log.Warn("fanout checkpoint not written", "stream", stream, "err", err)
+		}
+	}
+	if wait {
+		write()
+	} else {
+		go write()
+	}
+}
+
+func readFanoutCheckpoint(ctx context.Context, store events.Store, conv string) (uint64, error) {
+	page, err := store.ReadStream(ctx, events.FanoutStream(conv), events.ReadStreamOptions{Direction: events.Backwards, From: events.RevisionEnd, Limit: 1})
+	if errors.Is(err, events.ErrStreamNotFound) || (err == nil && len(page) == 0) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	m, err := events.Decode(page[0].Type, page[0].Data)
+	if err != nil {
+		return 0, err
+	}
+	cp, ok := m.(*events.FanoutCheckpoint)
+	if !ok {
+		return 0, fmt.Errorf("%s holds %s", events.FanoutStream(conv), page[0].Type)
+	}
+	return cp.Seq, nil
+}
+
+func (g *conversationGrain) info(m *GetConversation) proto.Message {
+	s := g.state
+	if !s.exists() || !s.isMember(m.Reader) {
+		return notFound(g.id)
+	}
+	info := &ConversationInfo{
+		ConversationId:     g.id,
+		Kind:               s.kind,
+		Name:               s.name,
+		LastSeq:            s.lastSeq,
+		LatestMessageSeq:   s.latestSeq,
+		LatestMessage:      s.latest,
+		LastActivityUnixMs: s.lastActivity,
+		ReadFanout:         s.readFanout(g.svc.cfg.Limits),
+		Unread:             s.unreadAfter(m.Reader, m.ReadSeq),
+	}
+	for u, admin := range s.members {
+		info.Members = append(info.Members, u)
+		if admin {
+			info.Admins = append(info.Admins, u)
+		}
+	}
+	sortStrings(info.Members)
+	sortStrings(info.Admins)
+	return info
+}
+
+// history pages messages from the store. Only members read; recalled
+// messages come without their body.
+func (g *conversationGrain) history(ctx actor.Context, m *GetHistory) {
+	s := g.state
+	if !s.exists() || !s.isMember(m.Reader) {
+		ctx.Respond(notFound(g.id))
+		return
+	}
+	limit := int(m.Limit)
+	if limit <= 0 || limit > 1000 {
+		ctx.Respond(fail(Code_INVALID, "history limit must be 1..1000"))
+		return
+	}
+	opts := events.ReadStreamOptions{Direction: events.Backwards, From: events.RevisionEnd, Limit: limit}
+	switch {
+	case m.BeforeSeq > 0:
+		if m.BeforeSeq == 1 {
+			ctx.Respond(&History{LastSeq: g.j.durable})
+			return
+		}
+		opts.From = events.Revision(m.BeforeSeq - 2) // seq s is revision s-1; "before s" starts at s-1
+	case m.AfterSeq > 0:
+		opts = events.ReadStreamOptions{Direction: events.Forwards, From: events.Revision(m.AfterSeq), Limit: limit}
+	}
+	store, conv, recalled, edited := g.svc.store, g.id, cloneSet(s.recalled), cloneEdits(s.edited)
+	durable := g.j.durable
+	sender := ctx.Sender()
+	root := ctx.ActorSystem().Root
+	// Reading is I/O: do it off the grain's goroutine.
+	go func() {
+		c, cancel := context.WithTimeout(context.Background(), appendTimeout)
+		defer cancel()
+		out := &History{LastSeq: durable}
+		for len(out.Messages) < limit {
+			page, err := store.ReadStream(c, events.ConversationStream(conv), opts)
+			if err != nil {
+				root.Send(sender, unavailable(err))
+				return
+			}
+			if len(page) == 0 {
+				break
+			}
+			for _, e := range page {
+				if e.Type != "MessageSent" || len(out.Messages) == limit {
+					continue
+				}
+				msg, err := events.Decode(e.Type, e.Data)
+				if err != nil {
+					root.Send(sender, unavailable(err))
+					return
+				}
+				seq := uint64(e.Revision) + 1
+				hm := &HistoryMessage{Seq: seq, Message: msg.(*events.MessageSent)}
+				if recalled[seq] {
+					hm.Recalled = true
+					hm.Message.Body = nil
+				} else if body, ok := edited[seq]; ok {
+					hm.Edited = true
+					hm.Message.Body = body
+				}
+				out.Messages = append(out.Messages, hm)
+			}
+			last := page[len(page)-1].Revision
+			if opts.Direction == events.Backwards {
+				if last == 0 {
+					break
+				}
+				opts.From = last - 1
+			} else {
+				opts.From = last + 1
+			}
+		}
+		root.Send(sender, out)
+	}()
+}
+
+func cloneSet(m map[uint64]bool) map[uint64]bool {
+	out := make(map[uint64]bool, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func cloneEdits(m map[uint64][]byte) map[uint64][]byte {
+	out := make(map[uint64][]byte, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+var _ = slog.Default

@@ -1,0 +1,151 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imsync/imsync/events"
+)
+
+// journal is a grain's single writer to its stream. The grain decides and
+// evolves at once (optimistically) and hands the events to the journal,
+// which appends them with the exact expected revision — so a second
+// activation elsewhere can never fork the stream — and tells the grain,
+// through a message to itself, when they are durable. While one append is
+// in flight, new events queue up and go together in the next one: a busy
+// grain pays one append per fsync round, not one per command.
+type journal struct {
+	store   events.Store
+	stream  string
+	applied uint64 // events handed to the journal (optimistic revision count)
+	durable uint64 // events known durable
+	flying  int    // events in the append in flight (0: none)
+	queue   []events.EventData
+	waiters []waiter
+}
+
+type waiter struct {
+	upTo uint64
+	fn   func(error)
+}
+
+// appendDone is what the append goroutine sends back to the grain.
+type appendDone struct {
+	n   int
+	err error
+}
+
+const appendTimeout = 10 * time.Second
+
+func newJournal(store events.Store, stream string, durable uint64) *journal {
+	return &journal{store: store, stream: stream, applied: durable, durable: durable}
+}
+
+// add queues events and returns the revision count after them.
+func (j *journal) add(evs ...proto.Message) (uint64, error) {
+	for _, m := range evs {
+		e, err := events.Encode([16]byte{}, m)
+		if err != nil {
+			return 0, err
+		}
+		j.queue = append(j.queue, e)
+	}
+	j.applied += uint64(len(evs))
+	return j.applied, nil
+}
+
+// whenDurable calls fn once the first upTo events of the stream are durable
+// (at once if they are), or with the error that stopped them.
+func (j *journal) whenDurable(upTo uint64, fn func(error)) {
+	if upTo <= j.durable {
+		fn(nil)
+		return
+	}
+	j.waiters = append(j.waiters, waiter{upTo, fn})
+}
+
+// flush starts an append of the queued events unless one is in flight.
+func (j *journal) flush(ctx actor.Context) {
+	if j.flying > 0 || len(j.queue) == 0 {
+		return
+	}
+	batch := j.queue
+	j.queue = nil
+	j.flying = len(batch)
+	expected := events.NoStream
+	if j.durable > 0 {
+		expected = events.Exactly(events.Revision(j.durable - 1))
+	}
+	root, self, store, stream := ctx.ActorSystem().Root, ctx.Self(), j.store, j.stream
+	go func() {
+		c, cancel := context.WithTimeout(context.Background(), appendTimeout)
+		defer cancel()
+		_, err := store.AppendToStream(c, stream, expected, batch...)
+		root.Send(self, &appendDone{n: len(batch), err: err})
+	}()
+}
+
+// done records the end of the append in flight. On failure every waiter
+// and every queued event fails: the grain's optimistic state is then wrong
+// and must be rebuilt from the store (it reports so by returning the error).
+func (j *journal) done(ctx actor.Context, d *appendDone) error {
+	j.flying = 0
+	if d.err != nil {
+		err := fmt.Errorf("append to %s: %w", j.stream, d.err)
+		for _, w := range j.waiters {
+			w.fn(err)
+		}
+		j.waiters, j.queue = nil, nil
+		return err
+	}
+	j.durable += uint64(d.n)
+	kept := j.waiters[:0]
+	for _, w := range j.waiters {
+		if w.upTo <= j.durable {
+			w.fn(nil)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	j.waiters = kept
+	j.flush(ctx)
+	return nil
+}
+
+func (j *journal) idle() bool { return j.flying == 0 && len(j.queue) == 0 }
+
+// replay reads a whole stream in order, calling fn with each event's
+// revision count (revision+1) and decoded message.
+func replay(ctx context.Context, store events.Store, stream string, fn func(n uint64, m proto.Message)) (uint64, error) {
+	var n uint64
+	for {
+		page, err := store.ReadStream(ctx, stream, events.ReadStreamOptions{From: events.Revision(n), Limit: 1000})
+		if errors.Is(err, events.ErrStreamNotFound) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		if len(page) == 0 {
+			return n, nil
+		}
+		for _, e := range page {
+			m, err := events.Decode(e.Type, e.Data)
+			if err != nil {
+				return n, err
+			}
+			n = uint64(e.Revision) + 1
+			fn(n, m)
+		}
+	}
+}
+
+// unavailable turns a storage error into the failure callers retry on.
+func unavailable(err error) *Failure {
+	return fail(Code_UNAVAILABLE, "%v", err)
+}

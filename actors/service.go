@@ -1,0 +1,413 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/cluster"
+	"github.com/asynkron/protoactor-go/cluster/clusterproviders/test"
+	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
+	"github.com/asynkron/protoactor-go/remote"
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imsync/imsync/events"
+)
+
+// Config configures a Service. Store is required; the rest has defaults.
+type Config struct {
+	Store  events.Store
+	Limits Limits
+	// Now is the clock of the rules (recall windows, timestamps).
+	Now func() time.Time
+	// PassivateAfter: an idle grain stops after this long and is rebuilt
+	// from its stream when next needed (default 2 minutes).
+	PassivateAfter time.Duration
+	// RequestTimeout bounds a call that has no context deadline (default 10 s).
+	RequestTimeout time.Duration
+	// Logger (default: discard).
+	Logger *slog.Logger
+
+	// Cluster membership. The default is a single member in this process.
+	// Members that share a ClusterName and a Provider (for tests:
+	// test.NewTestProvider over one shared test.NewInMemAgent()) form one
+	// cluster; grains live on whichever member the cluster places them.
+	ClusterName string
+	Provider    cluster.ClusterProvider
+	Host        string // remote address (default 127.0.0.1)
+	Port        int    // 0: any free port
+
+	// BeforeDeliver, if set, is called before each fanout delivery; an
+	// error fails that delivery (it is retried). For tests of failures.
+	BeforeDeliver func(conversation, user string) error
+	// NoFanoutWatch disables the $all watcher that re-drives unfinished
+	// fanout after a restart (tests that simulate a crash use it).
+	NoFanoutWatch bool
+}
+
+// Service is the API that the transport and the CLI call: every operation
+// of the product, on grains of a protoactor-go cluster.
+//
+// All methods honour their context's deadline and cancellation, and return
+// *Failure errors (test them with errors.Is(err, ErrNotFound) and the like).
+type Service struct {
+	cfg     Config
+	store   events.Store
+	system  *actor.ActorSystem
+	cluster *cluster.Cluster
+	log     *slog.Logger
+	watch   *fanoutWatch
+}
+
+// Start starts a cluster member with the conversation, user and device
+// grains and returns the service on top of it.
+func Start(cfg Config) (*Service, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("actors: Config.Store is required")
+	}
+	cfg.Limits = cfg.Limits.orDefaults()
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.PassivateAfter <= 0 {
+		cfg.PassivateAfter = 2 * time.Minute
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ClusterName == "" {
+		cfg.ClusterName = "imsync"
+	}
+	if cfg.Provider == nil {
+		cfg.Provider = test.NewTestProvider(test.NewInMemAgent())
+	}
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	s := &Service{cfg: cfg, store: cfg.Store, log: cfg.Logger}
+	s.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return slog.New(slog.DiscardHandler)
+	}))
+	kinds := []*cluster.Kind{
+		cluster.NewKind(kindConversation, actor.PropsFromProducer(func() actor.Actor { return &conversationGrain{svc: s} })),
+		cluster.NewKind(kindUser, actor.PropsFromProducer(func() actor.Actor { return &userGrain{svc: s} })),
+		cluster.NewKind(kindDevice, actor.PropsFromProducer(func() actor.Actor { return &deviceGrain{svc: s} })),
+	}
+	ccfg := cluster.Configure(cfg.ClusterName, cfg.Provider, disthash.New(), remote.Configure(cfg.Host, cfg.Port),
+		cluster.WithKinds(kinds...), cluster.WithRequestTimeout(cfg.RequestTimeout))
+	s.cluster = cluster.New(s.system, ccfg)
+	s.cluster.StartMember()
+	if !cfg.NoFanoutWatch {
+		s.watch = startFanoutWatch(s)
+	}
+	return s, nil
+}
+
+// Close leaves the cluster; the store stays open (it is the caller's).
+func (s *Service) Close() error {
+	if s.watch != nil {
+		s.watch.stop()
+	}
+	s.cluster.Shutdown(true)
+	return nil
+}
+
+// ActorSystem is the system the grains run in (the transport spawns its
+// connection actors there, so that grains can push to their PIDs).
+func (s *Service) ActorSystem() *actor.ActorSystem { return s.system }
+
+// request calls a grain and turns a *Failure reply into an error.
+func (s *Service) request(ctx context.Context, identity, kind string, msg proto.Message) (proto.Message, error) {
+	timeout := s.cfg.RequestTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if timeout <= 0 {
+		return nil, context.DeadlineExceeded
+	}
+	type result struct {
+		res any
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := s.cluster.Request(identity, kind, msg, cluster.WithTimeout(timeout))
+		done <- result{res, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if r.err != nil {
+		return nil, fail(Code_UNAVAILABLE, "%s %s: %v", kind, identity, r.err)
+	}
+	switch v := r.res.(type) {
+	case *Failure:
+		return nil, v
+	case proto.Message:
+		return v, nil
+	}
+	return nil, fail(Code_UNAVAILABLE, "%s %s answered %T", kind, identity, r.res)
+}
+
+// deliver hands one fanout batch to a user grain.
+func (s *Service) deliver(conv, user string, items []*InboxItem) error {
+	if h := s.cfg.BeforeDeliver; h != nil {
+		if err := h(conv, user); err != nil {
+			return err
+		}
+	}
+	_, err := s.request(context.Background(), user, kindUser, &Deliver{ConversationId: conv, Items: items})
+	return err
+}
+
+func call[T proto.Message](s *Service, ctx context.Context, identity, kind string, msg proto.Message) (T, error) {
+	var zero T
+	res, err := s.request(ctx, identity, kind, msg)
+	if err != nil {
+		return zero, err
+	}
+	out, ok := res.(T)
+	if !ok {
+		return zero, fail(Code_UNAVAILABLE, "%s %s answered %T", kind, identity, res)
+	}
+	return out, nil
+}
+
+func sortStrings(s []string) { slices.Sort(s) }
+
+func validate(pairs ...string) error {
+	for i := 0; i < len(pairs); i += 2 {
+		if err := ValidateID(pairs[i], pairs[i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OpenDirect returns the direct conversation of a and b, creating it on
+// first use; either side finds the same one.
+func (s *Service) OpenDirect(ctx context.Context, a, b string) (string, error) {
+	if err := validate("user", a, "user", b); err != nil {
+		return "", err
+	}
+	if a == b {
+		return "", fail(Code_INVALID, "a direct conversation needs two different users")
+	}
+	id := DirectID(a, b)
+	_, err := call[*Written](s, ctx, id, kindConversation, &CreateConversation{Kind: events.ConversationKind_DIRECT, Creator: a, Members: []string{b}})
+	return id, err
+}
+
+// CreateGroup creates a group with the creator as admin. id may be empty
+// (a new one is chosen) or a caller's id, which makes a retried create
+// idempotent.
+func (s *Service) CreateGroup(ctx context.Context, id, creator, name string, members []string) (string, error) {
+	if id == "" {
+		id = "g-" + uuid.NewString()
+	}
+	if err := validateConvID(id); err != nil {
+		return "", err
+	}
+	if _, _, direct := splitDirect(id); direct {
+		return "", fail(Code_INVALID, "group ids cannot look like direct ones")
+	}
+	_, err := call[*Written](s, ctx, id, kindConversation, &CreateConversation{Kind: events.ConversationKind_GROUP, Creator: creator, Name: name, Members: members})
+	return id, err
+}
+
+// AddMember adds user to a group (actor must be an admin).
+func (s *Service) AddMember(ctx context.Context, actorID, conv, user string) (uint64, error) {
+	return s.changeMember(ctx, actorID, conv, user, true)
+}
+
+// RemoveMember removes user from a group (an admin, or the user leaving).
+func (s *Service) RemoveMember(ctx context.Context, actorID, conv, user string) (uint64, error) {
+	return s.changeMember(ctx, actorID, conv, user, false)
+}
+
+func (s *Service) changeMember(ctx context.Context, actorID, conv, user string, add bool) (uint64, error) {
+	if err := validateConvID(conv); err != nil {
+		return 0, err
+	}
+	if err := validate("user", actorID, "user", user); err != nil {
+		return 0, err
+	}
+	w, err := call[*Written](s, ctx, conv, kindConversation, &ChangeMember{Actor: actorID, User: user, Add: add})
+	if err != nil {
+		return 0, err
+	}
+	return w.Seq, nil
+}
+
+// SendRequest is one message to send.
+type SendRequest struct {
+	Conversation string
+	Sender       string
+	Device       string
+	ClientMsgID  string // makes a retry idempotent: the same id returns the first seq
+	Kind         string // default "text"
+	Body         []byte
+	ReplyTo      uint64
+	Mentions     []string
+}
+
+// SendResult says where a message landed.
+type SendResult struct {
+	Seq       uint64
+	Duplicate bool // a retry of a message already stored at Seq
+}
+
+// Send appends a message; it returns once the message is durable.
+func (s *Service) Send(ctx context.Context, r SendRequest) (SendResult, error) {
+	if err := validateConvID(r.Conversation); err != nil {
+		return SendResult{}, err
+	}
+	if err := ValidateID("user", r.Sender); err != nil {
+		return SendResult{}, err
+	}
+	w, err := call[*Written](s, ctx, r.Conversation, kindConversation, &SendMessage{
+		Sender: r.Sender, Device: r.Device, ClientMsgId: r.ClientMsgID, Kind: r.Kind,
+		Body: r.Body, ReplyTo: r.ReplyTo, Mentions: r.Mentions,
+	})
+	if err != nil {
+		return SendResult{}, err
+	}
+	return SendResult{Seq: w.Seq, Duplicate: w.Duplicate}, nil
+}
+
+// Recall recalls message seq (its sender, or a group admin, within the window).
+func (s *Service) Recall(ctx context.Context, actorID, conv string, seq uint64) (uint64, error) {
+	if err := validateConvID(conv); err != nil {
+		return 0, err
+	}
+	w, err := call[*Written](s, ctx, conv, kindConversation, &RecallMessage{Actor: actorID, Seq: seq})
+	if err != nil {
+		return 0, err
+	}
+	return w.Seq, nil
+}
+
+// Edit replaces the body of message seq (same rights as Recall).
+func (s *Service) Edit(ctx context.Context, actorID, conv string, seq uint64, body []byte) (uint64, error) {
+	if err := validateConvID(conv); err != nil {
+		return 0, err
+	}
+	w, err := call[*Written](s, ctx, conv, kindConversation, &EditMessage{Actor: actorID, Seq: seq, Body: body})
+	if err != nil {
+		return 0, err
+	}
+	return w.Seq, nil
+}
+
+// Conversation returns what a member sees of a conversation.
+func (s *Service) Conversation(ctx context.Context, reader, conv string) (*ConversationInfo, error) {
+	if err := validateConvID(conv); err != nil {
+		return nil, err
+	}
+	return call[*ConversationInfo](s, ctx, conv, kindConversation, &GetConversation{Reader: reader})
+}
+
+// MarkRead moves the user's read marker in conv to seq (forward only); the
+// user's other devices learn it through the sync timeline.
+func (s *Service) MarkRead(ctx context.Context, user, device, conv string, seq uint64) error {
+	info, err := s.Conversation(ctx, user, conv)
+	if err != nil {
+		return err
+	}
+	if seq > info.LastSeq {
+		return fail(Code_INVALID, "read marker %d beyond the conversation's last seq %d", seq, info.LastSeq)
+	}
+	_, err = call[*Ok](s, ctx, user, kindUser, &MarkRead{ConversationId: conv, Seq: seq, Device: device})
+	return err
+}
+
+// HistoryQuery selects a page of a conversation: the latest Limit messages
+// (zero Before and After), those before a seq, or those after one.
+type HistoryQuery struct {
+	Before, After uint64
+	Limit         int
+}
+
+// History pages a conversation's messages, newest first (oldest first with After).
+func (s *Service) History(ctx context.Context, reader, conv string, q HistoryQuery) (*History, error) {
+	if err := validateConvID(conv); err != nil {
+		return nil, err
+	}
+	if q.Before > 0 && q.After > 0 {
+		return nil, fail(Code_INVALID, "history takes Before or After, not both")
+	}
+	return call[*History](s, ctx, conv, kindConversation, &GetHistory{Reader: reader, BeforeSeq: q.Before, AfterSeq: q.After, Limit: uint32(max(0, min(q.Limit, 1<<20)))})
+}
+
+// Sync returns the user's sync timeline after afterUserSeq.
+func (s *Service) Sync(ctx context.Context, user string, afterUserSeq uint64, limit int) (*SyncPage, error) {
+	if err := ValidateID("user", user); err != nil {
+		return nil, err
+	}
+	return call[*SyncPage](s, ctx, user, kindUser, &SyncRequest{AfterUserSeq: afterUserSeq, Limit: uint32(max(0, min(limit, 1<<20)))})
+}
+
+// Conversations returns the user's conversation list (what a device syncs
+// first at login).
+func (s *Service) Conversations(ctx context.Context, user string) (*ConversationList, error) {
+	if err := ValidateID("user", user); err != nil {
+		return nil, err
+	}
+	return call[*ConversationList](s, ctx, user, kindUser, &ListConversations{})
+}
+
+// AttachDevice registers the connection actor pid of a device: pushes for
+// the user go there until DetachDevice. It returns the device's state.
+func (s *Service) AttachDevice(ctx context.Context, user, device string, pid *actor.PID) (*DeviceState, error) {
+	if err := validate("user", user, "device", device); err != nil {
+		return nil, err
+	}
+	return call[*DeviceState](s, ctx, deviceIdentity(user, device), kindDevice, &AttachDevice{Address: pid.Address, Id: pid.Id})
+}
+
+// DetachDevice forgets a device's connection (if it is still pid).
+func (s *Service) DetachDevice(ctx context.Context, user, device string, pid *actor.PID) error {
+	if err := validate("user", user, "device", device); err != nil {
+		return err
+	}
+	_, err := call[*DeviceState](s, ctx, deviceIdentity(user, device), kindDevice, &DetachDevice{Address: pid.Address, Id: pid.Id})
+	return err
+}
+
+// AckDevice records that a device has applied its sync timeline up to userSeq.
+func (s *Service) AckDevice(ctx context.Context, user, device string, userSeq uint64) (*DeviceState, error) {
+	if err := validate("user", user, "device", device); err != nil {
+		return nil, err
+	}
+	return call[*DeviceState](s, ctx, deviceIdentity(user, device), kindDevice, &AckDevice{UserSeq: userSeq})
+}
+
+// Device returns a device's acknowledged user seq and whether it is online.
+func (s *Service) Device(ctx context.Context, user, device string) (*DeviceState, error) {
+	if err := validate("user", user, "device", device); err != nil {
+		return nil, err
+	}
+	return call[*DeviceState](s, ctx, deviceIdentity(user, device), kindDevice, &DeviceState{})
+}
+
+// EnsureFanout waits until conv has fanned out every event up to seq.
+func (s *Service) EnsureFanout(ctx context.Context, conv string, seq uint64) error {
+	_, err := call[*Written](s, ctx, conv, kindConversation, &EnsureFanout{Seq: seq})
+	return err
+}
+
+var _ = fmt.Sprintf

@@ -1,0 +1,377 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/cluster"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imsync/imsync/events"
+)
+
+// userGrain owns inbox-<user>, the user's sync timeline, and the
+// conversation list derived from it; it tells the user's online device
+// grains when the timeline grows.
+type userGrain struct {
+	svc     *Service
+	id      string
+	state   *userState
+	j       *journal
+	broken  bool
+	devices map[string]bool // online devices
+}
+
+func (g *userGrain) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *cluster.ClusterInit:
+		g.id = m.Identity.Identity
+		g.devices = map[string]bool{}
+		if err := g.load(); err != nil {
+			g.svc.log.Error("user grain cannot load", "user", g.id, "err", err)
+			g.broken = true
+		}
+		ctx.SetReceiveTimeout(g.svc.cfg.PassivateAfter)
+	case *appendDone:
+		if err := g.j.done(ctx, m); err != nil {
+			g.svc.log.Warn("inbox append failed; rebuilding", "user", g.id, "err", err)
+			g.broken = true
+		}
+	case *actor.ReceiveTimeout:
+		if g.j != nil && g.j.idle() && len(g.devices) == 0 {
+			ctx.Stop(ctx.Self())
+		}
+	case *DevicePresence:
+		if m.Online {
+			g.devices[m.Device] = true
+		} else {
+			delete(g.devices, m.Device)
+		}
+		ctx.Respond(&Ok{})
+	case *Deliver:
+		if g.ready(ctx) {
+			g.deliver(ctx, m)
+		}
+	case *MarkRead:
+		if g.ready(ctx) {
+			g.markRead(ctx, m)
+		}
+	case *GetUserSeq:
+		if g.ready(ctx) {
+			ctx.Respond(&Delivered{UserSeq: g.j.durable})
+		}
+	case *SyncRequest:
+		if g.ready(ctx) {
+			g.sync(ctx, m)
+		}
+	case *ListConversations:
+		if g.ready(ctx) {
+			g.list(ctx)
+		}
+	}
+}
+
+func (g *userGrain) ready(ctx actor.Context) bool {
+	if !g.broken {
+		return true
+	}
+	if err := g.load(); err != nil {
+		ctx.Respond(unavailable(err))
+		return false
+	}
+	g.broken = false
+	return true
+}
+
+func (g *userGrain) load() error {
+	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	s := newUserState(g.id)
+	n, err := replay(ctx, g.svc.store, events.InboxStream(g.id), func(n uint64, m proto.Message) { evolveUser(s, n, m) })
+	if err != nil {
+		return err
+	}
+	g.state, g.j = s, newJournal(g.svc.store, events.InboxStream(g.id), n)
+	return nil
+}
+
+// deliver appends the new items of a conversation's fanout batch and
+// answers once they are durable; then it notifies the online devices.
+func (g *userGrain) deliver(ctx actor.Context, d *Deliver) {
+	items := decideDeliver(g.state, d)
+	var msgs []proto.Message
+	for _, it := range items {
+		m, err := events.Decode(it.Type, it.Data)
+		if err != nil {
+			ctx.Respond(fail(Code_INVALID, "%v", err))
+			return
+		}
+		msgs = append(msgs, m)
+	}
+	g.commit(ctx, msgs, &Delivered{})
+}
+
+func (g *userGrain) markRead(ctx actor.Context, m *MarkRead) {
+	ev, f := decideMarkRead(g.state, m)
+	if f != nil {
+		ctx.Respond(f)
+		return
+	}
+	var msgs []proto.Message
+	if ev != nil {
+		msgs = append(msgs, ev)
+	}
+	g.commit(ctx, msgs, &Ok{})
+}
+
+// commit evolves, appends, and answers with reply (a *Delivered gets the
+// user seq) once everything up to the new entries is durable.
+func (g *userGrain) commit(ctx actor.Context, msgs []proto.Message, reply proto.Message) {
+	for _, m := range msgs {
+		evolveUser(g.state, g.state.userSeq+1, m)
+	}
+	upTo := g.j.applied
+	if len(msgs) > 0 {
+		var err error
+		if upTo, err = g.j.add(msgs...); err != nil {
+			ctx.Respond(fail(Code_INVALID, "%v", err))
+			return
+		}
+	}
+	sender := ctx.Sender()
+	var newest *SyncEntry
+	if n := len(msgs); n > 0 {
+		last := g.j.queue[len(g.j.queue)-1]
+		if len(last.Data) <= g.svc.cfg.Limits.InlineMaxSize+256 {
+			newest = &SyncEntry{UserSeq: upTo, Type: last.Type, Data: last.Data}
+		}
+	}
+	g.j.whenDurable(upTo, func(err error) {
+		if err != nil {
+			ctx.Send(sender, unavailable(err))
+			return
+		}
+		if d, ok := reply.(*Delivered); ok {
+			d.UserSeq = upTo
+		}
+		ctx.Send(sender, reply)
+		if len(msgs) > 0 {
+			g.notifyDevices(ctx, upTo, newest)
+		}
+	})
+	g.j.flush(ctx)
+}
+
+func (g *userGrain) notifyDevices(ctx actor.Context, userSeq uint64, newest *SyncEntry) {
+	for dev := range g.devices {
+		pid := g.svc.cluster.Get(deviceIdentity(g.id, dev), kindDevice)
+		if pid != nil {
+			ctx.Send(pid, &NotifyDevice{UserSeq: userSeq, Entry: newest})
+		}
+	}
+}
+
+// sync answers a page of the sync timeline after the device's user seq.
+func (g *userGrain) sync(ctx actor.Context, m *SyncRequest) {
+	limit := int(m.Limit)
+	if limit <= 0 || limit > 1000 {
+		ctx.Respond(fail(Code_INVALID, "sync limit must be 1..1000"))
+		return
+	}
+	newest := g.j.durable
+	if m.AfterUserSeq >= newest {
+		ctx.Respond(&SyncPage{LastUserSeq: newest, FirstUserSeq: 1})
+		return
+	}
+	store, stream, sender, root := g.svc.store, events.InboxStream(g.id), ctx.Sender(), ctx.ActorSystem().Root
+	go func() {
+		c, cancel := context.WithTimeout(context.Background(), appendTimeout)
+		defer cancel()
+		page, err := store.ReadStream(c, stream, events.ReadStreamOptions{From: events.Revision(m.AfterUserSeq), Limit: limit})
+		if err != nil && !errors.Is(err, events.ErrStreamNotFound) {
+			root.Send(sender, unavailable(err))
+			return
+		}
+		out := &SyncPage{LastUserSeq: newest, FirstUserSeq: m.AfterUserSeq + 1}
+		for i, e := range page {
+			seq := uint64(e.Revision) + 1
+			if seq > newest {
+				break
+			}
+			if i == 0 {
+				out.FirstUserSeq = seq // > after+1 when retention dropped older entries
+			}
+			out.Entries = append(out.Entries, &SyncEntry{UserSeq: seq, Type: e.Type, Data: e.Data})
+		}
+		root.Send(sender, out)
+	}()
+}
+
+// list answers the conversation list; read-fanout groups are asked for
+// their latest state, the others come from the inbox.
+func (g *userGrain) list(ctx actor.Context) {
+	out := &ConversationList{UserSeq: g.j.durable}
+	var ask []*ConversationSummary
+	for _, c := range g.state.convs {
+		if !c.member {
+			continue
+		}
+		sum := c.summary()
+		out.Conversations = append(out.Conversations, sum)
+		if c.readFanout {
+			ask = append(ask, sum)
+		}
+	}
+	slices.SortFunc(out.Conversations, func(a, b *ConversationSummary) int {
+		if a.LastActivityUnixMs != b.LastActivityUnixMs {
+			if a.LastActivityUnixMs > b.LastActivityUnixMs {
+				return -1
+			}
+			return 1
+		}
+		if a.ConversationId < b.ConversationId {
+			return -1
+		}
+		return 1
+	})
+	if len(ask) == 0 {
+		ctx.Respond(out)
+		return
+	}
+	sender, root, svc, user := ctx.Sender(), ctx.ActorSystem().Root, g.svc, g.id
+	go func() {
+		var wg sync.WaitGroup
+		for _, sum := range ask {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res, err := svc.request(context.Background(), sum.ConversationId, kindConversation, &GetConversation{Reader: user, ReadSeq: sum.LastReadSeq})
+				if info, ok := res.(*ConversationInfo); ok && err == nil {
+					sum.LastSeq, sum.LatestMessageSeq, sum.LatestMessage = info.LastSeq, info.LatestMessageSeq, info.LatestMessage
+					sum.Unread, sum.LastActivityUnixMs = info.Unread, info.LastActivityUnixMs
+				}
+			}()
+		}
+		wg.Wait()
+		root.Send(sender, out)
+	}()
+}
+
+// deviceGrain holds one device's acknowledged user seq (device-<user>/<device>)
+// and where its connection is, and pushes notifications there.
+type deviceGrain struct {
+	svc      *Service
+	user     string
+	device   string
+	state    deviceState
+	j        *journal
+	conn     *actor.PID
+	newest   uint64 // newest user seq heard of
+	loadErr  error
+	attached bool
+}
+
+func deviceIdentity(user, device string) string { return user + "/" + device }
+
+func (g *deviceGrain) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *cluster.ClusterInit:
+		id := m.Identity.Identity
+		for i := range id {
+			if id[i] == '/' {
+				g.user, g.device = id[:i], id[i+1:]
+			}
+		}
+		c, cancel := context.WithTimeout(context.Background(), appendTimeout)
+		defer cancel()
+		n, err := replay(c, g.svc.store, events.DeviceStream(g.user, g.device), func(_ uint64, m proto.Message) { evolveDevice(&g.state, m) })
+		g.loadErr = err
+		g.j = newJournal(g.svc.store, events.DeviceStream(g.user, g.device), n)
+		ctx.SetReceiveTimeout(g.svc.cfg.PassivateAfter)
+	case *appendDone:
+		if err := g.j.done(ctx, m); err != nil {
+			g.loadErr = err // reload on the next activation; refuse until then
+		}
+	case *actor.ReceiveTimeout:
+		if g.conn == nil && g.j.idle() {
+			ctx.Stop(ctx.Self())
+		}
+	case *AttachDevice:
+		g.conn = actor.NewPID(m.Address, m.Id)
+		g.presence(ctx, true)
+	case *DetachDevice:
+		if g.conn != nil && g.conn.Address == m.Address && g.conn.Id == m.Id {
+			g.conn = nil
+			g.presence(ctx, false)
+			return
+		}
+		ctx.Respond(&DeviceState{AckedUserSeq: g.state.acked, Online: g.conn != nil})
+	case *NotifyDevice:
+		g.newest = max(g.newest, m.UserSeq)
+		if g.conn != nil {
+			ctx.Send(g.conn, &Push{User: g.user, Device: g.device, UserSeq: m.UserSeq, Entry: m.Entry})
+		}
+	case *AckDevice:
+		g.ack(ctx, m)
+	case *DeviceState:
+		ctx.Respond(&DeviceState{AckedUserSeq: g.state.acked, Online: g.conn != nil})
+	}
+}
+
+// presence tells the user grain, then answers with the device's state.
+func (g *deviceGrain) presence(ctx actor.Context, online bool) {
+	sender, root, svc := ctx.Sender(), ctx.ActorSystem().Root, g.svc
+	st := &DeviceState{AckedUserSeq: g.state.acked, Online: online}
+	msg := &DevicePresence{Device: g.device, Online: online}
+	user := g.user
+	go func() {
+		if _, err := svc.request(context.Background(), user, kindUser, msg); err != nil {
+			root.Send(sender, unavailable(err))
+			return
+		}
+		root.Send(sender, st)
+	}()
+}
+
+func (g *deviceGrain) ack(ctx actor.Context, a *AckDevice) {
+	if g.loadErr != nil {
+		ctx.Respond(unavailable(g.loadErr))
+		return
+	}
+	if a.UserSeq > g.newest {
+		// Heard of nothing that new: ask the user grain where the timeline is.
+		res, err := g.svc.request(context.Background(), g.user, kindUser, &GetUserSeq{})
+		if err != nil {
+			ctx.Respond(unavailable(err))
+			return
+		}
+		g.newest = max(g.newest, res.(*Delivered).UserSeq)
+	}
+	ev, f := decideAck(&g.state, a, g.newest)
+	if f != nil {
+		ctx.Respond(f)
+		return
+	}
+	if ev == nil {
+		ctx.Respond(&DeviceState{AckedUserSeq: g.state.acked, Online: g.conn != nil})
+		return
+	}
+	evolveDevice(&g.state, ev)
+	upTo, err := g.j.add(ev)
+	if err != nil {
+		ctx.Respond(fail(Code_INVALID, "%v", err))
+		return
+	}
+	sender, st := ctx.Sender(), &DeviceState{AckedUserSeq: g.state.acked, Online: g.conn != nil}
+	g.j.whenDurable(upTo, func(err error) {
+		if err != nil {
+			ctx.Send(sender, unavailable(err))
+			return
+		}
+		ctx.Send(sender, st)
+	})
+	g.j.flush(ctx)
+}
