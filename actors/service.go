@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -62,6 +63,7 @@ type Service struct {
 	cluster *cluster.Cluster
 	log     *slog.Logger
 	watch   *fanoutWatch
+	closing sync.Once
 }
 
 // Start starts a cluster member with the conversation, user and device
@@ -113,10 +115,12 @@ func Start(cfg Config) (*Service, error) {
 
 // Close leaves the cluster; the store stays open (it is the caller's).
 func (s *Service) Close() error {
-	if s.watch != nil {
-		s.watch.stop()
-	}
-	s.cluster.Shutdown(true)
+	s.closing.Do(func() {
+		if s.watch != nil {
+			s.watch.stop()
+		}
+		s.cluster.Shutdown(true)
+	})
 	return nil
 }
 
