@@ -18,7 +18,8 @@ type convState struct {
 	kind         events.ConversationKind
 	name         string
 	creator      string
-	members      map[string]bool // member → admin
+	members      map[string]bool   // member → admin
+	joined       map[string]uint64 // member → seq of their (latest) joining
 	lastSeq      uint64
 	latestSeq    uint64 // seq of the latest message
 	latest       *events.MessageSent
@@ -47,6 +48,7 @@ func newConvState(id string) *convState {
 	return &convState{
 		id:        id,
 		members:   map[string]bool{},
+		joined:    map[string]uint64{},
 		recent:    map[uint64]*msgInfo{},
 		recalled:  map[uint64]bool{},
 		edited:    map[uint64][]byte{},
@@ -71,12 +73,19 @@ func (s *convState) message(seq uint64) (msgRef, bool) {
 	return msgRef{}, false
 }
 
-// unreadAfter counts messages from others with a seq above after.
+// unreadAfter counts a member's unread messages: those from others, not
+// recalled, after their read marker, after they joined and after their own
+// latest message (sending implies having read what came before) — the
+// same rule the user core applies to the inbox of write-fanout groups.
 func (s *convState) unreadAfter(user string, after uint64) uint64 {
-	i := sort.Search(len(s.msgs), func(i int) bool { return s.msgs[i].seq > after })
+	after = max(after, s.joined[user])
 	var n uint64
-	for _, m := range s.msgs[i:] {
-		if m.sender != user && !s.recalled[m.seq] {
+	for i := len(s.msgs) - 1; i >= 0 && s.msgs[i].seq > after; i-- {
+		m := s.msgs[i]
+		if m.sender == user {
+			break
+		}
+		if !s.recalled[m.seq] {
 			n++
 		}
 	}
@@ -263,13 +272,16 @@ func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 		s.kind, s.name, s.creator = e.Kind, e.Name, e.Creator
 		for _, m := range e.Members {
 			s.members[m] = m == e.Creator && e.Kind == events.ConversationKind_GROUP
+			s.joined[m] = seq
 		}
 		s.lastActivity = e.AtUnixMs
 	case *events.MemberAdded:
 		s.members[e.User] = false
+		s.joined[e.User] = seq
 		s.lastActivity = e.AtUnixMs
 	case *events.MemberRemoved:
 		delete(s.members, e.User)
+		delete(s.joined, e.User)
 		s.lastActivity = e.AtUnixMs
 	case *events.MessageSent:
 		s.msgs = append(s.msgs, msgRef{seq: seq, sender: e.Sender})

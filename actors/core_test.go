@@ -152,11 +152,19 @@ func TestEvolveConversation(t *testing.T) {
 	if s.lastSeq != 5 || s.latestSeq != 4 {
 		t.Fatalf("lastSeq %d latestSeq %d", s.lastSeq, s.latestSeq)
 	}
-	// Unread for ann after seq 1: bob's (2); cat's was recalled, her own does not count.
-	if n := s.unreadAfter("ann", 1); n != 1 {
-		t.Fatalf("unread %d, want 1", n)
+	// ann sent the latest message: nothing is unread for her.
+	if n := s.unreadAfter("ann", 1); n != 0 {
+		t.Fatalf("ann's unread %d, want 0", n)
 	}
+	// bob: ann's 4 counts, cat's 3 was recalled, his own 2 ends the count.
+	if n := s.unreadAfter("bob", 0); n != 1 {
+		t.Fatalf("bob's unread %d, want 1", n)
+	}
+	// dan joins after everything: nothing unread for him.
 	apply(t, s, &ChangeMember{Actor: "ann", User: "dan", Add: true}, t0)
+	if n := s.unreadAfter("dan", 0); n != 0 {
+		t.Fatalf("new member's unread %d, want 0", n)
+	}
 	if !s.readFanout(testLimits()) {
 		t.Fatal("4 members over a threshold of 3: read-fanout expected")
 	}

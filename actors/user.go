@@ -84,6 +84,7 @@ func evolveUser(s *userState, userSeq uint64, ev proto.Message) {
 		c.kind, c.name, c.readFanout = e.Kind, e.Name, e.ReadFanout
 		if e.User == s.id {
 			c.member = e.Added
+			c.unread = nil // counted anew from (re)joining, as the conversation does
 		}
 	case *events.MessagePointer:
 		c := s.conv(e.ConversationId)
