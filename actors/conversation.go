@@ -24,6 +24,7 @@ type convState struct {
 	latestSeq    uint64 // seq of the latest message
 	latest       *events.MessageSent
 	lastActivity int64 // unix ms of the latest event
+	large        bool  // read-fanout since members first exceeded the threshold
 
 	msgs     []msgRef            // every message, by seq: "is it a message", unread counts
 	recent   map[uint64]*msgInfo // messages still inside the recall/edit window
@@ -60,9 +61,16 @@ func (s *convState) exists() bool { return s.lastSeq > 0 }
 
 func (s *convState) isMember(u string) bool { _, ok := s.members[u]; return ok }
 
-// readFanout says whether messages are fanned out by reading (large group).
-func (s *convState) readFanout(lim Limits) bool {
-	return s.kind == events.ConversationKind_GROUP && len(s.members) > lim.ReadFanoutThreshold
+// readFanout says whether messages are fanned out by reading: a group
+// becomes large when its members first exceed the threshold and stays so,
+// so that unread counts of a conversation always come from one place (the
+// inbox while small, the conversation once large).
+func (s *convState) readFanout(Limits) bool { return s.large }
+
+func (s *convState) checkLarge(lim Limits) {
+	if s.kind == events.ConversationKind_GROUP && len(s.members) > lim.ReadFanoutThreshold {
+		s.large = true
+	}
 }
 
 func (s *convState) message(seq uint64) (msgRef, bool) {
@@ -274,10 +282,12 @@ func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 			s.members[m] = m == e.Creator && e.Kind == events.ConversationKind_GROUP
 			s.joined[m] = seq
 		}
+		s.checkLarge(lim)
 		s.lastActivity = e.AtUnixMs
 	case *events.MemberAdded:
 		s.members[e.User] = false
 		s.joined[e.User] = seq
+		s.checkLarge(lim)
 		s.lastActivity = e.AtUnixMs
 	case *events.MemberRemoved:
 		delete(s.members, e.User)

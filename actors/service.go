@@ -119,7 +119,9 @@ func (s *Service) Close() error {
 		if s.watch != nil {
 			s.watch.stop()
 		}
-		s.cluster.Shutdown(true)
+		// Graceful leaving hands identities over to other members (and sleeps
+		// two seconds for it); alone, there is no one to hand over to.
+		s.cluster.Shutdown(s.cluster.MemberList.Length() > 1)
 	})
 	return nil
 }
@@ -335,7 +337,15 @@ func (s *Service) MarkRead(ctx context.Context, user, device, conv string, seq u
 	if seq > info.LastSeq {
 		return fail(Code_INVALID, "read marker %d beyond the conversation's last seq %d", seq, info.LastSeq)
 	}
-	_, err = call[*Ok](s, ctx, user, kindUser, &MarkRead{ConversationId: conv, Seq: seq, Device: device})
+	mark := &MarkRead{ConversationId: conv, Seq: seq, Device: device}
+	_, err = call[*Ok](s, ctx, user, kindUser, mark)
+	if errors.Is(err, ErrNotFound) {
+		// A member whose joining is still being fanned out: wait for it.
+		if err := s.EnsureFanout(ctx, conv, info.LastSeq); err != nil {
+			return err
+		}
+		_, err = call[*Ok](s, ctx, user, kindUser, mark)
+	}
 	return err
 }
 

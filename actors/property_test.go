@@ -1,0 +1,398 @@
+package actors_test
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imsync/imsync/actors"
+	"github.com/imsync/imsync/events"
+)
+
+// TestRandomHistories drives the service with random interleavings of
+// sends (some retried), membership changes, recalls, read markers and device
+// syncs, across several users and devices, while grains passivate and the
+// whole process restarts (store closed and reopened) at random points.
+// Afterwards it checks every guarantee against what was acknowledged.
+func TestRandomHistories(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("IMSYNC_SEED"); s != "" {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	t.Logf("seed %d (rerun with IMSYNC_SEED=%d)", seed, seed)
+	rng := rand.New(rand.NewPCG(seed, 7))
+
+	h := newHarness(t)
+	users := []string{"ann", "bob", "cat", "dan", "eve"}
+	devices := []string{"phone", "laptop"}
+	ctx := tctx(t)
+
+	convs := []string{}
+	g1, err := h.svc.CreateGroup(ctx, "g1", "ann", "small", []string{"bob", "cat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2, err := h.svc.CreateGroup(ctx, "g2", "bob", "grows", []string{"ann", "cat", "dan"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1, err := h.svc.OpenDirect(ctx, "ann", "eve")
+	if err != nil {
+		t.Fatal(err)
+	}
+	convs = append(convs, g1, g2, d1)
+	admins := map[string]string{g1: "ann", g2: "bob"}
+
+	type sent struct {
+		conv, sender, cid string
+		seq             uint64
+	}
+	var acked []sent
+	bySend := map[string]uint64{} // conv/sender/cid → seq
+	readTo := map[string]uint64{} // user/conv → highest read marker set
+	local := map[string]uint64{}  // user/device → user seq the device has applied
+
+	members := func(conv string) []string {
+		info, err := h.svc.Conversation(tctx(t), admins[conv]+"", conv)
+		if conv == d1 {
+			info, err = h.svc.Conversation(tctx(t), "ann", conv)
+		}
+		if err != nil {
+			t.Fatalf("members of %s: %v", conv, err)
+		}
+		return info.Members
+	}
+
+	const ops = 240
+	for op := 0; op < ops; op++ {
+		ctx := tctx(t)
+		switch r := rng.IntN(100); {
+		case r < 45: // a burst of concurrent sends, some of them retries
+			var mu sync.Mutex
+			var wg sync.WaitGroup
+			for range 1 + rng.IntN(4) {
+				conv := convs[rng.IntN(len(convs))]
+				ms := members(conv)
+				sender := ms[rng.IntN(len(ms))]
+				cid := fmt.Sprintf("c%d", rng.IntN(1000))
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					res, err := h.svc.Send(ctx, actors.SendRequest{Conversation: conv, Sender: sender, Device: "phone", ClientMsgID: cid, Body: []byte(cid)})
+					if err != nil {
+						t.Errorf("send: %v", err)
+						return
+					}
+					mu.Lock()
+					defer mu.Unlock()
+					k := conv + "/" + sender + "/" + cid
+					if prev, ok := bySend[k]; ok {
+						if prev != res.Seq || !res.Duplicate {
+							t.Errorf("retry of %s got seq %d (duplicate %v), first %d", k, res.Seq, res.Duplicate, prev)
+						}
+						return
+					}
+					if res.Duplicate {
+						t.Errorf("first send of %s reported as duplicate", k)
+					}
+					bySend[k] = res.Seq
+					acked = append(acked, sent{conv, sender, cid, res.Seq})
+				}()
+			}
+			wg.Wait()
+		case r < 55: // membership
+			conv := []string{g1, g2}[rng.IntN(2)]
+			user := users[rng.IntN(len(users))]
+			if user == admins[conv] {
+				continue
+			}
+			var err error
+			if slices.Contains(members(conv), user) {
+				_, err = h.svc.RemoveMember(ctx, admins[conv], conv, user)
+			} else {
+				_, err = h.svc.AddMember(ctx, admins[conv], conv, user)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		case r < 62: // recall one of one's recent messages
+			if len(acked) == 0 {
+				continue
+			}
+			s := acked[len(acked)-1-rng.IntN(min(len(acked), 5))]
+			_, err := h.svc.Recall(ctx, s.sender, s.conv, s.seq)
+			if err != nil && !errors.Is(err, actors.ErrNotFound) { // the sender may have left
+				t.Fatalf("recall: %v", err)
+			}
+		case r < 75: // read markers
+			conv := convs[rng.IntN(len(convs))]
+			ms := members(conv)
+			user := ms[rng.IntN(len(ms))]
+			info, err := h.svc.Conversation(ctx, user, conv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seq := uint64(rng.IntN(int(info.LastSeq) + 1))
+			if err := h.svc.MarkRead(ctx, user, "phone", conv, seq); err != nil {
+				t.Fatal(err)
+			}
+			readTo[user+"/"+conv] = max(readTo[user+"/"+conv], seq)
+		case r < 90: // a device syncs a little and acks
+			user, dev := users[rng.IntN(len(users))], devices[rng.IntN(2)]
+			k := user + "/" + dev
+			page, err := h.svc.Sync(ctx, user, local[k], 1+rng.IntN(5))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range page.Entries {
+				if e.UserSeq != local[k]+1 {
+					t.Fatalf("%s pulled %d after %d", k, e.UserSeq, local[k])
+				}
+				local[k] = e.UserSeq
+			}
+			if _, err := h.svc.AckDevice(ctx, user, dev, local[k]); err != nil {
+				t.Fatal(err)
+			}
+		case r < 97: // let idle grains passivate
+			time.Sleep(150 * time.Millisecond)
+		default: // restart the process
+			h.restart()
+		}
+	}
+
+	// Let every fanout finish, then check.
+	ctx = tctx(t)
+	for _, conv := range convs {
+		info, err := h.svc.Conversation(ctx, members(conv)[0], conv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.svc.EnsureFanout(ctx, conv, info.LastSeq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.restart() // and everything must still hold after one more restart
+
+	// 1. Each conversation's seqs are gapless 1..N; each acked send is
+	// there exactly once, at its seq.
+	model := map[string]*convModel{}
+	for _, conv := range convs {
+		model[conv] = replayConv(t, h.store, conv)
+	}
+	for _, s := range acked {
+		m := model[s.conv]
+		msg, ok := m.msgs[s.seq]
+		if !ok || msg.sender != s.sender || msg.cid != s.cid {
+			t.Fatalf("acked %s/%s/%s at %d: stored %+v", s.conv, s.sender, s.cid, s.seq, msg)
+		}
+	}
+	for conv, m := range model {
+		seen := map[string]bool{}
+		for _, msg := range m.msgs {
+			k := msg.sender + "/" + msg.cid
+			if seen[k] {
+				t.Fatalf("%s stores %s twice", conv, k)
+			}
+			seen[k] = true
+		}
+	}
+
+	for _, user := range users {
+		entries := readInbox(t, h.svc, user) // checks user seqs are gapless
+		checkNoDuplicates(t, user, entries)
+		// 2. Write-fanout: each message of the user's conversations, once,
+		// in order; nothing from before joining or after leaving.
+		for _, conv := range convs {
+			want := model[conv].deliveredTo(user)
+			if got := pointers(entries, conv); !slices.Equal(got, want) {
+				t.Fatalf("%s's pointers for %s: %v, want %v", user, conv, got, want)
+			}
+		}
+		// 3. Unread counts follow the rule from the read markers.
+		list, err := h.svc.Conversations(tctx(t), user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range list.Conversations {
+			m := model[c.ConversationId]
+			if want := m.unread(user, readTo[user+"/"+c.ConversationId]); c.Unread != want {
+				t.Fatalf("%s's unread in %s: %d, want %d (read to %d)", user, c.ConversationId, c.Unread, want, readTo[user+"/"+c.ConversationId])
+			}
+			if c.LastReadSeq != readTo[user+"/"+c.ConversationId] && !m.sentAfter(user, readTo[user+"/"+c.ConversationId]) {
+				t.Fatalf("%s's read marker in %s: %d, want %d", user, c.ConversationId, c.LastReadSeq, readTo[user+"/"+c.ConversationId])
+			}
+		}
+		// 4. All devices converge: each one, syncing on from where it was,
+		// ends with the same timeline as a fresh full sync, and acks it.
+		full := fmt.Sprint(entries)
+		for _, dev := range devices {
+			k := user + "/" + dev
+			var got []inboxEntry
+			if local[k] > 0 {
+				got = entries[:local[k]]
+			}
+			for {
+				page, err := h.svc.Sync(tctx(t), user, local[k], 3)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(page.Entries) == 0 {
+					break
+				}
+				for _, e := range page.Entries {
+					if e.UserSeq != local[k]+1 {
+						t.Fatalf("%s: gap at %d", k, e.UserSeq)
+					}
+					local[k] = e.UserSeq
+				}
+				got = entries[:local[k]]
+			}
+			if fmt.Sprint(got) != full {
+				t.Fatalf("%s did not converge", k)
+			}
+			st, err := h.svc.AckDevice(tctx(t), user, dev, local[k])
+			if err != nil || st.AckedUserSeq != uint64(len(entries)) {
+				t.Fatalf("%s acked %v, %v; timeline has %d", k, st, err, len(entries))
+			}
+		}
+	}
+	t.Logf("%d sends acknowledged, %d restarts", len(acked), h.restarts)
+}
+
+// harness owns a store on disk and the service over it, and restarts both.
+type harness struct {
+	t        *testing.T
+	dir      string
+	store    *events.Embedded
+	svc      *actors.Service
+	restarts int
+}
+
+func newHarness(t *testing.T) *harness {
+	h := &harness{t: t, dir: filepath.Join(t.TempDir(), "store")}
+	h.open()
+	t.Cleanup(func() {
+		h.svc.Close()
+		h.store.Close()
+	})
+	return h
+}
+
+func (h *harness) open() {
+	var err error
+	h.store, err = events.Open(h.dir, events.Options{ScavengeInterval: -1})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	lim := actors.DefaultLimits()
+	lim.ReadFanoutThreshold = 4 // g2 crosses it as members come and go
+	h.svc, err = actors.Start(actors.Config{Store: h.store, Limits: lim, PassivateAfter: 100 * time.Millisecond})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *harness) restart() {
+	h.svc.Close()
+	h.store.Close()
+	h.open()
+	h.restarts++
+}
+
+// convModel is what the stored conversation says should have happened.
+type convModel struct {
+	msgs      map[uint64]modelMsg
+	order     []uint64
+	delivered map[string][]uint64 // user → message seqs fanned out by write
+	joined    map[string]uint64
+	recalled  map[uint64]bool
+}
+
+type modelMsg struct {
+	sender, cid string
+}
+
+// replayConv reads conv-<id> straight from the store, checks its seqs are
+// gapless from 1, and derives who should have received what.
+func replayConv(t *testing.T, store events.Store, conv string) *convModel {
+	t.Helper()
+	m := &convModel{msgs: map[uint64]modelMsg{}, delivered: map[string][]uint64{}, joined: map[string]uint64{}, recalled: map[uint64]bool{}}
+	members := map[string]bool{}
+	page, err := store.ReadStream(tctx(t), events.ConversationStream(conv), events.ReadStreamOptions{Limit: events.MaxReadLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var group, large bool
+	for i, e := range page {
+		seq := uint64(i) + 1
+		if uint64(e.Revision)+1 != seq {
+			t.Fatalf("%s: event %d has seq %d: gap", conv, i, e.Revision+1)
+		}
+		ev, err := events.Decode(e.Type, e.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch v := ev.(type) {
+		case *events.ConversationCreated:
+			group = v.Kind == events.ConversationKind_GROUP
+			for _, u := range v.Members {
+				members[u], m.joined[u] = true, seq
+			}
+			large = group && len(members) > 4
+		case *events.MemberAdded:
+			members[v.User], m.joined[v.User] = true, seq
+			large = large || (group && len(members) > 4)
+		case *events.MemberRemoved:
+			delete(members, v.User)
+			delete(m.joined, v.User)
+		case *events.MessageSent:
+			m.msgs[seq] = modelMsg{v.Sender, v.ClientMsgId}
+			m.order = append(m.order, seq)
+			if !large {
+				for u := range members {
+					m.delivered[u] = append(m.delivered[u], seq)
+				}
+			}
+		case *events.MessageRecalled:
+			m.recalled[v.Seq] = true
+		}
+	}
+	return m
+}
+
+func (m *convModel) deliveredTo(user string) []uint64 { return m.delivered[user] }
+
+// unread: messages from others, not recalled, after the read marker, the
+// joining and the user's own latest message.
+func (m *convModel) unread(user string, read uint64) uint64 {
+	after := max(read, m.joined[user])
+	var n uint64
+	for i := len(m.order) - 1; i >= 0 && m.order[i] > after; i-- {
+		msg := m.msgs[m.order[i]]
+		if msg.sender == user {
+			break
+		}
+		if !m.recalled[m.order[i]] {
+			n++
+		}
+	}
+	return n
+}
+
+// sentAfter: the user sent a message after seq (which moves the marker in
+// write-fanout conversations).
+func (m *convModel) sentAfter(user string, seq uint64) bool {
+	for _, s := range m.order {
+		if s > seq && m.msgs[s].sender == user {
+			return true
+		}
+	}
+	return false
+}
