@@ -15,10 +15,15 @@ import (
 	"github.com/imsync/imsync/events"
 )
 
+// Grain kinds, as registered in the cluster.
 const (
-	kindConversation = "conversation"
-	kindUser         = "user"
-	kindDevice       = "device"
+	KindConversation = "conversation"
+	KindUser         = "user"
+	KindDevice       = "device"
+
+	kindConversation = KindConversation
+	kindUser         = KindUser
+	kindDevice       = KindDevice
 )
 
 // conversationGrain owns conv-<id>: it validates commands with decideConv,
@@ -31,6 +36,7 @@ const (
 type conversationGrain struct {
 	svc     *Service
 	id      string
+	idle    idleCheck
 	state   *convState
 	j       *journal
 	broken  bool // the journal failed: rebuild before the next command
@@ -67,6 +73,9 @@ type fanoutRetry struct{}
 const fanoutBatch = 128
 
 func (g *conversationGrain) Receive(ctx actor.Context) {
+	if _, tick := ctx.Message().(*idleTick); !tick {
+		g.idle.touch()
+	}
 	switch m := ctx.Message().(type) {
 	case *cluster.ClusterInit:
 		g.id = m.Identity.Identity
@@ -74,7 +83,7 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 			g.svc.log.Error("conversation grain cannot load", "conversation", g.id, "err", err)
 			g.broken = true
 		}
-		ctx.SetReceiveTimeout(g.svc.cfg.PassivateAfter)
+		g.idle.start(ctx, g.svc.cfg.PassivateAfter)
 		g.startFanout(ctx)
 	case *appendDone:
 		if err := g.j.done(ctx, m); err != nil {
@@ -90,11 +99,14 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 	case *fanoutRetry:
 		g.fanout.running = false
 		g.startFanout(ctx)
-	case *actor.ReceiveTimeout:
-		if g.j != nil && g.j.idle() && !g.fanout.running && len(g.fanout.pending) == 0 {
+	case *idleTick:
+		busy := g.j == nil || !g.j.idle() || g.fanout.running || len(g.fanout.pending) > 0 || len(g.waiters) > 0
+		if g.idle.expired(ctx, busy) {
 			g.writeCheckpoint(true)
 			ctx.Stop(ctx.Self())
 		}
+	case *actor.Stopping:
+		g.idle.stop()
 	case *EnsureFanout:
 		if g.ensureReady(ctx) && m.Seq > g.fanout.cursor {
 			g.waiters = append(g.waiters, ensureWaiter{m.Seq, ctx.Sender()})

@@ -126,6 +126,20 @@ func (s *Service) Close() error {
 	return nil
 }
 
+// Members is how many members the cluster has, as this member sees it.
+func (s *Service) Members() int { return s.cluster.MemberList.Length() }
+
+// Host returns the address of the member hosting a grain (diagnostics).
+func (s *Service) Host(kind, identity string) string {
+	if pid := s.cluster.Get(identity, kind); pid != nil {
+		return pid.Address
+	}
+	return ""
+}
+
+// Address is this member's address.
+func (s *Service) Address() string { return s.system.Address() }
+
 // ActorSystem is the system the grains run in (the transport spawns its
 // connection actors there, so that grains can push to their PIDs).
 func (s *Service) ActorSystem() *actor.ActorSystem { return s.system }

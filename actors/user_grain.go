@@ -19,6 +19,7 @@ import (
 type userGrain struct {
 	svc     *Service
 	id      string
+	idle    idleCheck
 	state   *userState
 	j       *journal
 	broken  bool
@@ -26,6 +27,9 @@ type userGrain struct {
 }
 
 func (g *userGrain) Receive(ctx actor.Context) {
+	if _, tick := ctx.Message().(*idleTick); !tick {
+		g.idle.touch()
+	}
 	switch m := ctx.Message().(type) {
 	case *cluster.ClusterInit:
 		g.id = m.Identity.Identity
@@ -34,16 +38,19 @@ func (g *userGrain) Receive(ctx actor.Context) {
 			g.svc.log.Error("user grain cannot load", "user", g.id, "err", err)
 			g.broken = true
 		}
-		ctx.SetReceiveTimeout(g.svc.cfg.PassivateAfter)
+		g.idle.start(ctx, g.svc.cfg.PassivateAfter)
 	case *appendDone:
 		if err := g.j.done(ctx, m); err != nil {
 			g.svc.log.Warn("inbox append failed; rebuilding", "user", g.id, "err", err)
 			g.broken = true
 		}
-	case *actor.ReceiveTimeout:
-		if g.j != nil && g.j.idle() && len(g.devices) == 0 {
+	case *idleTick:
+		// A user with devices online stays: it knows where to notify them.
+		if g.idle.expired(ctx, g.j == nil || !g.j.idle() || len(g.devices) > 0) {
 			ctx.Stop(ctx.Self())
 		}
+	case *actor.Stopping:
+		g.idle.stop()
 	case *DevicePresence:
 		if m.Online {
 			g.devices[m.Device] = true
@@ -264,6 +271,7 @@ func (g *userGrain) list(ctx actor.Context) {
 // and where its connection is, and pushes notifications there.
 type deviceGrain struct {
 	svc      *Service
+	idle     idleCheck
 	user     string
 	device   string
 	state    deviceState
@@ -277,6 +285,9 @@ type deviceGrain struct {
 func deviceIdentity(user, device string) string { return user + "/" + device }
 
 func (g *deviceGrain) Receive(ctx actor.Context) {
+	if _, tick := ctx.Message().(*idleTick); !tick {
+		g.idle.touch()
+	}
 	switch m := ctx.Message().(type) {
 	case *cluster.ClusterInit:
 		id := m.Identity.Identity
@@ -290,15 +301,17 @@ func (g *deviceGrain) Receive(ctx actor.Context) {
 		n, err := replay(c, g.svc.store, events.DeviceStream(g.user, g.device), func(_ uint64, m proto.Message) { evolveDevice(&g.state, m) })
 		g.loadErr = err
 		g.j = newJournal(g.svc.store, events.DeviceStream(g.user, g.device), n)
-		ctx.SetReceiveTimeout(g.svc.cfg.PassivateAfter)
+		g.idle.start(ctx, g.svc.cfg.PassivateAfter)
 	case *appendDone:
 		if err := g.j.done(ctx, m); err != nil {
 			g.loadErr = err // reload on the next activation; refuse until then
 		}
-	case *actor.ReceiveTimeout:
-		if g.conn == nil && g.j.idle() {
+	case *idleTick:
+		if g.idle.expired(ctx, g.conn != nil || !g.j.idle()) {
 			ctx.Stop(ctx.Self())
 		}
+	case *actor.Stopping:
+		g.idle.stop()
 	case *AttachDevice:
 		g.conn = actor.NewPID(m.Address, m.Id)
 		g.presence(ctx, true)
