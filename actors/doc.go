@@ -1,7 +1,51 @@
-// Package actors holds imsync's grains: one conversation grain per
-// conversation (owns the storage timeline conv-<id>), one user grain per
-// user (owns the sync timeline inbox-<id>) and one device grain per user
-// device. Each grain is a thin shell around a pure core — decide(state,
-// command) → events and evolve(state, event) → state — with the event store
-// and the network outside it. See docs/architecture.md.
+// Package actors holds imsync's grains and the service API over them.
+//
+// # Usage
+//
+//	store, _ := events.Open(dir, events.Options{})
+//	svc, err := actors.Start(actors.Config{Store: store})
+//	if err != nil { ... }
+//	defer svc.Close()
+//
+//	conv, _ := svc.OpenDirect(ctx, "ann", "bob")          // the same id from either side
+//	res, err := svc.Send(ctx, actors.SendRequest{
+//		Conversation: conv, Sender: "ann", Device: "phone",
+//		ClientMsgID: "m-1",                                // a retry returns the same seq
+//		Body: []byte("hi")})
+//	page, _ := svc.Sync(ctx, "bob", lastUserSeq, 100)     // bob's devices pull what they miss
+//
+// The caller's duties: give every send a client message id and retry with
+// the same id when the outcome is unknown (timeout, UNAVAILABLE); keep each
+// device's last applied user seq and pull from it; treat NOT_FOUND as "no
+// such conversation for you".
+//
+// # Grains
+//
+// Three kinds of virtual actors on protoactor-go's cluster, each a thin
+// shell around a pure core (decideX/evolveX: no I/O, no clock but the one
+// passed in):
+//
+//   - conversation (one per conversation) owns the storage timeline
+//     conv-<id>: validates, appends with the exact expected revision (a
+//     second activation can never fork the timeline), answers once the
+//     append is durable, then fans out;
+//   - user (one per user) owns the sync timeline inbox-<id>, whose user seq
+//     is gapless, and the conversation list derived from it; it notifies
+//     the user's online device grains;
+//   - device (one per user device) keeps the device's acknowledged user seq
+//     in device-<user>/<device> and pushes to its connection actor's PID.
+//
+// # Fanout
+//
+// Groups up to Limits.ReadFanoutThreshold members (and direct
+// conversations) are write-fanout: each event becomes one inbox entry per
+// member. Larger groups are read-fanout: members pull the conversation's
+// timeline; their conversation list asks the conversation for its latest
+// message and unread count. Fanout is recoverable: a conversation resumes it
+// from its checkpoint (fanout-<id>) on activation, a watcher of $all
+// re-activates conversations whose fanout a crash interrupted, and user
+// grains drop entries they already have, so each entry lands exactly once.
+//
+// Grains passivate after Config.PassivateAfter of idleness and rebuild from
+// their streams on the next call.
 package actors
