@@ -134,14 +134,9 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 // ensureReady rebuilds the state after a failed append; it answers the
 // request with UNAVAILABLE if the store cannot be read.
 func (g *conversationGrain) ensureReady(ctx actor.Context) bool {
-	if !g.broken {
-		return true
-	}
-	if err := g.load(); err != nil {
-		ctx.Respond(unavailable(err))
+	if !rebuild(ctx, &g.broken, g.load) {
 		return false
 	}
-	g.broken = false
 	g.startFanout(ctx)
 	return true
 }

@@ -145,6 +145,21 @@ func replay(ctx context.Context, store events.Store, stream string, fn func(n ui
 	}
 }
 
+// rebuild reloads a grain whose journal failed, before it serves the
+// current request; if the store cannot be read, the request gets
+// UNAVAILABLE and the next one tries again.
+func rebuild(ctx actor.Context, broken *bool, load func() error) bool {
+	if !*broken {
+		return true
+	}
+	if err := load(); err != nil {
+		ctx.Respond(unavailable(err))
+		return false
+	}
+	*broken = false
+	return true
+}
+
 // unavailable turns a storage error into the failure callers retry on.
 func unavailable(err error) *Failure {
 	return fail(Code_UNAVAILABLE, "%v", err)

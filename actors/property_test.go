@@ -52,7 +52,7 @@ func TestRandomHistories(t *testing.T) {
 
 	type sent struct {
 		conv, sender, cid string
-		seq             uint64
+		seq               uint64
 	}
 	var acked []sent
 	bySend := map[string]uint64{} // conv/sender/cid → seq

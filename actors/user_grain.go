@@ -81,17 +81,7 @@ func (g *userGrain) Receive(ctx actor.Context) {
 	}
 }
 
-func (g *userGrain) ready(ctx actor.Context) bool {
-	if !g.broken {
-		return true
-	}
-	if err := g.load(); err != nil {
-		ctx.Respond(unavailable(err))
-		return false
-	}
-	g.broken = false
-	return true
-}
+func (g *userGrain) ready(ctx actor.Context) bool { return rebuild(ctx, &g.broken, g.load) }
 
 func (g *userGrain) load() error {
 	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)

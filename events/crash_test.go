@@ -34,6 +34,19 @@ const (
 // is always a multiple of it unless an append was torn.
 func batchSize(w int) int { return w%3 + 1 }
 
+// crashAppend is writer w's next append to stream at revision next: events
+// whose data names their own place, so that any misplaced one shows.
+func crashAppend(w int, stream string, next events.Revision) ([]events.EventData, events.ExpectedRevision) {
+	batch := make([]events.EventData, batchSize(w))
+	for i := range batch {
+		batch[i] = events.EventData{ID: uuid.New(), Type: "Crash", Data: fmt.Appendf(nil, "%s/%d", stream, next+events.Revision(i))}
+	}
+	if next == 0 {
+		return batch, events.NoStream
+	}
+	return batch, events.Exactly(next - 1)
+}
+
 func TestCrashChild(t *testing.T) {
 	dir := os.Getenv(crashDirEnv)
 	if dir == "" {
@@ -60,15 +73,8 @@ func TestCrashChild(t *testing.T) {
 				os.Exit(2)
 			}
 			for {
-				n := batchSize(w)
-				batch := make([]events.EventData, n)
-				for i := range batch {
-					batch[i] = events.EventData{ID: uuid.New(), Type: "Crash", Data: fmt.Appendf(nil, "%s/%d", stream, next+events.Revision(i))}
-				}
-				exp := events.NoStream
-				if next > 0 {
-					exp = events.Exactly(next - 1)
-				}
+				batch, exp := crashAppend(w, stream, next)
+				n := len(batch)
 				if _, err := s.AppendToStream(ctx, stream, exp, batch...); err != nil {
 					fmt.Println("append:", err)
 					os.Exit(2)

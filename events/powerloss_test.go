@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/google/uuid"
 
 	"github.com/imsync/imsync/events"
 )
@@ -38,15 +37,8 @@ func TestPowerLoss(t *testing.T) {
 					defer wg.Done()
 					stream := fmt.Sprintf("crash-%d", w)
 					for next := events.Revision(0); ctx.Err() == nil && next < perWriter; {
-						n := batchSize(w)
-						batch := make([]events.EventData, n)
-						for i := range batch {
-							batch[i] = events.EventData{ID: uuid.New(), Type: "Crash", Data: fmt.Appendf(nil, "%s/%d", stream, next+events.Revision(i))}
-						}
-						exp := events.NoStream
-						if next > 0 {
-							exp = events.Exactly(next - 1)
-						}
+						batch, exp := crashAppend(w, stream, next)
+						n := len(batch)
 						pause.RLock()
 						_, err := s.AppendToStream(ctx, stream, exp, batch...)
 						pause.RUnlock()
