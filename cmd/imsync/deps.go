@@ -6,7 +6,5 @@
 package main
 
 import (
-	_ "github.com/asynkron/protoactor-go/cluster"
 	_ "github.com/quic-go/quic-go"
-	_ "google.golang.org/protobuf/proto"
 )
