@@ -19,11 +19,19 @@ import (
 )
 
 func TestClusterGrainsMoveWithoutLoss(t *testing.T) {
+	t.Run("member leaves", func(t *testing.T) { testMemberLoss(t, func(s *actors.Service) { s.Close() }) })
+	t.Run("member crashes", func(t *testing.T) { testMemberLoss(t, (*actors.Service).Crash) })
+}
+
+func testMemberLoss(t *testing.T, lose func(*actors.Service)) {
 	store := newStore(t)
 	agent := test.NewInMemAgent()
 	var members []*actors.Service
 	for range 3 {
-		members = append(members, start(t, actors.Config{Store: store, ClusterName: "multi", Provider: test.NewTestProvider(agent)}))
+		members = append(members, start(t, actors.Config{
+			Store: store, ClusterName: "multi", HeartbeatExpiration: 2 * time.Second,
+			Provider: test.NewTestProvider(agent),
+		}))
 	}
 	eventually(t, "three members", func() bool {
 		for _, m := range members {
@@ -78,7 +86,7 @@ func TestClusterGrainsMoveWithoutLoss(t *testing.T) {
 			moved = append(moved, c)
 		}
 	}
-	lost.Close()
+	lose(lost)
 	members = slices.Delete(members, 1, 2)
 	eventually(t, "two members", func() bool { return members[0].Members() == 2 && members[1].Members() == 2 })
 	time.Sleep(200 * time.Millisecond)

@@ -42,6 +42,9 @@ type Config struct {
 	Provider    cluster.ClusterProvider
 	Host        string // remote address (default 127.0.0.1)
 	Port        int    // 0: any free port
+	// HeartbeatExpiration: a member silent this long is taken for dead and
+	// its grains re-activate elsewhere (default 20 s, protoactor-go's).
+	HeartbeatExpiration time.Duration
 
 	// BeforeDeliver, if set, is called before each fanout delivery; an
 	// error fails that delivery (it is retried). For tests of failures.
@@ -103,8 +106,11 @@ func Start(cfg Config) (*Service, error) {
 		cluster.NewKind(kindUser, actor.PropsFromProducer(func() actor.Actor { return &userGrain{svc: s} })),
 		cluster.NewKind(kindDevice, actor.PropsFromProducer(func() actor.Actor { return &deviceGrain{svc: s} })),
 	}
-	ccfg := cluster.Configure(cfg.ClusterName, cfg.Provider, disthash.New(), remote.Configure(cfg.Host, cfg.Port),
-		cluster.WithKinds(kinds...), cluster.WithRequestTimeout(cfg.RequestTimeout))
+	opts := []cluster.ConfigOption{cluster.WithKinds(kinds...), cluster.WithRequestTimeout(cfg.RequestTimeout)}
+	if cfg.HeartbeatExpiration > 0 {
+		opts = append(opts, cluster.WithHeartbeatExpiration(cfg.HeartbeatExpiration))
+	}
+	ccfg := cluster.Configure(cfg.ClusterName, cfg.Provider, disthash.New(), remote.Configure(cfg.Host, cfg.Port), opts...)
 	s.cluster = cluster.New(s.system, ccfg)
 	s.cluster.StartMember()
 	if !cfg.NoFanoutWatch {
