@@ -151,17 +151,47 @@ func (s *Service) Address() string { return s.system.Address() }
 func (s *Service) ActorSystem() *actor.ActorSystem { return s.system }
 
 // request calls a grain and turns a *Failure reply into an error.
+//
+// A request can be lost when it reaches a grain in the instant it
+// passivates (protoactor-go drops what is left in a stopping actor's
+// mailbox), so each attempt gets at most attemptTimeout and is repeated
+// while the deadline allows. Every grain message is safe to repeat: writes
+// carry ids or are idempotent by rule (see Send for messages without a
+// client id).
 func (s *Service) request(ctx context.Context, identity, kind string, msg proto.Message) (proto.Message, error) {
-	timeout := s.cfg.RequestTimeout
+	deadline := time.Now().Add(s.cfg.RequestTimeout)
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
+		deadline = dl
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, fail(Code_UNAVAILABLE, "%s %s: %v", kind, identity, context.DeadlineExceeded)
+		}
+		res, err := s.attempt(ctx, identity, kind, msg, min(left, attemptTimeout))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			continue
+		}
+		switch v := res.(type) {
+		case *Failure:
+			return nil, v
+		case proto.Message:
+			return v, nil
+		}
+		return nil, fail(Code_UNAVAILABLE, "%s %s answered %T", kind, identity, res)
 	}
-	if timeout <= 0 {
-		return nil, context.DeadlineExceeded
-	}
+}
+
+// attemptTimeout bounds one try of a grain request.
+const attemptTimeout = 3 * time.Second
+
+func (s *Service) attempt(ctx context.Context, identity, kind string, msg proto.Message, timeout time.Duration) (any, error) {
 	type result struct {
 		res any
 		err error
@@ -171,22 +201,12 @@ func (s *Service) request(ctx context.Context, identity, kind string, msg proto.
 		res, err := s.cluster.Request(identity, kind, msg, cluster.WithTimeout(timeout))
 		done <- result{res, err}
 	}()
-	var r result
 	select {
-	case r = <-done:
+	case r := <-done:
+		return r.res, r.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	if r.err != nil {
-		return nil, fail(Code_UNAVAILABLE, "%s %s: %v", kind, identity, r.err)
-	}
-	switch v := r.res.(type) {
-	case *Failure:
-		return nil, v
-	case proto.Message:
-		return v, nil
-	}
-	return nil, fail(Code_UNAVAILABLE, "%s %s answered %T", kind, identity, r.res)
 }
 
 // deliver hands one fanout batch to a user grain.
@@ -305,8 +325,12 @@ func (s *Service) Send(ctx context.Context, r SendRequest) (SendResult, error) {
 	if err := ValidateID("user", r.Sender); err != nil {
 		return SendResult{}, err
 	}
+	cid := r.ClientMsgID
+	if cid == "" {
+		cid = "auto-" + uuid.NewString() // lets request repeat the call safely
+	}
 	w, err := call[*Written](s, ctx, r.Conversation, kindConversation, &SendMessage{
-		Sender: r.Sender, Device: r.Device, ClientMsgId: r.ClientMsgID, Kind: r.Kind,
+		Sender: r.Sender, Device: r.Device, ClientMsgId: cid, Kind: r.Kind,
 		Body: r.Body, ReplyTo: r.ReplyTo, Mentions: r.Mentions,
 	})
 	if err != nil {
