@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
 )
 
 // convState is the state of one conversation, rebuilt by evolveConv from
@@ -15,14 +16,14 @@ import (
 // revision + 1: gapless from 1.
 type convState struct {
 	id           string
-	kind         events.ConversationKind
+	kind         eventspb.ConversationKind
 	name         string
 	creator      string
 	members      map[string]bool   // member → admin
 	joined       map[string]uint64 // member → seq of their (latest) joining
 	lastSeq      uint64
 	latestSeq    uint64 // seq of the latest message
-	latest       *events.MessageSent
+	latest       *eventspb.MessageSent
 	lastActivity int64 // unix ms of the latest event
 	large        bool  // read-fanout since members first exceeded the threshold
 
@@ -68,7 +69,7 @@ func (s *convState) isMember(u string) bool { _, ok := s.members[u]; return ok }
 func (s *convState) readFanout(Limits) bool { return s.large }
 
 func (s *convState) checkLarge(lim Limits) {
-	if s.kind == events.ConversationKind_GROUP && len(s.members) > lim.ReadFanoutThreshold {
+	if s.kind == eventspb.ConversationKind_GROUP && len(s.members) > lim.ReadFanoutThreshold {
 		s.large = true
 	}
 }
@@ -124,7 +125,7 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 		if err := ValidateID("user", c.User); err != nil {
 			return nil, nil, err.(*Failure)
 		}
-		if s.kind == events.ConversationKind_DIRECT {
+		if s.kind == eventspb.ConversationKind_DIRECT {
 			return nil, nil, fail(Code_INVALID, "the members of a direct conversation cannot change")
 		}
 		self := c.User == c.Actor
@@ -138,12 +139,12 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 			if len(s.members) >= lim.MaxGroupSize {
 				return nil, nil, fail(Code_TOO_LARGE, "group has the maximum of %d members", lim.MaxGroupSize)
 			}
-			return written(&events.MemberAdded{User: c.User, By: c.Actor, AtUnixMs: at})
+			return written(&eventspb.MemberAdded{User: c.User, By: c.Actor, AtUnixMs: at})
 		}
 		if !s.isMember(c.User) {
 			return duplicate(s.lastSeq)
 		}
-		return written(&events.MemberRemoved{User: c.User, By: c.Actor, AtUnixMs: at})
+		return written(&eventspb.MemberRemoved{User: c.User, By: c.Actor, AtUnixMs: at})
 
 	case *SendMessage:
 		if !s.exists() || !s.isMember(c.Sender) {
@@ -177,7 +178,7 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 		if kind == "" {
 			kind = "text"
 		}
-		return written(&events.MessageSent{
+		return written(&eventspb.MessageSent{
 			Sender: c.Sender, SenderDevice: c.Device, ClientMsgId: c.ClientMsgId, Kind: kind,
 			Body: c.Body, ReplyTo: c.ReplyTo, Mentions: c.Mentions, AtUnixMs: at,
 		})
@@ -189,7 +190,7 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 		if s.recalled[c.Seq] {
 			return duplicate(s.lastSeq)
 		}
-		return written(&events.MessageRecalled{Seq: c.Seq, By: c.Actor, AtUnixMs: at})
+		return written(&eventspb.MessageRecalled{Seq: c.Seq, By: c.Actor, AtUnixMs: at})
 
 	case *EditMessage:
 		if _, f := s.checkAuthorOrAdmin(c.Actor, c.Seq, lim.EditWindow, at, "edited"); f != nil {
@@ -201,7 +202,7 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 		if len(c.Body) == 0 || len(c.Body) > lim.MaxBodySize {
 			return nil, nil, fail(Code_INVALID, "edited body must be 1..%d bytes", lim.MaxBodySize)
 		}
-		return written(&events.MessageEdited{Seq: c.Seq, By: c.Actor, Body: c.Body, AtUnixMs: at})
+		return written(&eventspb.MessageEdited{Seq: c.Seq, By: c.Actor, Body: c.Body, AtUnixMs: at})
 	}
 	return nil, nil, fail(Code_INVALID, "unknown command %T", cmd)
 }
@@ -220,7 +221,7 @@ func decideCreate(s *convState, c *CreateConversation, at int64, lim Limits) ([]
 		}
 	}
 	switch c.Kind {
-	case events.ConversationKind_DIRECT:
+	case eventspb.ConversationKind_DIRECT:
 		if len(members) != 2 {
 			return nil, nil, fail(Code_INVALID, "a direct conversation has exactly two members")
 		}
@@ -231,7 +232,7 @@ func decideCreate(s *convState, c *CreateConversation, at int64, lim Limits) ([]
 			// Either side opening it again finds the same conversation.
 			return nil, &Written{Seq: s.lastSeq, Duplicate: true, ConversationId: s.id}, nil
 		}
-	case events.ConversationKind_GROUP:
+	case eventspb.ConversationKind_GROUP:
 		if len(c.Name) > lim.MaxNameLen {
 			return nil, nil, fail(Code_INVALID, "group name of %d bytes exceeds %d", len(c.Name), lim.MaxNameLen)
 		}
@@ -247,7 +248,7 @@ func decideCreate(s *convState, c *CreateConversation, at int64, lim Limits) ([]
 	default:
 		return nil, nil, fail(Code_INVALID, "unknown conversation kind %v", c.Kind)
 	}
-	ev := &events.ConversationCreated{ConversationId: s.id, Kind: c.Kind, Name: c.Name, Creator: c.Creator, Members: members, AtUnixMs: at}
+	ev := &eventspb.ConversationCreated{ConversationId: s.id, Kind: c.Kind, Name: c.Name, Creator: c.Creator, Members: members, AtUnixMs: at}
 	return []proto.Message{ev}, &Written{Seq: 1, ConversationId: s.id}, nil
 }
 
@@ -261,7 +262,7 @@ func (s *convState) checkAuthorOrAdmin(actor string, seq uint64, window time.Dur
 	if !ok {
 		return nil, fail(Code_INVALID, "seq %d is not a message", seq)
 	}
-	admin := s.kind == events.ConversationKind_GROUP && s.members[actor]
+	admin := s.kind == eventspb.ConversationKind_GROUP && s.members[actor]
 	if ref.sender != actor && !admin {
 		return nil, fail(Code_FORBIDDEN, "only the sender or a group admin may have message %d %s", seq, what)
 	}
@@ -276,24 +277,24 @@ func (s *convState) checkAuthorOrAdmin(actor string, seq uint64, window time.Dur
 func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 	s.lastSeq = seq
 	switch e := ev.(type) {
-	case *events.ConversationCreated:
+	case *eventspb.ConversationCreated:
 		s.kind, s.name, s.creator = e.Kind, e.Name, e.Creator
 		for _, m := range e.Members {
-			s.members[m] = m == e.Creator && e.Kind == events.ConversationKind_GROUP
+			s.members[m] = m == e.Creator && e.Kind == eventspb.ConversationKind_GROUP
 			s.joined[m] = seq
 		}
 		s.checkLarge(lim)
 		s.lastActivity = e.AtUnixMs
-	case *events.MemberAdded:
+	case *eventspb.MemberAdded:
 		s.members[e.User] = false
 		s.joined[e.User] = seq
 		s.checkLarge(lim)
 		s.lastActivity = e.AtUnixMs
-	case *events.MemberRemoved:
+	case *eventspb.MemberRemoved:
 		delete(s.members, e.User)
 		delete(s.joined, e.User)
 		s.lastActivity = e.AtUnixMs
-	case *events.MessageSent:
+	case *eventspb.MessageSent:
 		s.msgs = append(s.msgs, msgRef{seq: seq, sender: e.Sender})
 		s.latestSeq, s.latest, s.lastActivity = seq, e, e.AtUnixMs
 		s.recent[seq] = &msgInfo{sender: e.Sender, at: e.AtUnixMs}
@@ -307,11 +308,11 @@ func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 				s.clientOrder = s.clientOrder[1:]
 			}
 		}
-	case *events.MessageRecalled:
+	case *eventspb.MessageRecalled:
 		s.recalled[e.Seq] = true
 		delete(s.edited, e.Seq)
 		s.lastActivity = e.AtUnixMs
-	case *events.MessageEdited:
+	case *eventspb.MessageEdited:
 		s.edited[e.Seq] = e.Body
 		s.lastActivity = e.AtUnixMs
 	}
@@ -344,32 +345,32 @@ func recipients(s *convState, seq uint64, ev proto.Message, lim Limits) map[stri
 			out[u] = it
 		}
 	}
-	membership := func(user string, added bool, by string) *events.MembershipChanged {
-		return &events.MembershipChanged{ConversationId: s.id, Seq: seq, User: user, Added: added, By: by, Kind: s.kind, Name: s.name, ReadFanout: s.readFanout(lim)}
+	membership := func(user string, added bool, by string) *eventspb.MembershipChanged {
+		return &eventspb.MembershipChanged{ConversationId: s.id, Seq: seq, User: user, Added: added, By: by, Kind: s.kind, Name: s.name, ReadFanout: s.readFanout(lim)}
 	}
 	switch e := ev.(type) {
-	case *events.ConversationCreated:
+	case *eventspb.ConversationCreated:
 		for u := range s.members {
 			out[u] = item(membership(u, true, e.Creator))
 		}
-	case *events.MemberAdded:
+	case *eventspb.MemberAdded:
 		everyone(membership(e.User, true, e.By))
-	case *events.MemberRemoved:
+	case *eventspb.MemberRemoved:
 		everyone(membership(e.User, false, e.By))
 		out[e.User] = item(membership(e.User, false, e.By)) // the one who left learns it too
-	case *events.MessageSent:
+	case *eventspb.MessageSent:
 		if s.readFanout(lim) {
 			return out // members pull the timeline; the conversation list asks the grain
 		}
-		p := &events.MessagePointer{ConversationId: s.id, Seq: seq, Sender: e.Sender}
+		p := &eventspb.MessagePointer{ConversationId: s.id, Seq: seq, Sender: e.Sender}
 		if len(e.Body) <= lim.InlineMaxSize {
 			p.Message = e
 		}
 		everyone(p)
-	case *events.MessageRecalled:
-		everyone(&events.RecallNotice{ConversationId: s.id, Seq: seq, RecalledSeq: e.Seq, By: e.By})
-	case *events.MessageEdited:
-		everyone(&events.EditNotice{ConversationId: s.id, Seq: seq, EditedSeq: e.Seq, By: e.By, Body: e.Body})
+	case *eventspb.MessageRecalled:
+		everyone(&eventspb.RecallNotice{ConversationId: s.id, Seq: seq, RecalledSeq: e.Seq, By: e.By})
+	case *eventspb.MessageEdited:
+		everyone(&eventspb.EditNotice{ConversationId: s.id, Seq: seq, EditedSeq: e.Seq, By: e.By, Body: e.Body})
 	}
 	return out
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
 )
 
 // Grain kinds, as registered in the cluster.
@@ -295,7 +296,7 @@ func (g *conversationGrain) writeCheckpoint(wait bool) {
 		return
 	}
 	f.checkpointed = f.cursor
-	ev, err := events.Encode([16]byte{}, &events.FanoutCheckpoint{Seq: f.cursor})
+	ev, err := events.Encode([16]byte{}, &eventspb.FanoutCheckpoint{Seq: f.cursor})
 	if err != nil {
 		return
 	}
@@ -326,7 +327,7 @@ func readFanoutCheckpoint(ctx context.Context, store events.Store, conv string) 
 	if err != nil {
 		return 0, err
 	}
-	cp, ok := m.(*events.FanoutCheckpoint)
+	cp, ok := m.(*eventspb.FanoutCheckpoint)
 	if !ok {
 		return 0, fmt.Errorf("%s holds %s", events.FanoutStream(conv), page[0].Type)
 	}
@@ -338,7 +339,7 @@ func (g *conversationGrain) info(m *GetConversation) proto.Message {
 	if !s.exists() || !s.isMember(m.Reader) {
 		return notFound(g.id)
 	}
-	info := &ConversationInfo{
+	info := &eventspb.ConversationInfo{
 		ConversationId:     g.id,
 		Kind:               s.kind,
 		Name:               s.name,
@@ -377,7 +378,7 @@ func (g *conversationGrain) history(ctx actor.Context, m *GetHistory) {
 	switch {
 	case m.BeforeSeq > 0:
 		if m.BeforeSeq == 1 {
-			ctx.Respond(&History{LastSeq: g.j.durable})
+			ctx.Respond(&eventspb.History{LastSeq: g.j.durable})
 			return
 		}
 		opts.From = events.Revision(m.BeforeSeq - 2) // seq s is revision s-1; "before s" starts at s-1
@@ -392,7 +393,7 @@ func (g *conversationGrain) history(ctx actor.Context, m *GetHistory) {
 	go func() {
 		c, cancel := context.WithTimeout(context.Background(), appendTimeout)
 		defer cancel()
-		out := &History{LastSeq: durable}
+		out := &eventspb.History{LastSeq: durable}
 		for len(out.Messages) < limit {
 			page, err := store.ReadStream(c, events.ConversationStream(conv), opts)
 			if err != nil {
@@ -412,7 +413,7 @@ func (g *conversationGrain) history(ctx actor.Context, m *GetHistory) {
 					return
 				}
 				seq := uint64(e.Revision) + 1
-				hm := &HistoryMessage{Seq: seq, Message: msg.(*events.MessageSent)}
+				hm := &eventspb.HistoryMessage{Seq: seq, Message: msg.(*eventspb.MessageSent)}
 				if recalled[seq] {
 					hm.Recalled = true
 					hm.Message.Body = nil

@@ -8,7 +8,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -47,7 +47,7 @@ func apply(t *testing.T, s *convState, cmd proto.Message, now time.Time) *Writte
 }
 
 func group(t *testing.T) *convState {
-	return conv(t, "g1", &CreateConversation{Kind: events.ConversationKind_GROUP, Name: "team", Creator: "ann", Members: []string{"bob", "cat"}})
+	return conv(t, "g1", &CreateConversation{Kind: eventspb.ConversationKind_GROUP, Name: "team", Creator: "ann", Members: []string{"bob", "cat"}})
 }
 
 func send(sender, cid, body string) *SendMessage {
@@ -56,7 +56,7 @@ func send(sender, cid, body string) *SendMessage {
 
 func TestDecideConversation(t *testing.T) {
 	direct := func(t *testing.T) *convState {
-		return conv(t, DirectID("ann", "bob"), &CreateConversation{Kind: events.ConversationKind_DIRECT, Creator: "ann", Members: []string{"bob"}})
+		return conv(t, DirectID("ann", "bob"), &CreateConversation{Kind: eventspb.ConversationKind_DIRECT, Creator: "ann", Members: []string{"bob"}})
 	}
 	withMsg := func(t *testing.T) *convState {
 		s := group(t)
@@ -74,23 +74,23 @@ func TestDecideConversation(t *testing.T) {
 		dup    bool
 	}{
 		{"create group", func(*testing.T) *convState { return newConvState("g1") },
-			&CreateConversation{Kind: events.ConversationKind_GROUP, Creator: "ann", Members: []string{"bob"}}, 0, 0, 1, 1, false},
+			&CreateConversation{Kind: eventspb.ConversationKind_GROUP, Creator: "ann", Members: []string{"bob"}}, 0, 0, 1, 1, false},
 		{"retried create group", group,
-			&CreateConversation{Kind: events.ConversationKind_GROUP, Creator: "ann", Members: []string{"bob"}}, 0, 0, 0, 1, true},
+			&CreateConversation{Kind: eventspb.ConversationKind_GROUP, Creator: "ann", Members: []string{"bob"}}, 0, 0, 0, 1, true},
 		{"someone else's group id", group,
-			&CreateConversation{Kind: events.ConversationKind_GROUP, Creator: "eve"}, 0, Code_CONFLICT, 0, 0, false},
+			&CreateConversation{Kind: eventspb.ConversationKind_GROUP, Creator: "eve"}, 0, Code_CONFLICT, 0, 0, false},
 		{"group too large", func(*testing.T) *convState { return newConvState("g2") },
-			&CreateConversation{Kind: events.ConversationKind_GROUP, Creator: "a", Members: []string{"b", "c", "d", "e", "f"}}, 0, Code_TOO_LARGE, 0, 0, false},
+			&CreateConversation{Kind: eventspb.ConversationKind_GROUP, Creator: "a", Members: []string{"b", "c", "d", "e", "f"}}, 0, Code_TOO_LARGE, 0, 0, false},
 		{"group name too long", func(*testing.T) *convState { return newConvState("g2") },
-			&CreateConversation{Kind: events.ConversationKind_GROUP, Creator: "a", Name: strings.Repeat("n", 300)}, 0, Code_INVALID, 0, 0, false},
+			&CreateConversation{Kind: eventspb.ConversationKind_GROUP, Creator: "a", Name: strings.Repeat("n", 300)}, 0, Code_INVALID, 0, 0, false},
 		{"bad member id", func(*testing.T) *convState { return newConvState("g2") },
-			&CreateConversation{Kind: events.ConversationKind_GROUP, Creator: "a", Members: []string{"b/c"}}, 0, Code_INVALID, 0, 0, false},
+			&CreateConversation{Kind: eventspb.ConversationKind_GROUP, Creator: "a", Members: []string{"b/c"}}, 0, Code_INVALID, 0, 0, false},
 		{"direct needs two", func(*testing.T) *convState { return newConvState(DirectID("ann", "ann")) },
-			&CreateConversation{Kind: events.ConversationKind_DIRECT, Creator: "ann", Members: []string{"ann"}}, 0, Code_INVALID, 0, 0, false},
+			&CreateConversation{Kind: eventspb.ConversationKind_DIRECT, Creator: "ann", Members: []string{"ann"}}, 0, Code_INVALID, 0, 0, false},
 		{"direct under a wrong id", func(*testing.T) *convState { return newConvState("x") },
-			&CreateConversation{Kind: events.ConversationKind_DIRECT, Creator: "ann", Members: []string{"bob"}}, 0, Code_INVALID, 0, 0, false},
+			&CreateConversation{Kind: eventspb.ConversationKind_DIRECT, Creator: "ann", Members: []string{"bob"}}, 0, Code_INVALID, 0, 0, false},
 		{"direct opened by the other side", direct,
-			&CreateConversation{Kind: events.ConversationKind_DIRECT, Creator: "bob", Members: []string{"ann"}}, 0, 0, 0, 1, true},
+			&CreateConversation{Kind: eventspb.ConversationKind_DIRECT, Creator: "bob", Members: []string{"ann"}}, 0, 0, 0, 1, true},
 		{"direct cannot grow", direct, &ChangeMember{Actor: "ann", User: "cat", Add: true}, 0, Code_INVALID, 0, 0, false},
 		{"member sends", group, send("bob", "c1", "hi"), 0, 0, 1, 2, false},
 		{"non-member sends", group, send("eve", "c1", "hi"), 0, Code_NOT_FOUND, 0, 0, false},
@@ -178,32 +178,32 @@ func TestEvolveConversation(t *testing.T) {
 func TestRecipients(t *testing.T) {
 	lim := testLimits()
 	s := group(t)
-	msg := &events.MessageSent{Sender: "bob", Body: []byte("short")}
+	msg := &eventspb.MessageSent{Sender: "bob", Body: []byte("short")}
 	evolveConv(s, 2, msg, lim)
 	got := recipients(s, 2, msg, lim)
 	if len(got) != 3 {
 		t.Fatalf("%d recipients, want the 3 members", len(got))
 	}
-	var p events.MessagePointer
+	var p eventspb.MessagePointer
 	if err := proto.Unmarshal(got["cat"].Data, &p); err != nil || p.Seq != 2 || p.Message == nil || p.Sender != "bob" {
 		t.Fatalf("pointer %+v %v", &p, err)
 	}
-	long := &events.MessageSent{Sender: "bob", Body: []byte("longer than eight")}
+	long := &eventspb.MessageSent{Sender: "bob", Body: []byte("longer than eight")}
 	evolveConv(s, 3, long, lim)
 	proto.Unmarshal(recipients(s, 3, long, lim)["cat"].Data, &p)
 	if p.Message != nil {
 		t.Fatal("a body above InlineMaxSize was inlined")
 	}
-	left := &events.MemberRemoved{User: "cat", By: "cat"}
+	left := &eventspb.MemberRemoved{User: "cat", By: "cat"}
 	evolveConv(s, 4, left, lim)
 	if got := recipients(s, 4, left, lim); len(got) != 3 || got["cat"] == nil {
 		t.Fatalf("removal goes to the remaining members and the one removed: %v", got)
 	}
 	for _, u := range []string{"dan", "eve"} {
-		add := &events.MemberAdded{User: u, By: "ann"}
+		add := &eventspb.MemberAdded{User: u, By: "ann"}
 		evolveConv(s, s.lastSeq+1, add, lim)
 	}
-	big := &events.MessageSent{Sender: "bob", Body: []byte("x")}
+	big := &eventspb.MessageSent{Sender: "bob", Body: []byte("x")}
 	evolveConv(s, s.lastSeq+1, big, lim)
 	if got := recipients(s, s.lastSeq, big, lim); len(got) != 0 {
 		t.Fatalf("read-fanout group fanned a message out to %d inboxes", len(got))
@@ -213,23 +213,23 @@ func TestRecipients(t *testing.T) {
 func TestUserCore(t *testing.T) {
 	s := newUserState("ann")
 	entry := func(m proto.Message) { evolveUser(s, s.userSeq+1, m) }
-	entry(&events.MembershipChanged{ConversationId: "g1", Seq: 1, User: "ann", Added: true, Kind: events.ConversationKind_GROUP, Name: "team"})
-	entry(&events.MessagePointer{ConversationId: "g1", Seq: 2, Sender: "bob"})
-	entry(&events.MessagePointer{ConversationId: "g1", Seq: 3, Sender: "cat"})
-	entry(&events.MessagePointer{ConversationId: "g1", Seq: 4, Sender: "bob"})
+	entry(&eventspb.MembershipChanged{ConversationId: "g1", Seq: 1, User: "ann", Added: true, Kind: eventspb.ConversationKind_GROUP, Name: "team"})
+	entry(&eventspb.MessagePointer{ConversationId: "g1", Seq: 2, Sender: "bob"})
+	entry(&eventspb.MessagePointer{ConversationId: "g1", Seq: 3, Sender: "cat"})
+	entry(&eventspb.MessagePointer{ConversationId: "g1", Seq: 4, Sender: "bob"})
 	c := s.convs["g1"]
 	if len(c.unread) != 3 || c.lastConvSeq != 4 {
 		t.Fatalf("unread %v last %d", c.unread, c.lastConvSeq)
 	}
-	entry(&events.RecallNotice{ConversationId: "g1", Seq: 5, RecalledSeq: 3})
+	entry(&eventspb.RecallNotice{ConversationId: "g1", Seq: 5, RecalledSeq: 3})
 	if len(c.unread) != 2 {
 		t.Fatalf("recall did not clear the unread message: %v", c.unread)
 	}
-	entry(&events.ReadMarkerMoved{ConversationId: "g1", ReadSeq: 2})
+	entry(&eventspb.ReadMarkerMoved{ConversationId: "g1", ReadSeq: 2})
 	if len(c.unread) != 1 || c.lastRead != 2 {
 		t.Fatalf("after reading to 2: unread %v lastRead %d", c.unread, c.lastRead)
 	}
-	entry(&events.MessagePointer{ConversationId: "g1", Seq: 6, Sender: "ann"})
+	entry(&eventspb.MessagePointer{ConversationId: "g1", Seq: 6, Sender: "ann"})
 	if len(c.unread) != 0 || c.lastRead != 6 {
 		t.Fatalf("own message reads up to it: unread %v lastRead %d", c.unread, c.lastRead)
 	}
@@ -257,7 +257,7 @@ func TestUserCore(t *testing.T) {
 			t.Errorf("%v: event %v failure %v", tc.m, ev, f)
 		}
 	}
-	entry(&events.MembershipChanged{ConversationId: "g1", Seq: 9, User: "ann", Added: false})
+	entry(&eventspb.MembershipChanged{ConversationId: "g1", Seq: 9, User: "ann", Added: false})
 	if _, f := decideMarkRead(s, &MarkRead{ConversationId: "g1", Seq: 9}); f == nil || f.Code != Code_NOT_FOUND {
 		t.Fatalf("former member marks read: %v", f)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
 )
 
 // watchStream holds the fanout watcher's checkpoints.
@@ -64,7 +65,7 @@ func (w *fanoutWatch) run(ctx context.Context, s *Service) error {
 		if err != nil {
 			return err
 		}
-		if cp, ok := m.(*events.WatchCheckpoint); ok {
+		if cp, ok := m.(*eventspb.WatchCheckpoint); ok {
 			from = events.SubscribeAfterPosition(events.Position{Commit: cp.Commit, Prepare: cp.Prepare})
 		}
 	} else if err == nil || errors.Is(err, events.ErrStreamNotFound) {
@@ -101,7 +102,7 @@ func (w *fanoutWatch) run(ctx context.Context, s *Service) error {
 			return err
 		}
 		if time.Since(lastSaved) > 200*time.Millisecond {
-			ev, err := events.Encode([16]byte{}, &events.WatchCheckpoint{Commit: last.Commit, Prepare: last.Prepare})
+			ev, err := events.Encode([16]byte{}, &eventspb.WatchCheckpoint{Commit: last.Commit, Prepare: last.Prepare})
 			if err != nil {
 				return err
 			}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
 )
 
 // inboxEntry is one decoded sync-timeline entry.
@@ -40,15 +41,15 @@ func readInbox(t testing.TB, svc *actors.Service, user string) []inboxEntry {
 			}
 			ie := inboxEntry{userSeq: e.UserSeq, msg: m}
 			switch v := m.(type) {
-			case *events.MessagePointer:
+			case *eventspb.MessagePointer:
 				ie.conv, ie.seq = v.ConversationId, v.Seq
-			case *events.MembershipChanged:
+			case *eventspb.MembershipChanged:
 				ie.conv, ie.seq = v.ConversationId, v.Seq
-			case *events.RecallNotice:
+			case *eventspb.RecallNotice:
 				ie.conv, ie.seq = v.ConversationId, v.Seq
-			case *events.EditNotice:
+			case *eventspb.EditNotice:
 				ie.conv, ie.seq = v.ConversationId, v.Seq
-			case *events.ReadMarkerMoved:
+			case *eventspb.ReadMarkerMoved:
 				ie.conv = v.ConversationId
 			}
 			out = append(out, ie)
@@ -80,7 +81,7 @@ func checkNoDuplicates(t testing.TB, user string, entries []inboxEntry) {
 func pointers(entries []inboxEntry, conv string) []uint64 {
 	var out []uint64
 	for _, e := range entries {
-		if p, ok := e.msg.(*events.MessagePointer); ok && p.ConversationId == conv {
+		if p, ok := e.msg.(*eventspb.MessagePointer); ok && p.ConversationId == conv {
 			out = append(out, p.Seq)
 		}
 	}

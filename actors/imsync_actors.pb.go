@@ -13,12 +13,13 @@
 package actors
 
 import (
-	events "github.com/imsync/imsync/events"
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
+
+	eventspb "github.com/imsync/imsync/events/eventspb"
+	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
+	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 )
 
 const (
@@ -145,11 +146,11 @@ func (x *Failure) GetMessage() string {
 }
 
 type CreateConversation struct {
-	state         protoimpl.MessageState  `protogen:"open.v1"`
-	Kind          events.ConversationKind `protobuf:"varint,1,opt,name=kind,proto3,enum=imsync.events.v1.ConversationKind" json:"kind,omitempty"`
-	Name          string                  `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Creator       string                  `protobuf:"bytes,3,opt,name=creator,proto3" json:"creator,omitempty"`
-	Members       []string                `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
+	state         protoimpl.MessageState    `protogen:"open.v1"`
+	Kind          eventspb.ConversationKind `protobuf:"varint,1,opt,name=kind,proto3,enum=imsync.events.v1.ConversationKind" json:"kind,omitempty"`
+	Name          string                    `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Creator       string                    `protobuf:"bytes,3,opt,name=creator,proto3" json:"creator,omitempty"`
+	Members       []string                  `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -184,11 +185,11 @@ func (*CreateConversation) Descriptor() ([]byte, []int) {
 	return file_imsync_actors_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *CreateConversation) GetKind() events.ConversationKind {
+func (x *CreateConversation) GetKind() eventspb.ConversationKind {
 	if x != nil {
 		return x.Kind
 	}
-	return events.ConversationKind(0)
+	return eventspb.ConversationKind(0)
 }
 
 func (x *CreateConversation) GetName() string {
@@ -658,250 +659,6 @@ func (x *Written) GetConversationId() string {
 	return ""
 }
 
-type ConversationInfo struct {
-	state              protoimpl.MessageState  `protogen:"open.v1"`
-	ConversationId     string                  `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
-	Kind               events.ConversationKind `protobuf:"varint,2,opt,name=kind,proto3,enum=imsync.events.v1.ConversationKind" json:"kind,omitempty"`
-	Name               string                  `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
-	Members            []string                `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
-	Admins             []string                `protobuf:"bytes,5,rep,name=admins,proto3" json:"admins,omitempty"`
-	LastSeq            uint64                  `protobuf:"varint,6,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	LatestMessageSeq   uint64                  `protobuf:"varint,7,opt,name=latest_message_seq,json=latestMessageSeq,proto3" json:"latest_message_seq,omitempty"`
-	LatestMessage      *events.MessageSent     `protobuf:"bytes,8,opt,name=latest_message,json=latestMessage,proto3" json:"latest_message,omitempty"`
-	LastActivityUnixMs int64                   `protobuf:"varint,9,opt,name=last_activity_unix_ms,json=lastActivityUnixMs,proto3" json:"last_activity_unix_ms,omitempty"`
-	ReadFanout         bool                    `protobuf:"varint,10,opt,name=read_fanout,json=readFanout,proto3" json:"read_fanout,omitempty"`
-	Unread             uint64                  `protobuf:"varint,11,opt,name=unread,proto3" json:"unread,omitempty"` // messages from others after the reader's given read seq
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
-}
-
-func (x *ConversationInfo) Reset() {
-	*x = ConversationInfo{}
-	mi := &file_imsync_actors_proto_msgTypes[9]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ConversationInfo) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ConversationInfo) ProtoMessage() {}
-
-func (x *ConversationInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[9]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ConversationInfo.ProtoReflect.Descriptor instead.
-func (*ConversationInfo) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{9}
-}
-
-func (x *ConversationInfo) GetConversationId() string {
-	if x != nil {
-		return x.ConversationId
-	}
-	return ""
-}
-
-func (x *ConversationInfo) GetKind() events.ConversationKind {
-	if x != nil {
-		return x.Kind
-	}
-	return events.ConversationKind(0)
-}
-
-func (x *ConversationInfo) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-func (x *ConversationInfo) GetMembers() []string {
-	if x != nil {
-		return x.Members
-	}
-	return nil
-}
-
-func (x *ConversationInfo) GetAdmins() []string {
-	if x != nil {
-		return x.Admins
-	}
-	return nil
-}
-
-func (x *ConversationInfo) GetLastSeq() uint64 {
-	if x != nil {
-		return x.LastSeq
-	}
-	return 0
-}
-
-func (x *ConversationInfo) GetLatestMessageSeq() uint64 {
-	if x != nil {
-		return x.LatestMessageSeq
-	}
-	return 0
-}
-
-func (x *ConversationInfo) GetLatestMessage() *events.MessageSent {
-	if x != nil {
-		return x.LatestMessage
-	}
-	return nil
-}
-
-func (x *ConversationInfo) GetLastActivityUnixMs() int64 {
-	if x != nil {
-		return x.LastActivityUnixMs
-	}
-	return 0
-}
-
-func (x *ConversationInfo) GetReadFanout() bool {
-	if x != nil {
-		return x.ReadFanout
-	}
-	return false
-}
-
-func (x *ConversationInfo) GetUnread() uint64 {
-	if x != nil {
-		return x.Unread
-	}
-	return 0
-}
-
-type HistoryMessage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Message       *events.MessageSent    `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
-	Recalled      bool                   `protobuf:"varint,3,opt,name=recalled,proto3" json:"recalled,omitempty"`
-	Edited        bool                   `protobuf:"varint,4,opt,name=edited,proto3" json:"edited,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *HistoryMessage) Reset() {
-	*x = HistoryMessage{}
-	mi := &file_imsync_actors_proto_msgTypes[10]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *HistoryMessage) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*HistoryMessage) ProtoMessage() {}
-
-func (x *HistoryMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[10]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use HistoryMessage.ProtoReflect.Descriptor instead.
-func (*HistoryMessage) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{10}
-}
-
-func (x *HistoryMessage) GetSeq() uint64 {
-	if x != nil {
-		return x.Seq
-	}
-	return 0
-}
-
-func (x *HistoryMessage) GetMessage() *events.MessageSent {
-	if x != nil {
-		return x.Message
-	}
-	return nil
-}
-
-func (x *HistoryMessage) GetRecalled() bool {
-	if x != nil {
-		return x.Recalled
-	}
-	return false
-}
-
-func (x *HistoryMessage) GetEdited() bool {
-	if x != nil {
-		return x.Edited
-	}
-	return false
-}
-
-type History struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Messages      []*HistoryMessage      `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
-	LastSeq       uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *History) Reset() {
-	*x = History{}
-	mi := &file_imsync_actors_proto_msgTypes[11]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *History) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*History) ProtoMessage() {}
-
-func (x *History) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[11]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use History.ProtoReflect.Descriptor instead.
-func (*History) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{11}
-}
-
-func (x *History) GetMessages() []*HistoryMessage {
-	if x != nil {
-		return x.Messages
-	}
-	return nil
-}
-
-func (x *History) GetLastSeq() uint64 {
-	if x != nil {
-		return x.LastSeq
-	}
-	return 0
-}
-
 // Asks the grain to finish fanning out up to seq; answered with Written.
 type EnsureFanout struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -912,7 +669,7 @@ type EnsureFanout struct {
 
 func (x *EnsureFanout) Reset() {
 	*x = EnsureFanout{}
-	mi := &file_imsync_actors_proto_msgTypes[12]
+	mi := &file_imsync_actors_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +681,7 @@ func (x *EnsureFanout) String() string {
 func (*EnsureFanout) ProtoMessage() {}
 
 func (x *EnsureFanout) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[12]
+	mi := &file_imsync_actors_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +694,7 @@ func (x *EnsureFanout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnsureFanout.ProtoReflect.Descriptor instead.
 func (*EnsureFanout) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{12}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EnsureFanout) GetSeq() uint64 {
@@ -959,7 +716,7 @@ type InboxItem struct {
 
 func (x *InboxItem) Reset() {
 	*x = InboxItem{}
-	mi := &file_imsync_actors_proto_msgTypes[13]
+	mi := &file_imsync_actors_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +728,7 @@ func (x *InboxItem) String() string {
 func (*InboxItem) ProtoMessage() {}
 
 func (x *InboxItem) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[13]
+	mi := &file_imsync_actors_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +741,7 @@ func (x *InboxItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboxItem.ProtoReflect.Descriptor instead.
 func (*InboxItem) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{13}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *InboxItem) GetType() string {
@@ -1018,7 +775,7 @@ type Deliver struct {
 
 func (x *Deliver) Reset() {
 	*x = Deliver{}
-	mi := &file_imsync_actors_proto_msgTypes[14]
+	mi := &file_imsync_actors_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +787,7 @@ func (x *Deliver) String() string {
 func (*Deliver) ProtoMessage() {}
 
 func (x *Deliver) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[14]
+	mi := &file_imsync_actors_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +800,7 @@ func (x *Deliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deliver.ProtoReflect.Descriptor instead.
 func (*Deliver) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{14}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Deliver) GetConversationId() string {
@@ -1069,7 +826,7 @@ type Delivered struct {
 
 func (x *Delivered) Reset() {
 	*x = Delivered{}
-	mi := &file_imsync_actors_proto_msgTypes[15]
+	mi := &file_imsync_actors_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +838,7 @@ func (x *Delivered) String() string {
 func (*Delivered) ProtoMessage() {}
 
 func (x *Delivered) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[15]
+	mi := &file_imsync_actors_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +851,7 @@ func (x *Delivered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delivered.ProtoReflect.Descriptor instead.
 func (*Delivered) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{15}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Delivered) GetUserSeq() uint64 {
@@ -1115,7 +872,7 @@ type MarkRead struct {
 
 func (x *MarkRead) Reset() {
 	*x = MarkRead{}
-	mi := &file_imsync_actors_proto_msgTypes[16]
+	mi := &file_imsync_actors_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +884,7 @@ func (x *MarkRead) String() string {
 func (*MarkRead) ProtoMessage() {}
 
 func (x *MarkRead) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[16]
+	mi := &file_imsync_actors_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +897,7 @@ func (x *MarkRead) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkRead.ProtoReflect.Descriptor instead.
 func (*MarkRead) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{16}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MarkRead) GetConversationId() string {
@@ -1174,7 +931,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_imsync_actors_proto_msgTypes[17]
+	mi := &file_imsync_actors_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1186,7 +943,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[17]
+	mi := &file_imsync_actors_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1199,7 +956,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{17}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SyncRequest) GetAfterUserSeq() uint64 {
@@ -1216,126 +973,6 @@ func (x *SyncRequest) GetLimit() uint32 {
 	return 0
 }
 
-type SyncEntry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UserSeq       uint64                 `protobuf:"varint,1,opt,name=user_seq,json=userSeq,proto3" json:"user_seq,omitempty"`
-	Type          string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
-	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *SyncEntry) Reset() {
-	*x = SyncEntry{}
-	mi := &file_imsync_actors_proto_msgTypes[18]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *SyncEntry) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*SyncEntry) ProtoMessage() {}
-
-func (x *SyncEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[18]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use SyncEntry.ProtoReflect.Descriptor instead.
-func (*SyncEntry) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{18}
-}
-
-func (x *SyncEntry) GetUserSeq() uint64 {
-	if x != nil {
-		return x.UserSeq
-	}
-	return 0
-}
-
-func (x *SyncEntry) GetType() string {
-	if x != nil {
-		return x.Type
-	}
-	return ""
-}
-
-func (x *SyncEntry) GetData() []byte {
-	if x != nil {
-		return x.Data
-	}
-	return nil
-}
-
-type SyncPage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Entries       []*SyncEntry           `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
-	LastUserSeq   uint64                 `protobuf:"varint,2,opt,name=last_user_seq,json=lastUserSeq,proto3" json:"last_user_seq,omitempty"`    // the newest user seq there is
-	FirstUserSeq  uint64                 `protobuf:"varint,3,opt,name=first_user_seq,json=firstUserSeq,proto3" json:"first_user_seq,omitempty"` // the oldest still kept (retention); a device behind it must resync
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *SyncPage) Reset() {
-	*x = SyncPage{}
-	mi := &file_imsync_actors_proto_msgTypes[19]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *SyncPage) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*SyncPage) ProtoMessage() {}
-
-func (x *SyncPage) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[19]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use SyncPage.ProtoReflect.Descriptor instead.
-func (*SyncPage) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{19}
-}
-
-func (x *SyncPage) GetEntries() []*SyncEntry {
-	if x != nil {
-		return x.Entries
-	}
-	return nil
-}
-
-func (x *SyncPage) GetLastUserSeq() uint64 {
-	if x != nil {
-		return x.LastUserSeq
-	}
-	return 0
-}
-
-func (x *SyncPage) GetFirstUserSeq() uint64 {
-	if x != nil {
-		return x.FirstUserSeq
-	}
-	return 0
-}
-
 type ListConversations struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1344,7 +981,7 @@ type ListConversations struct {
 
 func (x *ListConversations) Reset() {
 	*x = ListConversations{}
-	mi := &file_imsync_actors_proto_msgTypes[20]
+	mi := &file_imsync_actors_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +993,7 @@ func (x *ListConversations) String() string {
 func (*ListConversations) ProtoMessage() {}
 
 func (x *ListConversations) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[20]
+	mi := &file_imsync_actors_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1006,7 @@ func (x *ListConversations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversations.ProtoReflect.Descriptor instead.
 func (*ListConversations) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{20}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{15}
 }
 
 // From a device grain: the device's connection came or went.
@@ -1383,7 +1020,7 @@ type DevicePresence struct {
 
 func (x *DevicePresence) Reset() {
 	*x = DevicePresence{}
-	mi := &file_imsync_actors_proto_msgTypes[21]
+	mi := &file_imsync_actors_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1032,7 @@ func (x *DevicePresence) String() string {
 func (*DevicePresence) ProtoMessage() {}
 
 func (x *DevicePresence) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[21]
+	mi := &file_imsync_actors_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1045,7 @@ func (x *DevicePresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DevicePresence.ProtoReflect.Descriptor instead.
 func (*DevicePresence) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{21}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DevicePresence) GetDevice() string {
@@ -1434,7 +1071,7 @@ type GetUserSeq struct {
 
 func (x *GetUserSeq) Reset() {
 	*x = GetUserSeq{}
-	mi := &file_imsync_actors_proto_msgTypes[22]
+	mi := &file_imsync_actors_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1083,7 @@ func (x *GetUserSeq) String() string {
 func (*GetUserSeq) ProtoMessage() {}
 
 func (x *GetUserSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[22]
+	mi := &file_imsync_actors_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,175 +1096,7 @@ func (x *GetUserSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserSeq.ProtoReflect.Descriptor instead.
 func (*GetUserSeq) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{22}
-}
-
-type ConversationSummary struct {
-	state              protoimpl.MessageState  `protogen:"open.v1"`
-	ConversationId     string                  `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
-	Kind               events.ConversationKind `protobuf:"varint,2,opt,name=kind,proto3,enum=imsync.events.v1.ConversationKind" json:"kind,omitempty"`
-	Name               string                  `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
-	LastSeq            uint64                  `protobuf:"varint,4,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	LatestMessageSeq   uint64                  `protobuf:"varint,5,opt,name=latest_message_seq,json=latestMessageSeq,proto3" json:"latest_message_seq,omitempty"`
-	LatestMessage      *events.MessageSent     `protobuf:"bytes,6,opt,name=latest_message,json=latestMessage,proto3" json:"latest_message,omitempty"`
-	Unread             uint64                  `protobuf:"varint,7,opt,name=unread,proto3" json:"unread,omitempty"`
-	LastReadSeq        uint64                  `protobuf:"varint,8,opt,name=last_read_seq,json=lastReadSeq,proto3" json:"last_read_seq,omitempty"`
-	LastActivityUnixMs int64                   `protobuf:"varint,9,opt,name=last_activity_unix_ms,json=lastActivityUnixMs,proto3" json:"last_activity_unix_ms,omitempty"`
-	ReadFanout         bool                    `protobuf:"varint,10,opt,name=read_fanout,json=readFanout,proto3" json:"read_fanout,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
-}
-
-func (x *ConversationSummary) Reset() {
-	*x = ConversationSummary{}
-	mi := &file_imsync_actors_proto_msgTypes[23]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ConversationSummary) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ConversationSummary) ProtoMessage() {}
-
-func (x *ConversationSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[23]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ConversationSummary.ProtoReflect.Descriptor instead.
-func (*ConversationSummary) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{23}
-}
-
-func (x *ConversationSummary) GetConversationId() string {
-	if x != nil {
-		return x.ConversationId
-	}
-	return ""
-}
-
-func (x *ConversationSummary) GetKind() events.ConversationKind {
-	if x != nil {
-		return x.Kind
-	}
-	return events.ConversationKind(0)
-}
-
-func (x *ConversationSummary) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-func (x *ConversationSummary) GetLastSeq() uint64 {
-	if x != nil {
-		return x.LastSeq
-	}
-	return 0
-}
-
-func (x *ConversationSummary) GetLatestMessageSeq() uint64 {
-	if x != nil {
-		return x.LatestMessageSeq
-	}
-	return 0
-}
-
-func (x *ConversationSummary) GetLatestMessage() *events.MessageSent {
-	if x != nil {
-		return x.LatestMessage
-	}
-	return nil
-}
-
-func (x *ConversationSummary) GetUnread() uint64 {
-	if x != nil {
-		return x.Unread
-	}
-	return 0
-}
-
-func (x *ConversationSummary) GetLastReadSeq() uint64 {
-	if x != nil {
-		return x.LastReadSeq
-	}
-	return 0
-}
-
-func (x *ConversationSummary) GetLastActivityUnixMs() int64 {
-	if x != nil {
-		return x.LastActivityUnixMs
-	}
-	return 0
-}
-
-func (x *ConversationSummary) GetReadFanout() bool {
-	if x != nil {
-		return x.ReadFanout
-	}
-	return false
-}
-
-type ConversationList struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Conversations []*ConversationSummary `protobuf:"bytes,1,rep,name=conversations,proto3" json:"conversations,omitempty"`
-	UserSeq       uint64                 `protobuf:"varint,2,opt,name=user_seq,json=userSeq,proto3" json:"user_seq,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ConversationList) Reset() {
-	*x = ConversationList{}
-	mi := &file_imsync_actors_proto_msgTypes[24]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ConversationList) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ConversationList) ProtoMessage() {}
-
-func (x *ConversationList) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[24]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ConversationList.ProtoReflect.Descriptor instead.
-func (*ConversationList) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{24}
-}
-
-func (x *ConversationList) GetConversations() []*ConversationSummary {
-	if x != nil {
-		return x.Conversations
-	}
-	return nil
-}
-
-func (x *ConversationList) GetUserSeq() uint64 {
-	if x != nil {
-		return x.UserSeq
-	}
-	return 0
+	return file_imsync_actors_proto_rawDescGZIP(), []int{17}
 }
 
 // Where a device's connection lives: the PID of its connection actor.
@@ -1641,7 +1110,7 @@ type AttachDevice struct {
 
 func (x *AttachDevice) Reset() {
 	*x = AttachDevice{}
-	mi := &file_imsync_actors_proto_msgTypes[25]
+	mi := &file_imsync_actors_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1122,7 @@ func (x *AttachDevice) String() string {
 func (*AttachDevice) ProtoMessage() {}
 
 func (x *AttachDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[25]
+	mi := &file_imsync_actors_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1135,7 @@ func (x *AttachDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachDevice.ProtoReflect.Descriptor instead.
 func (*AttachDevice) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{25}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AttachDevice) GetAddress() string {
@@ -1693,7 +1162,7 @@ type DetachDevice struct {
 
 func (x *DetachDevice) Reset() {
 	*x = DetachDevice{}
-	mi := &file_imsync_actors_proto_msgTypes[26]
+	mi := &file_imsync_actors_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1174,7 @@ func (x *DetachDevice) String() string {
 func (*DetachDevice) ProtoMessage() {}
 
 func (x *DetachDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[26]
+	mi := &file_imsync_actors_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1187,7 @@ func (x *DetachDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachDevice.ProtoReflect.Descriptor instead.
 func (*DetachDevice) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{26}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DetachDevice) GetAddress() string {
@@ -1739,14 +1208,14 @@ func (x *DetachDevice) GetId() string {
 type NotifyDevice struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserSeq       uint64                 `protobuf:"varint,1,opt,name=user_seq,json=userSeq,proto3" json:"user_seq,omitempty"`
-	Entry         *SyncEntry             `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"` // the newest entry, when small
+	Entry         *eventspb.SyncEntry    `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"` // the newest entry, when small
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NotifyDevice) Reset() {
 	*x = NotifyDevice{}
-	mi := &file_imsync_actors_proto_msgTypes[27]
+	mi := &file_imsync_actors_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1227,7 @@ func (x *NotifyDevice) String() string {
 func (*NotifyDevice) ProtoMessage() {}
 
 func (x *NotifyDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[27]
+	mi := &file_imsync_actors_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1240,7 @@ func (x *NotifyDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotifyDevice.ProtoReflect.Descriptor instead.
 func (*NotifyDevice) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{27}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NotifyDevice) GetUserSeq() uint64 {
@@ -1781,7 +1250,7 @@ func (x *NotifyDevice) GetUserSeq() uint64 {
 	return 0
 }
 
-func (x *NotifyDevice) GetEntry() *SyncEntry {
+func (x *NotifyDevice) GetEntry() *eventspb.SyncEntry {
 	if x != nil {
 		return x.Entry
 	}
@@ -1797,7 +1266,7 @@ type AckDevice struct {
 
 func (x *AckDevice) Reset() {
 	*x = AckDevice{}
-	mi := &file_imsync_actors_proto_msgTypes[28]
+	mi := &file_imsync_actors_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +1278,7 @@ func (x *AckDevice) String() string {
 func (*AckDevice) ProtoMessage() {}
 
 func (x *AckDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[28]
+	mi := &file_imsync_actors_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +1291,7 @@ func (x *AckDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckDevice.ProtoReflect.Descriptor instead.
 func (*AckDevice) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{28}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AckDevice) GetUserSeq() uint64 {
@@ -1842,7 +1311,7 @@ type DeviceState struct {
 
 func (x *DeviceState) Reset() {
 	*x = DeviceState{}
-	mi := &file_imsync_actors_proto_msgTypes[29]
+	mi := &file_imsync_actors_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +1323,7 @@ func (x *DeviceState) String() string {
 func (*DeviceState) ProtoMessage() {}
 
 func (x *DeviceState) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[29]
+	mi := &file_imsync_actors_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +1336,7 @@ func (x *DeviceState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceState.ProtoReflect.Descriptor instead.
 func (*DeviceState) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{29}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeviceState) GetAckedUserSeq() uint64 {
@@ -1892,14 +1361,14 @@ type Push struct {
 	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
 	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
 	UserSeq       uint64                 `protobuf:"varint,3,opt,name=user_seq,json=userSeq,proto3" json:"user_seq,omitempty"`
-	Entry         *SyncEntry             `protobuf:"bytes,4,opt,name=entry,proto3" json:"entry,omitempty"`
+	Entry         *eventspb.SyncEntry    `protobuf:"bytes,4,opt,name=entry,proto3" json:"entry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_imsync_actors_proto_msgTypes[30]
+	mi := &file_imsync_actors_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1911,7 +1380,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[30]
+	mi := &file_imsync_actors_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1924,7 +1393,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{30}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Push) GetUser() string {
@@ -1948,7 +1417,7 @@ func (x *Push) GetUserSeq() uint64 {
 	return 0
 }
 
-func (x *Push) GetEntry() *SyncEntry {
+func (x *Push) GetEntry() *eventspb.SyncEntry {
 	if x != nil {
 		return x.Entry
 	}
@@ -1963,7 +1432,7 @@ type Ok struct {
 
 func (x *Ok) Reset() {
 	*x = Ok{}
-	mi := &file_imsync_actors_proto_msgTypes[31]
+	mi := &file_imsync_actors_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1975,7 +1444,7 @@ func (x *Ok) String() string {
 func (*Ok) ProtoMessage() {}
 
 func (x *Ok) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[31]
+	mi := &file_imsync_actors_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1988,14 +1457,14 @@ func (x *Ok) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ok.ProtoReflect.Descriptor instead.
 func (*Ok) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{31}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{24}
 }
 
 var File_imsync_actors_proto protoreflect.FileDescriptor
 
 const file_imsync_actors_proto_rawDesc = "" +
 	"\n" +
-	"\x13imsync_actors.proto\x12\x10imsync.actors.v1\x1a\x13imsync_events.proto\"O\n" +
+	"\x13imsync_actors.proto\x12\x10imsync.actors.v1\x1a\x13imsync_events.proto\x1a\x12imsync_views.proto\"O\n" +
 	"\aFailure\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.imsync.actors.v1.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x94\x01\n" +
@@ -2036,29 +1505,7 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\aWritten\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12'\n" +
-	"\x0fconversation_id\x18\x03 \x01(\tR\x0econversationId\"\xb4\x03\n" +
-	"\x10ConversationInfo\x12'\n" +
-	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x126\n" +
-	"\x04kind\x18\x02 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04name\x12\x18\n" +
-	"\amembers\x18\x04 \x03(\tR\amembers\x12\x16\n" +
-	"\x06admins\x18\x05 \x03(\tR\x06admins\x12\x19\n" +
-	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12,\n" +
-	"\x12latest_message_seq\x18\a \x01(\x04R\x10latestMessageSeq\x12D\n" +
-	"\x0elatest_message\x18\b \x01(\v2\x1d.imsync.events.v1.MessageSentR\rlatestMessage\x121\n" +
-	"\x15last_activity_unix_ms\x18\t \x01(\x03R\x12lastActivityUnixMs\x12\x1f\n" +
-	"\vread_fanout\x18\n" +
-	" \x01(\bR\n" +
-	"readFanout\x12\x16\n" +
-	"\x06unread\x18\v \x01(\x04R\x06unread\"\x8f\x01\n" +
-	"\x0eHistoryMessage\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\x127\n" +
-	"\amessage\x18\x02 \x01(\v2\x1d.imsync.events.v1.MessageSentR\amessage\x12\x1a\n" +
-	"\brecalled\x18\x03 \x01(\bR\brecalled\x12\x16\n" +
-	"\x06edited\x18\x04 \x01(\bR\x06edited\"b\n" +
-	"\aHistory\x12<\n" +
-	"\bmessages\x18\x01 \x03(\v2 .imsync.actors.v1.HistoryMessageR\bmessages\x12\x19\n" +
-	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\" \n" +
+	"\x0fconversation_id\x18\x03 \x01(\tR\x0econversationId\" \n" +
 	"\fEnsureFanout\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"N\n" +
 	"\tInboxItem\x12\x12\n" +
@@ -2076,37 +1523,13 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\x06device\x18\x03 \x01(\tR\x06device\"I\n" +
 	"\vSyncRequest\x12$\n" +
 	"\x0eafter_user_seq\x18\x01 \x01(\x04R\fafterUserSeq\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"N\n" +
-	"\tSyncEntry\x12\x19\n" +
-	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\x12\x12\n" +
-	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\fR\x04data\"\x8b\x01\n" +
-	"\bSyncPage\x125\n" +
-	"\aentries\x18\x01 \x03(\v2\x1b.imsync.actors.v1.SyncEntryR\aentries\x12\"\n" +
-	"\rlast_user_seq\x18\x02 \x01(\x04R\vlastUserSeq\x12$\n" +
-	"\x0efirst_user_seq\x18\x03 \x01(\x04R\ffirstUserSeq\"\x13\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x13\n" +
 	"\x11ListConversations\"@\n" +
 	"\x0eDevicePresence\x12\x16\n" +
 	"\x06device\x18\x01 \x01(\tR\x06device\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\"\f\n" +
 	"\n" +
-	"GetUserSeq\"\xa9\x03\n" +
-	"\x13ConversationSummary\x12'\n" +
-	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x126\n" +
-	"\x04kind\x18\x02 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04name\x12\x19\n" +
-	"\blast_seq\x18\x04 \x01(\x04R\alastSeq\x12,\n" +
-	"\x12latest_message_seq\x18\x05 \x01(\x04R\x10latestMessageSeq\x12D\n" +
-	"\x0elatest_message\x18\x06 \x01(\v2\x1d.imsync.events.v1.MessageSentR\rlatestMessage\x12\x16\n" +
-	"\x06unread\x18\a \x01(\x04R\x06unread\x12\"\n" +
-	"\rlast_read_seq\x18\b \x01(\x04R\vlastReadSeq\x121\n" +
-	"\x15last_activity_unix_ms\x18\t \x01(\x03R\x12lastActivityUnixMs\x12\x1f\n" +
-	"\vread_fanout\x18\n" +
-	" \x01(\bR\n" +
-	"readFanout\"z\n" +
-	"\x10ConversationList\x12K\n" +
-	"\rconversations\x18\x01 \x03(\v2%.imsync.actors.v1.ConversationSummaryR\rconversations\x12\x19\n" +
-	"\buser_seq\x18\x02 \x01(\x04R\auserSeq\"8\n" +
+	"GetUserSeq\"8\n" +
 	"\fAttachDevice\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"8\n" +
@@ -2115,7 +1538,7 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"\\\n" +
 	"\fNotifyDevice\x12\x19\n" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\x121\n" +
-	"\x05entry\x18\x02 \x01(\v2\x1b.imsync.actors.v1.SyncEntryR\x05entry\"&\n" +
+	"\x05entry\x18\x02 \x01(\v2\x1b.imsync.events.v1.SyncEntryR\x05entry\"&\n" +
 	"\tAckDevice\x12\x19\n" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\"K\n" +
 	"\vDeviceState\x12$\n" +
@@ -2125,7 +1548,7 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x19\n" +
 	"\buser_seq\x18\x03 \x01(\x04R\auserSeq\x121\n" +
-	"\x05entry\x18\x04 \x01(\v2\x1b.imsync.actors.v1.SyncEntryR\x05entry\"\x04\n" +
+	"\x05entry\x18\x04 \x01(\v2\x1b.imsync.events.v1.SyncEntryR\x05entry\"\x04\n" +
 	"\x02Ok*\x82\x01\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\v\n" +
@@ -2150,63 +1573,48 @@ func file_imsync_actors_proto_rawDescGZIP() []byte {
 }
 
 var file_imsync_actors_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imsync_actors_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_imsync_actors_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_imsync_actors_proto_goTypes = []any{
-	(Code)(0),                    // 0: imsync.actors.v1.Code
-	(*Failure)(nil),              // 1: imsync.actors.v1.Failure
-	(*CreateConversation)(nil),   // 2: imsync.actors.v1.CreateConversation
-	(*ChangeMember)(nil),         // 3: imsync.actors.v1.ChangeMember
-	(*SendMessage)(nil),          // 4: imsync.actors.v1.SendMessage
-	(*RecallMessage)(nil),        // 5: imsync.actors.v1.RecallMessage
-	(*EditMessage)(nil),          // 6: imsync.actors.v1.EditMessage
-	(*GetHistory)(nil),           // 7: imsync.actors.v1.GetHistory
-	(*GetConversation)(nil),      // 8: imsync.actors.v1.GetConversation
-	(*Written)(nil),              // 9: imsync.actors.v1.Written
-	(*ConversationInfo)(nil),     // 10: imsync.actors.v1.ConversationInfo
-	(*HistoryMessage)(nil),       // 11: imsync.actors.v1.HistoryMessage
-	(*History)(nil),              // 12: imsync.actors.v1.History
-	(*EnsureFanout)(nil),         // 13: imsync.actors.v1.EnsureFanout
-	(*InboxItem)(nil),            // 14: imsync.actors.v1.InboxItem
-	(*Deliver)(nil),              // 15: imsync.actors.v1.Deliver
-	(*Delivered)(nil),            // 16: imsync.actors.v1.Delivered
-	(*MarkRead)(nil),             // 17: imsync.actors.v1.MarkRead
-	(*SyncRequest)(nil),          // 18: imsync.actors.v1.SyncRequest
-	(*SyncEntry)(nil),            // 19: imsync.actors.v1.SyncEntry
-	(*SyncPage)(nil),             // 20: imsync.actors.v1.SyncPage
-	(*ListConversations)(nil),    // 21: imsync.actors.v1.ListConversations
-	(*DevicePresence)(nil),       // 22: imsync.actors.v1.DevicePresence
-	(*GetUserSeq)(nil),           // 23: imsync.actors.v1.GetUserSeq
-	(*ConversationSummary)(nil),  // 24: imsync.actors.v1.ConversationSummary
-	(*ConversationList)(nil),     // 25: imsync.actors.v1.ConversationList
-	(*AttachDevice)(nil),         // 26: imsync.actors.v1.AttachDevice
-	(*DetachDevice)(nil),         // 27: imsync.actors.v1.DetachDevice
-	(*NotifyDevice)(nil),         // 28: imsync.actors.v1.NotifyDevice
-	(*AckDevice)(nil),            // 29: imsync.actors.v1.AckDevice
-	(*DeviceState)(nil),          // 30: imsync.actors.v1.DeviceState
-	(*Push)(nil),                 // 31: imsync.actors.v1.Push
-	(*Ok)(nil),                   // 32: imsync.actors.v1.Ok
-	(events.ConversationKind)(0), // 33: imsync.events.v1.ConversationKind
-	(*events.MessageSent)(nil),   // 34: imsync.events.v1.MessageSent
+	(Code)(0),                      // 0: imsync.actors.v1.Code
+	(*Failure)(nil),                // 1: imsync.actors.v1.Failure
+	(*CreateConversation)(nil),     // 2: imsync.actors.v1.CreateConversation
+	(*ChangeMember)(nil),           // 3: imsync.actors.v1.ChangeMember
+	(*SendMessage)(nil),            // 4: imsync.actors.v1.SendMessage
+	(*RecallMessage)(nil),          // 5: imsync.actors.v1.RecallMessage
+	(*EditMessage)(nil),            // 6: imsync.actors.v1.EditMessage
+	(*GetHistory)(nil),             // 7: imsync.actors.v1.GetHistory
+	(*GetConversation)(nil),        // 8: imsync.actors.v1.GetConversation
+	(*Written)(nil),                // 9: imsync.actors.v1.Written
+	(*EnsureFanout)(nil),           // 10: imsync.actors.v1.EnsureFanout
+	(*InboxItem)(nil),              // 11: imsync.actors.v1.InboxItem
+	(*Deliver)(nil),                // 12: imsync.actors.v1.Deliver
+	(*Delivered)(nil),              // 13: imsync.actors.v1.Delivered
+	(*MarkRead)(nil),               // 14: imsync.actors.v1.MarkRead
+	(*SyncRequest)(nil),            // 15: imsync.actors.v1.SyncRequest
+	(*ListConversations)(nil),      // 16: imsync.actors.v1.ListConversations
+	(*DevicePresence)(nil),         // 17: imsync.actors.v1.DevicePresence
+	(*GetUserSeq)(nil),             // 18: imsync.actors.v1.GetUserSeq
+	(*AttachDevice)(nil),           // 19: imsync.actors.v1.AttachDevice
+	(*DetachDevice)(nil),           // 20: imsync.actors.v1.DetachDevice
+	(*NotifyDevice)(nil),           // 21: imsync.actors.v1.NotifyDevice
+	(*AckDevice)(nil),              // 22: imsync.actors.v1.AckDevice
+	(*DeviceState)(nil),            // 23: imsync.actors.v1.DeviceState
+	(*Push)(nil),                   // 24: imsync.actors.v1.Push
+	(*Ok)(nil),                     // 25: imsync.actors.v1.Ok
+	(eventspb.ConversationKind)(0), // 26: imsync.events.v1.ConversationKind
+	(*eventspb.SyncEntry)(nil),     // 27: imsync.events.v1.SyncEntry
 }
 var file_imsync_actors_proto_depIdxs = []int32{
 	0,  // 0: imsync.actors.v1.Failure.code:type_name -> imsync.actors.v1.Code
-	33, // 1: imsync.actors.v1.CreateConversation.kind:type_name -> imsync.events.v1.ConversationKind
-	33, // 2: imsync.actors.v1.ConversationInfo.kind:type_name -> imsync.events.v1.ConversationKind
-	34, // 3: imsync.actors.v1.ConversationInfo.latest_message:type_name -> imsync.events.v1.MessageSent
-	34, // 4: imsync.actors.v1.HistoryMessage.message:type_name -> imsync.events.v1.MessageSent
-	11, // 5: imsync.actors.v1.History.messages:type_name -> imsync.actors.v1.HistoryMessage
-	14, // 6: imsync.actors.v1.Deliver.items:type_name -> imsync.actors.v1.InboxItem
-	19, // 7: imsync.actors.v1.SyncPage.entries:type_name -> imsync.actors.v1.SyncEntry
-	33, // 8: imsync.actors.v1.ConversationSummary.kind:type_name -> imsync.events.v1.ConversationKind
-	34, // 9: imsync.actors.v1.ConversationSummary.latest_message:type_name -> imsync.events.v1.MessageSent
-	24, // 10: imsync.actors.v1.ConversationList.conversations:type_name -> imsync.actors.v1.ConversationSummary
-	19, // 11: imsync.actors.v1.NotifyDevice.entry:type_name -> imsync.actors.v1.SyncEntry
-	19, // 12: imsync.actors.v1.Push.entry:type_name -> imsync.actors.v1.SyncEntry
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	26, // 1: imsync.actors.v1.CreateConversation.kind:type_name -> imsync.events.v1.ConversationKind
+	11, // 2: imsync.actors.v1.Deliver.items:type_name -> imsync.actors.v1.InboxItem
+	27, // 3: imsync.actors.v1.NotifyDevice.entry:type_name -> imsync.events.v1.SyncEntry
+	27, // 4: imsync.actors.v1.Push.entry:type_name -> imsync.events.v1.SyncEntry
+	5,  // [5:5] is the sub-list for method output_type
+	5,  // [5:5] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_imsync_actors_proto_init() }
@@ -2220,7 +1628,7 @@ func file_imsync_actors_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_actors_proto_rawDesc), len(file_imsync_actors_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   32,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -14,6 +14,7 @@ import (
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
 )
 
 // TestRandomHistories drives the service with random interleavings of
@@ -340,19 +341,19 @@ func replayConv(t *testing.T, store events.Store, conv string) *convModel {
 			t.Fatal(err)
 		}
 		switch v := ev.(type) {
-		case *events.ConversationCreated:
-			group = v.Kind == events.ConversationKind_GROUP
+		case *eventspb.ConversationCreated:
+			group = v.Kind == eventspb.ConversationKind_GROUP
 			for _, u := range v.Members {
 				members[u], m.joined[u] = true, seq
 			}
 			large = group && len(members) > 4
-		case *events.MemberAdded:
+		case *eventspb.MemberAdded:
 			members[v.User], m.joined[v.User] = true, seq
 			large = large || (group && len(members) > 4)
-		case *events.MemberRemoved:
+		case *eventspb.MemberRemoved:
 			delete(members, v.User)
 			delete(m.joined, v.User)
-		case *events.MessageSent:
+		case *eventspb.MessageSent:
 			m.msgs[seq] = modelMsg{v.Sender, v.ClientMsgId}
 			m.order = append(m.order, seq)
 			if !large {
@@ -360,7 +361,7 @@ func replayConv(t *testing.T, store events.Store, conv string) *convModel {
 					m.delivered[u] = append(m.delivered[u], seq)
 				}
 			}
-		case *events.MessageRecalled:
+		case *eventspb.MessageRecalled:
 			m.recalled[v.Seq] = true
 		}
 	}

@@ -10,7 +10,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/imsync/imsync/actors"
-	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
 )
 
 // device is a stand-in for a connection actor: it records pushes.
@@ -127,7 +127,7 @@ func TestGroupLifecycle(t *testing.T) {
 		t.Fatalf("after reading: %v", cat.Conversations[0])
 	}
 	entries := readInbox(t, svc, "cat")
-	if _, ok := entries[len(entries)-1].msg.(*events.ReadMarkerMoved); !ok {
+	if _, ok := entries[len(entries)-1].msg.(*eventspb.ReadMarkerMoved); !ok {
 		t.Fatalf("the read marker is not in cat's sync timeline: %T", entries[len(entries)-1].msg)
 	}
 

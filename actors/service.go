@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
 )
 
 // Config configures a Service. Store is required; the rest has defaults.
@@ -254,7 +255,7 @@ func (s *Service) OpenDirect(ctx context.Context, a, b string) (string, error) {
 		return "", fail(Code_INVALID, "a direct conversation needs two different users")
 	}
 	id := DirectID(a, b)
-	_, err := call[*Written](s, ctx, id, kindConversation, &CreateConversation{Kind: events.ConversationKind_DIRECT, Creator: a, Members: []string{b}})
+	_, err := call[*Written](s, ctx, id, kindConversation, &CreateConversation{Kind: eventspb.ConversationKind_DIRECT, Creator: a, Members: []string{b}})
 	return id, err
 }
 
@@ -271,7 +272,7 @@ func (s *Service) CreateGroup(ctx context.Context, id, creator, name string, mem
 	if _, _, direct := splitDirect(id); direct {
 		return "", fail(Code_INVALID, "group ids cannot look like direct ones")
 	}
-	_, err := call[*Written](s, ctx, id, kindConversation, &CreateConversation{Kind: events.ConversationKind_GROUP, Creator: creator, Name: name, Members: members})
+	_, err := call[*Written](s, ctx, id, kindConversation, &CreateConversation{Kind: eventspb.ConversationKind_GROUP, Creator: creator, Name: name, Members: members})
 	return id, err
 }
 
@@ -364,11 +365,11 @@ func (s *Service) Edit(ctx context.Context, actorID, conv string, seq uint64, bo
 }
 
 // Conversation returns what a member sees of a conversation.
-func (s *Service) Conversation(ctx context.Context, reader, conv string) (*ConversationInfo, error) {
+func (s *Service) Conversation(ctx context.Context, reader, conv string) (*eventspb.ConversationInfo, error) {
 	if err := validateConvID(conv); err != nil {
 		return nil, err
 	}
-	return call[*ConversationInfo](s, ctx, conv, kindConversation, &GetConversation{Reader: reader})
+	return call[*eventspb.ConversationInfo](s, ctx, conv, kindConversation, &GetConversation{Reader: reader})
 }
 
 // MarkRead moves the user's read marker in conv to seq (forward only); the
@@ -401,31 +402,31 @@ type HistoryQuery struct {
 }
 
 // History pages a conversation's messages, newest first (oldest first with After).
-func (s *Service) History(ctx context.Context, reader, conv string, q HistoryQuery) (*History, error) {
+func (s *Service) History(ctx context.Context, reader, conv string, q HistoryQuery) (*eventspb.History, error) {
 	if err := validateConvID(conv); err != nil {
 		return nil, err
 	}
 	if q.Before > 0 && q.After > 0 {
 		return nil, fail(Code_INVALID, "history takes Before or After, not both")
 	}
-	return call[*History](s, ctx, conv, kindConversation, &GetHistory{Reader: reader, BeforeSeq: q.Before, AfterSeq: q.After, Limit: uint32(max(0, min(q.Limit, 1<<20)))})
+	return call[*eventspb.History](s, ctx, conv, kindConversation, &GetHistory{Reader: reader, BeforeSeq: q.Before, AfterSeq: q.After, Limit: uint32(max(0, min(q.Limit, 1<<20)))})
 }
 
 // Sync returns the user's sync timeline after afterUserSeq.
-func (s *Service) Sync(ctx context.Context, user string, afterUserSeq uint64, limit int) (*SyncPage, error) {
+func (s *Service) Sync(ctx context.Context, user string, afterUserSeq uint64, limit int) (*eventspb.SyncPage, error) {
 	if err := ValidateID("user", user); err != nil {
 		return nil, err
 	}
-	return call[*SyncPage](s, ctx, user, kindUser, &SyncRequest{AfterUserSeq: afterUserSeq, Limit: uint32(max(0, min(limit, 1<<20)))})
+	return call[*eventspb.SyncPage](s, ctx, user, kindUser, &SyncRequest{AfterUserSeq: afterUserSeq, Limit: uint32(max(0, min(limit, 1<<20)))})
 }
 
 // Conversations returns the user's conversation list (what a device syncs
 // first at login).
-func (s *Service) Conversations(ctx context.Context, user string) (*ConversationList, error) {
+func (s *Service) Conversations(ctx context.Context, user string) (*eventspb.ConversationList, error) {
 	if err := ValidateID("user", user); err != nil {
 		return nil, err
 	}
-	return call[*ConversationList](s, ctx, user, kindUser, &ListConversations{})
+	return call[*eventspb.ConversationList](s, ctx, user, kindUser, &ListConversations{})
 }
 
 // AttachDevice registers the connection actor pid of a device: pushes for

@@ -5,7 +5,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
 )
 
 // userState is a user's sync state, rebuilt by evolveUser from the stream
@@ -19,13 +19,13 @@ type userState struct {
 // convSummary is one line of the conversation list.
 type convSummary struct {
 	id           string
-	kind         events.ConversationKind
+	kind         eventspb.ConversationKind
 	name         string
 	member       bool
 	readFanout   bool
 	lastConvSeq  uint64 // highest conversation seq delivered here (dedup)
 	latestSeq    uint64
-	latest       *events.MessageSent
+	latest       *eventspb.MessageSent
 	lastRead     uint64
 	unread       []uint64 // seqs of messages from others after lastRead (write-fanout)
 	lastActivity int64
@@ -71,14 +71,14 @@ func decideMarkRead(s *userState, m *MarkRead) (proto.Message, *Failure) {
 	if m.Seq <= c.lastRead {
 		return nil, nil // read markers only move forward: nothing to do
 	}
-	return &events.ReadMarkerMoved{ConversationId: m.ConversationId, ReadSeq: m.Seq, Device: m.Device}, nil
+	return &eventspb.ReadMarkerMoved{ConversationId: m.ConversationId, ReadSeq: m.Seq, Device: m.Device}, nil
 }
 
 // evolveUser applies the inbox entry stored at userSeq.
 func evolveUser(s *userState, userSeq uint64, ev proto.Message) {
 	s.userSeq = userSeq
 	switch e := ev.(type) {
-	case *events.MembershipChanged:
+	case *eventspb.MembershipChanged:
 		c := s.conv(e.ConversationId)
 		c.lastConvSeq = max(c.lastConvSeq, e.Seq)
 		c.kind, c.name, c.readFanout = e.Kind, e.Name, e.ReadFanout
@@ -86,7 +86,7 @@ func evolveUser(s *userState, userSeq uint64, ev proto.Message) {
 			c.member = e.Added
 			c.unread = nil // counted anew from (re)joining, as the conversation does
 		}
-	case *events.MessagePointer:
+	case *eventspb.MessagePointer:
 		c := s.conv(e.ConversationId)
 		c.lastConvSeq = max(c.lastConvSeq, e.Seq)
 		c.latestSeq = e.Seq
@@ -99,22 +99,22 @@ func evolveUser(s *userState, userSeq uint64, ev proto.Message) {
 		} else if e.Seq > c.lastRead {
 			c.unread = append(c.unread, e.Seq)
 		}
-	case *events.RecallNotice:
+	case *eventspb.RecallNotice:
 		c := s.conv(e.ConversationId)
 		c.lastConvSeq = max(c.lastConvSeq, e.Seq)
 		c.unread = slices.DeleteFunc(c.unread, func(seq uint64) bool { return seq == e.RecalledSeq })
-	case *events.EditNotice:
+	case *eventspb.EditNotice:
 		c := s.conv(e.ConversationId)
 		c.lastConvSeq = max(c.lastConvSeq, e.Seq)
 		if c.latestSeq == e.EditedSeq && c.latest != nil {
-			edited := proto.Clone(c.latest).(*events.MessageSent)
+			edited := proto.Clone(c.latest).(*eventspb.MessageSent)
 			edited.Body = e.Body
 			c.latest = edited
 		}
-	case *events.ConversationChanged:
+	case *eventspb.ConversationChanged:
 		c := s.conv(e.ConversationId)
 		c.lastConvSeq = max(c.lastConvSeq, e.Seq)
-	case *events.ReadMarkerMoved:
+	case *eventspb.ReadMarkerMoved:
 		s.conv(e.ConversationId).readUpTo(e.ReadSeq)
 	}
 }
@@ -129,8 +129,8 @@ func (c *convSummary) readUpTo(seq uint64) {
 
 // summary renders the list line (unread of read-fanout groups is filled in
 // by asking the conversation).
-func (c *convSummary) summary() *ConversationSummary {
-	return &ConversationSummary{
+func (c *convSummary) summary() *eventspb.ConversationSummary {
+	return &eventspb.ConversationSummary{
 		ConversationId:     c.id,
 		Kind:               c.kind,
 		Name:               c.name,
@@ -158,11 +158,11 @@ func decideAck(s *deviceState, a *AckDevice, userSeq uint64) (proto.Message, *Fa
 	if a.UserSeq <= s.acked {
 		return nil, nil
 	}
-	return &events.DeviceAcked{UserSeq: a.UserSeq}, nil
+	return &eventspb.DeviceAcked{UserSeq: a.UserSeq}, nil
 }
 
 func evolveDevice(s *deviceState, ev proto.Message) {
-	if e, ok := ev.(*events.DeviceAcked); ok && e.UserSeq > s.acked {
+	if e, ok := ev.(*eventspb.DeviceAcked); ok && e.UserSeq > s.acked {
 		s.acked = e.UserSeq
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
 )
 
 // userGrain owns inbox-<user>, the user's sync timeline, and the
@@ -139,11 +140,11 @@ func (g *userGrain) commit(ctx actor.Context, msgs []proto.Message, reply proto.
 		}
 	}
 	sender := ctx.Sender()
-	var newest *SyncEntry
+	var newest *eventspb.SyncEntry
 	if n := len(msgs); n > 0 {
 		last := g.j.queue[len(g.j.queue)-1]
 		if len(last.Data) <= g.svc.cfg.Limits.InlineMaxSize+256 {
-			newest = &SyncEntry{UserSeq: upTo, Type: last.Type, Data: last.Data}
+			newest = &eventspb.SyncEntry{UserSeq: upTo, Type: last.Type, Data: last.Data}
 		}
 	}
 	g.j.whenDurable(upTo, func(err error) {
@@ -162,7 +163,7 @@ func (g *userGrain) commit(ctx actor.Context, msgs []proto.Message, reply proto.
 	g.j.flush(ctx)
 }
 
-func (g *userGrain) notifyDevices(ctx actor.Context, userSeq uint64, newest *SyncEntry) {
+func (g *userGrain) notifyDevices(ctx actor.Context, userSeq uint64, newest *eventspb.SyncEntry) {
 	for dev := range g.devices {
 		pid := g.svc.cluster.Get(deviceIdentity(g.id, dev), kindDevice)
 		if pid != nil {
@@ -180,7 +181,7 @@ func (g *userGrain) sync(ctx actor.Context, m *SyncRequest) {
 	}
 	newest := g.j.durable
 	if m.AfterUserSeq >= newest {
-		ctx.Respond(&SyncPage{LastUserSeq: newest, FirstUserSeq: 1})
+		ctx.Respond(&eventspb.SyncPage{LastUserSeq: newest, FirstUserSeq: 1})
 		return
 	}
 	store, stream, sender, root := g.svc.store, events.InboxStream(g.id), ctx.Sender(), ctx.ActorSystem().Root
@@ -192,7 +193,7 @@ func (g *userGrain) sync(ctx actor.Context, m *SyncRequest) {
 			root.Send(sender, unavailable(err))
 			return
 		}
-		out := &SyncPage{LastUserSeq: newest, FirstUserSeq: m.AfterUserSeq + 1}
+		out := &eventspb.SyncPage{LastUserSeq: newest, FirstUserSeq: m.AfterUserSeq + 1}
 		for i, e := range page {
 			seq := uint64(e.Revision) + 1
 			if seq > newest {
@@ -201,7 +202,7 @@ func (g *userGrain) sync(ctx actor.Context, m *SyncRequest) {
 			if i == 0 {
 				out.FirstUserSeq = seq // > after+1 when retention dropped older entries
 			}
-			out.Entries = append(out.Entries, &SyncEntry{UserSeq: seq, Type: e.Type, Data: e.Data})
+			out.Entries = append(out.Entries, &eventspb.SyncEntry{UserSeq: seq, Type: e.Type, Data: e.Data})
 		}
 		root.Send(sender, out)
 	}()
@@ -210,8 +211,8 @@ func (g *userGrain) sync(ctx actor.Context, m *SyncRequest) {
 // list answers the conversation list; read-fanout groups are asked for
 // their latest state, the others come from the inbox.
 func (g *userGrain) list(ctx actor.Context) {
-	out := &ConversationList{UserSeq: g.j.durable}
-	var ask []*ConversationSummary
+	out := &eventspb.ConversationList{UserSeq: g.j.durable}
+	var ask []*eventspb.ConversationSummary
 	for _, c := range g.state.convs {
 		if !c.member {
 			continue
@@ -222,7 +223,7 @@ func (g *userGrain) list(ctx actor.Context) {
 			ask = append(ask, sum)
 		}
 	}
-	slices.SortFunc(out.Conversations, func(a, b *ConversationSummary) int {
+	slices.SortFunc(out.Conversations, func(a, b *eventspb.ConversationSummary) int {
 		if a.LastActivityUnixMs != b.LastActivityUnixMs {
 			if a.LastActivityUnixMs > b.LastActivityUnixMs {
 				return -1
@@ -246,7 +247,7 @@ func (g *userGrain) list(ctx actor.Context) {
 			go func() {
 				defer wg.Done()
 				res, err := svc.request(context.Background(), sum.ConversationId, kindConversation, &GetConversation{Reader: user, ReadSeq: sum.LastReadSeq})
-				if info, ok := res.(*ConversationInfo); ok && err == nil {
+				if info, ok := res.(*eventspb.ConversationInfo); ok && err == nil {
 					sum.LastSeq, sum.LatestMessageSeq, sum.LatestMessage = info.LastSeq, info.LatestMessageSeq, info.LatestMessage
 					sum.Unread, sum.LastActivityUnixMs = info.Unread, info.LastActivityUnixMs
 				}

@@ -7,9 +7,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+
+	_ "github.com/imsync/imsync/events/eventspb" // registers the domain event types
 )
 
-// Domain events are protobuf messages; in the store, an event's Type is the
+// Domain events are protobuf messages (package eventspb, which clients can
+// import without the store); in the store, an event's Type is the
 // message's short name ("MessageSent") and its Data the encoded message.
 // Extensions add their own message types under their own protobuf package
 // and register them with RegisterDomainPackage.

@@ -1,0 +1,3 @@
+package eventspb
+
+//go:generate protoc --go_out=. --go_opt=paths=source_relative imsync_events.proto imsync_views.proto

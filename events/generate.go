@@ -1,3 +1,0 @@
-package events
-
-//go:generate protoc --go_out=. --go_opt=paths=source_relative imsync_events.proto

@@ -1,0 +1,3 @@
+package wire
+
+//go:generate protoc -I. -I../../events/eventspb --go_out=. --go_opt=paths=source_relative --go_opt=Mimsync_events.proto=github.com/imsync/imsync/events/eventspb --go_opt=Mimsync_views.proto=github.com/imsync/imsync/events/eventspb imsync_wire.proto
