@@ -88,7 +88,7 @@ func (x *Hello) GetClient() string {
 	return ""
 }
 
-// Server → client, answer to Hello. Either welcome or error is set.
+// Server → client, the answer to Hello (inside ServerPush).
 type Welcome struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	User    string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
@@ -167,11 +167,13 @@ func (x *Welcome) GetMaxFrameSize() uint32 {
 	return 0
 }
 
-// Server → client on the control stream after Welcome.
+// Server → client on the control stream: first a welcome (or an error,
+// after which the server closes the connection), then notifications.
 type ServerPush struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Push:
 	//
+	//	*ServerPush_Welcome
 	//	*ServerPush_Notify
 	//	*ServerPush_Error
 	Push          isServerPush_Push `protobuf_oneof:"push"`
@@ -216,6 +218,15 @@ func (x *ServerPush) GetPush() isServerPush_Push {
 	return nil
 }
 
+func (x *ServerPush) GetWelcome() *Welcome {
+	if x != nil {
+		if x, ok := x.Push.(*ServerPush_Welcome); ok {
+			return x.Welcome
+		}
+	}
+	return nil
+}
+
 func (x *ServerPush) GetNotify() *Notify {
 	if x != nil {
 		if x, ok := x.Push.(*ServerPush_Notify); ok {
@@ -238,6 +249,10 @@ type isServerPush_Push interface {
 	isServerPush_Push()
 }
 
+type ServerPush_Welcome struct {
+	Welcome *Welcome `protobuf:"bytes,3,opt,name=welcome,proto3,oneof"`
+}
+
 type ServerPush_Notify struct {
 	// The sync timeline grew to user_seq. entry is set when it is small and
 	// is the entry at user_seq: a device whose last seq is user_seq-1
@@ -248,6 +263,8 @@ type ServerPush_Notify struct {
 type ServerPush_Error struct {
 	Error *Error `protobuf:"bytes,2,opt,name=error,proto3,oneof"` // the server closes the connection after it
 }
+
+func (*ServerPush_Welcome) isServerPush_Push() {}
 
 func (*ServerPush_Notify) isServerPush_Push() {}
 
@@ -1747,9 +1764,10 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x19\n" +
 	"\buser_seq\x18\x03 \x01(\x04R\auserSeq\x12?\n" +
 	"\achanged\x18\x04 \x03(\v2%.imsync.events.v1.ConversationSummaryR\achanged\x12$\n" +
-	"\x0emax_frame_size\x18\x05 \x01(\rR\fmaxFrameSize\"u\n" +
+	"\x0emax_frame_size\x18\x05 \x01(\rR\fmaxFrameSize\"\xaa\x01\n" +
 	"\n" +
-	"ServerPush\x120\n" +
+	"ServerPush\x123\n" +
+	"\awelcome\x18\x03 \x01(\v2\x17.imsync.wire.v1.WelcomeH\x00R\awelcome\x120\n" +
 	"\x06notify\x18\x01 \x01(\v2\x16.imsync.wire.v1.NotifyH\x00R\x06notify\x12-\n" +
 	"\x05error\x18\x02 \x01(\v2\x15.imsync.wire.v1.ErrorH\x00R\x05errorB\x06\n" +
 	"\x04push\"V\n" +
@@ -1894,35 +1912,36 @@ var file_imsync_wire_proto_goTypes = []any{
 }
 var file_imsync_wire_proto_depIdxs = []int32{
 	24, // 0: imsync.wire.v1.Welcome.changed:type_name -> imsync.events.v1.ConversationSummary
-	3,  // 1: imsync.wire.v1.ServerPush.notify:type_name -> imsync.wire.v1.Notify
-	23, // 2: imsync.wire.v1.ServerPush.error:type_name -> imsync.wire.v1.Error
-	25, // 3: imsync.wire.v1.Notify.entry:type_name -> imsync.events.v1.SyncEntry
-	5,  // 4: imsync.wire.v1.ClientControl.ack:type_name -> imsync.wire.v1.Ack
-	6,  // 5: imsync.wire.v1.ClientControl.ping:type_name -> imsync.wire.v1.Ping
-	8,  // 6: imsync.wire.v1.Request.send:type_name -> imsync.wire.v1.Send
-	9,  // 7: imsync.wire.v1.Request.create_group:type_name -> imsync.wire.v1.CreateGroup
-	10, // 8: imsync.wire.v1.Request.open_direct:type_name -> imsync.wire.v1.OpenDirect
-	11, // 9: imsync.wire.v1.Request.change_member:type_name -> imsync.wire.v1.ChangeMember
-	12, // 10: imsync.wire.v1.Request.recall:type_name -> imsync.wire.v1.Recall
-	13, // 11: imsync.wire.v1.Request.edit:type_name -> imsync.wire.v1.Edit
-	14, // 12: imsync.wire.v1.Request.mark_read:type_name -> imsync.wire.v1.MarkRead
-	15, // 13: imsync.wire.v1.Request.sync:type_name -> imsync.wire.v1.SyncPull
-	16, // 14: imsync.wire.v1.Request.history:type_name -> imsync.wire.v1.HistoryPage
-	17, // 15: imsync.wire.v1.Request.conversations:type_name -> imsync.wire.v1.ListConversations
-	18, // 16: imsync.wire.v1.Request.conversation:type_name -> imsync.wire.v1.GetConversation
-	23, // 17: imsync.wire.v1.Response.error:type_name -> imsync.wire.v1.Error
-	20, // 18: imsync.wire.v1.Response.sent:type_name -> imsync.wire.v1.Sent
-	21, // 19: imsync.wire.v1.Response.conversation_ref:type_name -> imsync.wire.v1.ConversationRef
-	22, // 20: imsync.wire.v1.Response.done:type_name -> imsync.wire.v1.Done
-	26, // 21: imsync.wire.v1.Response.sync:type_name -> imsync.events.v1.SyncPage
-	27, // 22: imsync.wire.v1.Response.history:type_name -> imsync.events.v1.History
-	28, // 23: imsync.wire.v1.Response.conversations:type_name -> imsync.events.v1.ConversationList
-	29, // 24: imsync.wire.v1.Response.conversation:type_name -> imsync.events.v1.ConversationInfo
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	1,  // 1: imsync.wire.v1.ServerPush.welcome:type_name -> imsync.wire.v1.Welcome
+	3,  // 2: imsync.wire.v1.ServerPush.notify:type_name -> imsync.wire.v1.Notify
+	23, // 3: imsync.wire.v1.ServerPush.error:type_name -> imsync.wire.v1.Error
+	25, // 4: imsync.wire.v1.Notify.entry:type_name -> imsync.events.v1.SyncEntry
+	5,  // 5: imsync.wire.v1.ClientControl.ack:type_name -> imsync.wire.v1.Ack
+	6,  // 6: imsync.wire.v1.ClientControl.ping:type_name -> imsync.wire.v1.Ping
+	8,  // 7: imsync.wire.v1.Request.send:type_name -> imsync.wire.v1.Send
+	9,  // 8: imsync.wire.v1.Request.create_group:type_name -> imsync.wire.v1.CreateGroup
+	10, // 9: imsync.wire.v1.Request.open_direct:type_name -> imsync.wire.v1.OpenDirect
+	11, // 10: imsync.wire.v1.Request.change_member:type_name -> imsync.wire.v1.ChangeMember
+	12, // 11: imsync.wire.v1.Request.recall:type_name -> imsync.wire.v1.Recall
+	13, // 12: imsync.wire.v1.Request.edit:type_name -> imsync.wire.v1.Edit
+	14, // 13: imsync.wire.v1.Request.mark_read:type_name -> imsync.wire.v1.MarkRead
+	15, // 14: imsync.wire.v1.Request.sync:type_name -> imsync.wire.v1.SyncPull
+	16, // 15: imsync.wire.v1.Request.history:type_name -> imsync.wire.v1.HistoryPage
+	17, // 16: imsync.wire.v1.Request.conversations:type_name -> imsync.wire.v1.ListConversations
+	18, // 17: imsync.wire.v1.Request.conversation:type_name -> imsync.wire.v1.GetConversation
+	23, // 18: imsync.wire.v1.Response.error:type_name -> imsync.wire.v1.Error
+	20, // 19: imsync.wire.v1.Response.sent:type_name -> imsync.wire.v1.Sent
+	21, // 20: imsync.wire.v1.Response.conversation_ref:type_name -> imsync.wire.v1.ConversationRef
+	22, // 21: imsync.wire.v1.Response.done:type_name -> imsync.wire.v1.Done
+	26, // 22: imsync.wire.v1.Response.sync:type_name -> imsync.events.v1.SyncPage
+	27, // 23: imsync.wire.v1.Response.history:type_name -> imsync.events.v1.History
+	28, // 24: imsync.wire.v1.Response.conversations:type_name -> imsync.events.v1.ConversationList
+	29, // 25: imsync.wire.v1.Response.conversation:type_name -> imsync.events.v1.ConversationInfo
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_imsync_wire_proto_init() }
@@ -1931,6 +1950,7 @@ func file_imsync_wire_proto_init() {
 		return
 	}
 	file_imsync_wire_proto_msgTypes[2].OneofWrappers = []any{
+		(*ServerPush_Welcome)(nil),
 		(*ServerPush_Notify)(nil),
 		(*ServerPush_Error)(nil),
 	}
