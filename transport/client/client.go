@@ -1,0 +1,506 @@
+// Package client is the Go client library of imsync: it connects a device
+// over QUIC, keeps the connection up (reconnecting with back-off and
+// resuming from the device's last user seq), offers a typed call for every
+// operation, and delivers the device's sync timeline in order and without
+// gaps: pushed entries are applied when they follow the last one, and any
+// gap is pulled.
+//
+// # Usage
+//
+//	c, err := client.Dial(ctx, client.Config{
+//		Addr: "127.0.0.1:7400", Token: token,
+//		TLS: client.PinnedTLS(caPEM), LastUserSeq: saved})
+//	if err != nil { ... }
+//	defer c.Close()
+//	sent, err := c.Send(ctx, client.Message{To: "bob", ClientMsgID: "m-1", Text: "hi"})
+//	for e := range c.Entries() {      // in user seq order, gaps filled
+//		apply(e)
+//		c.Ack(e.UserSeq)                  // the server now knows this device's position
+//		save(e.UserSeq)                   // where to resume after a restart
+//	}
+//
+// It links only the wire protocol and the event schema, never server code.
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	"github.com/imsync/imsync/events/eventspb"
+	"github.com/imsync/imsync/transport/wire"
+)
+
+// ALPN must match the server's.
+const ALPN = "imsync/1"
+
+// Config configures a Client.
+type Config struct {
+	Addr  string // host:port of the server (UDP)
+	Token string // from `imsync token`
+	TLS   *tls.Config
+	// LastUserSeq is the device's position in its sync timeline, as the app
+	// saved it; entries after it are delivered.
+	LastUserSeq uint64
+	// NoReconnect: report a lost connection instead of reconnecting.
+	NoReconnect bool
+	Logger      *slog.Logger
+	Client      string // sent in Hello, for the server's logs
+}
+
+// PinnedTLS trusts exactly the certificate(s) in pem (the server's
+// self-signed certificate, or a CA).
+func PinnedTLS(pem []byte) (*tls.Config, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, errors.New("client: no certificate in the given PEM")
+	}
+	return &tls.Config{RootCAs: pool}, nil
+}
+
+// InsecureTLS accepts any server certificate (tests, local tries).
+func InsecureTLS() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
+
+// Entry is one entry of the device's sync timeline.
+type Entry struct {
+	UserSeq uint64
+	Type    string
+	Message proto.Message // *eventspb.MessagePointer, *eventspb.ReadMarkerMoved, ...
+}
+
+// Client is one device's connection. Its methods are safe for concurrent use.
+type Client struct {
+	cfg     Config
+	entries chan Entry
+	closed  chan struct{}
+	once    sync.Once
+	wg      sync.WaitGroup
+
+	mu      sync.Mutex
+	sess    *session
+	ready   chan struct{} // closed when sess is set
+	welcome *wire.Welcome
+	lastErr error
+
+	nextID  atomic.Uint64
+	last    atomic.Uint64 // last user seq delivered to Entries
+	notify  chan uint64   // newest seq heard of (coalesced)
+	pending atomic.Pointer[wire.Notify]
+}
+
+// ErrClosed is returned by calls on a closed client.
+var ErrClosed = errors.New("client: closed")
+
+// Dial connects and authenticates; an error here (bad token, no server) is
+// returned as is. Afterwards the client reconnects by itself.
+func Dial(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.TLS == nil {
+		cfg.TLS = &tls.Config{}
+	}
+	if cfg.Client == "" {
+		cfg.Client = "imsync-go/1"
+	}
+	c := &Client{
+		cfg:     cfg,
+		entries: make(chan Entry, 256),
+		closed:  make(chan struct{}),
+		ready:   make(chan struct{}),
+		notify:  make(chan uint64, 1),
+	}
+	c.last.Store(cfg.LastUserSeq)
+	s, w, err := c.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.install(s, w)
+	c.wg.Add(2)
+	go c.supervise(s)
+	go c.syncLoop()
+	return c, nil
+}
+
+// Welcome is the server's answer to the latest login: the user, the newest
+// user seq and the conversations that changed since LastUserSeq.
+func (c *Client) Welcome() *wire.Welcome {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.welcome
+}
+
+// Entries delivers the sync timeline after LastUserSeq, in order, each
+// entry once. It is closed by Close.
+func (c *Client) Entries() <-chan Entry { return c.entries }
+
+// LastUserSeq is the last user seq delivered on Entries.
+func (c *Client) LastUserSeq() uint64 { return c.last.Load() }
+
+// Close ends the connection and the background work.
+func (c *Client) Close() error {
+	c.once.Do(func() {
+		close(c.closed)
+		c.mu.Lock()
+		s := c.sess
+		c.mu.Unlock()
+		if s != nil {
+			s.close("client closing")
+		}
+		c.wg.Wait()
+		close(c.entries)
+	})
+	return nil
+}
+
+func (c *Client) install(s *session, w *wire.Welcome) {
+	c.mu.Lock()
+	c.sess, c.welcome = s, w
+	close(c.ready)
+	c.mu.Unlock()
+	c.hear(w.UserSeq)
+}
+
+// hear records that the timeline reached seq (from a push or a welcome).
+func (c *Client) hear(seq uint64) {
+	for {
+		select {
+		case old := <-c.notify:
+			seq = max(seq, old)
+		default:
+		}
+		select {
+		case c.notify <- seq:
+			return
+		default:
+		}
+	}
+}
+
+// supervise waits for the session to end and reconnects with back-off.
+func (c *Client) supervise(s *session) {
+	defer c.wg.Done()
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case <-s.done:
+		case <-c.closed:
+			return
+		}
+		c.mu.Lock()
+		c.ready = make(chan struct{})
+		c.sess = nil
+		c.lastErr = s.err
+		c.mu.Unlock()
+		if c.cfg.NoReconnect {
+			return
+		}
+		for {
+			select {
+			case <-c.closed:
+				return
+			case <-time.After(backoff):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			next, w, err := c.connect(ctx)
+			cancel()
+			if err == nil {
+				c.install(next, w)
+				s, backoff = next, 100*time.Millisecond
+				break
+			}
+			c.cfg.Logger.Debug("reconnect failed", "err", err)
+			var we *wire.Error
+			if errors.As(err, &we) && we.Code == wire.CodeUnauthorized {
+				c.mu.Lock()
+				c.lastErr = err
+				c.mu.Unlock()
+				return // a refused token will not get better
+			}
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+}
+
+// session waits for a live connection.
+func (c *Client) session(ctx context.Context) (*session, error) {
+	for {
+		c.mu.Lock()
+		s, ready, lastErr := c.sess, c.ready, c.lastErr
+		c.mu.Unlock()
+		if s != nil {
+			return s, nil
+		}
+		if c.cfg.NoReconnect && lastErr != nil {
+			return nil, lastErr
+		}
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-c.closed:
+			return nil, ErrClosed
+		}
+	}
+}
+
+// syncLoop turns "the timeline reached seq" into delivered entries: it
+// applies an inline entry that follows the last one and pulls any gap.
+func (c *Client) syncLoop() {
+	defer c.wg.Done()
+	for {
+		var seq uint64
+		select {
+		case seq = <-c.notify:
+		case <-c.closed:
+			return
+		}
+		if n := c.pending.Swap(nil); n != nil && n.Entry != nil && n.UserSeq == c.last.Load()+1 && n.UserSeq <= seq {
+			if !c.deliver(n.Entry) {
+				return
+			}
+		}
+		for c.last.Load() < seq {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			page, err := c.Sync(ctx, c.last.Load(), 500)
+			cancel()
+			if err != nil {
+				select {
+				case <-c.closed:
+					return
+				case <-time.After(200 * time.Millisecond):
+				}
+				continue
+			}
+			if len(page.Entries) == 0 {
+				break
+			}
+			for _, e := range page.Entries {
+				if e.UserSeq <= c.last.Load() {
+					continue
+				}
+				if !c.deliver(e) {
+					return
+				}
+			}
+		}
+	}
+}
+
+func (c *Client) deliver(e *eventspb.SyncEntry) bool {
+	m, err := decode(e.Type, e.Data)
+	if err != nil {
+		c.cfg.Logger.Warn("undecodable entry", "seq", e.UserSeq, "err", err)
+	}
+	select {
+	case c.entries <- Entry{UserSeq: e.UserSeq, Type: e.Type, Message: m}:
+		c.last.Store(e.UserSeq)
+		return true
+	case <-c.closed:
+		return false
+	}
+}
+
+func decode(typ string, data []byte) (proto.Message, error) {
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName("imsync.events.v1." + typ))
+	if err != nil {
+		return nil, fmt.Errorf("unknown entry type %q", typ)
+	}
+	m := mt.New().Interface()
+	return m, proto.Unmarshal(data, m)
+}
+
+var _ = eventspb.ConversationKind_DIRECT
+
+// Ack tells the server that this device applied its timeline up to seq.
+func (c *Client) Ack(ctx context.Context, seq uint64) error {
+	s, err := c.session(ctx)
+	if err != nil {
+		return err
+	}
+	return s.writeControl(&wire.ClientControl{Control: &wire.ClientControl_Ack{Ack: &wire.Ack{UserSeq: seq}}})
+}
+
+// session is one QUIC connection.
+type session struct {
+	c       *Client
+	qc      *quic.Conn
+	control *quic.Stream
+	cmu     sync.Mutex // writes to control
+	main    *requests  // long-lived request stream for small calls
+	done    chan struct{}
+	err     error
+	closer  sync.Once
+}
+
+func (c *Client) connect(ctx context.Context) (*session, *wire.Welcome, error) {
+	t := c.cfg.TLS.Clone()
+	t.NextProtos = []string{ALPN}
+	t.MinVersion = tls.VersionTLS13
+	qc, err := quic.DialAddr(ctx, c.cfg.Addr, t, &quic.Config{MaxIdleTimeout: 60 * time.Second, KeepAlivePeriod: 20 * time.Second})
+	if err != nil {
+		return nil, nil, fmt.Errorf("client: connect %s: %w", c.cfg.Addr, err)
+	}
+	s := &session{c: c, qc: qc, done: make(chan struct{})}
+	fail := func(err error) (*session, *wire.Welcome, error) {
+		qc.CloseWithError(0, "")
+		return nil, nil, err
+	}
+	if s.control, err = qc.OpenStreamSync(ctx); err != nil {
+		return fail(err)
+	}
+	if err := wire.WriteFrame(s.control, &wire.Hello{Token: c.cfg.Token, LastUserSeq: c.last.Load(), Client: c.cfg.Client}); err != nil {
+		return fail(err)
+	}
+	rd := wire.NewReader(s.control, wire.DefaultMaxFrameSize)
+	var first wire.ServerPush
+	if dl, ok := ctx.Deadline(); ok {
+		s.control.SetReadDeadline(dl)
+	}
+	if err := rd.Read(&first); err != nil {
+		return fail(fmt.Errorf("client: login: %w", err))
+	}
+	s.control.SetReadDeadline(time.Time{})
+	if e := first.GetError(); e != nil {
+		return fail(e)
+	}
+	w := first.GetWelcome()
+	if w == nil {
+		return fail(errors.New("client: server did not welcome"))
+	}
+	st, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	s.main = newRequests(st, s)
+	go s.readControl(rd)
+	go func() {
+		<-qc.Context().Done()
+		s.close(context.Cause(qc.Context()).Error())
+	}()
+	return s, w, nil
+}
+
+func (s *session) close(reason string) {
+	s.closer.Do(func() {
+		s.err = fmt.Errorf("client: connection lost: %s", reason)
+		s.qc.CloseWithError(0, reason)
+		s.main.failAll(s.err)
+		close(s.done)
+	})
+}
+
+func (s *session) writeControl(m proto.Message) error {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	return wire.WriteFrame(s.control, m)
+}
+
+func (s *session) readControl(rd *wire.Reader) {
+	for {
+		var p wire.ServerPush
+		if err := rd.Read(&p); err != nil {
+			s.close("control stream: " + err.Error())
+			return
+		}
+		switch {
+		case p.GetNotify() != nil:
+			n := p.GetNotify()
+			s.c.pending.Store(n)
+			s.c.hear(n.UserSeq)
+		case p.GetError() != nil:
+			s.c.cfg.Logger.Warn("server error", "err", p.GetError())
+		}
+	}
+}
+
+// requests multiplexes calls over one stream by request id.
+type requests struct {
+	st      *quic.Stream
+	sess    *session
+	wmu     sync.Mutex
+	mu      sync.Mutex
+	pending map[uint64]chan *wire.Response
+	err     error
+}
+
+func newRequests(st *quic.Stream, s *session) *requests {
+	r := &requests{st: st, sess: s, pending: map[uint64]chan *wire.Response{}}
+	go r.readLoop()
+	return r
+}
+
+func (r *requests) readLoop() {
+	rd := wire.NewReader(r.st, wire.DefaultMaxFrameSize)
+	for {
+		var res wire.Response
+		if err := rd.Read(&res); err != nil {
+			if !errors.Is(err, io.EOF) {
+				r.sess.close("request stream: " + err.Error())
+			}
+			r.failAll(fmt.Errorf("client: request stream ended: %w", err))
+			return
+		}
+		r.mu.Lock()
+		ch := r.pending[res.Id]
+		delete(r.pending, res.Id)
+		r.mu.Unlock()
+		if ch != nil {
+			ch <- &res
+		}
+	}
+}
+
+func (r *requests) failAll(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.err = err
+	for id, ch := range r.pending {
+		close(ch)
+		delete(r.pending, id)
+	}
+}
+
+func (r *requests) roundTrip(ctx context.Context, req *wire.Request) (*wire.Response, error) {
+	ch := make(chan *wire.Response, 1)
+	r.mu.Lock()
+	if r.err != nil {
+		r.mu.Unlock()
+		return nil, r.err
+	}
+	r.pending[req.Id] = ch
+	r.mu.Unlock()
+	r.wmu.Lock()
+	err := wire.WriteFrame(r.st, req)
+	r.wmu.Unlock()
+	if err != nil {
+		r.mu.Lock()
+		delete(r.pending, req.Id)
+		r.mu.Unlock()
+		return nil, err
+	}
+	select {
+	case res, ok := <-ch:
+		if !ok {
+			return nil, r.sess.err
+		}
+		return res, nil
+	case <-ctx.Done():
+		r.mu.Lock()
+		delete(r.pending, req.Id)
+		r.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}

@@ -1,0 +1,198 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/imsync/imsync/events/eventspb"
+	"github.com/imsync/imsync/transport/wire"
+)
+
+// Error codes a caller may decide on (wire.Error.Code). 1..7 are the
+// service's, 100+ the protocol's (see docs/protocol.md).
+const (
+	CodeInvalid     = 1
+	CodeNotFound    = 2
+	CodeForbidden   = 3
+	CodeConflict    = 4
+	CodeTooLarge    = 5
+	CodeExpired     = 6
+	CodeUnavailable = 7
+)
+
+// CodeOf returns the protocol error code of err, or 0.
+func CodeOf(err error) uint32 {
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return we.Code
+	}
+	return 0
+}
+
+// call runs one request. Bulky requests (pages) get a stream of their own,
+// so that they never delay small ones on the shared stream.
+func (c *Client) call(ctx context.Context, req *wire.Request, bulky bool) (*wire.Response, error) {
+	s, err := c.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	req.Id = c.nextID.Add(1)
+	var res *wire.Response
+	if bulky {
+		res, err = s.oneShot(ctx, req)
+	} else {
+		res, err = s.main.roundTrip(ctx, req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if e := res.GetError(); e != nil {
+		return nil, e
+	}
+	return res, nil
+}
+
+func (s *session) oneShot(ctx context.Context, req *wire.Request) (*wire.Response, error) {
+	st, err := s.qc.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer st.CancelRead(0)
+	if dl, ok := ctx.Deadline(); ok {
+		st.SetDeadline(dl)
+	}
+	if err := wire.WriteFrame(st, req); err != nil {
+		return nil, err
+	}
+	st.Close() // no more requests on this stream
+	var res wire.Response
+	if err := wire.NewReader(st, wire.DefaultMaxFrameSize).Read(&res); err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	return &res, nil
+}
+
+// Message is what Send sends: to a conversation or, directly, to a user.
+type Message struct {
+	Conversation string
+	To           string // a user: the direct conversation with them
+	ClientMsgID  string // retrying with the same id never duplicates
+	Kind         string
+	Text         string
+	Body         []byte // used when Text is empty
+	ReplyTo      uint64
+	Mentions     []string
+}
+
+// Send sends a message; it returns once the message is durable.
+func (c *Client) Send(ctx context.Context, m Message) (*wire.Sent, error) {
+	body := m.Body
+	if m.Text != "" {
+		body = []byte(m.Text)
+	}
+	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_Send{Send: &wire.Send{
+		Conversation: m.Conversation, ToUser: m.To, ClientMsgId: m.ClientMsgID, Kind: m.Kind,
+		Body: body, ReplyTo: m.ReplyTo, Mentions: m.Mentions,
+	}}}, false)
+	if err != nil {
+		return nil, err
+	}
+	return res.GetSent(), nil
+}
+
+// CreateGroup creates a group with the caller as admin; id may be empty.
+func (c *Client) CreateGroup(ctx context.Context, id, name string, members []string) (string, error) {
+	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_CreateGroup{CreateGroup: &wire.CreateGroup{Id: id, Name: name, Members: members}}}, false)
+	if err != nil {
+		return "", err
+	}
+	return res.GetConversationRef().GetConversation(), nil
+}
+
+// OpenDirect returns the direct conversation with user.
+func (c *Client) OpenDirect(ctx context.Context, user string) (string, error) {
+	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_OpenDirect{OpenDirect: &wire.OpenDirect{User: user}}}, false)
+	if err != nil {
+		return "", err
+	}
+	return res.GetConversationRef().GetConversation(), nil
+}
+
+// AddMember adds user to a group; RemoveMember removes (or leaves).
+func (c *Client) AddMember(ctx context.Context, conv, user string) (uint64, error) {
+	return c.done(ctx, &wire.Request{Op: &wire.Request_ChangeMember{ChangeMember: &wire.ChangeMember{Conversation: conv, User: user, Add: true}}})
+}
+
+func (c *Client) RemoveMember(ctx context.Context, conv, user string) (uint64, error) {
+	return c.done(ctx, &wire.Request{Op: &wire.Request_ChangeMember{ChangeMember: &wire.ChangeMember{Conversation: conv, User: user}}})
+}
+
+// Recall recalls message seq of conv.
+func (c *Client) Recall(ctx context.Context, conv string, seq uint64) (uint64, error) {
+	return c.done(ctx, &wire.Request{Op: &wire.Request_Recall{Recall: &wire.Recall{Conversation: conv, Seq: seq}}})
+}
+
+// Edit replaces the body of message seq of conv.
+func (c *Client) Edit(ctx context.Context, conv string, seq uint64, body []byte) (uint64, error) {
+	return c.done(ctx, &wire.Request{Op: &wire.Request_Edit{Edit: &wire.Edit{Conversation: conv, Seq: seq, Body: body}}})
+}
+
+// MarkRead moves the caller's read marker in conv to seq.
+func (c *Client) MarkRead(ctx context.Context, conv string, seq uint64) error {
+	_, err := c.done(ctx, &wire.Request{Op: &wire.Request_MarkRead{MarkRead: &wire.MarkRead{Conversation: conv, Seq: seq}}})
+	return err
+}
+
+func (c *Client) done(ctx context.Context, req *wire.Request) (uint64, error) {
+	res, err := c.call(ctx, req, false)
+	if err != nil {
+		return 0, err
+	}
+	return res.GetDone().GetSeq(), nil
+}
+
+// Sync pulls the caller's sync timeline after a user seq (one page).
+func (c *Client) Sync(ctx context.Context, after uint64, limit int) (*eventspb.SyncPage, error) {
+	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_Sync{Sync: &wire.SyncPull{AfterUserSeq: after, Limit: uint32(limit)}}}, true)
+	if err != nil {
+		return nil, err
+	}
+	return res.GetSync(), nil
+}
+
+// HistoryQuery selects a page of messages.
+type HistoryQuery struct {
+	Before, After uint64
+	Limit         int
+	FirstUnread   bool // the page after the caller's read marker
+}
+
+// History pages a conversation (newest first; oldest first with After or FirstUnread).
+func (c *Client) History(ctx context.Context, conv string, q HistoryQuery) (*eventspb.History, error) {
+	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_History{History: &wire.HistoryPage{
+		Conversation: conv, BeforeSeq: q.Before, AfterSeq: q.After, Limit: uint32(q.Limit), FirstUnread: q.FirstUnread,
+	}}}, true)
+	if err != nil {
+		return nil, err
+	}
+	return res.GetHistory(), nil
+}
+
+// Conversations returns the caller's conversation list.
+func (c *Client) Conversations(ctx context.Context) (*eventspb.ConversationList, error) {
+	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_Conversations{Conversations: &wire.ListConversations{}}}, true)
+	if err != nil {
+		return nil, err
+	}
+	return res.GetConversations(), nil
+}
+
+// Conversation returns one conversation as the caller sees it.
+func (c *Client) Conversation(ctx context.Context, conv string) (*eventspb.ConversationInfo, error) {
+	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_Conversation{Conversation: &wire.GetConversation{Conversation: conv}}}, false)
+	if err != nil {
+		return nil, err
+	}
+	return res.GetConversation(), nil
+}

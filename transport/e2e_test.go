@@ -1,0 +1,291 @@
+package transport_test
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/imsync/imsync/actors"
+	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
+	"github.com/imsync/imsync/transport"
+	"github.com/imsync/imsync/transport/client"
+	"github.com/imsync/imsync/transport/wire"
+)
+
+// testServer is a real server on a random loopback port.
+type testServer struct {
+	srv  *transport.Server
+	key  *transport.Key
+	addr string
+	tls  *tls.Config // what clients trust: the server's own certificate
+}
+
+func startServer(t *testing.T, cfg transport.Config) *testServer {
+	t.Helper()
+	dir := t.TempDir()
+	store, err := events.OpenInMemory(events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	svc, err := actors.Start(actors.Config{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	key, err := transport.LoadOrCreateKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := transport.LoadOrCreateCert(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Service, cfg.Key, cfg.TLS = svc, key, &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv, err := transport.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	pem, err := os.ReadFile(filepath.Join(dir, transport.CertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned, err := client.PinnedTLS(pem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testServer{srv: srv, key: key, addr: srv.Addr().String(), tls: pinned}
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func (ts *testServer) dial(t *testing.T, user, device string, last uint64) *client.Client {
+	t.Helper()
+	tok, err := ts.key.Mint(user, device, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.Dial(ctx(t), client.Config{Addr: ts.addr, Token: tok, TLS: ts.tls, LastUserSeq: last})
+	if err != nil {
+		t.Fatalf("dial %s/%s: %v", user, device, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// next reads entries until one satisfies want.
+func next(t *testing.T, c *client.Client, want func(client.Entry) bool) client.Entry {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case e, ok := <-c.Entries():
+			if !ok {
+				t.Fatal("entries closed")
+			}
+			if want(e) {
+				return e
+			}
+		case <-deadline:
+			t.Fatal("timed out waiting for an entry")
+		}
+	}
+}
+
+func pointerTo(conv string, seq uint64) func(client.Entry) bool {
+	return func(e client.Entry) bool {
+		p, ok := e.Message.(*eventspb.MessagePointer)
+		return ok && p.ConversationId == conv && p.Seq == seq
+	}
+}
+
+func TestEndToEnd(t *testing.T) {
+	ts := startServer(t, transport.Config{})
+	ann := ts.dial(t, "ann", "phone", 0)
+	bobPhone := ts.dial(t, "bob", "phone", 0)
+	bobLaptop := ts.dial(t, "bob", "laptop", 0)
+
+	// A direct message reaches both of bob's devices, in order, inline.
+	sent, err := ann.Send(ctx(t), client.Message{To: "bob", ClientMsgID: "m1", Text: "hi bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range []*client.Client{bobPhone, bobLaptop} {
+		e := next(t, dev, pointerTo(sent.Conversation, sent.Seq))
+		if p := e.Message.(*eventspb.MessagePointer); string(p.Message.GetBody()) != "hi bob" {
+			t.Fatalf("pointer without the inline message: %v", p)
+		}
+	}
+	again, err := ann.Send(ctx(t), client.Message{To: "bob", ClientMsgID: "m1", Text: "hi bob"})
+	if err != nil || !again.Duplicate || again.Seq != sent.Seq {
+		t.Fatalf("retried send: %v %v", again, err)
+	}
+
+	// The laptop goes offline; messages arrive meanwhile.
+	offlineAt := bobLaptop.LastUserSeq()
+	bobLaptop.Close()
+	g, err := ann.CreateGroup(ctx(t), "", "trip", []string{"bob", "cat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *wire.Sent
+	for i := range 5 {
+		if last, err = ann.Send(ctx(t), client.Message{Conversation: g, ClientMsgID: fmt.Sprint("g", i), Text: fmt.Sprint("plan ", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ann.Recall(ctx(t), g, last.Seq); err != nil {
+		t.Fatal(err)
+	}
+	// Bob reads on his phone.
+	next(t, bobPhone, pointerTo(g, last.Seq))
+	if err := bobPhone.MarkRead(ctx(t), g, last.Seq-1); err != nil {
+		t.Fatal(err)
+	}
+
+	// The laptop reconnects from where it was and gets exactly the missing
+	// range: every entry once, gapless, ending with the read marker.
+	laptop := ts.dial(t, "bob", "laptop", offlineAt)
+	w := laptop.Welcome()
+	if w.User != "bob" || w.UserSeq <= offlineAt || len(w.Changed) == 0 {
+		t.Fatalf("welcome: %v", w)
+	}
+	var got []client.Entry
+	for len(got) == 0 || got[len(got)-1].UserSeq < w.UserSeq {
+		got = append(got, next(t, laptop, func(client.Entry) bool { return true }))
+	}
+	for i, e := range got {
+		if e.UserSeq != offlineAt+uint64(i)+1 {
+			t.Fatalf("entry %d has user seq %d after %d: not the missing range", i, e.UserSeq, offlineAt)
+		}
+	}
+	if _, ok := got[len(got)-1].Message.(*eventspb.ReadMarkerMoved); !ok {
+		t.Fatalf("last entry %T, want the read marker from the phone", got[len(got)-1].Message)
+	}
+	if err := laptop.Ack(ctx(t), w.UserSeq); err != nil {
+		t.Fatal(err)
+	}
+
+	// Conversation list, history, first unread.
+	list, err := laptop.Conversations(ctx(t))
+	if err != nil || len(list.Conversations) != 2 {
+		t.Fatalf("bob's list: %v %v", list, err)
+	}
+	h, err := laptop.History(ctx(t), g, client.HistoryQuery{Limit: 10})
+	if err != nil || len(h.Messages) != 5 || !h.Messages[0].Recalled {
+		t.Fatalf("history: %v %v", h, err)
+	}
+	unread, err := laptop.History(ctx(t), g, client.HistoryQuery{FirstUnread: true, Limit: 10})
+	if err != nil || len(unread.Messages) != 1 || unread.Messages[0].Seq != last.Seq {
+		t.Fatalf("first unread: %v %v", unread, err)
+	}
+
+	// Errors travel with their codes.
+	_, err = laptop.Send(ctx(t), client.Message{Conversation: "nope", Text: "x"})
+	if client.CodeOf(err) != client.CodeNotFound {
+		t.Fatalf("send to an unknown conversation: %v", err)
+	}
+	_, err = laptop.Send(ctx(t), client.Message{Conversation: g, Body: make([]byte, 20000)})
+	if client.CodeOf(err) != client.CodeTooLarge {
+		t.Fatalf("oversize message: %v", err)
+	}
+}
+
+func TestBadTokens(t *testing.T) {
+	ts := startServer(t, transport.Config{})
+	other := transport.NewKey([]byte("some-other-key-some-other-key-xx"))
+	good, _ := ts.key.Mint("ann", "phone", time.Hour, time.Now())
+	expired, _ := ts.key.Mint("ann", "phone", time.Second, time.Now().Add(-time.Hour))
+	wrongKey, _ := other.Mint("ann", "phone", time.Hour, time.Now())
+	for name, tok := range map[string]string{"expired": expired, "wrong key": wrongKey, "forged": good[:len(good)-4] + "AAAA", "empty": ""} {
+		_, err := client.Dial(ctx(t), client.Config{Addr: ts.addr, Token: tok, TLS: ts.tls, NoReconnect: true})
+		if client.CodeOf(err) != wire.CodeUnauthorized {
+			t.Errorf("%s token: %v", name, err)
+		}
+	}
+	// A client that does not trust the certificate is refused by TLS.
+	if _, err := client.Dial(ctx(t), client.Config{Addr: ts.addr, Token: good, TLS: &tls.Config{}, NoReconnect: true}); err == nil {
+		t.Fatal("connected without trusting the server certificate")
+	}
+	// The server still serves others.
+	c := ts.dial(t, "ann", "phone", 0)
+	if _, err := c.Conversations(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBadFrames sends garbage on a raw QUIC connection: each bad stream gets
+// its error and the connection, and others, keep being served.
+func TestBadFrames(t *testing.T) {
+	ts := startServer(t, transport.Config{MaxFrameSize: 4096})
+	tok, _ := ts.key.Mint("eve", "raw", time.Hour, time.Now())
+	tc := ts.tls.Clone()
+	tc.NextProtos = []string{transport.ALPN}
+	qc, err := quic.DialAddr(ctx(t), ts.addr, tc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qc.CloseWithError(0, "")
+	control, _ := qc.OpenStreamSync(ctx(t))
+	wire.WriteFrame(control, &wire.Hello{Token: tok})
+	var welcome wire.ServerPush
+	if err := wire.NewReader(control, 0).Read(&welcome); err != nil || welcome.GetWelcome() == nil {
+		t.Fatalf("welcome: %v %v", &welcome, err)
+	}
+	cases := map[string][]byte{
+		"oversize":  {0xff, 0xff, 0x3f},
+		"malformed": {3, 0xff, 0xff, 0xff},
+		"unknown":   mustFrame(t, &wire.Request{Id: 9}),
+		"truncated": {10, 1, 2},
+	}
+	for name, raw := range cases {
+		st, err := qc.OpenStreamSync(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Write(raw)
+		st.Close()
+		var res wire.Response
+		if err := wire.NewReader(st, 0).Read(&res); err != nil {
+			t.Fatalf("%s: no answer: %v", name, err)
+		}
+		want := uint32(wire.CodeBadFrame)
+		if name == "unknown" {
+			want = wire.CodeUnknown
+		}
+		if res.GetError().GetCode() != want {
+			t.Fatalf("%s: answered %v, want code %d", name, &res, want)
+		}
+	}
+	// The same connection still serves a good request.
+	st, _ := qc.OpenStreamSync(ctx(t))
+	wire.WriteFrame(st, &wire.Request{Id: 1, Op: &wire.Request_Conversations{Conversations: &wire.ListConversations{}}})
+	st.Close()
+	var res wire.Response
+	if err := wire.NewReader(st, 0).Read(&res); err != nil || res.GetConversations() == nil {
+		t.Fatalf("good request after bad ones: %v %v", &res, err)
+	}
+}
+
+func mustFrame(t *testing.T, r *wire.Request) []byte {
+	b, err := wire.AppendFrame(nil, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -1,0 +1,145 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/imsync/imsync/actors"
+	"github.com/imsync/imsync/transport/wire"
+)
+
+// requestTimeout bounds one request on the server.
+const requestTimeout = 15 * time.Second
+
+// handle runs one request as the connection's user and device.
+func (c *conn) handle(ctx context.Context, req *wire.Request) *wire.Response {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	svc := c.s.cfg.Service
+	res := &wire.Response{Id: req.Id}
+	var err error
+	switch op := req.Op.(type) {
+	case *wire.Request_Send:
+		m := op.Send
+		conv := m.Conversation
+		if m.ToUser != "" {
+			if conv != "" {
+				err = errInvalid("send takes a conversation or a user, not both")
+				break
+			}
+			if conv, err = svc.OpenDirect(ctx, c.user, m.ToUser); err != nil {
+				break
+			}
+		}
+		var r actors.SendResult
+		r, err = svc.Send(ctx, actors.SendRequest{
+			Conversation: conv, Sender: c.user, Device: c.device, ClientMsgID: m.ClientMsgId,
+			Kind: m.Kind, Body: m.Body, ReplyTo: m.ReplyTo, Mentions: m.Mentions,
+		})
+		res.Result = &wire.Response_Sent{Sent: &wire.Sent{Conversation: conv, Seq: r.Seq, Duplicate: r.Duplicate, ClientMsgId: m.ClientMsgId}}
+	case *wire.Request_CreateGroup:
+		var id string
+		id, err = svc.CreateGroup(ctx, op.CreateGroup.Id, c.user, op.CreateGroup.Name, op.CreateGroup.Members)
+		res.Result = &wire.Response_ConversationRef{ConversationRef: &wire.ConversationRef{Conversation: id}}
+	case *wire.Request_OpenDirect:
+		var id string
+		id, err = svc.OpenDirect(ctx, c.user, op.OpenDirect.User)
+		res.Result = &wire.Response_ConversationRef{ConversationRef: &wire.ConversationRef{Conversation: id}}
+	case *wire.Request_ChangeMember:
+		m := op.ChangeMember
+		var seq uint64
+		if m.Add {
+			seq, err = svc.AddMember(ctx, c.user, m.Conversation, m.User)
+		} else {
+			seq, err = svc.RemoveMember(ctx, c.user, m.Conversation, m.User)
+		}
+		res.Result = &wire.Response_Done{Done: &wire.Done{Seq: seq}}
+	case *wire.Request_Recall:
+		var seq uint64
+		seq, err = svc.Recall(ctx, c.user, op.Recall.Conversation, op.Recall.Seq)
+		res.Result = &wire.Response_Done{Done: &wire.Done{Seq: seq}}
+	case *wire.Request_Edit:
+		var seq uint64
+		seq, err = svc.Edit(ctx, c.user, op.Edit.Conversation, op.Edit.Seq, op.Edit.Body)
+		res.Result = &wire.Response_Done{Done: &wire.Done{Seq: seq}}
+	case *wire.Request_MarkRead:
+		err = svc.MarkRead(ctx, c.user, c.device, op.MarkRead.Conversation, op.MarkRead.Seq)
+		res.Result = &wire.Response_Done{Done: &wire.Done{Seq: op.MarkRead.Seq}}
+	case *wire.Request_Sync:
+		limit := int(op.Sync.Limit)
+		if limit == 0 {
+			limit = 100
+		}
+		r, e := svc.Sync(ctx, c.user, op.Sync.AfterUserSeq, min(limit, 1000))
+		err = e
+		res.Result = &wire.Response_Sync{Sync: r}
+	case *wire.Request_History:
+		m := op.History
+		limit := int(m.Limit)
+		if limit == 0 {
+			limit = 50
+		}
+		q := actors.HistoryQuery{Before: m.BeforeSeq, After: m.AfterSeq, Limit: min(limit, 1000)}
+		if m.FirstUnread {
+			if q.After, err = c.readSeq(ctx, m.Conversation); err != nil {
+				break
+			}
+			q.Before = 0
+		}
+		h, e := svc.History(ctx, c.user, m.Conversation, q)
+		err = e
+		res.Result = &wire.Response_History{History: h}
+	case *wire.Request_Conversations:
+		l, e := svc.Conversations(ctx, c.user)
+		err = e
+		res.Result = &wire.Response_Conversations{Conversations: l}
+	case *wire.Request_Conversation:
+		i, e := svc.Conversation(ctx, c.user, op.Conversation.Conversation)
+		err = e
+		res.Result = &wire.Response_Conversation{Conversation: i}
+	default:
+		err = &wire.Error{Code: wire.CodeUnknown, Message: "unknown or missing request type"}
+	}
+	if err != nil {
+		res.Result = &wire.Response_Error{Error: toWireError(err)}
+	}
+	return res
+}
+
+// readSeq is the caller's read marker in conv (for "jump to first unread").
+func (c *conn) readSeq(ctx context.Context, conv string) (uint64, error) {
+	list, err := c.s.cfg.Service.Conversations(ctx, c.user)
+	if err != nil {
+		return 0, err
+	}
+	for _, s := range list.Conversations {
+		if s.ConversationId == conv {
+			return s.LastReadSeq, nil
+		}
+	}
+	return 0, &actors.Failure{Code: actors.Code_NOT_FOUND, Message: "conversation \"" + conv + "\" not found"}
+}
+
+func errInvalid(msg string) error { return &actors.Failure{Code: actors.Code_INVALID, Message: msg} }
+
+// toWireError maps service failures to their codes (1..7) and anything
+// else to an internal error.
+func toWireError(err error) *wire.Error {
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return we
+	}
+	return &wire.Error{Code: codeOf(err), Message: err.Error()}
+}
+
+func codeOf(err error) uint32 {
+	var f *actors.Failure
+	if errors.As(err, &f) {
+		return uint32(f.Code)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return uint32(actors.Code_UNAVAILABLE)
+	}
+	return wire.CodeInternal
+}
