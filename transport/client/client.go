@@ -54,6 +54,8 @@ type Config struct {
 	// LastUserSeq is the device's position in its sync timeline, as the app
 	// saved it; entries after it are delivered.
 	LastUserSeq uint64
+	// FromNewest: deliver only entries after the newest at login (tail).
+	FromNewest bool
 	// NoReconnect: report a lost connection instead of reconnecting.
 	NoReconnect bool
 	Logger      *slog.Logger
@@ -126,6 +128,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	s, w, err := c.connect(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.FromNewest {
+		c.last.Store(w.UserSeq)
 	}
 	c.install(s, w)
 	c.wg.Add(2)

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer lets the test read what a running command printed so far.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestTour runs the README's tour: a server, two users, two devices.
+func TestTour(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	ctx, stop := context.WithCancel(context.Background())
+	var serverOut syncBuffer
+	served := make(chan error, 1)
+	go func() { served <- run(ctx, []string{"serve", "--data", data, "--listen", "127.0.0.1:0"}, &serverOut) }()
+	var addr string
+	deadline := time.Now().Add(15 * time.Second)
+	for addr == "" {
+		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(serverOut.String()); m != nil {
+			addr = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("server did not start: %q", serverOut.String())
+		} else {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	defer func() {
+		stop()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	ca := filepath.Join(data, "server.crt")
+	token := func(user, device string) string {
+		out, err := runCmd(t, "token", "--data", data, "--user", user, "--device", device)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(out)
+	}
+	as := func(tok string, args ...string) []map[string]any {
+		t.Helper()
+		n := 1
+		if args[0] == "group" {
+			n = 2
+		}
+		full := append(append(append([]string{}, args[:n]...), "--server", addr, "--token", tok, "--ca", ca, "--json"), args[n:]...)
+		out, err := runCmd(t, full...)
+		if err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		return lines(t, out)
+	}
+	ann, bobPhone, bobLaptop := token("ann", "phone"), token("bob", "phone"), token("bob", "laptop")
+
+	sent := as(ann, "send", "--to", "bob", "--id", "hello-1", "hello bob")
+	conv := sent[0]["conversation"].(string)
+	if sent[0]["seq"] != 2.0 || sent[0]["client_msg_id"] != "hello-1" {
+		t.Fatalf("send printed %v", sent)
+	}
+	if again := as(ann, "send", "--to", "bob", "--id", "hello-1", "hello bob"); again[0]["duplicate"] != true || again[0]["seq"] != 2.0 {
+		t.Fatalf("retried send printed %v", again)
+	}
+	g := as(ann, "group", "create", "--name", "trip", "--members", "bob,cat")[0]["conversation"].(string)
+	as(ann, "send", "--conv", g, "pack light")
+	as(ann, "group", "add", "--conv", g, "dan")
+
+	// Fanout follows the acknowledgement: sync until the five entries are
+	// in (each sync resumes from the state file).
+	state := filepath.Join(t.TempDir(), "bob-laptop.seq")
+	syncUntil := func(n int) []map[string]any {
+		var got []map[string]any
+		for end := time.Now().Add(10 * time.Second); len(got) < n && time.Now().Before(end); {
+			got = append(got, as(bobLaptop, "sync", "--state", state)...)
+		}
+		return got
+	}
+	first := syncUntil(5)
+	for i, e := range first {
+		if e["user_seq"] != float64(i+1) {
+			t.Fatalf("first sync printed %v", first)
+		}
+	}
+	convs := as(bobPhone, "convs")
+	if len(convs) != 2 {
+		t.Fatalf("convs printed %v", convs)
+	}
+	h := as(bobPhone, "history", "--conv", conv)
+	if len(h) != 1 || h[0]["text"] != "hello bob" || h[0]["sender"] != "ann" {
+		t.Fatalf("history printed %v", h)
+	}
+	as(bobPhone, "read", "--conv", g, "--seq", "2")
+	seq := as(ann, "send", "--conv", g, "oops")[0]["seq"].(float64)
+	as(ann, "recall", "--conv", g, "--seq", jsonNum(seq))
+	// The laptop syncs exactly what it missed: the read marker, the
+	// message, its recall.
+	more := syncUntil(3)
+	var types []string
+	for _, e := range more {
+		types = append(types, e["type"].(string))
+	}
+	if strings.Join(types, ",") != "ReadMarkerMoved,MessagePointer,RecallNotice" || more[0]["user_seq"] != 6.0 {
+		t.Fatalf("second sync printed %v", more)
+	}
+	if again := as(bobLaptop, "sync", "--state", state); len(again) != 0 {
+		t.Fatalf("third sync printed %v", again)
+	}
+}
+
+func jsonNum(f float64) string {
+	b, _ := json.Marshal(f)
+	return string(b)
+}

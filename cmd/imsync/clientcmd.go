@@ -1,0 +1,284 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/imsync/imsync/events/eventspb"
+	"github.com/imsync/imsync/transport/client"
+)
+
+// clientFlags are the flags every client command shares.
+type clientFlags struct {
+	server, token, ca string
+	insecure, json    bool
+}
+
+func (f *clientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.server, "server", os.Getenv("IMSYNC_SERVER"), "server HOST:PORT (or IMSYNC_SERVER)")
+	fs.StringVar(&f.token, "token", os.Getenv("IMSYNC_TOKEN"), "device token (or IMSYNC_TOKEN)")
+	fs.StringVar(&f.ca, "ca", os.Getenv("IMSYNC_CA"), "certificate to trust (the server's DIR/server.crt)")
+	fs.BoolVar(&f.insecure, "insecure", false, "trust any server certificate")
+	fs.BoolVar(&f.json, "json", false, "print JSON, one object per line")
+}
+
+func (f *clientFlags) dial(ctx context.Context, last uint64, fromNewest bool) (*client.Client, error) {
+	if f.server == "" || f.token == "" {
+		return nil, fmt.Errorf("%w: --server and --token (or IMSYNC_SERVER and IMSYNC_TOKEN) are required", errUsage)
+	}
+	var t *tls.Config
+	switch {
+	case f.insecure:
+		t = client.InsecureTLS()
+	case f.ca != "":
+		pem, err := os.ReadFile(f.ca)
+		if err != nil {
+			return nil, err
+		}
+		if t, err = client.PinnedTLS(pem); err != nil {
+			return nil, err
+		}
+	default:
+		t = &tls.Config{}
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return client.Dial(dctx, client.Config{Addr: f.server, Token: f.token, TLS: t, LastUserSeq: last, FromNewest: fromNewest, Client: "imsync-cli/1"})
+}
+
+// printer prints records as JSON lines or as aligned text.
+type printer struct {
+	out  io.Writer
+	json bool
+}
+
+func (p printer) print(fields []string, rec map[string]any) {
+	if p.json {
+		b, _ := json.Marshal(rec)
+		fmt.Fprintln(p.out, string(b))
+		return
+	}
+	var parts []string
+	for _, f := range fields {
+		if v, ok := rec[f]; ok && v != "" && v != nil {
+			parts = append(parts, fmt.Sprintf("%s=%v", f, v))
+		}
+	}
+	fmt.Fprintln(p.out, strings.Join(parts, " "))
+}
+
+func runClient(ctx context.Context, cmd string, args []string, out io.Writer) error {
+	sub := ""
+	if cmd == "group" {
+		if len(args) == 0 {
+			return fmt.Errorf("%w: group needs create, add or remove", errUsage)
+		}
+		sub, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var cf clientFlags
+	cf.register(fs)
+	to := fs.String("to", "", "user to message directly")
+	conv := fs.String("conv", "", "conversation id")
+	id := fs.String("id", "", "client message id (default: a new one, printed)")
+	name := fs.String("name", "", "group name")
+	members := fs.String("members", "", "comma-separated members")
+	before := fs.Uint64("before", 0, "history before this seq")
+	after := fs.Uint64("after", 0, "history after this seq")
+	unread := fs.Bool("unread", false, "history from the first unread message")
+	limit := fs.Int("limit", 50, "page size")
+	seq := fs.Uint64("seq", 0, "seq of a message")
+	state := fs.String("state", "", "file keeping this device's last user seq")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %s: %v", errUsage, cmd, err)
+	}
+	p := printer{out: out, json: cf.json}
+
+	switch cmd {
+	case "send":
+		if fs.NArg() != 1 || (*to == "") == (*conv == "") {
+			return fmt.Errorf("%w: send (--to USER | --conv ID) TEXT", errUsage)
+		}
+	case "group":
+		switch sub {
+		case "create":
+			if *name == "" {
+				return fmt.Errorf("%w: group create --name NAME --members a,b,c", errUsage)
+			}
+		case "add", "remove":
+			if *conv == "" || fs.NArg() != 1 {
+				return fmt.Errorf("%w: group %s --conv ID USER", errUsage, sub)
+			}
+		default:
+			return fmt.Errorf("%w: unknown group command %q", errUsage, sub)
+		}
+	case "history":
+		if *conv == "" {
+			return fmt.Errorf("%w: history --conv ID", errUsage)
+		}
+	case "read", "recall":
+		if *conv == "" || *seq == 0 {
+			return fmt.Errorf("%w: %s --conv ID --seq N", errUsage, cmd)
+		}
+	}
+
+	last := uint64(0)
+	if *state != "" {
+		b, err := os.ReadFile(*state)
+		if err == nil {
+			if last, err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err != nil {
+				return fmt.Errorf("state file %s: %v", *state, err)
+			}
+		} else if !os.IsNotExist(err) {
+			return err
+		}
+	}
+	c, err := cf.dial(ctx, last, cmd == "tail")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	switch cmd {
+	case "send":
+		cid := *id
+		if cid == "" {
+			cid = uuid.NewString()
+		}
+		r, err := c.Send(ctx, client.Message{To: *to, Conversation: *conv, ClientMsgID: cid, Text: fs.Arg(0)})
+		if err != nil {
+			return err
+		}
+		p.print([]string{"conversation", "seq", "client_msg_id", "duplicate"},
+			map[string]any{"conversation": r.Conversation, "seq": r.Seq, "client_msg_id": cid, "duplicate": r.Duplicate})
+	case "group":
+		switch sub {
+		case "create":
+			var ms []string
+			for _, m := range strings.Split(*members, ",") {
+				if m = strings.TrimSpace(m); m != "" {
+					ms = append(ms, m)
+				}
+			}
+			g, err := c.CreateGroup(ctx, "", *name, ms)
+			if err != nil {
+				return err
+			}
+			p.print([]string{"conversation"}, map[string]any{"conversation": g})
+		case "add", "remove":
+			var s uint64
+			if sub == "add" {
+				s, err = c.AddMember(ctx, *conv, fs.Arg(0))
+			} else {
+				s, err = c.RemoveMember(ctx, *conv, fs.Arg(0))
+			}
+			if err != nil {
+				return err
+			}
+			p.print([]string{"conversation", "seq"}, map[string]any{"conversation": *conv, "seq": s})
+		}
+	case "convs":
+		l, err := c.Conversations(ctx)
+		if err != nil {
+			return err
+		}
+		for _, s := range l.Conversations {
+			p.print([]string{"conversation", "name", "unread", "last_seq", "last_read_seq"}, map[string]any{
+				"conversation": s.ConversationId, "name": s.Name, "kind": strings.ToLower(s.Kind.String()),
+				"unread": s.Unread, "last_seq": s.LastSeq, "last_read_seq": s.LastReadSeq,
+			})
+		}
+	case "history":
+		h, err := c.History(ctx, *conv, client.HistoryQuery{Before: *before, After: *after, Limit: *limit, FirstUnread: *unread})
+		if err != nil {
+			return err
+		}
+		for _, m := range h.Messages {
+			p.print([]string{"seq", "sender", "text", "recalled", "client_msg_id"}, map[string]any{
+				"conversation": *conv, "seq": m.Seq, "sender": m.Message.GetSender(), "client_msg_id": m.Message.GetClientMsgId(),
+				"text": string(m.Message.GetBody()), "recalled": m.Recalled,
+			})
+		}
+	case "sync":
+		// Print what the timeline holds now, then remember where we are.
+		newest, printed := c.Welcome().UserSeq, last
+		for printed < newest {
+			select {
+			case e := <-c.Entries():
+				p.print(entryFields, entryRecord(e))
+				printed = e.UserSeq
+			case <-ctx.Done():
+				return nil
+			case <-time.After(10 * time.Second):
+				return fmt.Errorf("sync stalled at %d of %d", printed, newest)
+			}
+		}
+		if printed > last {
+			if err := c.Ack(ctx, printed); err != nil {
+				return err
+			}
+		}
+		if *state != "" {
+			return os.WriteFile(*state, []byte(strconv.FormatUint(printed, 10)+"\n"), 0o644)
+		}
+	case "tail":
+		for {
+			select {
+			case e, ok := <-c.Entries():
+				if !ok {
+					return nil
+				}
+				p.print(entryFields, entryRecord(e))
+				c.Ack(ctx, e.UserSeq)
+			case <-ctx.Done():
+				return nil // interrupted: the normal end of tail
+			}
+		}
+	case "read":
+		if err := c.MarkRead(ctx, *conv, *seq); err != nil {
+			return err
+		}
+		p.print([]string{"conversation", "read_seq"}, map[string]any{"conversation": *conv, "read_seq": *seq})
+	case "recall":
+		s, err := c.Recall(ctx, *conv, *seq)
+		if err != nil {
+			return err
+		}
+		p.print([]string{"conversation", "seq", "recalled_seq"}, map[string]any{"conversation": *conv, "seq": s, "recalled_seq": *seq})
+	}
+	return nil
+}
+
+var entryFields = []string{"user_seq", "type", "conversation", "seq", "sender", "text", "user", "added", "recalled_seq", "read_seq"}
+
+// entryRecord flattens a sync entry for printing.
+func entryRecord(e client.Entry) map[string]any {
+	r := map[string]any{"user_seq": e.UserSeq, "type": e.Type}
+	switch m := e.Message.(type) {
+	case *eventspb.MessagePointer:
+		r["conversation"], r["seq"], r["sender"] = m.ConversationId, m.Seq, m.Sender
+		if m.Message != nil {
+			r["text"], r["client_msg_id"] = string(m.Message.Body), m.Message.ClientMsgId
+		}
+	case *eventspb.MembershipChanged:
+		r["conversation"], r["seq"], r["user"], r["added"] = m.ConversationId, m.Seq, m.User, m.Added
+	case *eventspb.RecallNotice:
+		r["conversation"], r["seq"], r["recalled_seq"] = m.ConversationId, m.Seq, m.RecalledSeq
+	case *eventspb.EditNotice:
+		r["conversation"], r["seq"], r["text"] = m.ConversationId, m.Seq, string(m.Body)
+	case *eventspb.ReadMarkerMoved:
+		r["conversation"], r["read_seq"] = m.ConversationId, m.ReadSeq
+	}
+	return r
+}

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/imsync/imsync/events"
+	// Keeps the protobuf registry from panicking once this binary links both
+	// protoactor-go's cluster and the EventStoreDB client.
+	_ "github.com/imsync/imsync/events/protoconflict"
+)
+
+// runStore runs `imsync store CMD`: tools that open the event store
+// directly (the server must not be running on it).
+func runStore(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: store needs a command: append, read, log or scavenge", errUsage)
+	}
+	cmd, args := args[0], args[1:]
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	data := fs.String("data", "", "store directory")
+	stream := fs.String("stream", "", "stream name")
+	var prefixes multiFlag
+	var (
+		typ       *string
+		expect    *string
+		from      *string
+		limit     *int
+		backwards *bool
+		follow    *bool
+	)
+	switch cmd {
+	case "append":
+		typ = fs.String("type", "Text", "event type")
+		expect = fs.String("expect", "any", "expected revision: any, no-stream, exists or a revision")
+	case "read":
+		from = fs.String("from", "", "first revision (default: start, or end with --backwards)")
+		limit = fs.Int("limit", 100, "events to read")
+		backwards = fs.Bool("backwards", false, "read newest first")
+	case "log":
+		from = fs.String("from", "", "first global position (default: start)")
+		limit = fs.Int("limit", 100, "events to read (without --follow)")
+		fs.Var(&prefixes, "prefix", "only streams with this name prefix (repeatable)")
+		follow = fs.Bool("follow", false, "keep following new events until interrupted")
+	case "scavenge":
+	default:
+		return fmt.Errorf("%w: unknown store command %q", errUsage, cmd)
+	}
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %s: %v", errUsage, cmd, err)
+	}
+	if *data == "" {
+		return fmt.Errorf("%w: %s needs --data DIR", errUsage, cmd)
+	}
+	store, err := events.Open(storeDir(*data), events.Options{ScavengeInterval: -1})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	enc := json.NewEncoder(out)
+
+	switch cmd {
+	case "append":
+		exp, err := parseExpected(*expect)
+		if err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			return fmt.Errorf("%w: append needs at least one TEXT", errUsage)
+		}
+		var evs []events.EventData
+		for _, text := range fs.Args() {
+			evs = append(evs, events.EventData{Type: *typ, Data: []byte(text)})
+		}
+		res, err := store.AppendToStream(ctx, *stream, exp, evs...)
+		if err != nil {
+			return err
+		}
+		return enc.Encode(map[string]any{"stream": *stream, "revision": res.NextExpected, "position": res.Position.Commit})
+	case "read":
+		opts := events.ReadStreamOptions{Limit: *limit}
+		if *backwards {
+			opts.Direction, opts.From = events.Backwards, events.RevisionEnd
+		}
+		if *from != "" {
+			n, err := strconv.ParseUint(*from, 10, 64)
+			if err != nil {
+				return fmt.Errorf("%w: --from %q is not a revision", errUsage, *from)
+			}
+			opts.From = events.Revision(n)
+		}
+		evs, err := store.ReadStream(ctx, *stream, opts)
+		if err != nil {
+			return err
+		}
+		return encodeAll(enc, evs)
+	case "log":
+		var pos events.Position
+		if *from != "" {
+			n, err := strconv.ParseUint(*from, 10, 64)
+			if err != nil {
+				return fmt.Errorf("%w: --from %q is not a position", errUsage, *from)
+			}
+			pos = events.Position{Commit: n, Prepare: n}
+		}
+		filter := events.Filter{StreamPrefixes: prefixes}
+		if !*follow {
+			evs, err := store.ReadAll(ctx, events.ReadAllOptions{From: pos, Limit: *limit, Filter: filter})
+			if err != nil {
+				return err
+			}
+			return encodeAll(enc, evs)
+		}
+		start := events.SubscribeFromStart()
+		if pos.Commit > 0 {
+			start = events.SubscribeAfterPosition(events.Position{Commit: pos.Commit - 1, Prepare: pos.Commit - 1})
+		}
+		sub, err := store.SubscribeToAll(ctx, events.SubscribeAllOptions{From: start, Filter: filter})
+		if err != nil {
+			return err
+		}
+		defer sub.Close()
+		for {
+			e, err := sub.Recv(ctx)
+			if ctx.Err() != nil {
+				return nil // interrupted: a normal end for --follow
+			}
+			if err != nil {
+				return err
+			}
+			if err := enc.Encode(jsonEvent(e)); err != nil {
+				return err
+			}
+		}
+	case "scavenge":
+		return store.Scavenge(ctx)
+	}
+	return nil
+}
+
+func parseExpected(s string) (events.ExpectedRevision, error) {
+	switch s {
+	case "any":
+		return events.Any, nil
+	case "no-stream":
+		return events.NoStream, nil
+	case "exists":
+		return events.StreamExists, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return events.ExpectedRevision{}, fmt.Errorf("%w: --expect %q: want any, no-stream, exists or a revision", errUsage, s)
+	}
+	return events.Exactly(events.Revision(n)), nil
+}
+
+func encodeAll(enc *json.Encoder, evs []events.RecordedEvent) error {
+	for _, e := range evs {
+		if err := enc.Encode(jsonEvent(e)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// jsonEvent shows data as text when it is UTF-8, else as base64 bytes.
+func jsonEvent(e events.RecordedEvent) map[string]any {
+	m := map[string]any{
+		"stream":   e.Stream,
+		"revision": e.Revision,
+		"position": e.Position.Commit,
+		"id":       e.ID.String(),
+		"type":     e.Type,
+		"created":  e.Created,
+	}
+	if isText(e.Data) {
+		m["text"] = string(e.Data)
+	} else {
+		m["data"] = e.Data
+	}
+	return m
+}
+
+func isText(b []byte) bool {
+	return utf8.Valid(b) && !strings.ContainsFunc(string(b), func(r rune) bool { return r < 0x20 && r != '\n' && r != '\t' })
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
