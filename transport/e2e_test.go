@@ -289,3 +289,78 @@ func mustFrame(t *testing.T, r *wire.Request) []byte {
 	}
 	return b
 }
+
+// TestSlowDeviceBounded: a device that never reads its notifications does
+// not make the server queue them: once its stream is full, the queue
+// coalesces into "pull from here", and the device still learns the newest
+// seq when it reads again.
+func TestSlowDeviceBounded(t *testing.T) {
+	ts := startServer(t, transport.Config{PushQueue: 16, RequestsPerSecond: 1e6})
+	tok, _ := ts.key.Mint("bob", "slow", time.Hour, time.Now())
+	tc := ts.tls.Clone()
+	tc.NextProtos = []string{transport.ALPN}
+	qc, err := quic.DialAddr(ctx(t), ts.addr, tc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qc.CloseWithError(0, "")
+	control, _ := qc.OpenStreamSync(ctx(t))
+	wire.WriteFrame(control, &wire.Hello{Token: tok})
+	rd := wire.NewReader(control, 0)
+	var welcome wire.ServerPush
+	if err := rd.Read(&welcome); err != nil || welcome.GetWelcome() == nil {
+		t.Fatalf("welcome: %v", err)
+	}
+	ann := ts.dial(t, "ann", "phone", 0)
+	const n = 1500
+	body := make([]byte, 1000) // inlined: about 1 KB per notification
+	var last *wire.Sent
+	for i := range n {
+		if last, err = ann.Send(ctx(t), client.Message{To: "bob", ClientMsgID: fmt.Sprint(i), Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Bob's timeline: joined + n messages. Wait until the server has it all.
+	want := uint64(n + 1)
+	bob := ts.dial(t, "bob", "phone", want-1)
+	next(t, bob, func(e client.Entry) bool { return e.UserSeq == want })
+	_ = last
+
+	// Now read what the slow device was sent.
+	frames, newest := 0, uint64(0)
+	for newest < want {
+		control.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var p wire.ServerPush
+		if err := rd.Read(&p); err != nil {
+			t.Fatalf("after %d notifications (newest %d): %v", frames, newest, err)
+		}
+		frames++
+		newest = max(newest, p.GetNotify().GetUserSeq())
+	}
+	if frames >= n {
+		t.Fatalf("the slow device was sent %d notifications for %d entries: nothing was coalesced", frames, n)
+	}
+	t.Logf("%d entries reached the slow device as %d notifications", want, frames)
+}
+
+func TestRateLimitAndConnectionLimit(t *testing.T) {
+	ts := startServer(t, transport.Config{RequestsPerSecond: 5, RequestBurst: 5, MaxConnsPerUser: 2})
+	c := ts.dial(t, "ann", "phone", 0)
+	limited := 0
+	for i := range 20 {
+		_, err := c.Send(ctx(t), client.Message{To: "bob", ClientMsgID: fmt.Sprint(i), Text: "x"})
+		if client.CodeOf(err) == wire.CodeRateLimited {
+			limited++
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if limited < 10 {
+		t.Fatalf("only %d of 20 requests were limited at 5/s", limited)
+	}
+	ts.dial(t, "ann", "laptop", 0)
+	tok, _ := ts.key.Mint("ann", "tablet", time.Hour, time.Now())
+	if _, err := client.Dial(ctx(t), client.Config{Addr: ts.addr, Token: tok, TLS: ts.tls, NoReconnect: true}); client.CodeOf(err) != wire.CodeTooMany {
+		t.Fatalf("third connection of ann: %v", err)
+	}
+}
