@@ -46,6 +46,9 @@ Client (--server HOST:PORT --token TOKEN, or IMSYNC_SERVER / IMSYNC_TOKEN;
   imsync read --conv ID --seq N
   imsync recall --conv ID --seq N
 
+Load generator (starts its own server unless --server/--data name one):
+  imsync bench [--pairs 128] [--group 100] [--group-senders 16] [--duration 5s] [--idle 1000]
+
 Event store tools (the server must not be running on DIR):
   imsync store append   --data DIR --stream NAME [--type TYPE] [--expect any|no-stream|exists|REV] TEXT...
   imsync store read     --data DIR --stream NAME [--from REV] [--limit N] [--backwards]
@@ -81,6 +84,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return runToken(args, out)
 	case "store":
 		return runStore(ctx, args, out)
+	case "bench":
+		return runBench(ctx, args, out)
 	case "send", "group", "convs", "history", "sync", "tail", "read", "recall":
 		return runClient(ctx, cmd, args, out)
 	}

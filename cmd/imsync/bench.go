@@ -1,0 +1,482 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/imsync/imsync/actors"
+	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
+	"github.com/imsync/imsync/transport"
+	"github.com/imsync/imsync/transport/client"
+)
+
+// runBench is `imsync bench`: a load generator. It starts a server of its
+// own (durable store in a temporary directory) unless --server names one,
+// and measures in the same run the bare quic-go echo rate of this machine,
+// so that figures can be read as ratios.
+func runBench(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	server := fs.String("server", "", "a running server (default: start one)")
+	data := fs.String("data", "", "the running server's data directory (for its key and certificate)")
+	pairs := fs.Int("pairs", 128, "1:1 scenario: sender/receiver pairs, each receiver connected")
+	groupSize := fs.Int("group", 100, "group scenario: members, all connected")
+	groupSenders := fs.Int("group-senders", 16, "group scenario: members sending")
+	duration := fs.Duration("duration", 5*time.Second, "length of each scenario")
+	idle := fs.Int("idle", 1000, "idle devices for the memory measurement (0: skip)")
+	scenarios := fs.String("scenarios", "echo,direct,group,idle", "which to run")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: bench: %v", errUsage, err)
+	}
+	run := map[string]bool{}
+	for _, s := range strings.Split(*scenarios, ",") {
+		run[strings.TrimSpace(s)] = true
+	}
+	b := &bench{out: out, duration: *duration}
+	if *server == "" {
+		stop, err := b.startServer()
+		if err != nil {
+			return err
+		}
+		defer stop()
+	} else {
+		if *data == "" {
+			return fmt.Errorf("%w: bench --server needs --data DIR of that server (key and certificate)", errUsage)
+		}
+		if err := b.useServer(*server, *data); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "imsync bench against %s, %d cores, %s per scenario\n", b.addr, runtime.NumCPU(), *duration)
+	var echo float64
+	if run["echo"] {
+		var err error
+		if echo, err = b.echo(ctx, *pairs); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "bare quic-go echo: %.0f round trips/s (%d long-lived streams, 200-byte frames)\n", echo, *pairs)
+	}
+	if run["direct"] {
+		r, err := b.scenario(ctx, "direct", *pairs, *pairs)
+		if err != nil {
+			return err
+		}
+		r.print(out, echo)
+	}
+	if run["group"] {
+		r, err := b.scenario(ctx, "group", *groupSize, *groupSenders)
+		if err != nil {
+			return err
+		}
+		r.print(out, 0)
+	}
+	if run["idle"] && *idle > 0 {
+		if err := b.idleMemory(ctx, *idle); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type bench struct {
+	out      io.Writer
+	duration time.Duration
+	addr     string
+	key      *transport.Key
+	tls      *tls.Config
+	seq      atomic.Int64
+}
+
+func (b *bench) startServer() (func(), error) {
+	dir, err := os.MkdirTemp("", "imsync-bench-")
+	if err != nil {
+		return nil, err
+	}
+	store, err := events.Open(storeDir(dir), events.Options{})
+	if err != nil {
+		return nil, err
+	}
+	svc, err := actors.Start(actors.Config{Store: store})
+	if err != nil {
+		return nil, err
+	}
+	key, _ := transport.LoadOrCreateKey(dir)
+	cert, err := transport.LoadOrCreateCert(dir)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := transport.NewServer(transport.Config{Service: svc, Key: key, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+		RequestsPerSecond: 1e9, RequestBurst: 1 << 30, MaxConnsPerUser: 1 << 20})
+	if err != nil {
+		return nil, err
+	}
+	if err := srv.Listen("127.0.0.1:0"); err != nil {
+		return nil, err
+	}
+	if err := b.useServer(srv.Addr().String(), dir); err != nil {
+		return nil, err
+	}
+	return func() {
+		srv.Close()
+		svc.Close()
+		store.Close()
+		os.RemoveAll(dir)
+	}, nil
+}
+
+func (b *bench) useServer(addr, dir string) error {
+	key, err := transport.LoadOrCreateKey(dir)
+	if err != nil {
+		return err
+	}
+	pem, err := os.ReadFile(filepath.Join(dir, transport.CertFile))
+	if err != nil {
+		return err
+	}
+	if b.tls, err = client.PinnedTLS(pem); err != nil {
+		return err
+	}
+	b.addr, b.key = addr, key
+	return nil
+}
+
+func (b *bench) dial(ctx context.Context, user, device string, fromNewest bool) (*client.Client, error) {
+	tok, err := b.key.Mint(user, device, time.Hour, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	return client.Dial(ctx, client.Config{Addr: b.addr, Token: tok, TLS: b.tls, FromNewest: fromNewest, Client: "imsync-bench/1"})
+}
+
+// result of one scenario.
+type result struct {
+	name           string
+	sends          int
+	elapsed        time.Duration
+	ack, push      []time.Duration
+	devices, users int
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	slices.Sort(d)
+	return d[min(len(d)-1, int(float64(len(d))*p))]
+}
+
+func (r result) print(out io.Writer, echo float64) {
+	rate := float64(r.sends) / r.elapsed.Seconds()
+	fmt.Fprintf(out, "%s: %d users, %d devices online: %.0f msg/s durable", r.name, r.users, r.devices, rate)
+	if echo > 0 {
+		fmt.Fprintf(out, " = %.0f%% of the bare echo rate", 100*rate/echo)
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintf(out, "  send→ack   p50 %-8s p99 %-8s max %s\n", pct(r.ack, .5).Round(10*time.Microsecond), pct(r.ack, .99).Round(10*time.Microsecond), pct(r.ack, 1).Round(10*time.Microsecond))
+	fmt.Fprintf(out, "  send→push  p50 %-8s p99 %-8s max %s (%d pushes)\n", pct(r.push, .5).Round(10*time.Microsecond), pct(r.push, .99).Round(10*time.Microsecond), pct(r.push, 1).Round(10*time.Microsecond), len(r.push))
+}
+
+// scenario "direct": senders[i] writes to receivers[i]; "group": members
+// of one group, the first `senders` of them sending. Every receiving device
+// is connected and timestamps what it gets; the message text carries the
+// send time's key.
+func (b *bench) scenario(ctx context.Context, name string, users, senders int) (result, error) {
+	run := b.seq.Add(1)
+	r := result{name: name, users: users}
+	prefix := fmt.Sprintf("b%d%s", run, name[:1])
+	var sentAt sync.Map // client msg id → time.Time
+	var mu sync.Mutex
+	var receivers []*client.Client
+	defer func() {
+		for _, c := range receivers {
+			c.Close()
+		}
+	}()
+	member := func(i int) string { return fmt.Sprintf("%s-u%d", prefix, i) }
+	group := ""
+	if name == "group" {
+		creator, err := b.dial(ctx, member(0), "d", true)
+		if err != nil {
+			return r, err
+		}
+		var ms []string
+		for i := 1; i < users; i++ {
+			ms = append(ms, member(i))
+		}
+		group, err = creator.CreateGroup(ctx, prefix+"-g", "bench", ms)
+		creator.Close()
+		if err != nil {
+			return r, err
+		}
+	}
+	// Receivers: in "direct", user i+senders receives from user i.
+	recvUsers := []string{}
+	if name == "direct" {
+		for i := range senders {
+			recvUsers = append(recvUsers, member(senders+i))
+		}
+		r.users = 2 * senders
+	} else {
+		for i := range users {
+			recvUsers = append(recvUsers, member(i))
+		}
+	}
+	var wg sync.WaitGroup
+	for _, u := range recvUsers {
+		c, err := b.dial(ctx, u, "d", true)
+		if err != nil {
+			return r, err
+		}
+		receivers = append(receivers, c)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for e := range c.Entries() {
+				if p, ok := e.Message.(*eventspb.MessagePointer); ok && p.Message != nil {
+					if t0, ok := sentAt.Load(p.Message.ClientMsgId); ok {
+						d := time.Since(t0.(time.Time))
+						mu.Lock()
+						r.push = append(r.push, d)
+						mu.Unlock()
+					}
+				}
+			}
+		}()
+	}
+	r.devices = len(receivers)
+	var sent atomic.Int64
+	deadline := time.Now().Add(b.duration)
+	var swg sync.WaitGroup
+	errc := make(chan error, senders)
+	start := time.Now()
+	stopBar := b.progress(&sent, start, deadline)
+	for i := range senders {
+		swg.Add(1)
+		go func() {
+			defer swg.Done()
+			c, err := b.dial(ctx, member(i), "s", true)
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer c.Close()
+			to, conv := "", group
+			if name == "direct" {
+				to = member(senders + i)
+			}
+			var acks []time.Duration
+			for n := 0; time.Now().Before(deadline) && ctx.Err() == nil; n++ {
+				cid := fmt.Sprintf("%s-%d-%d", prefix, i, n)
+				t0 := time.Now()
+				sentAt.Store(cid, t0)
+				if _, err := c.Send(ctx, client.Message{To: to, Conversation: conv, ClientMsgID: cid, Body: benchBody}); err != nil {
+					errc <- err
+					return
+				}
+				acks = append(acks, time.Since(t0))
+				sent.Add(1)
+			}
+			mu.Lock()
+			r.ack = append(r.ack, acks...)
+			mu.Unlock()
+		}()
+	}
+	swg.Wait()
+	r.elapsed = time.Since(start)
+	stopBar()
+	r.sends = int(sent.Load())
+	select {
+	case err := <-errc:
+		return r, err
+	default:
+	}
+	time.Sleep(500 * time.Millisecond) // let the last pushes land
+	return r, nil
+}
+
+var benchBody = []byte(strings.Repeat("x", 100))
+
+// progress draws a bar on stderr until stopped.
+func (b *bench) progress(n *atomic.Int64, start, end time.Time) func() {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				fmt.Fprint(os.Stderr, "\r\033[K")
+				return
+			case <-t.C:
+				frac := min(1, time.Since(start).Seconds()/end.Sub(start).Seconds())
+				bar := strings.Repeat("=", int(frac*30)) + strings.Repeat(" ", 30-int(frac*30))
+				fmt.Fprintf(os.Stderr, "\r[%s] %3.0f%% %8.0f msg/s", bar, frac*100, float64(n.Load())/time.Since(start).Seconds())
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
+}
+
+// echo measures bare quic-go: round trips of 200-byte frames over
+// long-lived streams, one per client goroutine, against an echo server in
+// this process — the ceiling of any request/response protocol here.
+func (b *bench) echo(ctx context.Context, streams int) (float64, error) {
+	ln, err := quic.ListenAddr("127.0.0.1:0", echoTLS(), transport.QUICConfig(time.Minute))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			qc, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			go func() {
+				for {
+					st, err := qc.AcceptStream(context.Background())
+					if err != nil {
+						return
+					}
+					go io.Copy(st, st)
+				}
+			}()
+		}
+	}()
+	conns := max(1, streams/8)
+	var total atomic.Int64
+	deadline := time.Now().Add(min(b.duration, 3*time.Second))
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	start := time.Now()
+	for c := range conns {
+		qc, err := quic.DialAddr(ctx, ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"echo"}}, transport.QUICConfig(time.Minute))
+		if err != nil {
+			return 0, err
+		}
+		defer qc.CloseWithError(0, "")
+		for s := c; s < streams; s += conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				st, err := qc.OpenStreamSync(ctx)
+				if err != nil {
+					failed.Store(err)
+					return
+				}
+				buf := make([]byte, 200)
+				for time.Now().Before(deadline) {
+					if _, err := st.Write(buf); err != nil {
+						failed.Store(err)
+						return
+					}
+					if _, err := io.ReadFull(st, buf); err != nil {
+						failed.Store(err)
+						return
+					}
+					total.Add(1)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if err, ok := failed.Load().(error); ok {
+		return 0, err
+	}
+	return float64(total.Load()) / time.Since(start).Seconds(), nil
+}
+
+func echoTLS() *tls.Config {
+	dir, _ := os.MkdirTemp("", "imsync-echo-")
+	defer os.RemoveAll(dir)
+	cert, _ := transport.LoadOrCreateCert(dir)
+	return &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"echo"}}
+}
+
+// idleMemory compares the heap held by n idle connected devices (client
+// and server ends, both in this process) with n bare quic-go connection
+// pairs.
+func (b *bench) idleMemory(ctx context.Context, n int) error {
+	bare, err := b.bareIdle(ctx, n)
+	if err != nil {
+		return err
+	}
+	before := heap()
+	var cs []*client.Client
+	for i := range n {
+		c, err := b.dial(ctx, fmt.Sprintf("idle%d", i), "d", true)
+		if err != nil {
+			return err
+		}
+		cs = append(cs, c)
+	}
+	time.Sleep(time.Second)
+	after := heap()
+	for _, c := range cs {
+		c.Close()
+	}
+	per := float64(after-before) / float64(n)
+	fmt.Fprintf(b.out, "idle devices: %d connected, %.1f KB each (client+server ends, heap) vs %.1f KB for a bare quic-go pair: %.1f KB beyond\n",
+		n, per/1024, bare/1024, (per-bare)/1024)
+	return nil
+}
+
+func (b *bench) bareIdle(ctx context.Context, n int) (float64, error) {
+	ln, err := quic.ListenAddr("127.0.0.1:0", echoTLS(), transport.QUICConfig(time.Minute))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	var accepted []*quic.Conn
+	var amu sync.Mutex
+	go func() {
+		for {
+			qc, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			amu.Lock()
+			accepted = append(accepted, qc)
+			amu.Unlock()
+		}
+	}()
+	before := heap()
+	var conns []*quic.Conn
+	for range n {
+		qc, err := quic.DialAddr(ctx, ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"echo"}}, transport.QUICConfig(time.Minute))
+		if err != nil {
+			return 0, err
+		}
+		conns = append(conns, qc)
+	}
+	time.Sleep(time.Second)
+	after := heap()
+	for _, qc := range conns {
+		qc.CloseWithError(0, "")
+	}
+	return float64(after-before) / float64(n), nil
+}
+
+func heap() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc + m.StackInuse
+}
