@@ -364,3 +364,49 @@ func TestRateLimitAndConnectionLimit(t *testing.T) {
 		t.Fatalf("third connection of ann: %v", err)
 	}
 }
+
+// TestReconnectResumes: the gateway restarts under a connected device; the
+// client reconnects by itself and resumes its timeline without a gap.
+func TestReconnectResumes(t *testing.T) {
+	ts := startServer(t, transport.Config{})
+	bob := ts.dial(t, "bob", "phone", 0)
+	ann := ts.dial(t, "ann", "phone", 0)
+	first, err := ann.Send(ctx(t), client.Message{To: "bob", ClientMsgID: "1", Text: "one"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(t, bob, pointerTo(first.Conversation, first.Seq))
+
+	// Restart the gateway on the same address, over the same service.
+	cfg := ts.srv.Config()
+	ts.srv.Close()
+	srv, err := transport.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		err := srv.Listen(ts.addr) // the old socket may take a moment to go
+		if err == nil {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { srv.Close() })
+
+	// Both clients reconnect; the send is retried by the caller until then.
+	var second *wire.Sent
+	for end := time.Now().Add(15 * time.Second); second == nil; {
+		c, cancel := context.WithTimeout(context.Background(), time.Second)
+		second, err = ann.Send(c, client.Message{To: "bob", ClientMsgID: "2", Text: "two"})
+		cancel()
+		if time.Now().After(end) {
+			t.Fatalf("no reconnect: %v", err)
+		}
+	}
+	e := next(t, bob, func(client.Entry) bool { return true })
+	if p, ok := e.Message.(*eventspb.MessagePointer); !ok || p.Seq != second.Seq || e.UserSeq != 3 {
+		t.Fatalf("after the reconnect bob got %d %v, want user seq 3 = message %d", e.UserSeq, e.Message, second.Seq)
+	}
+}

@@ -125,6 +125,9 @@ func (s *Server) Listen(addr string) error {
 	return nil
 }
 
+// Config returns the server's configuration (with defaults filled in).
+func (s *Server) Config() Config { return s.cfg }
+
 // Addr is the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 

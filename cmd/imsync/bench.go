@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -39,8 +40,20 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	duration := fs.Duration("duration", 5*time.Second, "length of each scenario")
 	idle := fs.Int("idle", 1000, "idle devices for the memory measurement (0: skip)")
 	scenarios := fs.String("scenarios", "echo,direct,group,idle", "which to run")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: bench: %v", errUsage, err)
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	run := map[string]bool{}
 	for _, s := range strings.Split(*scenarios, ",") {
@@ -110,7 +123,7 @@ func (b *bench) startServer() (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	svc, err := actors.Start(actors.Config{Store: store})
+	svc, err := actors.Start(actors.Config{Store: store, NoFanoutWatch: os.Getenv("BENCH_NOWATCH") != ""})
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +172,15 @@ func (b *bench) dial(ctx context.Context, user, device string, fromNewest bool) 
 	if err != nil {
 		return nil, err
 	}
-	return client.Dial(ctx, client.Config{Addr: b.addr, Token: tok, TLS: b.tls, FromNewest: fromNewest, Client: "imsync-bench/1"})
+	// Hundreds of devices log in at once: quic-go refuses connections while
+	// its accept queue is full, so try again a few times.
+	for attempt := 0; ; attempt++ {
+		c, err := client.Dial(ctx, client.Config{Addr: b.addr, Token: tok, TLS: b.tls, FromNewest: fromNewest, Client: "imsync-bench/1"})
+		if err == nil || attempt == 5 || ctx.Err() != nil {
+			return c, err
+		}
+		time.Sleep(time.Duration(50*(attempt+1)) * time.Millisecond)
+	}
 }
 
 // result of one scenario.

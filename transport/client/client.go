@@ -390,11 +390,7 @@ func (c *Client) connect(ctx context.Context) (*session, *wire.Welcome, error) {
 		return fail(err)
 	}
 	s.main = newRequests(st, s)
-	go s.readControl(rd)
-	go func() {
-		<-qc.Context().Done()
-		s.close(context.Cause(qc.Context()).Error())
-	}()
+	go s.readControl(rd) // ends, and closes the session, when the connection does
 	return s, w, nil
 }
 

@@ -63,22 +63,44 @@ func NewReader(r io.Reader, max int) *Reader {
 	if max <= 0 {
 		max = DefaultMaxFrameSize
 	}
-	return &Reader{r: bufio.NewReaderSize(r, 4096), max: max}
+	// A small buffer: idle connections hold one per stream; big frames
+	// are read through it just the same.
+	return &Reader{r: bufio.NewReaderSize(r, 512), max: max}
+}
+
+// length reads a frame's uvarint length. Errors of the stream itself come
+// back as they are; only bytes that cannot be a length are ErrBadFrame.
+func (r *Reader) length() (uint64, error) {
+	var n uint64
+	for i := 0; i < binary.MaxVarintLen64; i++ {
+		b, err := r.r.ReadByte()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				if i == 0 {
+					return 0, io.EOF
+				}
+				return 0, io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		if i == binary.MaxVarintLen64-1 && b > 1 {
+			break
+		}
+		n |= uint64(b&0x7f) << (7 * i)
+		if b < 0x80 {
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: length overflows 64 bits", ErrBadFrame)
 }
 
 // Read reads the next frame into m. io.EOF means the stream ended cleanly
 // between frames; a stream that ends inside a frame gives
 // io.ErrUnexpectedEOF; ErrFrameTooLarge and ErrBadFrame name bad input.
 func (r *Reader) Read(m proto.Message) error {
-	n, err := binary.ReadUvarint(r.r)
+	n, err := r.length()
 	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return io.EOF
-		}
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return io.ErrUnexpectedEOF
-		}
-		return fmt.Errorf("%w: length: %v", ErrBadFrame, err)
+		return err
 	}
 	if n > uint64(r.max) {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, r.max)
