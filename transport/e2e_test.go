@@ -233,20 +233,7 @@ func TestBadTokens(t *testing.T) {
 // its error and the connection, and others, keep being served.
 func TestBadFrames(t *testing.T) {
 	ts := startServer(t, transport.Config{MaxFrameSize: 4096})
-	tok, _ := ts.key.Mint("eve", "raw", time.Hour, time.Now())
-	tc := ts.tls.Clone()
-	tc.NextProtos = []string{transport.ALPN}
-	qc, err := quic.DialAddr(ctx(t), ts.addr, tc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer qc.CloseWithError(0, "")
-	control, _ := qc.OpenStreamSync(ctx(t))
-	wire.WriteFrame(control, &wire.Hello{Token: tok})
-	var welcome wire.ServerPush
-	if err := wire.NewReader(control, 0).Read(&welcome); err != nil || welcome.GetWelcome() == nil {
-		t.Fatalf("welcome: %v %v", &welcome, err)
-	}
+	qc, _, _ := ts.rawLogin(t, "eve", "raw")
 	cases := map[string][]byte{
 		"oversize":  {0xff, 0xff, 0x3f},
 		"malformed": {3, 0xff, 0xff, 0xff},
@@ -282,6 +269,31 @@ func TestBadFrames(t *testing.T) {
 	}
 }
 
+// rawLogin logs a device in over a bare QUIC connection (no client
+// library), for tests that misbehave on purpose.
+func (ts *testServer) rawLogin(t *testing.T, user, device string) (*quic.Conn, *quic.Stream, *wire.Reader) {
+	t.Helper()
+	tok, _ := ts.key.Mint(user, device, time.Hour, time.Now())
+	tc := ts.tls.Clone()
+	tc.NextProtos = []string{transport.ALPN}
+	qc, err := quic.DialAddr(ctx(t), ts.addr, tc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { qc.CloseWithError(0, "") })
+	control, err := qc.OpenStreamSync(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire.WriteFrame(control, &wire.Hello{Token: tok})
+	rd := wire.NewReader(control, 0)
+	var welcome wire.ServerPush
+	if err := rd.Read(&welcome); err != nil || welcome.GetWelcome() == nil {
+		t.Fatalf("welcome: %v %v", &welcome, err)
+	}
+	return qc, control, rd
+}
+
 func mustFrame(t *testing.T, r *wire.Request) []byte {
 	b, err := wire.AppendFrame(nil, r)
 	if err != nil {
@@ -296,21 +308,8 @@ func mustFrame(t *testing.T, r *wire.Request) []byte {
 // seq when it reads again.
 func TestSlowDeviceBounded(t *testing.T) {
 	ts := startServer(t, transport.Config{PushQueue: 16, RequestsPerSecond: 1e6})
-	tok, _ := ts.key.Mint("bob", "slow", time.Hour, time.Now())
-	tc := ts.tls.Clone()
-	tc.NextProtos = []string{transport.ALPN}
-	qc, err := quic.DialAddr(ctx(t), ts.addr, tc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer qc.CloseWithError(0, "")
-	control, _ := qc.OpenStreamSync(ctx(t))
-	wire.WriteFrame(control, &wire.Hello{Token: tok})
-	rd := wire.NewReader(control, 0)
-	var welcome wire.ServerPush
-	if err := rd.Read(&welcome); err != nil || welcome.GetWelcome() == nil {
-		t.Fatalf("welcome: %v", err)
-	}
+	_, control, rd := ts.rawLogin(t, "bob", "slow")
+	var err error
 	ann := ts.dial(t, "ann", "phone", 0)
 	const n = 1500
 	body := make([]byte, 1000) // inlined: about 1 KB per notification

@@ -18,8 +18,6 @@ import (
 
 	"github.com/quic-go/quic-go"
 
-	"github.com/imsync/imsync/actors"
-	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/eventspb"
 	"github.com/imsync/imsync/transport"
 	"github.com/imsync/imsync/transport/client"
@@ -119,34 +117,17 @@ func (b *bench) startServer() (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	store, err := events.Open(storeDir(dir), events.Options{})
+	st, err := startStack(dir, "127.0.0.1:0", nil, transport.Config{
+		RequestsPerSecond: 1e9, RequestBurst: 1 << 30, MaxConnsPerUser: 1 << 20, // the load is the point
+	})
 	if err != nil {
 		return nil, err
 	}
-	svc, err := actors.Start(actors.Config{Store: store, NoFanoutWatch: os.Getenv("BENCH_NOWATCH") != ""})
-	if err != nil {
-		return nil, err
-	}
-	key, _ := transport.LoadOrCreateKey(dir)
-	cert, err := transport.LoadOrCreateCert(dir)
-	if err != nil {
-		return nil, err
-	}
-	srv, err := transport.NewServer(transport.Config{Service: svc, Key: key, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		RequestsPerSecond: 1e9, RequestBurst: 1 << 30, MaxConnsPerUser: 1 << 20})
-	if err != nil {
-		return nil, err
-	}
-	if err := srv.Listen("127.0.0.1:0"); err != nil {
-		return nil, err
-	}
-	if err := b.useServer(srv.Addr().String(), dir); err != nil {
+	if err := b.useServer(st.srv.Addr().String(), dir); err != nil {
 		return nil, err
 	}
 	return func() {
-		srv.Close()
-		svc.Close()
-		store.Close()
+		st.close()
 		os.RemoveAll(dir)
 	}, nil
 }

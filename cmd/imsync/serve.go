@@ -36,36 +36,75 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	store, err := events.Open(storeDir(*data), events.Options{Logger: logger})
+	st, err := startStack(*data, *listen, logger, transport.Config{})
 	if err != nil {
 		return err
 	}
-	defer store.Close()
-	svc, err := actors.Start(actors.Config{Store: store, Logger: logger})
-	if err != nil {
-		return err
-	}
-	defer svc.Close()
-	key, err := transport.LoadOrCreateKey(*data)
-	if err != nil {
-		return err
-	}
-	cert, err := transport.LoadOrCreateCert(*data)
-	if err != nil {
-		return err
-	}
-	srv, err := transport.NewServer(transport.Config{Service: svc, Key: key, TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, Logger: logger})
-	if err != nil {
-		return err
-	}
-	if err := srv.Listen(*listen); err != nil {
-		return err
-	}
+	defer st.close()
+	srv := st.srv
 	abs, _ := filepath.Abs(*data)
 	fmt.Fprintf(out, "imsync listening on %s (QUIC, ALPN %s)\ncertificate: %s\n", srv.Addr(), transport.ALPN, filepath.Join(abs, transport.CertFile))
 	<-ctx.Done()
 	fmt.Fprintln(out, "imsync stopping")
-	return srv.Close()
+	return nil
+}
+
+// stack is the whole product in one process: the embedded store, a
+// cluster member with the grains, and the QUIC gateway.
+type stack struct {
+	store *events.Embedded
+	svc   *actors.Service
+	srv   *transport.Server
+}
+
+// startStack opens (or creates) everything in data and listens on listen.
+// tcfg may set transport limits; its Service, Key and TLS are filled in.
+func startStack(data, listen string, logger *slog.Logger, tcfg transport.Config) (*stack, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	st := &stack{}
+	var err error
+	if st.store, err = events.Open(storeDir(data), events.Options{Logger: logger}); err != nil {
+		return nil, err
+	}
+	if st.svc, err = actors.Start(actors.Config{Store: st.store, Logger: logger}); err != nil {
+		st.close()
+		return nil, err
+	}
+	key, err := transport.LoadOrCreateKey(data)
+	if err != nil {
+		st.close()
+		return nil, err
+	}
+	cert, err := transport.LoadOrCreateCert(data)
+	if err != nil {
+		st.close()
+		return nil, err
+	}
+	tcfg.Service, tcfg.Key, tcfg.TLS, tcfg.Logger = st.svc, key, &tls.Config{Certificates: []tls.Certificate{cert}}, logger
+	if st.srv, err = transport.NewServer(tcfg); err == nil {
+		err = st.srv.Listen(listen)
+	}
+	if err != nil {
+		st.srv = nil
+		st.close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// close stops the gateway, then the grains, then the store.
+func (st *stack) close() {
+	if st.srv != nil {
+		st.srv.Close()
+	}
+	if st.svc != nil {
+		st.svc.Close()
+	}
+	if st.store != nil {
+		st.store.Close()
+	}
 }
 
 // runToken mints a device token with the server's key.
