@@ -80,6 +80,9 @@ type Entry struct {
 	UserSeq uint64
 	Type    string
 	Message proto.Message // *eventspb.MessagePointer, *eventspb.ReadMarkerMoved, ...
+	// Gap: entries before this one expired (retention) before the device
+	// saw them; rebuild the conversation list rather than trust old state.
+	Gap bool
 }
 
 // Client is one device's connection. Its methods are safe for concurrent use.
@@ -272,10 +275,15 @@ func (c *Client) syncLoop() {
 		case <-c.closed:
 			return
 		}
-		if n := c.pending.Swap(nil); n != nil && n.Entry != nil && n.UserSeq == c.last.Load()+1 && n.UserSeq <= seq {
-			if !c.deliver(n.Entry) {
+		push := c.pending.Swap(nil)
+		switch nextStep(c.last.Load(), push, seq) {
+		case stepNone:
+			continue
+		case stepApply: // the push is exactly the next entry
+			if !c.deliver(push.Entry, false) {
 				return
 			}
+			continue
 		}
 		for c.last.Load() < seq {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -289,14 +297,12 @@ func (c *Client) syncLoop() {
 				}
 				continue
 			}
-			if len(page.Entries) == 0 {
+			apply, gap := mergePage(c.last.Load(), page.Entries)
+			if len(apply) == 0 {
 				break
 			}
-			for _, e := range page.Entries {
-				if e.UserSeq <= c.last.Load() {
-					continue
-				}
-				if !c.deliver(e) {
+			for i, e := range apply {
+				if !c.deliver(e, gap && i == 0) {
 					return
 				}
 			}
@@ -304,13 +310,13 @@ func (c *Client) syncLoop() {
 	}
 }
 
-func (c *Client) deliver(e *eventspb.SyncEntry) bool {
+func (c *Client) deliver(e *eventspb.SyncEntry, gap bool) bool {
 	m, err := decode(e.Type, e.Data)
 	if err != nil {
 		c.cfg.Logger.Warn("undecodable entry", "seq", e.UserSeq, "err", err)
 	}
 	select {
-	case c.entries <- Entry{UserSeq: e.UserSeq, Type: e.Type, Message: m}:
+	case c.entries <- Entry{UserSeq: e.UserSeq, Type: e.Type, Message: m, Gap: gap}:
 		c.last.Store(e.UserSeq)
 		return true
 	case <-c.closed:
