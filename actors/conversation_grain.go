@@ -281,7 +281,9 @@ func (g *conversationGrain) fanoutDone(ctx actor.Context, d *fanoutDone) {
 		}
 	}
 	g.waiters = kept
-	if f.cursor-f.checkpointed >= 256 || len(f.pending) == 0 {
+	// Not after every batch: a checkpoint per message would double the
+	// appends of a quiet conversation. Passivation writes the last one.
+	if f.cursor-f.checkpointed >= 256 {
 		g.writeCheckpoint(false)
 	}
 	g.startFanout(ctx)

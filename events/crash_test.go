@@ -119,10 +119,16 @@ func TestCrashKill9(t *testing.T) {
 			t.Fatal(err)
 		}
 		lines := make(chan []ack, 1)
+		started := make(chan struct{})
 		go func() {
 			var got []ack
+			signalled := false
 			sc := bufio.NewScanner(out)
 			for sc.Scan() {
+				if !signalled && strings.HasPrefix(sc.Text(), "ack ") {
+					close(started)
+					signalled = true
+				}
 				var a ack
 				var id string
 				if n, _ := fmt.Sscanf(sc.Text(), "ack %s %d %s", &a.stream, &a.rev, &id); n != 3 {
@@ -134,7 +140,14 @@ func TestCrashKill9(t *testing.T) {
 			}
 			lines <- got
 		}()
-		time.Sleep(time.Duration(150+rand.IntN(400)) * time.Millisecond)
+		// Kill at a random instant once the child is appending (opening a
+		// big store under -race can take a while).
+		select {
+		case <-started:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("cycle %d: the child acknowledged nothing in a minute", cycle)
+		}
+		time.Sleep(time.Duration(50+rand.IntN(400)) * time.Millisecond)
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
