@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -454,5 +453,3 @@ func cloneEdits(m map[uint64][]byte) map[uint64][]byte {
 	}
 	return out
 }
-
-var _ = slog.Default

@@ -3,7 +3,6 @@ package actors
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -468,5 +467,3 @@ func (s *Service) EnsureFanout(ctx context.Context, conv string, seq uint64) err
 	_, err := call[*Written](s, ctx, conv, kindConversation, &EnsureFanout{Seq: seq})
 	return err
 }
-
-var _ = fmt.Sprintf

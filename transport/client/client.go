@@ -333,8 +333,6 @@ func decode(typ string, data []byte) (proto.Message, error) {
 	return m, proto.Unmarshal(data, m)
 }
 
-var _ = eventspb.ConversationKind_DIRECT
-
 // Ack tells the server that this device applied its timeline up to seq.
 func (c *Client) Ack(ctx context.Context, seq uint64) error {
 	s, err := c.session(ctx)
