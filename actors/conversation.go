@@ -29,6 +29,7 @@ type convState struct {
 
 	msgs     []msgRef            // every message, by seq: "is it a message", unread counts
 	recent   map[uint64]*msgInfo // messages still inside the recall/edit window
+	order    []uint64            // seqs of recent, oldest first
 	recalled map[uint64]bool
 	edited   map[uint64][]byte // latest body of edited messages
 
@@ -298,6 +299,7 @@ func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 		s.msgs = append(s.msgs, msgRef{seq: seq, sender: e.Sender})
 		s.latestSeq, s.latest, s.lastActivity = seq, e, e.AtUnixMs
 		s.recent[seq] = &msgInfo{sender: e.Sender, at: e.AtUnixMs}
+		s.order = append(s.order, seq)
 		s.forgetOld(e.AtUnixMs, max(lim.RecallWindow, lim.EditWindow))
 		if e.ClientMsgId != "" {
 			k := clientKey(e.Sender, e.ClientMsgId)
@@ -319,16 +321,18 @@ func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 }
 
 // forgetOld drops window bookkeeping of messages older than the longest
-// window (the map stays as small as the traffic of that window).
+// window, oldest first (the map stays as small as the traffic of that
+// window, and the cost per message is constant).
 func (s *convState) forgetOld(now int64, window time.Duration) {
-	if len(s.recent) < 64 {
-		return
-	}
-	for seq, m := range s.recent {
-		if now-m.at > window.Milliseconds() {
-			delete(s.recent, seq)
+	i := 0
+	for ; i < len(s.order); i++ {
+		m := s.recent[s.order[i]]
+		if m != nil && now-m.at <= window.Milliseconds() {
+			break
 		}
+		delete(s.recent, s.order[i])
 	}
+	s.order = s.order[i:]
 }
 
 // recipients says who receives the fanout of the event at seq, and as what

@@ -2,6 +2,7 @@ package actors
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -172,6 +173,25 @@ func TestEvolveConversation(t *testing.T) {
 	evs, w, f := decideConv(s, &RecallMessage{Actor: "cat", Seq: 3}, t0, testLimits())
 	if f != nil || len(evs) != 0 || !w.Duplicate {
 		t.Fatalf("second recall: %v %v %+v", f, evs, w)
+	}
+}
+
+// TestWindowBookkeepingBounded: the recall/edit bookkeeping keeps only the
+// messages of the longest window, however long the conversation.
+func TestWindowBookkeepingBounded(t *testing.T) {
+	s := group(t)
+	for i := range 200 {
+		apply(t, s, send("bob", fmt.Sprint(i), "x"), t0.Add(time.Duration(i)*time.Minute))
+	}
+	if len(s.recent) > 16 || len(s.order) != len(s.recent) {
+		t.Fatalf("%d messages in the 15-minute window's bookkeeping (order %d)", len(s.recent), len(s.order))
+	}
+	last := s.lastSeq
+	if _, _, f := decideConv(s, &EditMessage{Actor: "bob", Seq: last, Body: []byte("y")}, t0.Add(200*time.Minute), testLimits()); f != nil {
+		t.Fatalf("editing the latest message: %v", f)
+	}
+	if _, _, f := decideConv(s, &EditMessage{Actor: "bob", Seq: last - 100, Body: []byte("y")}, t0.Add(200*time.Minute), testLimits()); f == nil || f.Code != Code_EXPIRED {
+		t.Fatalf("editing a message of long ago: %v", f)
 	}
 }
 

@@ -13,16 +13,17 @@ import (
 // touches.
 type idleCheck struct {
 	after  time.Duration
-	last   time.Time
+	seen   uint64 // messages received (a counter: cheaper than a clock read per message)
+	atTick uint64 // seen at the previous tick
+	quiet  int    // ticks in a row without a message
 	timer  *time.Timer
-	active bool
 }
 
 // idleTick is what the timer sends; the grain answers it with idle.expired.
 type idleTick struct{}
 
 func (i *idleCheck) start(ctx actor.Context, after time.Duration) {
-	i.after, i.last, i.active = after, time.Now(), true
+	i.after = after
 	i.arm(ctx)
 }
 
@@ -32,12 +33,18 @@ func (i *idleCheck) arm(ctx actor.Context) {
 }
 
 // touch records activity: any message but the tick itself.
-func (i *idleCheck) touch() { i.last = time.Now() }
+func (i *idleCheck) touch() { i.seen++ }
 
-// expired reports whether the grain has been idle long enough; if not, or if
-// busy says the grain cannot stop yet, it re-arms the timer.
+// expired reports whether the grain has been idle long enough (two ticks,
+// half a period apart, with no message between them); if not, or if busy
+// says the grain cannot stop yet, it re-arms the timer.
 func (i *idleCheck) expired(ctx actor.Context, busy bool) bool {
-	if !busy && time.Since(i.last) >= i.after {
+	if i.seen == i.atTick {
+		i.quiet++
+	} else {
+		i.quiet, i.atTick = 0, i.seen
+	}
+	if !busy && i.quiet >= 2 {
 		return true
 	}
 	i.arm(ctx)
