@@ -192,6 +192,11 @@ func (s *Service) request(ctx context.Context, identity, kind string, msg proto.
 const attemptTimeout = 3 * time.Second
 
 func (s *Service) attempt(ctx context.Context, identity, kind string, msg proto.Message, timeout time.Duration) (any, error) {
+	if ctx.Done() == nil {
+		// Nothing can cancel the caller (fanout, background work): no need
+		// for a goroutine to watch it.
+		return s.cluster.Request(identity, kind, msg, cluster.WithTimeout(timeout))
+	}
 	type result struct {
 		res any
 		err error
