@@ -308,7 +308,7 @@ func mustFrame(t *testing.T, r *wire.Request) []byte {
 // seq when it reads again.
 func TestSlowDeviceBounded(t *testing.T) {
 	ts := startServer(t, transport.Config{PushQueue: 16, RequestsPerSecond: 1e6})
-	_, control, rd := ts.rawLogin(t, "bob", "slow")
+	qc, control, rd := ts.rawLogin(t, "bob", "slow")
 	var err error
 	ann := ts.dial(t, "ann", "phone", 0)
 	const n = 1500
@@ -338,6 +338,26 @@ func TestSlowDeviceBounded(t *testing.T) {
 	}
 	if frames >= n {
 		t.Fatalf("the slow device was sent %d notifications for %d entries: nothing was coalesced", frames, n)
+	}
+
+	// A new device pulls the whole timeline: pages come compressed, and
+	// every entry arrives once, in order.
+	st, err := qc.OpenStreamSync(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire.WriteFrame(st, &wire.Request{Id: 1, Op: &wire.Request_Sync{Sync: &wire.SyncPull{Limit: 500, Zstd: true}}})
+	st.Close()
+	var res wire.Response
+	if err := wire.NewReader(st, 0).Read(&res); err != nil || res.GetSyncZstd() == nil {
+		t.Fatalf("a 500-entry page came uncompressed: %v %v", res.GetError(), err)
+	}
+	tablet := ts.dial(t, "bob", "tablet", 0)
+	for i := uint64(1); i <= want; i++ {
+		e := next(t, tablet, func(client.Entry) bool { return true })
+		if e.UserSeq != i {
+			t.Fatalf("tablet got %d, want %d", e.UserSeq, i)
+		}
 	}
 	t.Logf("%d entries reached the slow device as %d notifications", want, frames)
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/transport/wire"
 )
@@ -74,6 +76,11 @@ func (c *conn) handle(ctx context.Context, req *wire.Request) *wire.Response {
 		r, e := svc.Sync(ctx, c.user, op.Sync.AfterUserSeq, min(limit, 1000))
 		err = e
 		res.Result = &wire.Response_Sync{Sync: r}
+		if e == nil && op.Sync.Zstd && proto.Size(r) >= wire.CompressMin {
+			if z, zerr := wire.CompressPage(r); zerr == nil {
+				res.Result = &wire.Response_SyncZstd{SyncZstd: z}
+			}
+		}
 	case *wire.Request_History:
 		m := op.History
 		limit := int(m.Limit)

@@ -154,9 +154,12 @@ func (c *Client) done(ctx context.Context, req *wire.Request) (uint64, error) {
 
 // Sync pulls the caller's sync timeline after a user seq (one page).
 func (c *Client) Sync(ctx context.Context, after uint64, limit int) (*eventspb.SyncPage, error) {
-	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_Sync{Sync: &wire.SyncPull{AfterUserSeq: after, Limit: uint32(limit)}}}, true)
+	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_Sync{Sync: &wire.SyncPull{AfterUserSeq: after, Limit: uint32(limit), Zstd: true}}}, true)
 	if err != nil {
 		return nil, err
+	}
+	if z := res.GetSyncZstd(); z != nil {
+		return wire.DecompressPage(z, 64<<20)
 	}
 	return res.GetSync(), nil
 }

@@ -1148,9 +1148,12 @@ func (x *MarkRead) GetSeq() uint64 {
 }
 
 type SyncPull struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AfterUserSeq  uint64                 `protobuf:"varint,1,opt,name=after_user_seq,json=afterUserSeq,proto3" json:"after_user_seq,omitempty"`
-	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	AfterUserSeq uint64                 `protobuf:"varint,1,opt,name=after_user_seq,json=afterUserSeq,proto3" json:"after_user_seq,omitempty"`
+	Limit        uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// The client takes zstd: a page larger than 1 KiB then comes as
+	// sync_zstd (a zstd frame holding the encoded SyncPage).
+	Zstd          bool `protobuf:"varint,3,opt,name=zstd,proto3" json:"zstd,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1197,6 +1200,13 @@ func (x *SyncPull) GetLimit() uint32 {
 		return x.Limit
 	}
 	return 0
+}
+
+func (x *SyncPull) GetZstd() bool {
+	if x != nil {
+		return x.Zstd
+	}
+	return false
 }
 
 type HistoryPage struct {
@@ -1365,6 +1375,7 @@ type Response struct {
 	//	*Response_ConversationRef
 	//	*Response_Done
 	//	*Response_Sync
+	//	*Response_SyncZstd
 	//	*Response_History
 	//	*Response_Conversations
 	//	*Response_Conversation
@@ -1462,6 +1473,15 @@ func (x *Response) GetSync() *eventspb.SyncPage {
 	return nil
 }
 
+func (x *Response) GetSyncZstd() []byte {
+	if x != nil {
+		if x, ok := x.Result.(*Response_SyncZstd); ok {
+			return x.SyncZstd
+		}
+	}
+	return nil
+}
+
 func (x *Response) GetHistory() *eventspb.History {
 	if x != nil {
 		if x, ok := x.Result.(*Response_History); ok {
@@ -1513,6 +1533,10 @@ type Response_Sync struct {
 	Sync *eventspb.SyncPage `protobuf:"bytes,13,opt,name=sync,proto3,oneof"`
 }
 
+type Response_SyncZstd struct {
+	SyncZstd []byte `protobuf:"bytes,17,opt,name=sync_zstd,json=syncZstd,proto3,oneof"`
+}
+
 type Response_History struct {
 	History *eventspb.History `protobuf:"bytes,14,opt,name=history,proto3,oneof"`
 }
@@ -1534,6 +1558,8 @@ func (*Response_ConversationRef) isResponse_Result() {}
 func (*Response_Done) isResponse_Result() {}
 
 func (*Response_Sync) isResponse_Result() {}
+
+func (*Response_SyncZstd) isResponse_Result() {}
 
 func (*Response_History) isResponse_Result() {}
 
@@ -1826,10 +1852,11 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\x04body\x18\x03 \x01(\fR\x04body\"@\n" +
 	"\bMarkRead\x12\"\n" +
 	"\fconversation\x18\x01 \x01(\tR\fconversation\x12\x10\n" +
-	"\x03seq\x18\x02 \x01(\x04R\x03seq\"F\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\"Z\n" +
 	"\bSyncPull\x12$\n" +
 	"\x0eafter_user_seq\x18\x01 \x01(\x04R\fafterUserSeq\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"\xa6\x01\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x12\n" +
+	"\x04zstd\x18\x03 \x01(\bR\x04zstd\"\xa6\x01\n" +
 	"\vHistoryPage\x12\"\n" +
 	"\fconversation\x18\x01 \x01(\tR\fconversation\x12\x1d\n" +
 	"\n" +
@@ -1839,7 +1866,7 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\ffirst_unread\x18\x05 \x01(\bR\vfirstUnread\"\x13\n" +
 	"\x11ListConversations\"5\n" +
 	"\x0fGetConversation\x12\"\n" +
-	"\fconversation\x18\x01 \x01(\tR\fconversation\"\xf8\x03\n" +
+	"\fconversation\x18\x01 \x01(\tR\fconversation\"\x97\x04\n" +
 	"\bResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12-\n" +
 	"\x05error\x18\x02 \x01(\v2\x15.imsync.wire.v1.ErrorH\x00R\x05error\x12*\n" +
@@ -1847,7 +1874,8 @@ const file_imsync_wire_proto_rawDesc = "" +
 	" \x01(\v2\x14.imsync.wire.v1.SentH\x00R\x04sent\x12L\n" +
 	"\x10conversation_ref\x18\v \x01(\v2\x1f.imsync.wire.v1.ConversationRefH\x00R\x0fconversationRef\x12*\n" +
 	"\x04done\x18\f \x01(\v2\x14.imsync.wire.v1.DoneH\x00R\x04done\x120\n" +
-	"\x04sync\x18\r \x01(\v2\x1a.imsync.events.v1.SyncPageH\x00R\x04sync\x125\n" +
+	"\x04sync\x18\r \x01(\v2\x1a.imsync.events.v1.SyncPageH\x00R\x04sync\x12\x1d\n" +
+	"\tsync_zstd\x18\x11 \x01(\fH\x00R\bsyncZstd\x125\n" +
 	"\ahistory\x18\x0e \x01(\v2\x19.imsync.events.v1.HistoryH\x00R\ahistory\x12J\n" +
 	"\rconversations\x18\x0f \x01(\v2\".imsync.events.v1.ConversationListH\x00R\rconversations\x12H\n" +
 	"\fconversation\x18\x10 \x01(\v2\".imsync.events.v1.ConversationInfoH\x00R\fconversationB\b\n" +
@@ -1977,6 +2005,7 @@ func file_imsync_wire_proto_init() {
 		(*Response_ConversationRef)(nil),
 		(*Response_Done)(nil),
 		(*Response_Sync)(nil),
+		(*Response_SyncZstd)(nil),
 		(*Response_History)(nil),
 		(*Response_Conversations)(nil),
 		(*Response_Conversation)(nil),
