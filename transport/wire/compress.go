@@ -27,14 +27,18 @@ func CompressPage(p *eventspb.SyncPage) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	encOnce.Do(func() { enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1)) })
+	encOnce.Do(func() {
+		enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	})
 	return enc.EncodeAll(raw, nil), nil
 }
 
 // DecompressPage decodes what CompressPage made, refusing to inflate past
 // max bytes (a page is bounded like a frame).
 func DecompressPage(b []byte, max int) (*eventspb.SyncPage, error) {
-	decOnce.Do(func() { dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(64<<20)) })
+	decOnce.Do(func() {
+		dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(64<<20))
+	})
 	raw, err := dec.DecodeAll(b, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: sync page: %v", ErrBadFrame, err)
