@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
@@ -107,6 +110,7 @@ type bench struct {
 	out      io.Writer
 	duration time.Duration
 	addr     string
+	dataDir  string
 	key      *transport.Key
 	tls      *tls.Config
 	seq      atomic.Int64
@@ -144,7 +148,7 @@ func (b *bench) useServer(addr, dir string) error {
 	if b.tls, err = client.PinnedTLS(pem); err != nil {
 		return err
 	}
-	b.addr, b.key = addr, key
+	b.addr, b.key, b.dataDir = addr, key, dir
 	return nil
 }
 
@@ -411,30 +415,28 @@ func echoTLS() *tls.Config {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"echo"}}
 }
 
-// idleMemory compares the heap held by n idle connected devices (client
-// and server ends, both in this process) with n bare quic-go connection
-// pairs.
+// idleMemory measures what n idle connected devices cost the server: the
+// devices run in a child process (this binary, `bench-clients`), so the
+// heap and stacks counted here are the server's alone. The baseline is the
+// same with bare quic-go connections to a bare listener.
 func (b *bench) idleMemory(ctx context.Context, n int) error {
 	bare, err := b.bareIdle(ctx, n)
 	if err != nil {
 		return err
 	}
+	if b.dataDir == "" {
+		return errors.New("bench: the idle measurement needs the server's data directory")
+	}
 	before := heap()
-	var cs []*client.Client
-	for i := range n {
-		c, err := b.dial(ctx, fmt.Sprintf("idle%d", i), "d", true)
-		if err != nil {
-			return err
-		}
-		cs = append(cs, c)
+	stop, err := spawnClients(ctx, "--server", b.addr, "--data", b.dataDir, "--n", fmt.Sprint(n))
+	if err != nil {
+		return err
 	}
 	time.Sleep(time.Second)
 	after := heap()
-	for _, c := range cs {
-		c.Close()
-	}
+	stop()
 	per := float64(after-before) / float64(n)
-	fmt.Fprintf(b.out, "idle devices: %d connected, %.1f KB each (client+server ends, heap) vs %.1f KB for a bare quic-go pair: %.1f KB beyond\n",
+	fmt.Fprintf(b.out, "idle devices: %d connected cost the server %.1f KB each (heap and stacks) vs %.1f KB for a bare quic-go connection: %.1f KB beyond\n",
 		n, per/1024, bare/1024, (per-bare)/1024)
 	return nil
 }
@@ -445,34 +447,101 @@ func (b *bench) bareIdle(ctx context.Context, n int) (float64, error) {
 		return 0, err
 	}
 	defer ln.Close()
-	var accepted []*quic.Conn
-	var amu sync.Mutex
+	var held []*quic.Conn
+	var hmu sync.Mutex
 	go func() {
 		for {
 			qc, err := ln.Accept(context.Background())
 			if err != nil {
 				return
 			}
-			amu.Lock()
-			accepted = append(accepted, qc)
-			amu.Unlock()
+			hmu.Lock()
+			held = append(held, qc)
+			hmu.Unlock()
 		}
 	}()
 	before := heap()
-	var conns []*quic.Conn
-	for range n {
-		qc, err := quic.DialAddr(ctx, ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"echo"}}, transport.QUICConfig(time.Minute))
-		if err != nil {
-			return 0, err
-		}
-		conns = append(conns, qc)
+	stop, err := spawnClients(ctx, "--server", ln.Addr().String(), "--bare", "--n", fmt.Sprint(n))
+	if err != nil {
+		return 0, err
 	}
 	time.Sleep(time.Second)
 	after := heap()
-	for _, qc := range conns {
-		qc.CloseWithError(0, "")
-	}
+	stop()
 	return float64(after-before) / float64(n), nil
+}
+
+// spawnClients starts `imsync bench-clients` and waits until it says its
+// connections are up; stop ends it.
+func spawnClients(ctx context.Context, args ...string) (stop func(), err error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, exe, append([]string{"bench-clients"}, args...)...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if strings.TrimSpace(line) != "ready" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("bench-clients: %q", line)
+	}
+	return func() { in.Close(); cmd.Wait() }, nil
+}
+
+// runBenchClients is the child of the idle measurement: it connects n
+// devices (or bare QUIC connections), says "ready" and waits for stdin to
+// close.
+func runBenchClients(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("bench-clients", flag.ContinueOnError)
+	server := fs.String("server", "", "")
+	data := fs.String("data", "", "")
+	n := fs.Int("n", 100, "")
+	bare := fs.Bool("bare", false, "")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var closers []func()
+	defer func() {
+		for _, c := range closers {
+			c()
+		}
+	}()
+	if *bare {
+		for range *n {
+			qc, err := quic.DialAddr(ctx, *server, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"echo"}}, transport.QUICConfig(time.Minute))
+			if err != nil {
+				return err
+			}
+			closers = append(closers, func() { qc.CloseWithError(0, "") })
+		}
+	} else {
+		b := &bench{}
+		if err := b.useServer(*server, *data); err != nil {
+			return err
+		}
+		for i := range *n {
+			c, err := b.dial(ctx, fmt.Sprintf("idle%d", i), "d", true)
+			if err != nil {
+				return err
+			}
+			closers = append(closers, func() { c.Close() })
+		}
+	}
+	fmt.Fprintln(out, "ready")
+	io.Copy(io.Discard, os.Stdin)
+	return nil
 }
 
 func heap() uint64 {

@@ -135,3 +135,18 @@ func jsonNum(f float64) string {
 	b, _ := json.Marshal(f)
 	return string(b)
 }
+
+// TestBenchRuns runs every bench scenario but the idle one (which needs
+// the real binary as its child) at a tiny scale.
+func TestBenchRuns(t *testing.T) {
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"bench", "--duration", "300ms", "--pairs", "4", "--group", "6", "--group-senders", "2", "--scenarios", "echo,direct,group"}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"bare quic-go echo:", "direct: 8 users", "group: 6 users", "send→push"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("bench output lacks %q:\n%s", want, out.String())
+		}
+	}
+}

@@ -86,6 +86,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return runStore(ctx, args, out)
 	case "bench":
 		return runBench(ctx, args, out)
+	case "bench-clients": // the child process of bench's idle measurement
+		return runBenchClients(ctx, args, out)
 	case "send", "group", "convs", "history", "sync", "tail", "read", "recall":
 		return runClient(ctx, cmd, args, out)
 	}
