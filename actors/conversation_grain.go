@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -225,25 +224,34 @@ func (g *conversationGrain) startFanout(ctx actor.Context) {
 		}
 	}
 	f.running = true
-	root, self, svc, conv := ctx.ActorSystem().Root, ctx.Self(), g.svc, g.id
-	go func() {
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		var firstErr error
-		for user, items := range per {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if err := svc.deliver(conv, user, items); err != nil {
-					mu.Lock()
-					firstErr = cmpErr(firstErr, err)
-					mu.Unlock()
-				}
-			}()
+	// Each delivery is a future whose answer comes back to this grain as a
+	// continuation (no goroutine per message); the batch is done when the
+	// last one answers.
+	outstanding := len(per)
+	var firstErr error
+	finish := func(err error) {
+		firstErr = cmpErr(firstErr, err)
+		if outstanding--; outstanding == 0 {
+			g.fanoutDone(ctx, &fanoutDone{upTo: upTo, err: firstErr})
 		}
-		wg.Wait()
-		root.Send(self, &fanoutDone{upTo: upTo, err: firstErr})
-	}()
+	}
+	if outstanding == 0 {
+		g.fanoutDone(ctx, &fanoutDone{upTo: upTo})
+		return
+	}
+	for user, items := range per {
+		fut, err := g.svc.deliverFuture(g.id, user, items)
+		if err != nil {
+			finish(err)
+			continue
+		}
+		ctx.ReenterAfter(fut, func(res any, err error) {
+			if f, ok := res.(*Failure); ok && err == nil {
+				err = f
+			}
+			finish(err)
+		})
+	}
 }
 
 func cmpErr(a, b error) error {

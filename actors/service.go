@@ -214,15 +214,16 @@ func (s *Service) attempt(ctx context.Context, identity, kind string, msg proto.
 	}
 }
 
-// deliver hands one fanout batch to a user grain.
-func (s *Service) deliver(conv, user string, items []*InboxItem) error {
+// deliverFuture hands one fanout batch to a user grain and returns the
+// future of its answer (one attempt: a failed batch is retried whole by the
+// conversation, and the user grain drops what it already has).
+func (s *Service) deliverFuture(conv, user string, items []*InboxItem) (actor.Future, error) {
 	if h := s.cfg.BeforeDeliver; h != nil {
 		if err := h(conv, user); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	_, err := s.request(context.Background(), user, kindUser, &Deliver{ConversationId: conv, Items: items})
-	return err
+	return s.cluster.RequestFuture(user, kindUser, &Deliver{ConversationId: conv, Items: items}, cluster.WithTimeout(attemptTimeout))
 }
 
 func call[T proto.Message](s *Service, ctx context.Context, identity, kind string, msg proto.Message) (T, error) {
