@@ -270,8 +270,9 @@ func TestBadFrames(t *testing.T) {
 }
 
 // rawLogin logs a device in over a bare QUIC connection (no client
-// library), for tests that misbehave on purpose.
-func (ts *testServer) rawLogin(t *testing.T, user, device string) (*quic.Conn, *quic.Stream, *wire.Reader) {
+// library), for tests that misbehave on purpose; it returns the server's
+// push stream and a reader of it.
+func (ts *testServer) rawLogin(t *testing.T, user, device string) (*quic.Conn, *quic.ReceiveStream, *wire.Reader) {
 	t.Helper()
 	tok, _ := ts.key.Mint(user, device, time.Hour, time.Now())
 	tc := ts.tls.Clone()
@@ -291,7 +292,11 @@ func (ts *testServer) rawLogin(t *testing.T, user, device string) (*quic.Conn, *
 	if err := rd.Read(&welcome); err != nil || welcome.GetWelcome() == nil {
 		t.Fatalf("welcome: %v %v", &welcome, err)
 	}
-	return qc, control, rd
+	push, err := qc.AcceptUniStream(ctx(t))
+	if err != nil {
+		t.Fatalf("no push stream: %v", err)
+	}
+	return qc, push, wire.NewReader(push, 0)
 }
 
 func mustFrame(t *testing.T, r *wire.Request) []byte {
@@ -308,7 +313,7 @@ func mustFrame(t *testing.T, r *wire.Request) []byte {
 // seq when it reads again.
 func TestSlowDeviceBounded(t *testing.T) {
 	ts := startServer(t, transport.Config{PushQueue: 16, RequestsPerSecond: 1e6})
-	qc, control, rd := ts.rawLogin(t, "bob", "slow")
+	qc, pushes, rd := ts.rawLogin(t, "bob", "slow")
 	var err error
 	ann := ts.dial(t, "ann", "phone", 0)
 	const n = 1500
@@ -328,7 +333,7 @@ func TestSlowDeviceBounded(t *testing.T) {
 	// Now read what the slow device was sent.
 	frames, newest := 0, uint64(0)
 	for newest < want {
-		control.SetReadDeadline(time.Now().Add(5 * time.Second))
+		pushes.SetReadDeadline(time.Now().Add(5 * time.Second))
 		var p wire.ServerPush
 		if err := rd.Read(&p); err != nil {
 			t.Fatalf("after %d notifications (newest %d): %v", frames, newest, err)

@@ -257,7 +257,18 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	}
 	s.cfg.Logger.Debug("device connected", "user", c.user, "device", c.device, "remote", qc.RemoteAddr())
 
-	go c.pushLoop(ctx)
+	// Notifications go on a stream of the server's own, so that neither
+	// side's control traffic waits behind them.
+	push, err := qc.OpenUniStreamSync(ctx)
+	if err != nil {
+		return
+	}
+	// A stream reaches the peer with its first bytes: start with where the
+	// timeline is (what Welcome said), so that the client can accept it.
+	if err := wire.WriteFrame(push, &wire.ServerPush{Push: &wire.ServerPush_Notify{Notify: &wire.Notify{UserSeq: welcome.UserSeq}}}); err != nil {
+		return
+	}
+	go c.pushLoop(ctx, push)
 	go c.controlLoop(ctx, rd)
 	for {
 		st, err := qc.AcceptStream(ctx)
@@ -358,7 +369,8 @@ func (c *conn) enqueue(n *wire.Notify) {
 	}
 }
 
-func (c *conn) pushLoop(ctx context.Context) {
+func (c *conn) pushLoop(ctx context.Context, push *quic.SendStream) {
+	defer push.Close()
 	for {
 		select {
 		case <-ctx.Done():
@@ -369,10 +381,15 @@ func (c *conn) pushLoop(ctx context.Context) {
 		batch := c.queue
 		c.queue = nil
 		c.mu.Unlock()
+		var buf []byte
 		for _, n := range batch {
-			if err := c.writeControl(&wire.ServerPush{Push: &wire.ServerPush_Notify{Notify: n}}); err != nil {
+			var err error
+			if buf, err = wire.AppendFrame(buf, &wire.ServerPush{Push: &wire.ServerPush_Notify{Notify: n}}); err != nil {
 				return
 			}
+		}
+		if _, err := push.Write(buf); err != nil { // one write for the whole batch
+			return
 		}
 	}
 }

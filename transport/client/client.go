@@ -394,7 +394,12 @@ func (c *Client) connect(ctx context.Context) (*session, *wire.Welcome, error) {
 		return fail(err)
 	}
 	s.main = newRequests(st, s)
-	go s.readControl(rd) // ends, and closes the session, when the connection does
+	push, err := qc.AcceptUniStream(ctx) // the server's notifications
+	if err != nil {
+		return fail(fmt.Errorf("client: no push stream: %w", err))
+	}
+	go s.readControl(rd)                                             // errors; ends with the connection
+	go s.readControl(wire.NewReader(push, wire.DefaultMaxFrameSize)) // notifications
 	return s, w, nil
 }
 

@@ -167,8 +167,9 @@ func (x *Welcome) GetMaxFrameSize() uint32 {
 	return 0
 }
 
-// Server → client on the control stream: first a welcome (or an error,
-// after which the server closes the connection), then notifications.
+// Server → client. On the control stream: a welcome (or an error, after
+// which the server closes the connection), later errors. On the push
+// stream, which the server opens after the welcome: notifications.
 type ServerPush struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Push:
