@@ -307,10 +307,14 @@ func (b *bench) scenario(ctx context.Context, name string, users, senders int) (
 	r.sends = int(sent.Load())
 	select {
 	case err := <-errc:
-		return r, err
+		return result{}, err // receivers are still writing r: do not copy it
 	default:
 	}
 	time.Sleep(500 * time.Millisecond) // let the last pushes land
+	for _, c := range receivers {
+		c.Close() // ends each receiver's Entries loop
+	}
+	wg.Wait() // no receiver touches r.push after this
 	return r, nil
 }
 
