@@ -21,6 +21,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/imsync/imsync/actors"
+	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/eventspb"
 	"github.com/imsync/imsync/transport"
 	"github.com/imsync/imsync/transport/client"
@@ -85,11 +87,23 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprintf(out, "bare quic-go echo: %.0f round trips/s (%d long-lived streams, 200-byte frames)\n", echo, *pairs)
 	}
 	if run["direct"] {
+		if b.stack != nil {
+			// The layers below the edge, same run, same concurrency.
+			store, actorRate, err := b.layers(ctx, *pairs)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "store alone: %.0f durable appends/s; grains alone (1:1 sends through actors.Service): %.0f msg/s\n", store, actorRate)
+			b.below = actorRate
+		}
 		r, err := b.scenario(ctx, "direct", *pairs, *pairs)
 		if err != nil {
 			return err
 		}
 		r.print(out, echo)
+		if b.below > 0 {
+			fmt.Fprintf(out, "  = %.0f%% of the grains-alone rate\n", 100*float64(r.sends)/r.elapsed.Seconds()/b.below)
+		}
 	}
 	if run["group"] {
 		r, err := b.scenario(ctx, "group", *groupSize, *groupSenders)
@@ -111,6 +125,8 @@ type bench struct {
 	duration time.Duration
 	addr     string
 	dataDir  string
+	stack    *stack  // the server's insides, when bench started it
+	below    float64 // grains-alone msg/s of this run
 	key      *transport.Key
 	tls      *tls.Config
 	seq      atomic.Int64
@@ -130,6 +146,7 @@ func (b *bench) startServer() (func(), error) {
 	if err := b.useServer(st.srv.Addr().String(), dir); err != nil {
 		return nil, err
 	}
+	b.stack = st
 	return func() {
 		st.close()
 		os.RemoveAll(dir)
@@ -166,6 +183,58 @@ func (b *bench) dial(ctx context.Context, user, device string, fromNewest bool) 
 		}
 		time.Sleep(time.Duration(50*(attempt+1)) * time.Millisecond)
 	}
+}
+
+// layers measures, for `writers` concurrent writers during the scenario
+// length, durable 200-byte appends straight into the server's store, and
+// 1:1 sends straight into its actors.Service (no QUIC, no client library).
+func (b *bench) layers(ctx context.Context, writers int) (storeRate, actorRate float64, err error) {
+	d := min(b.duration, 3*time.Second)
+	payload := make([]byte, 200)
+	rate := func(op func(w, n int) error) (float64, error) {
+		var total atomic.Int64
+		var failed atomic.Value
+		deadline := time.Now().Add(d)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for w := range writers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for n := 0; time.Now().Before(deadline); n++ {
+					if err := op(w, n); err != nil {
+						failed.Store(err)
+						return
+					}
+					total.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if err, ok := failed.Load().(error); ok {
+			return 0, err
+		}
+		return float64(total.Load()) / time.Since(start).Seconds(), nil
+	}
+	run := b.seq.Add(1)
+	storeRate, err = rate(func(w, _ int) error {
+		_, err := b.stack.store.AppendToStream(ctx, fmt.Sprintf("bench%d-%d", run, w), events.Any, events.EventData{Type: "Probe", Data: payload})
+		return err
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	convs := make([]string, writers)
+	for w := range convs {
+		if convs[w], err = b.stack.svc.OpenDirect(ctx, fmt.Sprintf("l%d-a%d", run, w), fmt.Sprintf("l%d-b%d", run, w)); err != nil {
+			return 0, 0, err
+		}
+	}
+	actorRate, err = rate(func(w, n int) error {
+		_, err := b.stack.svc.Send(ctx, actors.SendRequest{Conversation: convs[w], Sender: fmt.Sprintf("l%d-a%d", run, w), ClientMsgID: fmt.Sprint(n), Body: benchBody})
+		return err
+	})
+	return storeRate, actorRate, err
 }
 
 // result of one scenario.

@@ -144,7 +144,7 @@ func TestBenchRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"bare quic-go echo:", "direct: 8 users", "group: 6 users", "send→push"} {
+	for _, want := range []string{"bare quic-go echo:", "store alone:", "grains alone", "of the grains-alone rate", "direct: 8 users", "group: 6 users", "send→push"} {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("bench output lacks %q:\n%s", want, out.String())
 		}
