@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/imsync/imsync/transport"
 )
 
 // syncBuffer lets the test read what a running command printed so far.
@@ -148,5 +152,51 @@ func TestBenchRuns(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("bench output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestServeWithGivenCertificate: serve uses a certificate it is given and
+// creates none of its own.
+func TestServeWithGivenCertificate(t *testing.T) {
+	certDir := t.TempDir()
+	if _, err := transport.LoadOrCreateCert(certDir); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(t.TempDir(), "data")
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var out syncBuffer
+	served := make(chan error, 1)
+	go func() {
+		served <- run(ctx, []string{"serve", "--data", data, "--listen", "127.0.0.1:0",
+			"--cert", filepath.Join(certDir, "server.crt"), "--key", filepath.Join(certDir, "server.key")}, &out)
+	}()
+	var addr string
+	for end := time.Now().Add(15 * time.Second); addr == ""; time.Sleep(20 * time.Millisecond) {
+		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String()); m != nil {
+			addr = m[1]
+		} else if time.Now().After(end) {
+			t.Fatalf("server did not start: %q", out.String())
+		}
+	}
+	if !strings.Contains(out.String(), filepath.Join(certDir, "server.crt")) {
+		t.Fatalf("serve names another certificate: %q", out.String())
+	}
+	if _, err := os.Stat(filepath.Join(data, "server.crt")); !os.IsNotExist(err) {
+		t.Fatalf("serve created a certificate of its own: %v", err)
+	}
+	tok, err := runCmd(t, "token", "--data", data, "--user", "ann", "--device", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCmd(t, "convs", "--server", addr, "--token", strings.TrimSpace(tok), "--ca", filepath.Join(certDir, "server.crt")); err != nil {
+		t.Fatalf("client pinned to the given certificate: %v", err)
+	}
+	stop()
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCmd(t, "serve", "--data", data, "--cert", "x.pem"); !errors.Is(err, errUsage) {
+		t.Fatalf("--cert without --key: %v", err)
 	}
 }

@@ -31,7 +31,7 @@ import (
 const usage = `imsync — event-sourced chat backend
 
 Server:
-  imsync serve --data DIR [--listen 127.0.0.1:7400]
+  imsync serve --data DIR [--listen 127.0.0.1:7400] [--cert FILE --key FILE]
   imsync token --data DIR --user USER --device DEVICE [--ttl 24h]
 
 Client (--server HOST:PORT --token TOKEN, or IMSYNC_SERVER / IMSYNC_TOKEN;

@@ -24,11 +24,24 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	data := fs.String("data", "", "data directory (created on first use)")
 	listen := fs.String("listen", "127.0.0.1:7400", "UDP address to listen on")
 	verbose := fs.Bool("v", false, "log connections")
+	certFile := fs.String("cert", "", "TLS certificate (PEM) to serve instead of the self-signed one")
+	keyFile := fs.String("key", "", "its private key (PEM)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: serve: %v", errUsage, err)
 	}
 	if *data == "" {
 		return fmt.Errorf("%w: serve needs --data DIR", errUsage)
+	}
+	if (*certFile == "") != (*keyFile == "") {
+		return fmt.Errorf("%w: serve takes --cert and --key together", errUsage)
+	}
+	var tcfg transport.Config
+	if *certFile != "" {
+		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		tcfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
 	level := slog.LevelWarn
 	if *verbose {
@@ -36,14 +49,18 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	st, err := startStack(*data, *listen, logger, transport.Config{})
+	st, err := startStack(*data, *listen, logger, tcfg)
 	if err != nil {
 		return err
 	}
 	defer st.close()
 	srv := st.srv
-	abs, _ := filepath.Abs(*data)
-	fmt.Fprintf(out, "imsync listening on %s (QUIC, ALPN %s)\ncertificate: %s\n", srv.Addr(), transport.ALPN, filepath.Join(abs, transport.CertFile))
+	certPath := *certFile
+	if certPath == "" {
+		abs, _ := filepath.Abs(*data)
+		certPath = filepath.Join(abs, transport.CertFile)
+	}
+	fmt.Fprintf(out, "imsync listening on %s (QUIC, ALPN %s)\ncertificate: %s\n", srv.Addr(), transport.ALPN, certPath)
 	<-ctx.Done()
 	fmt.Fprintln(out, "imsync stopping")
 	return nil
@@ -77,12 +94,15 @@ func startStack(data, listen string, logger *slog.Logger, tcfg transport.Config)
 		st.close()
 		return nil, err
 	}
-	cert, err := transport.LoadOrCreateCert(data)
-	if err != nil {
-		st.close()
-		return nil, err
+	if tcfg.TLS == nil {
+		cert, err := transport.LoadOrCreateCert(data)
+		if err != nil {
+			st.close()
+			return nil, err
+		}
+		tcfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
-	tcfg.Service, tcfg.Key, tcfg.TLS, tcfg.Logger = st.svc, key, &tls.Config{Certificates: []tls.Certificate{cert}}, logger
+	tcfg.Service, tcfg.Key, tcfg.Logger = st.svc, key, logger
 	if st.srv, err = transport.NewServer(tcfg); err == nil {
 		err = st.srv.Listen(listen)
 	}
