@@ -192,29 +192,9 @@ func (b *bench) layers(ctx context.Context, writers int) (storeRate, actorRate f
 	d := min(b.duration, 3*time.Second)
 	payload := make([]byte, 200)
 	rate := func(op func(w, n int) error) (float64, error) {
-		var total atomic.Int64
-		var failed atomic.Value
-		deadline := time.Now().Add(d)
-		start := time.Now()
-		var wg sync.WaitGroup
-		for w := range writers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for n := 0; time.Now().Before(deadline); n++ {
-					if err := op(w, n); err != nil {
-						failed.Store(err)
-						return
-					}
-					total.Add(1)
-				}
-			}()
-		}
-		wg.Wait()
-		if err, ok := failed.Load().(error); ok {
-			return 0, err
-		}
-		return float64(total.Load()) / time.Since(start).Seconds(), nil
+		return rateOf(writers, d, func(w int) (func(n int) error, error) {
+			return func(n int) error { return op(w, n) }, nil
+		})
 	}
 	run := b.seq.Add(1)
 	storeRate, err = rate(func(w, _ int) error {
@@ -438,41 +418,55 @@ func (b *bench) echo(ctx context.Context, streams int) (float64, error) {
 			}()
 		}
 	}()
-	conns := max(1, streams/8)
-	var total atomic.Int64
-	deadline := time.Now().Add(min(b.duration, 3*time.Second))
-	var wg sync.WaitGroup
-	var failed atomic.Value
-	start := time.Now()
-	for c := range conns {
-		qc, err := quic.DialAddr(ctx, ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"echo"}}, transport.QUICConfig(time.Minute))
-		if err != nil {
+	conns := make([]*quic.Conn, max(1, streams/8))
+	for i := range conns {
+		if conns[i], err = quic.DialAddr(ctx, ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"echo"}}, transport.QUICConfig(time.Minute)); err != nil {
 			return 0, err
 		}
-		defer qc.CloseWithError(0, "")
-		for s := c; s < streams; s += conns {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				st, err := qc.OpenStreamSync(ctx)
-				if err != nil {
+		defer conns[i].CloseWithError(0, "")
+	}
+	return rateOf(streams, min(b.duration, 3*time.Second), func(w int) (func(int) error, error) {
+		st, err := conns[w%len(conns)].OpenStreamSync(ctx)
+		if err != nil {
+			return nil, err
+		}
+		buf := make([]byte, 200)
+		return func(int) error {
+			if _, err := st.Write(buf); err != nil {
+				return err
+			}
+			_, err := io.ReadFull(st, buf)
+			return err
+		}, nil
+	})
+}
+
+// rateOf runs `workers` goroutines for d, each repeating the operation
+// that setup gives it, and returns operations per second (or the first
+// error).
+func rateOf(workers int, d time.Duration, setup func(w int) (func(n int) error, error)) (float64, error) {
+	var total atomic.Int64
+	var failed atomic.Value
+	deadline := time.Now().Add(d)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			op, err := setup(w)
+			if err != nil {
+				failed.Store(err)
+				return
+			}
+			for n := 0; time.Now().Before(deadline); n++ {
+				if err := op(n); err != nil {
 					failed.Store(err)
 					return
 				}
-				buf := make([]byte, 200)
-				for time.Now().Before(deadline) {
-					if _, err := st.Write(buf); err != nil {
-						failed.Store(err)
-						return
-					}
-					if _, err := io.ReadFull(st, buf); err != nil {
-						failed.Store(err)
-						return
-					}
-					total.Add(1)
-				}
-			}()
-		}
+				total.Add(1)
+			}
+		}()
 	}
 	wg.Wait()
 	if err, ok := failed.Load().(error); ok {
