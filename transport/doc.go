@@ -1,4 +1,21 @@
-// Package transport is imsync's edge: the QUIC gateway, the wire protocol
-// (length-prefixed protobuf frames), authentication and the Go client
-// library. See docs/architecture.md.
+// Package transport is imsync's edge: the QUIC gateway that devices
+// connect to, device tokens, and the server certificate.
+//
+// # Usage
+//
+//	key, _ := transport.LoadOrCreateKey(dataDir)   // signs device tokens
+//	cert, _ := transport.LoadOrCreateCert(dataDir) // self-signed, kept; clients pin it
+//	srv, err := transport.NewServer(transport.Config{
+//		Service: svc, // an *actors.Service
+//		Key:     key,
+//		TLS:     &tls.Config{Certificates: []tls.Certificate{cert}},
+//	})
+//	if err != nil { ... }
+//	if err := srv.Listen("127.0.0.1:7400"); err != nil { ... }
+//	defer srv.Close()
+//
+//	token, _ := key.Mint("ann", "phone", 24*time.Hour, time.Now()) // for a device
+//
+// The protocol is in package wire and docs/protocol.md; the Go client
+// library is package client, which links none of this.
 package transport

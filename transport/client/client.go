@@ -15,7 +15,7 @@
 //	sent, err := c.Send(ctx, client.Message{To: "bob", ClientMsgID: "m-1", Text: "hi"})
 //	for e := range c.Entries() {      // in user seq order, gaps filled
 //		apply(e)
-//		c.Ack(e.UserSeq)                  // the server now knows this device's position
+//		c.Ack(ctx, e.UserSeq)             // the server now knows this device's position
 //		save(e.UserSeq)                   // where to resume after a restart
 //	}
 //
