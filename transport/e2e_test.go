@@ -152,8 +152,12 @@ func TestEndToEnd(t *testing.T) {
 	if _, err := ann.Recall(ctx(t), g, last.Seq); err != nil {
 		t.Fatal(err)
 	}
-	// Bob reads on his phone.
+	// Bob reads on his phone, once the recall reached it too.
 	next(t, bobPhone, pointerTo(g, last.Seq))
+	next(t, bobPhone, func(e client.Entry) bool {
+		r, ok := e.Message.(*eventspb.RecallNotice)
+		return ok && r.RecalledSeq == last.Seq
+	})
 	if err := bobPhone.MarkRead(ctx(t), g, last.Seq-1); err != nil {
 		t.Fatal(err)
 	}
