@@ -261,16 +261,15 @@ func (g *userGrain) list(ctx actor.Context) {
 // deviceGrain holds one device's acknowledged user seq (device-<user>/<device>)
 // and where its connection is, and pushes notifications there.
 type deviceGrain struct {
-	svc      *Service
-	idle     idleCheck
-	user     string
-	device   string
-	state    deviceState
-	j        *journal
-	conn     *actor.PID
-	newest   uint64 // newest user seq heard of
-	loadErr  error
-	attached bool
+	svc     *Service
+	idle    idleCheck
+	user    string
+	device  string
+	state   deviceState
+	j       *journal
+	conn    *actor.PID
+	newest  uint64 // newest user seq heard of
+	loadErr error
 }
 
 func deviceIdentity(user, device string) string { return user + "/" + device }

@@ -13,7 +13,6 @@ import (
 //
 //	\x00format          → storeFormat
 //	\x00global          → lastPos(8) nextStreamID(8)
-//	'n' name            → streamID(8)
 //	'h' sid(8)          → stream header
 //	'e' sid(8) rev(8)   → event record
 //	'l' pos(8)          → sid(8) rev(8) id(16)   (the global log, $all)
@@ -29,7 +28,6 @@ import (
 const (
 	storeFormat = "imsync-events/1"
 
-	prefixName   = 'n'
 	prefixHeader = 'h'
 	prefixEvent  = 'e'
 	prefixLog    = 'l'
@@ -43,13 +41,6 @@ var (
 	keyFormat = []byte("\x00format")
 	keyGlobal = []byte("\x00global")
 )
-
-func nameKey(name string) []byte {
-	k := make([]byte, 1+len(name))
-	k[0] = prefixName
-	copy(k[1:], name)
-	return k
-}
 
 func headerKey(sid uint64) []byte {
 	k := make([]byte, 9)
