@@ -13,13 +13,12 @@
 package actors
 
 import (
-	reflect "reflect"
-	sync "sync"
-	unsafe "unsafe"
-
 	eventspb "github.com/imsync/imsync/events/eventspb"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	reflect "reflect"
+	sync "sync"
+	unsafe "unsafe"
 )
 
 const (
@@ -1009,11 +1008,14 @@ func (*ListConversations) Descriptor() ([]byte, []int) {
 	return file_imsync_actors_proto_rawDescGZIP(), []int{15}
 }
 
-// From a device grain: the device's connection came or went.
+// From a device grain: the device's first connection came or its last one
+// went. epoch grows with each change of one device grain's presence, so
+// that a late, older message cannot undo a newer one.
 type DevicePresence struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Device        string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
 	Online        bool                   `protobuf:"varint,2,opt,name=online,proto3" json:"online,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1062,6 +1064,13 @@ func (x *DevicePresence) GetOnline() bool {
 	return false
 }
 
+func (x *DevicePresence) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 // Asks a user grain for its newest user seq; answered with Delivered.
 type GetUserSeq struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1099,7 +1108,8 @@ func (*GetUserSeq) Descriptor() ([]byte, []int) {
 	return file_imsync_actors_proto_rawDescGZIP(), []int{17}
 }
 
-// Where a device's connection lives: the PID of its connection actor.
+// One more connection of a device: the PID of its connection actor (see
+// Service.AttachDevice). A device may have several; each gets the pushes.
 type AttachDevice struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Address       string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
@@ -1152,6 +1162,7 @@ func (x *AttachDevice) GetId() string {
 	return ""
 }
 
+// That connection went; the device's other connections stay.
 type DetachDevice struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Address       string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
@@ -1524,10 +1535,11 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\vSyncRequest\x12$\n" +
 	"\x0eafter_user_seq\x18\x01 \x01(\x04R\fafterUserSeq\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x13\n" +
-	"\x11ListConversations\"@\n" +
+	"\x11ListConversations\"V\n" +
 	"\x0eDevicePresence\x12\x16\n" +
 	"\x06device\x18\x01 \x01(\tR\x06device\x12\x16\n" +
-	"\x06online\x18\x02 \x01(\bR\x06online\"\f\n" +
+	"\x06online\x18\x02 \x01(\bR\x06online\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\f\n" +
 	"\n" +
 	"GetUserSeq\"8\n" +
 	"\fAttachDevice\x12\x18\n" +

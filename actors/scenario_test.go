@@ -7,26 +7,26 @@ import (
 	"testing"
 	"time"
 
-	"github.com/asynkron/protoactor-go/actor"
-
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events/eventspb"
 )
 
-// device is a stand-in for a connection actor: it records pushes.
-func device(t *testing.T, svc *actors.Service, user, dev string) (*actor.PID, chan *actors.Push) {
+// pushSink records pushes.
+type pushSink chan *actors.Push
+
+func (ch pushSink) Push(userSeq uint64, e *eventspb.SyncEntry) {
+	ch <- &actors.Push{UserSeq: userSeq, Entry: e}
+}
+
+// device is a stand-in for a connection: it records pushes.
+func device(t *testing.T, svc *actors.Service, user, dev string) (*actors.Attachment, chan *actors.Push) {
 	t.Helper()
 	ch := make(chan *actors.Push, 1000)
-	pid := svc.ActorSystem().Root.Spawn(actor.PropsFromFunc(func(c actor.Context) {
-		if p, ok := c.Message().(*actors.Push); ok {
-			ch <- p
-		}
-	}))
-	st, err := svc.AttachDevice(tctx(t), user, dev, pid)
-	if err != nil || !st.Online {
-		t.Fatalf("attach %s/%s: %v %v", user, dev, st, err)
+	a, err := svc.AttachDevice(tctx(t), user, dev, pushSink(ch))
+	if err != nil || !a.State.Online {
+		t.Fatalf("attach %s/%s: %v %v", user, dev, a, err)
 	}
-	return pid, ch
+	return a, ch
 }
 
 func waitPush(t *testing.T, ch chan *actors.Push, userSeq uint64) *actors.Push {

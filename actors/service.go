@@ -146,10 +146,6 @@ func (s *Service) Host(kind, identity string) string {
 // Address is this member's address.
 func (s *Service) Address() string { return s.system.Address() }
 
-// ActorSystem is the system the grains run in (the transport spawns its
-// connection actors there, so that grains can push to their PIDs).
-func (s *Service) ActorSystem() *actor.ActorSystem { return s.system }
-
 // request calls a grain and turns a *Failure reply into an error.
 //
 // A request can be lost when it reaches a grain in the instant it
@@ -434,22 +430,61 @@ func (s *Service) Conversations(ctx context.Context, user string) (*eventspb.Con
 	return call[*eventspb.ConversationList](s, ctx, user, kindUser, &ListConversations{})
 }
 
-// AttachDevice registers the connection actor pid of a device: pushes for
-// the user go there until DetachDevice. It returns the device's state.
-func (s *Service) AttachDevice(ctx context.Context, user, device string, pid *actor.PID) (*DeviceState, error) {
+// DeviceSink receives the pushes of one device connection: the user's sync
+// timeline reached userSeq, and entry is its newest entry when small (nil
+// otherwise: the device pulls). Push is called from one goroutine at a
+// time and must not block; the transport queues and coalesces.
+type DeviceSink interface {
+	Push(userSeq uint64, entry *eventspb.SyncEntry)
+}
+
+// Attachment is one connection of a device, attached by AttachDevice.
+type Attachment struct {
+	// State is the device's state when it was attached.
+	State *DeviceState
+
+	svc          *Service
+	user, device string
+	pid          *actor.PID
+	once         sync.Once
+	err          error
+}
+
+// AttachDevice adds a connection of a device: from now on the user's
+// pushes reach sink, as they reach the device's other connections, until
+// Detach. A device may have any number of connections (the transport caps
+// them per user).
+func (s *Service) AttachDevice(ctx context.Context, user, device string, sink DeviceSink) (*Attachment, error) {
 	if err := validate("user", user, "device", device); err != nil {
 		return nil, err
 	}
-	return call[*DeviceState](s, ctx, deviceIdentity(user, device), kindDevice, &AttachDevice{Address: pid.Address, Id: pid.Id})
+	if sink == nil {
+		return nil, fail(Code_INVALID, "AttachDevice needs a sink")
+	}
+	pid := s.system.Root.Spawn(actor.PropsFromFunc(func(actx actor.Context) {
+		if p, ok := actx.Message().(*Push); ok {
+			sink.Push(p.UserSeq, p.Entry)
+		}
+	}))
+	st, err := call[*DeviceState](s, ctx, deviceIdentity(user, device), kindDevice, &AttachDevice{Address: pid.Address, Id: pid.Id})
+	if err != nil {
+		// If the grain did attach it, it forgets it when it stops.
+		s.system.Root.Stop(pid)
+		return nil, err
+	}
+	return &Attachment{State: st, svc: s, user: user, device: device, pid: pid}, nil
 }
 
-// DetachDevice forgets a device's connection (if it is still pid).
-func (s *Service) DetachDevice(ctx context.Context, user, device string, pid *actor.PID) error {
-	if err := validate("user", user, "device", device); err != nil {
-		return err
-	}
-	_, err := call[*DeviceState](s, ctx, deviceIdentity(user, device), kindDevice, &DetachDevice{Address: pid.Address, Id: pid.Id})
-	return err
+// Detach ends the attachment: its sink gets no more pushes, and the
+// device's other connections keep theirs. Calling it again returns the
+// first result.
+func (a *Attachment) Detach(ctx context.Context) error {
+	a.once.Do(func() {
+		_, a.err = call[*DeviceState](a.svc, ctx, deviceIdentity(a.user, a.device), kindDevice, &DetachDevice{Address: a.pid.Address, Id: a.pid.Id})
+		// Stopping the actor also detaches it, should the call have failed.
+		a.svc.system.Root.Stop(a.pid)
+	})
+	return a.err
 }
 
 // AckDevice records that a device has applied its sync timeline up to userSeq.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/asynkron/protoactor-go/cluster"
@@ -24,7 +25,8 @@ type userGrain struct {
 	state   *userState
 	j       *journal
 	broken  bool
-	devices map[string]bool // online devices
+	devices map[string]bool   // online devices
+	epochs  map[string]uint64 // newest DevicePresence.epoch per device
 }
 
 func (g *userGrain) Receive(ctx actor.Context) {
@@ -34,7 +36,7 @@ func (g *userGrain) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *cluster.ClusterInit:
 		g.id = m.Identity.Identity
-		g.devices = map[string]bool{}
+		g.devices, g.epochs = map[string]bool{}, map[string]uint64{}
 		if err := g.load(); err != nil {
 			g.svc.log.Error("user grain cannot load", "user", g.id, "err", err)
 			g.broken = true
@@ -53,10 +55,13 @@ func (g *userGrain) Receive(ctx actor.Context) {
 	case *actor.Stopping:
 		g.idle.stop()
 	case *DevicePresence:
-		if m.Online {
-			g.devices[m.Device] = true
-		} else {
-			delete(g.devices, m.Device)
+		if m.Epoch == 0 || m.Epoch > g.epochs[m.Device] {
+			g.epochs[m.Device] = m.Epoch
+			if m.Online {
+				g.devices[m.Device] = true
+			} else {
+				delete(g.devices, m.Device)
+			}
 		}
 		ctx.Respond(&Ok{})
 	case *Deliver:
@@ -259,7 +264,7 @@ func (g *userGrain) list(ctx actor.Context) {
 }
 
 // deviceGrain holds one device's acknowledged user seq (device-<user>/<device>)
-// and where its connection is, and pushes notifications there.
+// and where its connections are, and pushes notifications to each of them.
 type deviceGrain struct {
 	svc     *Service
 	idle    idleCheck
@@ -267,8 +272,9 @@ type deviceGrain struct {
 	device  string
 	state   deviceState
 	j       *journal
-	conn    *actor.PID
-	newest  uint64 // newest user seq heard of
+	conns   []*actor.PID // connection actors, oldest first
+	epoch   uint64       // of the last DevicePresence sent
+	newest  uint64       // newest user seq heard of
 	loadErr error
 }
 
@@ -297,45 +303,88 @@ func (g *deviceGrain) Receive(ctx actor.Context) {
 			g.loadErr = err // reload on the next activation; refuse until then
 		}
 	case *idleTick:
-		if g.idle.expired(ctx, g.conn != nil || !g.j.idle()) {
+		if g.idle.expired(ctx, len(g.conns) > 0 || !g.j.idle()) {
 			ctx.Stop(ctx.Self())
 		}
 	case *actor.Stopping:
 		g.idle.stop()
 	case *AttachDevice:
-		g.conn = actor.NewPID(m.Address, m.Id)
-		g.presence(ctx, true)
+		pid := actor.NewPID(m.Address, m.Id)
+		if g.find(pid) < 0 {
+			g.conns = append(g.conns, pid)
+			ctx.Watch(pid) // a connection that dies unannounced is forgotten
+		}
+		g.presence(ctx, true, ctx.Sender())
 	case *DetachDevice:
-		if g.conn != nil && g.conn.Address == m.Address && g.conn.Id == m.Id {
-			g.conn = nil
-			g.presence(ctx, false)
+		if g.remove(ctx, actor.NewPID(m.Address, m.Id)) && len(g.conns) == 0 {
+			g.presence(ctx, false, ctx.Sender())
 			return
 		}
-		ctx.Respond(&DeviceState{AckedUserSeq: g.state.acked, Online: g.conn != nil})
+		ctx.Respond(g.stateReply())
+	case *actor.Terminated:
+		if g.remove(ctx, m.Who) && len(g.conns) == 0 {
+			g.presence(ctx, false, nil)
+		}
 	case *NotifyDevice:
 		g.newest = max(g.newest, m.UserSeq)
-		if g.conn != nil {
-			ctx.Send(g.conn, &Push{User: g.user, Device: g.device, UserSeq: m.UserSeq, Entry: m.Entry})
-		}
+		g.notifyConns(ctx, m)
 	case *AckDevice:
 		g.ack(ctx, m)
 	case *DeviceState:
-		ctx.Respond(&DeviceState{AckedUserSeq: g.state.acked, Online: g.conn != nil})
+		ctx.Respond(g.stateReply())
 	}
 }
 
-// presence tells the user grain, then answers with the device's state.
-func (g *deviceGrain) presence(ctx actor.Context, online bool) {
-	sender, root, svc := ctx.Sender(), ctx.ActorSystem().Root, g.svc
+func (g *deviceGrain) stateReply() *DeviceState {
+	return &DeviceState{AckedUserSeq: g.state.acked, Online: len(g.conns) > 0}
+}
+
+func (g *deviceGrain) find(pid *actor.PID) int {
+	for i, c := range g.conns {
+		if c.Address == pid.Address && c.Id == pid.Id {
+			return i
+		}
+	}
+	return -1
+}
+
+// remove forgets a connection; it reports whether it was there.
+func (g *deviceGrain) remove(ctx actor.Context, pid *actor.PID) bool {
+	i := g.find(pid)
+	if i < 0 {
+		return false
+	}
+	ctx.Unwatch(g.conns[i])
+	g.conns = append(g.conns[:i], g.conns[i+1:]...)
+	return true
+}
+
+// notifyConns pushes to every connection of the device.
+func (g *deviceGrain) notifyConns(ctx actor.Context, m *NotifyDevice) {
+	for _, pid := range g.conns {
+		ctx.Send(pid, &Push{User: g.user, Device: g.device, UserSeq: m.UserSeq, Entry: m.Entry})
+	}
+}
+
+// presence tells the user grain, then answers reply (if any) with the
+// device's state. Each message carries a larger epoch than the last, so
+// the user grain keeps the newest even when two of them cross.
+func (g *deviceGrain) presence(ctx actor.Context, online bool, reply *actor.PID) {
+	g.epoch = max(g.epoch+1, uint64(time.Now().UnixNano()))
+	root, svc := ctx.ActorSystem().Root, g.svc
 	st := &DeviceState{AckedUserSeq: g.state.acked, Online: online}
-	msg := &DevicePresence{Device: g.device, Online: online}
+	msg := &DevicePresence{Device: g.device, Online: online, Epoch: g.epoch}
 	user := g.user
 	go func() {
-		if _, err := svc.request(context.Background(), user, kindUser, msg); err != nil {
-			root.Send(sender, unavailable(err))
+		_, err := svc.request(context.Background(), user, kindUser, msg)
+		if reply == nil {
 			return
 		}
-		root.Send(sender, st)
+		if err != nil {
+			root.Send(reply, unavailable(err))
+			return
+		}
+		root.Send(reply, st)
 	}()
 }
 
@@ -359,7 +408,7 @@ func (g *deviceGrain) ack(ctx actor.Context, a *AckDevice) {
 		return
 	}
 	if ev == nil {
-		ctx.Respond(&DeviceState{AckedUserSeq: g.state.acked, Online: g.conn != nil})
+		ctx.Respond(g.stateReply())
 		return
 	}
 	evolveDevice(&g.state, ev)
@@ -368,7 +417,7 @@ func (g *deviceGrain) ack(ctx actor.Context, a *AckDevice) {
 		ctx.Respond(fail(Code_INVALID, "%v", err))
 		return
 	}
-	sender, st := ctx.Sender(), &DeviceState{AckedUserSeq: g.state.acked, Online: g.conn != nil}
+	sender, st := ctx.Sender(), g.stateReply()
 	g.j.whenDurable(upTo, func(err error) {
 		if err != nil {
 			ctx.Send(sender, unavailable(err))

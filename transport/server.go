@@ -2,16 +2,17 @@ package transport
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
-	"github.com/asynkron/protoactor-go/actor"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
@@ -40,6 +41,10 @@ type Config struct {
 	MaxInflight       int           // requests handled at once per connection (default 256)
 	HandshakeTimeout  time.Duration // for Hello (default 10 s)
 	IdleTimeout       time.Duration // QUIC idle timeout (default 60 s; keep-alive at a third)
+	// StatelessResetKey lets a restarted server reset the connections of
+	// its previous run (see LoadOrCreateResetKey); nil: a random key, good
+	// for this process only.
+	StatelessResetKey *quic.StatelessResetKey
 	Logger            *slog.Logger
 	Now               func() time.Time
 }
@@ -81,10 +86,11 @@ func (c *Config) fill() {
 // requests on the Service and pushes their notifications.
 type Server struct {
 	cfg Config
+	tr  *quic.Transport
 	ln  *quic.Listener
 
 	mu      sync.Mutex
-	perUser map[string]int
+	perUser map[string][]*conn // admitted connections, oldest first
 	conns   map[*quic.Conn]struct{}
 	closed  bool
 	wg      sync.WaitGroup
@@ -100,7 +106,7 @@ func NewServer(cfg Config) (*Server, error) {
 	t.NextProtos = []string{ALPN}
 	t.MinVersion = tls.VersionTLS13
 	cfg.TLS = t
-	return &Server{cfg: cfg, perUser: map[string]int{}, conns: map[*quic.Conn]struct{}{}}, nil
+	return &Server{cfg: cfg, perUser: map[string][]*conn{}, conns: map[*quic.Conn]struct{}{}}, nil
 }
 
 // QUICConfig is the transport configuration shared by server and client.
@@ -115,11 +121,27 @@ func QUICConfig(idle time.Duration) *quic.Config {
 // Listen binds addr (UDP) and serves until Close. It returns once
 // listening; Addr tells where.
 func (s *Server) Listen(addr string) error {
-	ln, err := quic.ListenAddr(addr, s.cfg.TLS, QUICConfig(s.cfg.IdleTimeout))
+	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return fmt.Errorf("transport: listen %s: %w", addr, err)
 	}
-	s.ln = ln
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return fmt.Errorf("transport: listen %s: %w", addr, err)
+	}
+	key := s.cfg.StatelessResetKey
+	if key == nil {
+		key = new(quic.StatelessResetKey)
+		rand.Read(key[:])
+	}
+	tr := &quic.Transport{Conn: udp, StatelessResetKey: key}
+	ln, err := tr.Listen(s.cfg.TLS, QUICConfig(s.cfg.IdleTimeout))
+	if err != nil {
+		tr.Close()
+		udp.Close()
+		return fmt.Errorf("transport: listen %s: %w", addr, err)
+	}
+	s.tr, s.ln = tr, ln
 	s.wg.Add(1)
 	go s.accept()
 	return nil
@@ -145,6 +167,8 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	err := s.ln.Close()
 	s.wg.Wait()
+	s.tr.Close()
+	s.tr.Conn.Close()
 	return err
 }
 
@@ -183,6 +207,7 @@ type conn struct {
 	control *quic.Stream
 	limiter *rate.Limiter
 	sem     chan struct{}
+	expires time.Time // the token's expiry: the connection ends then
 
 	mu      sync.Mutex // guards queue and writes to control
 	queue   []*wire.Notify
@@ -218,34 +243,35 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		refuse(wire.CodeUnauthorized, err.Error())
 		return
 	}
-	if !s.admit(claims.User) {
-		refuse(wire.CodeTooMany, fmt.Sprintf("more than %d connections for %s", s.cfg.MaxConnsPerUser, claims.User))
-		return
-	}
-	defer s.leave(claims.User)
-
 	c := &conn{
 		s: s, qc: qc, user: claims.User, device: claims.Device, control: control,
 		limiter: rate.NewLimiter(rate.Limit(s.cfg.RequestsPerSecond), s.cfg.RequestBurst),
 		sem:     make(chan struct{}, s.cfg.MaxInflight),
 		wake:    make(chan struct{}, 1),
+		expires: time.Unix(claims.Expires, 0),
 	}
+	if !s.admit(c) {
+		refuse(wire.CodeTooMany, fmt.Sprintf("more than %d connections for %s", s.cfg.MaxConnsPerUser, claims.User))
+		return
+	}
+	defer s.leave(c)
+	// The connection ends when its token does: a device keeps only the
+	// access its current token grants.
+	expiry := time.AfterFunc(c.expires.Sub(s.cfg.Now()), func() {
+		qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeUnauthorized), "token expired")
+	})
+	defer expiry.Stop()
+
 	svc := s.cfg.Service
-	system := svc.ActorSystem()
-	pid := system.Root.Spawn(actor.PropsFromFunc(func(actx actor.Context) {
-		if p, ok := actx.Message().(*actors.Push); ok {
-			c.enqueue(&wire.Notify{UserSeq: p.UserSeq, Entry: p.Entry})
-		}
-	}))
-	defer system.Root.Stop(pid)
-	if _, err := svc.AttachDevice(ctx, c.user, c.device, pid); err != nil {
+	att, err := svc.AttachDevice(ctx, c.user, c.device, c)
+	if err != nil {
 		refuse(codeOf(err), err.Error())
 		return
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		svc.DetachDevice(dctx, c.user, c.device, pid)
+		att.Detach(dctx)
 	}()
 	welcome, err := c.welcome(ctx, hello.LastUserSeq)
 	if err != nil {
@@ -279,23 +305,51 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	}
 }
 
-func (s *Server) admit(user string) bool {
+// admit counts c against its user's connection cap. At the cap, a new
+// connection of a device that already has one replaces the device's oldest
+// connection (which is closed): a device that reconnects is never locked
+// out by its own half-open connections, while other devices' connections
+// are never taken. Otherwise the new connection is refused.
+func (s *Server) admit(c *conn) bool {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.perUser[user] >= s.cfg.MaxConnsPerUser {
-		return false
+	list := s.perUser[c.user]
+	var old *conn
+	if len(list) >= s.cfg.MaxConnsPerUser {
+		i := slices.IndexFunc(list, func(o *conn) bool { return o.device == c.device })
+		if i < 0 {
+			s.mu.Unlock()
+			return false
+		}
+		old = list[i]
+		list = slices.Delete(list, i, i+1)
 	}
-	s.perUser[user]++
+	s.perUser[c.user] = append(list, c)
+	s.mu.Unlock()
+	if old != nil {
+		s.cfg.Logger.Debug("connection replaced", "user", old.user, "device", old.device, "remote", old.qc.RemoteAddr())
+		old.qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeReplaced), "replaced by a newer connection of this device")
+	}
 	return true
 }
 
-func (s *Server) leave(user string) {
+// leave forgets c (if a newer connection has not replaced it already).
+func (s *Server) leave(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.perUser[user]--; s.perUser[user] <= 0 {
-		delete(s.perUser, user)
+	list := slices.DeleteFunc(s.perUser[c.user], func(o *conn) bool { return o == c })
+	if len(list) == 0 {
+		delete(s.perUser, c.user)
+		return
 	}
+	s.perUser[c.user] = list
 }
+
+// Push is how the device's grain reaches this connection (actors.DeviceSink).
+func (c *conn) Push(userSeq uint64, entry *eventspb.SyncEntry) {
+	c.enqueue(&wire.Notify{UserSeq: userSeq, Entry: entry})
+}
+
+var _ actors.DeviceSink = (*conn)(nil)
 
 // welcome tells a device where its timeline is and which conversations
 // changed since its last seq (all of them on a first login).

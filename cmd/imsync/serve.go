@@ -102,6 +102,10 @@ func startStack(data, listen string, logger *slog.Logger, tcfg transport.Config)
 		}
 		tcfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
+	if tcfg.StatelessResetKey, err = transport.LoadOrCreateResetKey(data); err != nil {
+		st.close()
+		return nil, err
+	}
 	tcfg.Service, tcfg.Key, tcfg.Logger = st.svc, key, logger
 	if st.srv, err = transport.NewServer(tcfg); err == nil {
 		err = st.srv.Listen(listen)

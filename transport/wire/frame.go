@@ -24,6 +24,7 @@ const (
 	CodeTooMany      = 104 // too many connections for this user
 	CodeShutdown     = 105 // the server is stopping
 	CodeInternal     = 106
+	CodeReplaced     = 107 // a newer connection of the same device took this one's place
 )
 
 var (
