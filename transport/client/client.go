@@ -28,7 +28,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -58,6 +57,18 @@ type Config struct {
 	FromNewest bool
 	// NoReconnect: report a lost connection instead of reconnecting.
 	NoReconnect bool
+	// KeepAlive is how often an idle connection pings the server (default
+	// DefaultKeepAlive, 3 s; negative: never). It bounds how long the
+	// client takes to notice a restarted server, which answers the first
+	// packet of an old connection with a stateless reset; then the client
+	// reconnects at once. Longer periods save mobile radio wake-ups (each
+	// ping is one small packet each way) at the price of a later notice.
+	KeepAlive time.Duration
+	// IdleTimeout: a connection that hears nothing from the server this
+	// long is taken for dead (default DefaultIdleTimeout, 15 s; QUIC uses
+	// the smaller of the client's and the server's). It is how the client
+	// notices a server that is gone and not back.
+	IdleTimeout time.Duration
 	Logger      *slog.Logger
 	Client      string // sent in Hello, for the server's logs
 }
@@ -97,7 +108,7 @@ type Client struct {
 	sess    *session
 	ready   chan struct{} // closed when sess is set
 	welcome *wire.Welcome
-	lastErr error
+	final   error // why the client stopped reconnecting
 
 	nextID  atomic.Uint64
 	last    atomic.Uint64 // last user seq delivered to Entries
@@ -119,6 +130,12 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	if cfg.Client == "" {
 		cfg.Client = "imsync-go/1"
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = DefaultKeepAlive
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
 	}
 	c := &Client{
 		cfg:     cfg,
@@ -165,7 +182,7 @@ func (c *Client) Close() error {
 		s := c.sess
 		c.mu.Unlock()
 		if s != nil {
-			s.close("client closing")
+			s.close(ErrClosed)
 		}
 		c.wg.Wait()
 		close(c.entries)
@@ -174,11 +191,47 @@ func (c *Client) Close() error {
 }
 
 func (c *Client) install(s *session, w *wire.Welcome) {
+	s.start(w)
 	c.mu.Lock()
-	c.sess, c.welcome = s, w
-	close(c.ready)
+	c.welcome = w
+	select {
+	case <-s.done: // lost already: supervise reconnects
+	default:
+		c.sess = s
+		close(c.ready)
+	}
 	c.mu.Unlock()
 	c.hear(w.UserSeq)
+}
+
+// forget clears s as the current session: calls wait for the next one.
+func (c *Client) forget(s *session) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sess == s {
+		c.sess = nil
+		c.ready = make(chan struct{})
+	}
+}
+
+// stop records why the client will not reconnect; waiting calls return it.
+func (c *Client) stop(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.final = err
+	if c.sess == nil {
+		close(c.ready)
+	}
+}
+
+// finalError is the error that ends the client when a session ended with
+// cause: the server closed it because the token expired or was refused.
+func finalError(cause error) error {
+	var app *quic.ApplicationError
+	if errors.As(cause, &app) && app.Remote && app.ErrorCode == wire.CodeUnauthorized {
+		return &wire.Error{Code: wire.CodeUnauthorized, Message: app.ErrorMessage}
+	}
+	return nil
 }
 
 // hear records that the timeline reached seq (from a push or a welcome).
@@ -200,21 +253,23 @@ func (c *Client) hear(seq uint64) {
 // supervise waits for the session to end and reconnects with back-off.
 func (c *Client) supervise(s *session) {
 	defer c.wg.Done()
-	backoff := 100 * time.Millisecond
 	for {
 		select {
 		case <-s.done:
 		case <-c.closed:
+			s.close(ErrClosed) // installed while Close ran
 			return
 		}
-		c.mu.Lock()
-		c.ready = make(chan struct{})
-		c.sess = nil
-		c.lastErr = s.err
-		c.mu.Unlock()
+		c.cfg.Logger.Debug("connection lost", "err", s.err)
+		if err := finalError(s.err); err != nil {
+			c.stop(err) // a refused token will not get better
+			return
+		}
 		if c.cfg.NoReconnect {
+			c.stop(s.err)
 			return
 		}
+		backoff := 50 * time.Millisecond
 		for {
 			select {
 			case <-c.closed:
@@ -226,18 +281,16 @@ func (c *Client) supervise(s *session) {
 			cancel()
 			if err == nil {
 				c.install(next, w)
-				s, backoff = next, 100*time.Millisecond
+				s = next
 				break
 			}
 			c.cfg.Logger.Debug("reconnect failed", "err", err)
 			var we *wire.Error
 			if errors.As(err, &we) && we.Code == wire.CodeUnauthorized {
-				c.mu.Lock()
-				c.lastErr = err
-				c.mu.Unlock()
-				return // a refused token will not get better
+				c.stop(err) // a refused token will not get better
+				return
 			}
-			backoff = min(backoff*2, 5*time.Second)
+			backoff = min(max(backoff*2, 100*time.Millisecond), 5*time.Second)
 		}
 	}
 }
@@ -246,13 +299,13 @@ func (c *Client) supervise(s *session) {
 func (c *Client) session(ctx context.Context) (*session, error) {
 	for {
 		c.mu.Lock()
-		s, ready, lastErr := c.sess, c.ready, c.lastErr
+		s, ready, final := c.sess, c.ready, c.final
 		c.mu.Unlock()
 		if s != nil {
 			return s, nil
 		}
-		if c.cfg.NoReconnect && lastErr != nil {
-			return nil, lastErr
+		if final != nil {
+			return nil, final
 		}
 		select {
 		case <-ready:
@@ -342,27 +395,15 @@ func (c *Client) Ack(ctx context.Context, seq uint64) error {
 	return s.writeControl(&wire.ClientControl{Control: &wire.ClientControl_Ack{Ack: &wire.Ack{UserSeq: seq}}})
 }
 
-// session is one QUIC connection.
-type session struct {
-	c       *Client
-	qc      *quic.Conn
-	control *quic.Stream
-	cmu     sync.Mutex // writes to control
-	main    *requests  // long-lived request stream for small calls
-	done    chan struct{}
-	err     error
-	closer  sync.Once
-}
-
 func (c *Client) connect(ctx context.Context) (*session, *wire.Welcome, error) {
 	t := c.cfg.TLS.Clone()
 	t.NextProtos = []string{ALPN}
 	t.MinVersion = tls.VersionTLS13
-	qc, err := quic.DialAddr(ctx, c.cfg.Addr, t, &quic.Config{MaxIdleTimeout: 60 * time.Second, KeepAlivePeriod: 20 * time.Second})
+	qc, err := quic.DialAddr(ctx, c.cfg.Addr, t, &quic.Config{MaxIdleTimeout: c.cfg.IdleTimeout, KeepAlivePeriod: max(c.cfg.KeepAlive, 0)})
 	if err != nil {
 		return nil, nil, fmt.Errorf("client: connect %s: %w", c.cfg.Addr, err)
 	}
-	s := &session{c: c, qc: qc, done: make(chan struct{})}
+	s := newSession(c, qc)
 	fail := func(err error) (*session, *wire.Welcome, error) {
 		qc.CloseWithError(0, "")
 		return nil, nil, err
@@ -401,116 +442,4 @@ func (c *Client) connect(ctx context.Context) (*session, *wire.Welcome, error) {
 	go s.readControl(rd)                                             // errors; ends with the connection
 	go s.readControl(wire.NewReader(push, wire.DefaultMaxFrameSize)) // notifications
 	return s, w, nil
-}
-
-func (s *session) close(reason string) {
-	s.closer.Do(func() {
-		s.err = fmt.Errorf("client: connection lost: %s", reason)
-		s.qc.CloseWithError(0, reason)
-		s.main.failAll(s.err)
-		close(s.done)
-	})
-}
-
-func (s *session) writeControl(m proto.Message) error {
-	s.cmu.Lock()
-	defer s.cmu.Unlock()
-	return wire.WriteFrame(s.control, m)
-}
-
-func (s *session) readControl(rd *wire.Reader) {
-	for {
-		var p wire.ServerPush
-		if err := rd.Read(&p); err != nil {
-			s.close("control stream: " + err.Error())
-			return
-		}
-		switch {
-		case p.GetNotify() != nil:
-			n := p.GetNotify()
-			s.c.pending.Store(n)
-			s.c.hear(n.UserSeq)
-		case p.GetError() != nil:
-			s.c.cfg.Logger.Warn("server error", "err", p.GetError())
-		}
-	}
-}
-
-// requests multiplexes calls over one stream by request id.
-type requests struct {
-	st      *quic.Stream
-	sess    *session
-	wmu     sync.Mutex
-	mu      sync.Mutex
-	pending map[uint64]chan *wire.Response
-	err     error
-}
-
-func newRequests(st *quic.Stream, s *session) *requests {
-	r := &requests{st: st, sess: s, pending: map[uint64]chan *wire.Response{}}
-	go r.readLoop()
-	return r
-}
-
-func (r *requests) readLoop() {
-	rd := wire.NewReader(r.st, wire.DefaultMaxFrameSize)
-	for {
-		var res wire.Response
-		if err := rd.Read(&res); err != nil {
-			if !errors.Is(err, io.EOF) {
-				r.sess.close("request stream: " + err.Error())
-			}
-			r.failAll(fmt.Errorf("client: request stream ended: %w", err))
-			return
-		}
-		r.mu.Lock()
-		ch := r.pending[res.Id]
-		delete(r.pending, res.Id)
-		r.mu.Unlock()
-		if ch != nil {
-			ch <- &res
-		}
-	}
-}
-
-func (r *requests) failAll(err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.err = err
-	for id, ch := range r.pending {
-		close(ch)
-		delete(r.pending, id)
-	}
-}
-
-func (r *requests) roundTrip(ctx context.Context, req *wire.Request) (*wire.Response, error) {
-	ch := make(chan *wire.Response, 1)
-	r.mu.Lock()
-	if r.err != nil {
-		r.mu.Unlock()
-		return nil, r.err
-	}
-	r.pending[req.Id] = ch
-	r.mu.Unlock()
-	r.wmu.Lock()
-	err := wire.WriteFrame(r.st, req)
-	r.wmu.Unlock()
-	if err != nil {
-		r.mu.Lock()
-		delete(r.pending, req.Id)
-		r.mu.Unlock()
-		return nil, err
-	}
-	select {
-	case res, ok := <-ch:
-		if !ok {
-			return nil, r.sess.err
-		}
-		return res, nil
-	case <-ctx.Done():
-		r.mu.Lock()
-		delete(r.pending, req.Id)
-		r.mu.Unlock()
-		return nil, ctx.Err()
-	}
 }

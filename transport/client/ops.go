@@ -30,27 +30,9 @@ func CodeOf(err error) uint32 {
 	return 0
 }
 
-// call runs one request. Bulky requests (pages) get a stream of their own,
-// so that they never delay small ones on the shared stream.
+// call runs one request (see do).
 func (c *Client) call(ctx context.Context, req *wire.Request, bulky bool) (*wire.Response, error) {
-	s, err := c.session(ctx)
-	if err != nil {
-		return nil, err
-	}
-	req.Id = c.nextID.Add(1)
-	var res *wire.Response
-	if bulky {
-		res, err = s.oneShot(ctx, req)
-	} else {
-		res, err = s.main.roundTrip(ctx, req)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if e := res.GetError(); e != nil {
-		return nil, e
-	}
-	return res, nil
+	return c.do(ctx, req, bulky)
 }
 
 func (s *session) oneShot(ctx context.Context, req *wire.Request) (*wire.Response, error) {
