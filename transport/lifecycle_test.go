@@ -1,0 +1,159 @@
+package transport_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/imsync/imsync/transport"
+	"github.com/imsync/imsync/transport/client"
+	"github.com/imsync/imsync/transport/wire"
+)
+
+// eventually polls cond until it holds or 10 s pass.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// Two connections of one device each get the device's pushes; when one
+// closes, the other keeps receiving.
+func TestSameDeviceConnectionsBothReceive(t *testing.T) {
+	ts := startServer(t, transport.Config{})
+	app := ts.dial(t, "bob", "phone", 0)
+	cli := ts.dial(t, "bob", "phone", 0) // e.g. one CLI command with the app's token
+	ann := ts.dial(t, "ann", "phone", 0)
+
+	first, err := ann.Send(ctx(t), client.Message{To: "bob", ClientMsgID: "1", Text: "one"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(t, app, pointerTo(first.Conversation, first.Seq))
+	next(t, cli, pointerTo(first.Conversation, first.Seq))
+
+	cli.Close()
+	second, err := ann.Send(ctx(t), client.Message{To: "bob", ClientMsgID: "2", Text: "two"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(t, app, pointerTo(second.Conversation, second.Seq))
+}
+
+// halfOpenLogin logs a device in over a UDP socket of its own and then
+// closes that socket: the server is left with a connection whose peer is
+// gone without a CONNECTION_CLOSE, as after a phone lost its network.
+func (ts *testServer) halfOpenLogin(t *testing.T, user, device string) {
+	t.Helper()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	t.Cleanup(func() { tr.Close() })
+	raddr, err := net.ResolveUDPAddr("udp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := ts.key.Mint(user, device, time.Hour, time.Now())
+	tc := ts.tls.Clone()
+	tc.NextProtos = []string{transport.ALPN}
+	qc, err := tr.Dial(ctx(t), raddr, tc, &quic.Config{MaxIdleTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	control, err := qc.OpenStreamSync(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire.WriteFrame(control, &wire.Hello{Token: tok})
+	var welcome wire.ServerPush
+	if err := wire.NewReader(control, 0).Read(&welcome); err != nil || welcome.GetWelcome() == nil {
+		t.Fatalf("welcome: %v %v", &welcome, err)
+	}
+	udp.Close() // gone, without a word
+}
+
+// A user at the connection cap reconnects a device whose old connection
+// is half-open: the new connection replaces it. A device with no
+// connection is still refused at the cap, and other devices keep theirs.
+func TestReconnectReplacesHalfOpenConnection(t *testing.T) {
+	ts := startServer(t, transport.Config{MaxConnsPerUser: 2, IdleTimeout: time.Minute})
+	ts.halfOpenLogin(t, "bob", "phone")
+	laptop := ts.dial(t, "bob", "laptop", 0) // bob is at the cap now
+
+	tok, _ := ts.key.Mint("bob", "tablet", time.Hour, time.Now())
+	if _, err := client.Dial(ctx(t), client.Config{Addr: ts.addr, Token: tok, TLS: ts.tls, NoReconnect: true}); client.CodeOf(err) != wire.CodeTooMany {
+		t.Fatalf("a third device at the cap: %v, want code %d", err, wire.CodeTooMany)
+	}
+
+	phone := ts.dial(t, "bob", "phone", 0) // refused with "too many" before
+	ann := ts.dial(t, "ann", "phone", 0)
+	sent, err := ann.Send(ctx(t), client.Message{To: "bob", ClientMsgID: "1", Text: "hi"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next(t, phone, pointerTo(sent.Conversation, sent.Seq))
+	next(t, laptop, pointerTo(sent.Conversation, sent.Seq))
+	if _, err := laptop.Conversations(ctx(t)); err != nil {
+		t.Fatalf("the laptop lost its connection: %v", err)
+	}
+}
+
+// A Send over the frame limit fails with a clear error, and the client
+// keeps working: the next Send on it succeeds.
+func TestOversizeSendKeepsSession(t *testing.T) {
+	ts := startServer(t, transport.Config{})
+	ann := ts.dial(t, "ann", "phone", 0)
+	_, err := ann.Send(ctx(t), client.Message{To: "bob", ClientMsgID: "big", Body: make([]byte, 1<<20)})
+	if err == nil || client.CodeOf(err) != client.CodeTooLarge || !strings.Contains(err.Error(), "frame limit") {
+		t.Fatalf("1 MiB send: %v, want code %d about the frame limit", err, client.CodeTooLarge)
+	}
+	for i, id := range []string{"small-1", "small-2"} {
+		if _, err := ann.Send(ctx(t), client.Message{To: "bob", ClientMsgID: id, Text: "fits"}); err != nil {
+			t.Fatalf("send %d after the oversize one: %v", i+1, err)
+		}
+	}
+}
+
+// A connection ends when its token expires; the client then reports the
+// expiry instead of reconnecting.
+func TestTokenExpiryEndsConnection(t *testing.T) {
+	ts := startServer(t, transport.Config{})
+	tok, err := ts.key.Mint("ann", "phone", 2*time.Second, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ann, err := client.Dial(ctx(t), client.Config{Addr: ts.addr, Token: tok, TLS: ts.tls})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ann.Close()
+	if _, err := ann.Conversations(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	var last error
+	eventually(t, "the connection to end at the token's expiry", func() bool {
+		c, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, last = ann.Conversations(c)
+		return last != nil && !errors.Is(last, context.DeadlineExceeded)
+	})
+	if client.CodeOf(last) != wire.CodeUnauthorized || !strings.Contains(last.Error(), "expired") {
+		t.Fatalf("after expiry: %v, want code %d saying expired", last, wire.CodeUnauthorized)
+	}
+	// And it stays that way, at once, without waiting for a reconnect.
+	c, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := ann.Send(c, client.Message{To: "bob", ClientMsgID: "late", Text: "x"}); client.CodeOf(err) != wire.CodeUnauthorized {
+		t.Fatalf("send after expiry: %v", err)
+	}
+}
