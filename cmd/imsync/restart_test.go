@@ -74,8 +74,8 @@ type lossLog struct {
 }
 
 func (l *lossLog) Enabled(context.Context, slog.Level) bool { return true }
-func (l *lossLog) WithAttrs([]slog.Attr) slog.Handler      { return l }
-func (l *lossLog) WithGroup(string) slog.Handler           { return l }
+func (l *lossLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *lossLog) WithGroup(string) slog.Handler            { return l }
 func (l *lossLog) Handle(_ context.Context, r slog.Record) error {
 	if r.Message != "connection lost" {
 		return nil
