@@ -131,12 +131,12 @@ func TestClientResumesAfterKill9(t *testing.T) {
 	}
 	bobLog, annLog := &lossLog{}, &lossLog{}
 	bob, ann := dial("bob", bobLog), dial("ann", annLog)
-	send := func(ctx context.Context, id string) (*client.Message, uint64, error) {
+	send := func(ctx context.Context, id string) (uint64, error) {
 		r, err := ann.Send(ctx, client.Message{To: "bob", ClientMsgID: id, Text: id})
 		if err != nil {
-			return nil, 0, err
+			return 0, err
 		}
-		return nil, r.Seq, nil
+		return r.Seq, nil
 	}
 	waitEntry := func(seq uint64, within time.Duration) {
 		t.Helper()
@@ -152,7 +152,7 @@ func TestClientResumesAfterKill9(t *testing.T) {
 			}
 		}
 	}
-	_, seq1, err := send(context.Background(), "before")
+	seq1, err := send(context.Background(), "before")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestClientResumesAfterKill9(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, _, err := send(ctx, "in-flight")
+		_, err := send(ctx, "in-flight")
 		inflight <- err
 	}()
 
@@ -190,7 +190,7 @@ func TestClientResumesAfterKill9(t *testing.T) {
 	t.Logf("in-flight send done %s after the restart", time.Since(restarted).Round(time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	defer cancel()
-	_, seq2, err := send(ctx, "after")
+	seq2, err := send(ctx, "after")
 	if err != nil {
 		t.Fatalf("send after the restart: %v", err)
 	}
