@@ -5,10 +5,12 @@
 //
 //	key, _ := transport.LoadOrCreateKey(dataDir)   // signs device tokens
 //	cert, _ := transport.LoadOrCreateCert(dataDir) // self-signed, kept; clients pin it
+//	reset, _ := transport.LoadOrCreateResetKey(dataDir) // a restart resets old connections at once
 //	srv, err := transport.NewServer(transport.Config{
-//		Service: svc, // an *actors.Service
-//		Key:     key,
-//		TLS:     &tls.Config{Certificates: []tls.Certificate{cert}},
+//		Service:           svc, // an *actors.Service
+//		Key:               key,
+//		TLS:               &tls.Config{Certificates: []tls.Certificate{cert}},
+//		StatelessResetKey: reset,
 //	})
 //	if err != nil { ... }
 //	if err := srv.Listen("127.0.0.1:7400"); err != nil { ... }

@@ -1,6 +1,8 @@
 // Package client is the Go client library of imsync: it connects a device
-// over QUIC, keeps the connection up (reconnecting with back-off and
-// resuming from the device's last user seq), offers a typed call for every
+// over QUIC, keeps the connection up (pinging every KeepAlive, reconnecting
+// with back-off and resuming from the device's last user seq; calls made
+// meanwhile wait, and those safe to repeat are repeated on the new
+// connection), offers a typed call for every
 // operation, and delivers the device's sync timeline in order and without
 // gaps: pushed entries are applied when they follow the last one, and any
 // gap is pulled.
