@@ -58,3 +58,16 @@ func TestDeviceConnectionsEachGetPushes(t *testing.T) {
 	}
 	waitPush(t, ch3, 4)
 }
+
+// A connection actor that stops without detaching is forgotten: the
+// device goes offline when it was the last one.
+func TestDeviceForgetsStoppedConnection(t *testing.T) {
+	svc := start(t, actors.Config{Store: newStore(t)})
+	ctx := tctx(t)
+	a, _ := device(t, svc, "bob", "phone")
+	a.Drop()
+	eventually(t, "device offline", func() bool {
+		st, err := svc.Device(ctx, "bob", "phone")
+		return err == nil && !st.Online
+	})
+}
