@@ -149,6 +149,13 @@ func runClient(ctx context.Context, cmd string, args []string, out io.Writer) er
 		return err
 	}
 	defer c.Close()
+	if cmd != "tail" && cmd != "sync" {
+		// The client waits for a lost server to come back; a one-request
+		// command gives up after this long.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+	}
 
 	switch cmd {
 	case "send":
