@@ -113,7 +113,7 @@ func (g *userGrain) deliver(ctx actor.Context, d *Deliver) {
 }
 
 func (g *userGrain) markRead(ctx actor.Context, m *MarkRead) {
-	ev, f := decideMarkRead(g.state, m)
+	ev, marker, f := decideMarkRead(g.state, m)
 	if f != nil {
 		ctx.Respond(f)
 		return
@@ -122,7 +122,7 @@ func (g *userGrain) markRead(ctx actor.Context, m *MarkRead) {
 	if ev != nil {
 		msgs = append(msgs, ev)
 	}
-	g.commit(ctx, msgs, &Ok{})
+	g.commit(ctx, msgs, &Written{ConversationId: m.ConversationId, Seq: marker})
 }
 
 // commit evolves, appends, and answers with reply (a *Delivered gets the
