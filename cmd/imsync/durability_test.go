@@ -228,15 +228,7 @@ func TestKill9UnderLoad(t *testing.T) {
 		}
 		return &op{kind: opSend, user: u, conv: directID(u, peer[u]), to: peer[u], cid: cid}
 	}
-	acked := func() int {
-		n := 0
-		for _, o := range h.snapshot() {
-			if o.acked {
-				n++
-			}
-		}
-		return n
-	}
+	acked := h.ackedCount
 
 	const cycles = 3
 	dialPhones()

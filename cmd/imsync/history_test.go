@@ -147,6 +147,19 @@ func (h *history) snapshot() []*op {
 	return slices.Clone(h.ops)
 }
 
+// ackedCount is how many operations have been acknowledged.
+func (h *history) ackedCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, o := range h.ops {
+		if o.acked {
+			n++
+		}
+	}
+	return n
+}
+
 // lastSeq is the highest seq acknowledged in conv so far (0: none known).
 func (h *history) lastSeq(conv string) uint64 {
 	h.mu.Lock()
