@@ -11,9 +11,7 @@ import (
 // the conversation's last seq.
 func TestMarkReadRule(t *testing.T) {
 	s := newUserState("ann")
-	for _, e := range []*eventspb.MembershipChanged{{ConversationId: "g1", Seq: 1, User: "ann", Added: true}} {
-		evolveUser(s, 1, e)
-	}
+	evolveUser(s, 1, &eventspb.MembershipChanged{ConversationId: "g1", Seq: 1, User: "ann", Added: true})
 	evolveUser(s, 2, &eventspb.ReadMarkerMoved{ConversationId: "g1", ReadSeq: 30})
 	cases := []struct {
 		name    string

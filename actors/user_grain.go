@@ -122,6 +122,7 @@ func (g *userGrain) markRead(ctx actor.Context, m *MarkRead) {
 	if ev != nil {
 		msgs = append(msgs, ev)
 	}
+	// Answered with the marker that results (Written.Seq), once durable.
 	g.commit(ctx, msgs, &Written{ConversationId: m.ConversationId, Seq: marker})
 }
 
