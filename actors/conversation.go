@@ -241,10 +241,12 @@ func decideCreate(s *convState, c *CreateConversation, at int64, lim Limits) ([]
 			return nil, nil, fail(Code_TOO_LARGE, "%d members exceed the maximum of %d", len(members), lim.MaxGroupSize)
 		}
 		if s.exists() {
-			if s.creator == c.Creator {
+			if s.kind == eventspb.ConversationKind_GROUP && s.creator == c.Creator {
 				return nil, &Written{Seq: s.lastSeq, Duplicate: true, ConversationId: s.id}, nil // a retried create
 			}
-			return nil, nil, fail(Code_CONFLICT, "conversation %q exists", s.id)
+			// Anyone else gets the answer of every refused id: whether the
+			// group exists is not theirs to learn.
+			return nil, nil, idNotAvailable(s.id)
 		}
 	default:
 		return nil, nil, fail(Code_INVALID, "unknown conversation kind %v", c.Kind)

@@ -272,13 +272,13 @@ func TestUserCore(t *testing.T) {
 		{&MarkRead{ConversationId: "g9", Seq: 1}, false, true},
 	}
 	for _, tc := range cases {
-		ev, f := decideMarkRead(s, tc.m)
+		ev, _, f := decideMarkRead(s, tc.m)
 		if (f != nil) != tc.failed || (ev != nil) != tc.moves {
 			t.Errorf("%v: event %v failure %v", tc.m, ev, f)
 		}
 	}
 	entry(&eventspb.MembershipChanged{ConversationId: "g1", Seq: 9, User: "ann", Added: false})
-	if _, f := decideMarkRead(s, &MarkRead{ConversationId: "g1", Seq: 9}); f == nil || f.Code != Code_NOT_FOUND {
+	if _, _, f := decideMarkRead(s, &MarkRead{ConversationId: "g1", Seq: 9}); f == nil || f.Code != Code_NOT_FOUND {
 		t.Fatalf("former member marks read: %v", f)
 	}
 }

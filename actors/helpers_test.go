@@ -99,3 +99,18 @@ func eventually(t testing.TB, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// waitPassivated polls until no grain of the given kinds is active on svc:
+// with a short PassivateAfter, idle grains stop by themselves, and the next
+// call rebuilds them from their streams.
+func waitPassivated(t testing.TB, svc *actors.Service, kinds ...string) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("grains of %v to passivate", kinds), func() bool {
+		for _, k := range kinds {
+			if svc.ActiveGrains(k) != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}

@@ -1,6 +1,7 @@
 package actors_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -56,10 +57,11 @@ func TestRandomHistories(t *testing.T) {
 		seq               uint64
 	}
 	var acked []sent
-	bySend := map[string]uint64{} // conv/sender/cid → seq
-	originals := map[string]int{} // conv/sender/cid → answers that were not duplicates
-	readTo := map[string]uint64{} // user/conv → highest read marker set
-	local := map[string]uint64{}  // user/device → user seq the device has applied
+	bySend := map[string]uint64{}                 // conv/sender/cid → seq
+	originals := map[string]int{}                 // conv/sender/cid → answers that were not duplicates
+	readTo := map[string]uint64{}                 // user/conv → highest read marker answered
+	local := map[string]uint64{}                  // user/device → user seq the device has applied
+	applied := map[string][]*eventspb.SyncEntry{} // user/device → the entries it applied, in order
 
 	members := func(conv string) []string {
 		info, err := h.svc.Conversation(tctx(t), admins[conv]+"", conv)
@@ -145,10 +147,17 @@ func TestRandomHistories(t *testing.T) {
 				t.Fatal(err)
 			}
 			seq := uint64(rng.IntN(int(info.LastSeq) + 1))
-			if err := h.svc.MarkRead(ctx, user, "phone", conv, seq); err != nil {
+			marker, err := h.svc.MarkRead(ctx, user, "phone", conv, seq)
+			if err != nil {
 				t.Fatal(err)
 			}
-			readTo[user+"/"+conv] = max(readTo[user+"/"+conv], seq)
+			// The answer is the marker that results: never behind the
+			// request, nor behind a marker answered before.
+			k := user + "/" + conv
+			if marker < seq || marker < readTo[k] || marker > info.LastSeq {
+				t.Fatalf("%s read to %d: marker %d (before: %d, last seq %d)", k, seq, marker, readTo[k], info.LastSeq)
+			}
+			readTo[k] = marker
 		case r < 90: // a device syncs a little and acks
 			user, dev := users[rng.IntN(len(users))], devices[rng.IntN(2)]
 			k := user + "/" + dev
@@ -161,12 +170,13 @@ func TestRandomHistories(t *testing.T) {
 					t.Fatalf("%s pulled %d after %d", k, e.UserSeq, local[k])
 				}
 				local[k] = e.UserSeq
+				applied[k] = append(applied[k], e)
 			}
 			if _, err := h.svc.AckDevice(ctx, user, dev, local[k]); err != nil {
 				t.Fatal(err)
 			}
-		case r < 97: // let idle grains passivate
-			time.Sleep(150 * time.Millisecond)
+		case r < 97: // every grain passivates; the next calls rebuild them
+			waitPassivated(t, h.svc, actors.KindConversation, actors.KindUser, actors.KindDevice)
 		default: // restart the process
 			h.restart()
 		}
@@ -226,29 +236,40 @@ func TestRandomHistories(t *testing.T) {
 				t.Fatalf("%s's pointers for %s: %v, want %v", user, conv, got, want)
 			}
 		}
-		// 3. Unread counts follow the rule from the read markers.
+		// 3. The list holds exactly the user's conversations, and their
+		// unread counts and read markers follow the documented rule.
 		list, err := h.svc.Conversations(tctx(t), user)
 		if err != nil {
 			t.Fatal(err)
 		}
+		var listed, want []string
 		for _, c := range list.Conversations {
-			m := model[c.ConversationId]
-			if want := m.unread(user, readTo[user+"/"+c.ConversationId]); c.Unread != want {
-				t.Fatalf("%s's unread in %s: %d, want %d (read to %d)", user, c.ConversationId, c.Unread, want, readTo[user+"/"+c.ConversationId])
-			}
-			if c.LastReadSeq != readTo[user+"/"+c.ConversationId] && !m.sentAfter(user, readTo[user+"/"+c.ConversationId]) {
-				t.Fatalf("%s's read marker in %s: %d, want %d", user, c.ConversationId, c.LastReadSeq, readTo[user+"/"+c.ConversationId])
+			listed = append(listed, c.ConversationId)
+		}
+		for _, conv := range convs {
+			if _, ok := model[conv].joined[user]; ok {
+				want = append(want, conv)
 			}
 		}
-		// 4. All devices converge: each one, syncing on from where it was,
-		// ends with the same timeline as a fresh full sync, and acks it.
-		full := fmt.Sprint(entries)
+		slices.Sort(listed)
+		slices.Sort(want)
+		if !slices.Equal(listed, want) {
+			t.Fatalf("%s's list: %v, want %v", user, listed, want)
+		}
+		for _, c := range list.Conversations {
+			m, read := model[c.ConversationId], readTo[user+"/"+c.ConversationId]
+			if want := m.unreadByRule(user, read); c.Unread != want {
+				t.Fatalf("%s's unread in %s: %d, want %d (read to %d)", user, c.ConversationId, c.Unread, want, read)
+			}
+			if want := max(read, m.ownDelivered(user)); c.LastReadSeq != want {
+				t.Fatalf("%s's read marker in %s: %d, want %d", user, c.ConversationId, c.LastReadSeq, want)
+			}
+		}
+		// 4. All devices converge: each one, syncing on from where it
+		// stopped, has applied exactly the user's inbox stream as stored.
+		stored := readStoredInbox(t, h.store, user)
 		for _, dev := range devices {
 			k := user + "/" + dev
-			var got []inboxEntry
-			if local[k] > 0 {
-				got = entries[:local[k]]
-			}
 			for {
 				page, err := h.svc.Sync(tctx(t), user, local[k], 3)
 				if err != nil {
@@ -262,16 +283,26 @@ func TestRandomHistories(t *testing.T) {
 						t.Fatalf("%s: gap at %d", k, e.UserSeq)
 					}
 					local[k] = e.UserSeq
+					applied[k] = append(applied[k], e)
 				}
-				got = entries[:local[k]]
 			}
-			if fmt.Sprint(got) != full {
-				t.Fatalf("%s did not converge", k)
+			got := applied[k]
+			if len(got) != len(stored) {
+				t.Fatalf("%s applied %d entries; the inbox stream holds %d", k, len(got), len(stored))
+			}
+			for i, e := range got {
+				r := stored[i]
+				if e.UserSeq != uint64(r.Revision)+1 || e.Type != r.Type || !bytes.Equal(e.Data, r.Data) {
+					t.Fatalf("%s's entry %d: user seq %d %s; stored: revision %d %s", k, i, e.UserSeq, e.Type, r.Revision, r.Type)
+				}
 			}
 			st, err := h.svc.AckDevice(tctx(t), user, dev, local[k])
-			if err != nil || st.AckedUserSeq != uint64(len(entries)) {
-				t.Fatalf("%s acked %v, %v; timeline has %d", k, st, err, len(entries))
+			if err != nil || st.AckedUserSeq != uint64(len(stored)) {
+				t.Fatalf("%s acked %v, %v; timeline has %d", k, st, err, len(stored))
 			}
+		}
+		if len(entries) != len(stored) {
+			t.Fatalf("%s: a full sync gives %d entries, the stream holds %d", user, len(entries), len(stored))
 		}
 	}
 	t.Logf("%d sends acknowledged, %d restarts", len(acked), h.restarts)
@@ -380,30 +411,63 @@ func replayConv(t *testing.T, store events.Store, conv string) *convModel {
 
 func (m *convModel) deliveredTo(user string) []uint64 { return m.delivered[user] }
 
-// unread: messages from others, not recalled, after the read marker, the
-// joining and the user's own latest message.
-func (m *convModel) unread(user string, read uint64) uint64 {
-	after := max(read, m.joined[user])
-	var n uint64
-	for i := len(m.order) - 1; i >= 0 && m.order[i] > after; i-- {
-		msg := m.msgs[m.order[i]]
+// unreadByRule is the rule of docs/actors.md, read as written: "messages
+// from others, not recalled, after the read marker, after the member
+// joined, and after the member's own latest message". Each clause is a
+// separate filter over every message of the stream.
+func (m *convModel) unreadByRule(user string, read uint64) uint64 {
+	joined, ok := m.joined[user]
+	if !ok {
+		return 0
+	}
+	var ownLatest uint64
+	for seq, msg := range m.msgs {
 		if msg.sender == user {
-			break
+			ownLatest = max(ownLatest, seq)
 		}
-		if !m.recalled[m.order[i]] {
+	}
+	var n uint64
+	for seq, msg := range m.msgs {
+		fromOthers := msg.sender != user
+		notRecalled := !m.recalled[seq]
+		afterRead := seq > read
+		afterJoining := seq > joined
+		afterOwn := seq > ownLatest
+		if fromOthers && notRecalled && afterRead && afterJoining && afterOwn {
 			n++
 		}
 	}
 	return n
 }
 
-// sentAfter: the user sent a message after seq (which moves the marker in
-// write-fanout conversations).
-func (m *convModel) sentAfter(user string, seq uint64) bool {
-	for _, s := range m.order {
-		if s > seq && m.msgs[s].sender == user {
-			return true
+// ownDelivered is the seq of the user's latest own message that reached
+// their inbox (write-fanout): a device that sees it has read what came
+// before, so the read marker moves there.
+func (m *convModel) ownDelivered(user string) uint64 {
+	var seq uint64
+	for _, s := range m.delivered[user] {
+		if m.msgs[s].sender == user {
+			seq = max(seq, s)
 		}
 	}
-	return false
+	return seq
+}
+
+// readStoredInbox reads inbox-<user> straight from the store.
+func readStoredInbox(t *testing.T, store events.Store, user string) []events.RecordedEvent {
+	t.Helper()
+	var out []events.RecordedEvent
+	for {
+		page, err := store.ReadStream(tctx(t), events.InboxStream(user), events.ReadStreamOptions{From: events.Revision(len(out)), Limit: 500})
+		if errors.Is(err, events.ErrStreamNotFound) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, page...)
+		if len(page) < 500 {
+			return out
+		}
+	}
 }

@@ -100,6 +100,14 @@ func notFound(conv string) *Failure {
 	return fail(Code_NOT_FOUND, "conversation %q not found", conv)
 }
 
+// idNotAvailable refuses a group id that a creator may not take: one in use
+// by a conversation they did not create, or one reserved for direct
+// conversations. Both get this same answer, so that it says nothing about
+// whether a conversation exists.
+func idNotAvailable(conv string) *Failure {
+	return fail(Code_CONFLICT, "conversation id %q is not available", conv)
+}
+
 const maxIDLen = 128
 
 // ValidateID checks a user, device or conversation id: 1..128 bytes of

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,11 +117,15 @@ func TestGroupLifecycle(t *testing.T) {
 	if len(cat.Conversations) != 1 || cat.Conversations[0].Unread != 1 {
 		t.Fatalf("cat's list: %v", cat)
 	}
-	if err := svc.MarkRead(ctx, "cat", "tab", g, s2.Seq); err != nil {
-		t.Fatal(err)
+	if m, err := svc.MarkRead(ctx, "cat", "tab", g, s2.Seq); err != nil || m != s2.Seq {
+		t.Fatalf("read to %d: marker %d, %v", s2.Seq, m, err)
 	}
-	if err := svc.MarkRead(ctx, "cat", "tab", g, 999); !errors.Is(err, actors.ErrInvalid) {
+	if _, err := svc.MarkRead(ctx, "cat", "tab", g, 999); !errors.Is(err, actors.ErrInvalid) {
 		t.Fatalf("read marker beyond the end: %v", err)
+	}
+	// An older read leaves the marker where it is, and says where that is.
+	if m, err := svc.MarkRead(ctx, "cat", "tab", g, s1.Seq); err != nil || m != s2.Seq {
+		t.Fatalf("read to %d after %d: marker %d, %v", s1.Seq, s2.Seq, m, err)
 	}
 	cat, _ = svc.Conversations(ctx, "cat")
 	if cat.Conversations[0].Unread != 0 || cat.Conversations[0].LastReadSeq != s2.Seq {
@@ -162,8 +167,8 @@ func TestGroupLifecycle(t *testing.T) {
 		t.Fatalf("recall after the window: %v", err)
 	}
 
-	// After the grains passivate, everything is rebuilt from the streams.
-	time.Sleep(time.Second)
+	// After the conversation passivates, everything is rebuilt from its stream.
+	waitPassivated(t, svc, actors.KindConversation)
 	r, err := svc.Send(ctx, actors.SendRequest{Conversation: g, Sender: "ann", ClientMsgID: "a1", Body: []byte("hello")})
 	if err != nil || !r.Duplicate || r.Seq != s1.Seq {
 		t.Fatalf("retry of an old send after passivation: %+v %v", r, err)
@@ -206,7 +211,7 @@ func TestReadFanoutGroup(t *testing.T) {
 	if !c.ReadFanout || c.Unread != 5 || c.LastSeq != last || c.LatestMessageSeq != last {
 		t.Fatalf("bob's line for the big group: %v", c)
 	}
-	if err := svc.MarkRead(ctx, "bob", "phone", g, last-2); err != nil {
+	if _, err := svc.MarkRead(ctx, "bob", "phone", g, last-2); err != nil {
 		t.Fatal(err)
 	}
 	list, _ = svc.Conversations(ctx, "bob")
@@ -238,7 +243,7 @@ func TestAuthorization(t *testing.T) {
 		msgs = append(msgs, check(t, "join", err))
 		_, err = svc.Recall(ctx, "eve", conv, 2)
 		msgs = append(msgs, check(t, "recall", err))
-		err = svc.MarkRead(ctx, "eve", "d", conv, 1)
+		_, err = svc.MarkRead(ctx, "eve", "d", conv, 1)
 		msgs = append(msgs, check(t, "mark read", err))
 		for _, m := range msgs {
 			if m != fmt.Sprintf("NOT_FOUND: conversation %q not found", conv) {
@@ -246,8 +251,16 @@ func TestAuthorization(t *testing.T) {
 			}
 		}
 	}
-	if _, err := svc.CreateGroup(ctx, g, "eve", "mine now", nil); !errors.Is(err, actors.ErrConflict) {
-		t.Fatalf("taking over a group id: %v", err)
+	// Creating a group under a taken id tells a stranger what any refused
+	// id tells: the same error, only the id differs.
+	_, taken := svc.CreateGroup(ctx, g, "eve", "mine now", nil)
+	_, reserved := svc.CreateGroup(ctx, "dm-eve~zed", "eve", "mine now", nil)
+	if !errors.Is(taken, actors.ErrConflict) || !errors.Is(reserved, actors.ErrConflict) ||
+		strings.ReplaceAll(taken.Error(), g, "ID") != strings.ReplaceAll(reserved.Error(), "dm-eve~zed", "ID") {
+		t.Fatalf("taking over a group id: %v; a reserved id: %v", taken, reserved)
+	}
+	if _, err := svc.CreateGroup(ctx, g, "ann", "secret", []string{"bob"}); err != nil {
+		t.Fatalf("the creator's retry: %v", err)
 	}
 	if entries := readInbox(t, svc, "eve"); len(entries) != 0 {
 		t.Fatalf("eve's inbox has %d entries", len(entries))

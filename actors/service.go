@@ -271,7 +271,7 @@ func (s *Service) CreateGroup(ctx context.Context, id, creator, name string, mem
 		return "", err
 	}
 	if _, _, direct := splitDirect(id); direct {
-		return "", fail(Code_INVALID, "group ids cannot look like direct ones")
+		return "", idNotAvailable(id) // reserved for direct conversations
 	}
 	_, err := call[*Written](s, ctx, id, kindConversation, &CreateConversation{Kind: eventspb.ConversationKind_GROUP, Creator: creator, Name: name, Members: members})
 	return id, err
@@ -373,26 +373,31 @@ func (s *Service) Conversation(ctx context.Context, reader, conv string) (*event
 	return call[*eventspb.ConversationInfo](s, ctx, conv, kindConversation, &GetConversation{Reader: reader})
 }
 
-// MarkRead moves the user's read marker in conv to seq (forward only); the
-// user's other devices learn it through the sync timeline.
-func (s *Service) MarkRead(ctx context.Context, user, device, conv string, seq uint64) error {
+// MarkRead moves the user's read marker in conv to seq (forward only) and
+// returns the marker that results: seq, or the marker already set if it was
+// further (an older read never moves it back). The user's other devices
+// learn it through the sync timeline.
+func (s *Service) MarkRead(ctx context.Context, user, device, conv string, seq uint64) (uint64, error) {
 	info, err := s.Conversation(ctx, user, conv)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if seq > info.LastSeq {
-		return fail(Code_INVALID, "read marker %d beyond the conversation's last seq %d", seq, info.LastSeq)
+	if f := decideReadTarget(info, seq); f != nil {
+		return 0, f
 	}
 	mark := &MarkRead{ConversationId: conv, Seq: seq, Device: device}
-	_, err = call[*Ok](s, ctx, user, kindUser, mark)
+	w, err := call[*Written](s, ctx, user, kindUser, mark)
 	if errors.Is(err, ErrNotFound) {
 		// A member whose joining is still being fanned out: wait for it.
 		if err := s.EnsureFanout(ctx, conv, info.LastSeq); err != nil {
-			return err
+			return 0, err
 		}
-		_, err = call[*Ok](s, ctx, user, kindUser, mark)
+		w, err = call[*Written](s, ctx, user, kindUser, mark)
 	}
-	return err
+	if err != nil {
+		return 0, err
+	}
+	return w.Seq, nil
 }
 
 // HistoryQuery selects a page of a conversation: the latest Limit messages

@@ -62,16 +62,28 @@ func decideDeliver(s *userState, d *Deliver) []*InboxItem {
 	return out
 }
 
-// decideMarkRead moves the read marker forward only.
-func decideMarkRead(s *userState, m *MarkRead) (proto.Message, *Failure) {
+// decideReadTarget checks a read marker against what the reader sees of the
+// conversation (the service asks the conversation first): it never passes
+// the conversation's last seq.
+func decideReadTarget(info *eventspb.ConversationInfo, seq uint64) *Failure {
+	if seq > info.GetLastSeq() {
+		return fail(Code_INVALID, "read marker %d beyond the conversation's last seq %d", seq, info.GetLastSeq())
+	}
+	return nil
+}
+
+// decideMarkRead moves the read marker forward only. It returns the event to
+// append (none when the marker is already at or past m.Seq) and the marker
+// that results, which is what the caller is told.
+func decideMarkRead(s *userState, m *MarkRead) (proto.Message, uint64, *Failure) {
 	c := s.convs[m.ConversationId]
 	if c == nil || !c.member {
-		return nil, notFound(m.ConversationId)
+		return nil, 0, notFound(m.ConversationId)
 	}
 	if m.Seq <= c.lastRead {
-		return nil, nil // read markers only move forward: nothing to do
+		return nil, c.lastRead, nil // read markers only move forward: nothing to do
 	}
-	return &eventspb.ReadMarkerMoved{ConversationId: m.ConversationId, ReadSeq: m.Seq, Device: m.Device}, nil
+	return &eventspb.ReadMarkerMoved{ConversationId: m.ConversationId, ReadSeq: m.Seq, Device: m.Device}, m.Seq, nil
 }
 
 // evolveUser applies the inbox entry stored at userSeq.

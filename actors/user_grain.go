@@ -118,7 +118,7 @@ func (g *userGrain) deliver(ctx actor.Context, d *Deliver) {
 }
 
 func (g *userGrain) markRead(ctx actor.Context, m *MarkRead) {
-	ev, f := decideMarkRead(g.state, m)
+	ev, marker, f := decideMarkRead(g.state, m)
 	if f != nil {
 		ctx.Respond(f)
 		return
@@ -127,7 +127,8 @@ func (g *userGrain) markRead(ctx actor.Context, m *MarkRead) {
 	if ev != nil {
 		msgs = append(msgs, ev)
 	}
-	g.commit(ctx, msgs, &Ok{})
+	// Answered with the marker that results (Written.Seq), once durable.
+	g.commit(ctx, msgs, &Written{ConversationId: m.ConversationId, Seq: marker})
 }
 
 // commit evolves, appends, and answers with reply (a *Delivered gets the

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -158,8 +159,12 @@ func TestEndToEnd(t *testing.T) {
 		r, ok := e.Message.(*eventspb.RecallNotice)
 		return ok && r.RecalledSeq == last.Seq
 	})
-	if err := bobPhone.MarkRead(ctx(t), g, last.Seq-1); err != nil {
-		t.Fatal(err)
+	if m, err := bobPhone.MarkRead(ctx(t), g, last.Seq-1); err != nil || m != last.Seq-1 {
+		t.Fatalf("read to %d: marker %d, %v", last.Seq-1, m, err)
+	}
+	// An older read answers with the marker that stays.
+	if m, err := bobPhone.MarkRead(ctx(t), g, 1); err != nil || m != last.Seq-1 {
+		t.Fatalf("read to 1 after %d: marker %d, %v", last.Seq-1, m, err)
 	}
 
 	// The laptop reconnects from where it was and gets exactly the missing
@@ -348,6 +353,12 @@ func TestSlowDeviceBounded(t *testing.T) {
 	if frames >= n {
 		t.Fatalf("the slow device was sent %d notifications for %d entries: nothing was coalesced", frames, n)
 	}
+	// And the server never held more for it than PushQueue notifications
+	// of about 1 KB each, though 1,500 came while it did not read.
+	notes, bytes := ts.srv.QueuePeak()
+	if notes == 0 || notes > 16 || bytes > 16*(len(body)+256) {
+		t.Fatalf("a connection had %d notifications (%d bytes) queued at once; the bound is 16 of about 1 KB", notes, bytes)
+	}
 
 	// A new device pulls the whole timeline: pages come compressed, and
 	// every entry arrives once, in order.
@@ -371,22 +382,54 @@ func TestSlowDeviceBounded(t *testing.T) {
 	t.Logf("%d entries reached the slow device as %d notifications", want, frames)
 }
 
+// TestRateLimitAndConnectionLimit: the request limiter runs on the server's
+// clock (Config.Now), so the test drives it: the burst passes, the rest is
+// refused while the clock stands still, and exactly the refill passes once
+// it moves.
 func TestRateLimitAndConnectionLimit(t *testing.T) {
-	// A slow refill, so that even a slow machine sends the 20 faster than it.
-	ts := startServer(t, transport.Config{RequestsPerSecond: 0.5, RequestBurst: 5, MaxConnsPerUser: 2})
-	c := ts.dial(t, "ann", "phone", 0)
-	limited := 0
-	for i := range 20 {
-		_, err := c.Send(ctx(t), client.Message{To: "bob", ClientMsgID: fmt.Sprint(i), Text: "x"})
-		if client.CodeOf(err) == wire.CodeRateLimited {
-			limited++
-		} else if err != nil {
+	var now atomic.Int64
+	now.Store(time.Now().UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	ts := startServer(t, transport.Config{RequestsPerSecond: 1, RequestBurst: 5, MaxConnsPerUser: 2, Now: clock})
+	qc, _, _ := ts.rawLogin(t, "ann", "phone") // a bare connection: no request but the test's own
+	round := func(n int) (passed, limited int) {
+		t.Helper()
+		st, err := qc.OpenStreamSync(ctx(t))
+		if err != nil {
 			t.Fatal(err)
 		}
+		for i := range n {
+			wire.WriteFrame(st, &wire.Request{Id: uint64(i + 1), Op: &wire.Request_Conversations{Conversations: &wire.ListConversations{}}})
+		}
+		st.Close()
+		rd := wire.NewReader(st, 0)
+		for range n {
+			var res wire.Response
+			if err := rd.Read(&res); err != nil {
+				t.Fatalf("after %d answers: %v", passed+limited, err)
+			}
+			switch res.GetError().GetCode() {
+			case 0:
+				passed++
+			case wire.CodeRateLimited:
+				limited++
+			default:
+				t.Fatalf("answer %v", &res)
+			}
+		}
+		return passed, limited
 	}
-	if limited < 10 {
-		t.Fatalf("only %d of 20 requests were limited (burst 5, then one per 2 s)", limited)
+	if p, l := round(20); p != 5 || l != 15 {
+		t.Fatalf("with the clock standing: %d passed, %d limited; want the burst of 5, then 15 limited", p, l)
 	}
+	if p, l := round(5); p != 0 || l != 5 {
+		t.Fatalf("still standing: %d passed, %d limited; want none to pass", p, l)
+	}
+	now.Add(int64(3 * time.Second))
+	if p, l := round(10); p != 3 || l != 7 {
+		t.Fatalf("3 s later: %d passed, %d limited; want the 3 requests refilled", p, l)
+	}
+
 	ts.dial(t, "ann", "laptop", 0)
 	tok, _ := ts.key.Mint("ann", "tablet", time.Hour, time.Now())
 	if _, err := client.Dial(ctx(t), client.Config{Addr: ts.addr, Token: tok, TLS: ts.tls, NoReconnect: true}); client.CodeOf(err) != wire.CodeTooMany {

@@ -66,8 +66,9 @@ func (c *conn) handle(ctx context.Context, req *wire.Request) *wire.Response {
 		seq, err = svc.Edit(ctx, c.user, op.Edit.Conversation, op.Edit.Seq, op.Edit.Body)
 		res.Result = &wire.Response_Done{Done: &wire.Done{Seq: seq}}
 	case *wire.Request_MarkRead:
-		err = svc.MarkRead(ctx, c.user, c.device, op.MarkRead.Conversation, op.MarkRead.Seq)
-		res.Result = &wire.Response_Done{Done: &wire.Done{Seq: op.MarkRead.Seq}}
+		var marker uint64
+		marker, err = svc.MarkRead(ctx, c.user, c.device, op.MarkRead.Conversation, op.MarkRead.Seq)
+		res.Result = &wire.Response_Done{Done: &wire.Done{Seq: marker}} // the marker that results
 	case *wire.Request_Sync:
 		limit := int(op.Sync.Limit)
 		if limit == 0 {

@@ -94,6 +94,8 @@ type Server struct {
 	conns   map[*quic.Conn]struct{}
 	closed  bool
 	wg      sync.WaitGroup
+
+	peak queuePeak // the most any connection has had queued (QueuePeak)
 }
 
 // NewServer checks cfg and returns a server ready to Listen.
@@ -211,6 +213,7 @@ type conn struct {
 
 	mu      sync.Mutex // guards queue and writes to control
 	queue   []*wire.Notify
+	queued  int // bytes of the notifications in queue
 	wake    chan struct{}
 	dropped int // notifications coalesced away (slow device)
 }
@@ -412,10 +415,12 @@ func (c *conn) enqueue(n *wire.Notify) {
 	c.mu.Lock()
 	if len(c.queue) >= c.s.cfg.PushQueue {
 		c.dropped += len(c.queue)
-		c.queue = c.queue[:0]
+		c.queue, c.queued = c.queue[:0], 0
 		n = &wire.Notify{UserSeq: n.UserSeq} // no entry: the device pulls
 	}
 	c.queue = append(c.queue, n)
+	c.queued += proto.Size(n)
+	c.s.peak.observe(len(c.queue), c.queued)
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
@@ -433,7 +438,7 @@ func (c *conn) pushLoop(ctx context.Context, push *quic.SendStream) {
 		}
 		c.mu.Lock()
 		batch := c.queue
-		c.queue = nil
+		c.queue, c.queued = nil, 0
 		c.mu.Unlock()
 		var buf []byte
 		for _, n := range batch {
@@ -492,7 +497,7 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 			}
 			return
 		}
-		if !c.limiter.Allow() {
+		if !c.limiter.AllowN(c.s.cfg.Now(), 1) { // the configured clock, so that tests can drive it
 			respond(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "request rate limit"}}})
 			continue
 		}

@@ -78,6 +78,12 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	fmt.Fprintf(out, "imsync bench against %s, %d cores, %s per scenario\n", b.addr, runtime.NumCPU(), *duration)
+	var report benchReport
+	defer func() {
+		if benchReported != nil {
+			benchReported(report)
+		}
+	}()
 	var echo float64
 	if run["echo"] {
 		var err error
@@ -85,6 +91,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(out, "bare quic-go echo: %.0f round trips/s (%d long-lived streams, 200-byte frames)\n", echo, *pairs)
+		report.echo = echo
 	}
 	if run["direct"] {
 		if b.stack != nil {
@@ -95,12 +102,14 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 			}
 			fmt.Fprintf(out, "store alone: %.0f durable appends/s; grains alone (1:1 sends through actors.Service): %.0f msg/s\n", store, actorRate)
 			b.below = actorRate
+			report.store, report.grains = store, actorRate
 		}
 		r, err := b.scenario(ctx, "direct", *pairs, *pairs)
 		if err != nil {
 			return err
 		}
 		r.print(out, echo)
+		report.results = append(report.results, r)
 		if b.below > 0 {
 			fmt.Fprintf(out, "  = %.0f%% of the grains-alone rate\n", 100*float64(r.sends)/r.elapsed.Seconds()/b.below)
 		}
@@ -111,6 +120,7 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 		r.print(out, 0)
+		report.results = append(report.results, r)
 	}
 	if run["idle"] && *idle > 0 {
 		if err := b.idleMemory(ctx, *idle); err != nil {
@@ -222,9 +232,19 @@ type result struct {
 	name           string
 	sends          int
 	elapsed        time.Duration
-	ack, push      []time.Duration
+	ack, push      []time.Duration // push: one per message that reached a receiving device
 	devices, users int
+	due            int // deliveries the sends call for (each message to each receiving device)
 }
+
+// benchReport is what one bench run measured.
+type benchReport struct {
+	echo, store, grains float64 // rates; 0 when not measured
+	results             []result
+}
+
+// benchReported, if set (tests), receives the report of each run.
+var benchReported func(benchReport)
 
 func pct(d []time.Duration, p float64) time.Duration {
 	if len(d) == 0 {
@@ -242,7 +262,7 @@ func (r result) print(out io.Writer, echo float64) {
 	}
 	fmt.Fprintln(out)
 	fmt.Fprintf(out, "  send→ack   p50 %-8s p99 %-8s max %s\n", pct(r.ack, .5).Round(10*time.Microsecond), pct(r.ack, .99).Round(10*time.Microsecond), pct(r.ack, 1).Round(10*time.Microsecond))
-	fmt.Fprintf(out, "  send→push  p50 %-8s p99 %-8s max %s (%d pushes)\n", pct(r.push, .5).Round(10*time.Microsecond), pct(r.push, .99).Round(10*time.Microsecond), pct(r.push, 1).Round(10*time.Microsecond), len(r.push))
+	fmt.Fprintf(out, "  send→push  p50 %-8s p99 %-8s max %s (%d pushes of %d due)\n", pct(r.push, .5).Round(10*time.Microsecond), pct(r.push, .99).Round(10*time.Microsecond), pct(r.push, 1).Round(10*time.Microsecond), len(r.push), r.due)
 }
 
 // scenario "direct": senders[i] writes to receivers[i]; "group": members
@@ -359,7 +379,21 @@ func (b *bench) scenario(ctx context.Context, name string, users, senders int) (
 		return result{}, err // receivers are still writing r: do not copy it
 	default:
 	}
-	time.Sleep(500 * time.Millisecond) // let the last pushes land
+	// Every message goes to each receiving device (in a group, the
+	// sender's own receiving device too): wait, within reason, for the last
+	// pushes to land.
+	r.due = r.sends
+	if name == "group" {
+		r.due = r.sends * len(receivers)
+	}
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end) && ctx.Err() == nil; time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		n := len(r.push)
+		mu.Unlock()
+		if n >= r.due {
+			break
+		}
+	}
 	for _, c := range receivers {
 		c.Close() // ends each receiver's Entries loop
 	}

@@ -141,9 +141,14 @@ func jsonNum(f float64) string {
 }
 
 // TestBenchRuns runs every bench scenario but the idle one (which needs
-// the real binary as its child) at a tiny scale.
+// the real binary as its child) at a tiny scale, and checks that each one
+// measured something: positive rates, messages sent, and every message
+// delivered to every device it was due at.
 func TestBenchRuns(t *testing.T) {
 	var out bytes.Buffer
+	var rep benchReport
+	benchReported = func(r benchReport) { rep = r }
+	defer func() { benchReported = nil }()
 	err := run(context.Background(), []string{"bench", "--duration", "300ms", "--pairs", "4", "--group", "6", "--group-senders", "2", "--scenarios", "echo,direct,group"}, &out)
 	if err != nil {
 		t.Fatal(err)
@@ -151,6 +156,21 @@ func TestBenchRuns(t *testing.T) {
 	for _, want := range []string{"bare quic-go echo:", "store alone:", "grains alone", "of the grains-alone rate", "direct: 8 users", "group: 6 users", "send→push"} {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("bench output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if rep.echo <= 0 || rep.store <= 0 || rep.grains <= 0 || len(rep.results) != 2 {
+		t.Fatalf("bench measured echo %.0f/s, store %.0f/s, grains %.0f/s, %d scenarios:\n%s", rep.echo, rep.store, rep.grains, len(rep.results), out.String())
+	}
+	for _, r := range rep.results {
+		if r.sends == 0 || r.elapsed <= 0 || len(r.ack) != r.sends {
+			t.Fatalf("%s: %d sends, %d acks in %s", r.name, r.sends, len(r.ack), r.elapsed)
+		}
+		want := r.sends
+		if r.name == "group" {
+			want = r.sends * r.devices
+		}
+		if r.due != want || len(r.push) != r.due {
+			t.Fatalf("%s: %d of %d deliveries reached the devices (%d sends to %d devices)", r.name, len(r.push), r.due, r.sends, r.devices)
 		}
 	}
 }

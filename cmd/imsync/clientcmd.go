@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -56,7 +57,15 @@ func (f *clientFlags) dial(ctx context.Context, last uint64, fromNewest bool) (*
 	return client.Dial(dctx, client.Config{Addr: f.server, Token: f.token, TLS: t, LastUserSeq: last, FromNewest: fromNewest, Client: "imsync-cli/1"})
 }
 
-// printer prints records as JSON lines or as aligned text.
+// printer prints records as JSON lines or as key=value text.
+//
+// Text that other users wrote reaches the terminal escaped: a value holding
+// a control character, a newline, a space, a quote, a backslash or invalid
+// UTF-8 is printed as a Go-quoted string ("a\nb", "\x1b[2J", "\xff"), so no
+// one can move the cursor, forge a line or hide bytes. In JSON, a []byte
+// value (message text) that is valid UTF-8 is a string under its key; one
+// that is not is base64 under KEY_base64 instead (text_base64), so invalid
+// bytes stay visible instead of turning into U+FFFD.
 type printer struct {
 	out  io.Writer
 	json bool
@@ -64,17 +73,60 @@ type printer struct {
 
 func (p printer) print(fields []string, rec map[string]any) {
 	if p.json {
-		b, _ := json.Marshal(rec)
+		b, _ := json.Marshal(jsonRecord(rec))
 		fmt.Fprintln(p.out, string(b))
 		return
 	}
 	var parts []string
 	for _, f := range fields {
 		if v, ok := rec[f]; ok && v != "" && v != nil {
-			parts = append(parts, fmt.Sprintf("%s=%v", f, v))
+			if b, isBytes := v.([]byte); isBytes && len(b) == 0 {
+				continue
+			}
+			parts = append(parts, f+"="+textValue(v))
 		}
 	}
 	fmt.Fprintln(p.out, strings.Join(parts, " "))
+}
+
+// textValue renders one value for text output (see printer).
+func textValue(v any) string {
+	var s string
+	switch x := v.(type) {
+	case string:
+		s = x
+	case []byte:
+		s = string(x)
+	default:
+		return fmt.Sprint(v)
+	}
+	if !utf8.ValidString(s) {
+		return strconv.Quote(s)
+	}
+	for _, r := range s {
+		if r == ' ' || r == '"' || r == '\\' || !strconv.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
+// jsonRecord turns []byte values into strings, or into KEY_base64 when
+// they are not valid UTF-8 (see printer).
+func jsonRecord(rec map[string]any) map[string]any {
+	out := make(map[string]any, len(rec))
+	for k, v := range rec {
+		if b, ok := v.([]byte); ok {
+			if utf8.Valid(b) {
+				out[k] = string(b)
+			} else {
+				out[k+"_base64"] = b // encoding/json writes []byte as standard base64
+			}
+			continue
+		}
+		out[k] = v
+	}
+	return out
 }
 
 func runClient(ctx context.Context, cmd string, args []string, out io.Writer) error {
@@ -148,6 +200,21 @@ func runClient(ctx context.Context, cmd string, args []string, out io.Writer) er
 	if err != nil {
 		return err
 	}
+	if newest := c.Welcome().GetUserSeq(); cmd == "sync" && last > newest {
+		// The saved position is beyond anything the server has (a state file
+		// from another server, or a store restored from an older backup):
+		// nothing would ever arrive after it. Say so, and sync again from
+		// the start of the timeline.
+		p.print([]string{"notice", "saved_user_seq", "newest_user_seq"}, map[string]any{
+			"notice":         "saved position beyond the server's newest; syncing again from the start",
+			"saved_user_seq": last, "newest_user_seq": newest,
+		})
+		c.Close()
+		last = 0
+		if c, err = cf.dial(ctx, last, false); err != nil {
+			return err
+		}
+	}
 	defer c.Close()
 	if cmd != "tail" && cmd != "sync" {
 		// The client waits for a lost server to come back; a one-request
@@ -214,7 +281,7 @@ func runClient(ctx context.Context, cmd string, args []string, out io.Writer) er
 		for _, m := range h.Messages {
 			p.print([]string{"seq", "sender", "text", "recalled", "client_msg_id"}, map[string]any{
 				"conversation": *conv, "seq": m.Seq, "sender": m.Message.GetSender(), "client_msg_id": m.Message.GetClientMsgId(),
-				"text": string(m.Message.GetBody()), "recalled": m.Recalled,
+				"text": m.Message.GetBody(), "recalled": m.Recalled,
 			})
 		}
 	case "sync":
@@ -253,10 +320,12 @@ func runClient(ctx context.Context, cmd string, args []string, out io.Writer) er
 			}
 		}
 	case "read":
-		if err := c.MarkRead(ctx, *conv, *seq); err != nil {
+		marker, err := c.MarkRead(ctx, *conv, *seq)
+		if err != nil {
 			return err
 		}
-		p.print([]string{"conversation", "read_seq"}, map[string]any{"conversation": *conv, "read_seq": *seq})
+		// The marker that results: an older seq leaves a further one in place.
+		p.print([]string{"conversation", "read_seq"}, map[string]any{"conversation": *conv, "read_seq": marker})
 	case "recall":
 		s, err := c.Recall(ctx, *conv, *seq)
 		if err != nil {
@@ -276,14 +345,14 @@ func entryRecord(e client.Entry) map[string]any {
 	case *eventspb.MessagePointer:
 		r["conversation"], r["seq"], r["sender"] = m.ConversationId, m.Seq, m.Sender
 		if m.Message != nil {
-			r["text"], r["client_msg_id"] = string(m.Message.Body), m.Message.ClientMsgId
+			r["text"], r["client_msg_id"] = m.Message.Body, m.Message.ClientMsgId
 		}
 	case *eventspb.MembershipChanged:
 		r["conversation"], r["seq"], r["user"], r["added"] = m.ConversationId, m.Seq, m.User, m.Added
 	case *eventspb.RecallNotice:
 		r["conversation"], r["seq"], r["recalled_seq"] = m.ConversationId, m.Seq, m.RecalledSeq
 	case *eventspb.EditNotice:
-		r["conversation"], r["seq"], r["text"] = m.ConversationId, m.Seq, string(m.Body)
+		r["conversation"], r["seq"], r["text"] = m.ConversationId, m.Seq, m.Body
 	case *eventspb.ReadMarkerMoved:
 		r["conversation"], r["read_seq"] = m.ConversationId, m.ReadSeq
 	}

@@ -3,12 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -51,6 +52,9 @@ func startChild(t *testing.T, data string) (*exec.Cmd, string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// Whatever way the test ends, the child ends with it (Kill of one that
+	// has ended already is a harmless error).
+	t.Cleanup(func() { cmd.Process.Kill() })
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
@@ -66,165 +70,329 @@ func startChild(t *testing.T, data string) (*exec.Cmd, string) {
 	return nil, ""
 }
 
-type sendRecord struct {
-	conv, cid string
-	seq       uint64
-}
-
-// TestKill9UnderLoad kills the server with SIGKILL while clients send with
-// client message ids, restarts it, lets the clients retry what was not
-// acknowledged, and checks that every conversation's seqs are gapless and
-// every message exists exactly once — at the seq acknowledged, if it was.
+// TestKill9UnderLoad kills the server with SIGKILL several times while
+// every user's device sends (to a group and directly), recalls, marks read
+// and, for the group's admin, adds and removes a member. Each time, the
+// server restarts and every operation whose outcome the kill hid is retried
+// with the same ids. A history of everything acknowledged is then held
+// against the store (see history_test.go):
+//   - each acknowledged message is stored once, at its acknowledged seq,
+//     and nothing is stored that was not acknowledged; conversation seqs
+//     are gapless; every acknowledged send retried afterwards answers
+//     "duplicate" with the same seq;
+//   - recalls and membership changes are stored as acknowledged;
+//   - every member's sync timeline is gapless and holds each entry its
+//     conversations owe it exactly once, in order, and nothing else;
+//   - every device (one online during the load, one that synced once and
+//     went offline, one offline throughout) converges to exactly that
+//     timeline, and recalls reach the offline ones;
+//   - conversation lists hold each member's conversations, with unread
+//     counts by the documented rule from the acknowledged read markers.
 func TestKill9UnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("IMSYNC_SEED"); v != "" {
+		seed, _ = strconv.ParseUint(v, 10, 64)
+	}
+	t.Logf("seed %d (rerun with IMSYNC_SEED=%d)", seed, seed)
+	began := time.Now()
 	data := filepath.Join(t.TempDir(), "data")
 	key, err := transport.LoadOrCreateKey(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	senders := []string{"ann", "bob", "cat", "dan"}
-	dial := func(addr, user string) *client.Client {
-		tok, _ := key.Mint(user, "phone", time.Hour, time.Now())
+	dial := func(addr, user, dev string, last uint64) *client.Client {
+		t.Helper()
+		tok, _ := key.Mint(user, dev, time.Hour, time.Now())
 		pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
 		if err != nil {
 			t.Fatal(err)
 		}
 		tlsConf, _ := client.PinnedTLS(pem)
-		c, err := client.Dial(context.Background(), client.Config{Addr: addr, Token: tok, TLS: tlsConf, NoReconnect: true})
+		var c *client.Client
+		err = withTimeout(20*time.Second, func(ctx context.Context) error {
+			c, err = client.Dial(ctx, client.Config{Addr: addr, Token: tok, TLS: tlsConf, NoReconnect: true, LastUserSeq: last})
+			return err
+		})
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("dial %s/%s: %v", user, dev, err)
 		}
 		return c
 	}
 
+	users := []string{"ann", "bob", "cat", "dan", "eve"}
+	peer := map[string]string{"ann": "bob", "bob": "cat", "cat": "dan", "dan": "ann", "eve": "ann"}
+	const group, admin, joiner = "crew", "ann", "eve"
+	convsOf := func(u string) []string {
+		out := []string{directID(u, peer[u])}
+		if u != joiner {
+			out = append(out, group)
+		}
+		for v, p := range peer {
+			if p == u {
+				out = append(out, directID(u, v))
+			}
+		}
+		return out
+	}
+	h := &history{}
+	devices := map[string]*device{}
+	for _, u := range users {
+		for _, d := range []string{"phone", "laptop", "tablet"} {
+			devices[u+"/"+d] = &device{user: u, name: d}
+		}
+	}
+
 	child, addr := startChild(t, data)
-	setup := dial(addr, "ann")
-	group, err := setup.CreateGroup(context.Background(), "crew", "crew", senders[1:])
-	if err != nil {
+	setup := dial(addr, admin, "setup", 0)
+	if err := withTimeout(10*time.Second, func(ctx context.Context) error {
+		_, err := setup.CreateGroup(ctx, group, group, []string{"bob", "cat", "dan"})
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	setup.Close()
 
-	var mu sync.Mutex
-	acked := map[string]sendRecord{} // cid → where it was acknowledged
-	unsure := map[string]string{}    // cid → conversation, outcome unknown
+	// phones are the devices online during the load; each applies its
+	// timeline as it goes.
+	type phone struct {
+		c    *client.Client
+		done chan struct{}
+	}
+	phones := map[string]*phone{}
+	dialPhones := func() {
+		for _, u := range users {
+			d := devices[u+"/phone"]
+			p := &phone{c: dial(addr, u, "phone", d.last()), done: make(chan struct{})}
+			go func() { d.consume(t, p.c); close(p.done) }()
+			phones[u] = p
+		}
+	}
+	closePhones := func() {
+		for _, p := range phones {
+			p.c.Close()
+			<-p.done
+		}
+	}
+	// syncDevice connects a device from where it stopped and applies
+	// entries until it has the newest at login and until done says so.
+	syncDevice := func(d *device, done func() (bool, string)) {
+		t.Helper()
+		c := dial(addr, d.user, d.name, d.last())
+		consumed := make(chan struct{})
+		go func() { d.consume(t, c); close(consumed) }()
+		newest := c.Welcome().GetUserSeq()
+		for end := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			ok, state := true, ""
+			if done != nil {
+				ok, state = done()
+			}
+			if ok && d.last() >= newest {
+				break
+			}
+			if time.Now().After(end) {
+				t.Fatalf("%s/%s stopped at user seq %d (newest at login %d) %s", d.user, d.name, d.last(), newest, state)
+			}
+		}
+		c.Close()
+		<-consumed
+	}
+	// nextOp picks a user's next operation; callers hold opMu (it keeps
+	// the counters and the joiner's membership).
+	var opMu sync.Mutex
+	counter := map[string]int{}
+	eveIn := false
+	nextOp := func(u string, r *rand.Rand) *op {
+		x := r.IntN(100)
+		switch {
+		case u == admin && x < 6:
+			eveIn = !eveIn
+			return &op{kind: opMember, user: u, conv: group, member: joiner, add: eveIn}
+		case x < 14:
+			if m := h.recallable(u); m != nil {
+				return &op{kind: opRecall, user: u, conv: m.conv, seq: m.answer}
+			}
+		case x < 30:
+			convs := convsOf(u)
+			conv := convs[r.IntN(len(convs))]
+			if last := h.lastSeq(conv); last > 0 {
+				return &op{kind: opRead, user: u, conv: conv, seq: 1 + r.Uint64N(last)}
+			}
+		}
+		counter[u]++
+		cid := fmt.Sprintf("%s-%d", u, counter[u])
+		if u != joiner && r.IntN(2) == 0 {
+			return &op{kind: opSend, user: u, conv: group, cid: cid}
+		}
+		return &op{kind: opSend, user: u, conv: directID(u, peer[u]), to: peer[u], cid: cid}
+	}
+	acked := h.ackedCount
+
+	const cycles = 3
+	dialPhones()
+	for cycle := range cycles {
+		// Load: every user's phone runs operations one after another until
+		// the server dies under it.
+		r := rand.New(rand.NewPCG(seed, uint64(cycle)))
+		target := acked() + 150 + r.IntN(150)
+		var wg sync.WaitGroup
+		for i, u := range users {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := rand.New(rand.NewPCG(seed, uint64(100*cycle+i+1)))
+				c := phones[u].c
+				for {
+					opMu.Lock()
+					o := h.begin(nextOp(u, r))
+					opMu.Unlock()
+					err := withTimeout(5*time.Second, func(ctx context.Context) error { return o.do(ctx, h, c) })
+					if err != nil {
+						if refused(err) {
+							t.Errorf("%v refused: %v", o, err)
+						}
+						return // the server is gone; o stays unacknowledged
+					}
+				}
+			}()
+		}
+		for end := time.Now().Add(30 * time.Second); acked() < target && time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		}
+		child.Process.Signal(syscall.SIGKILL)
+		child.Wait()
+		wg.Wait()
+		closePhones()
+		if t.Failed() {
+			t.FailNow()
+		}
+		pending := h.pending()
+		t.Logf("cycle %d: killed with %d operations acknowledged in all, %d in flight", cycle, acked(), len(pending))
+
+		// Restart; retry what the kill left unknown, with the same ids.
+		child, addr = startChild(t, data)
+		dialPhones()
+		for _, o := range pending {
+			var err error
+			for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+				if err = withTimeout(5*time.Second, func(ctx context.Context) error { return o.do(ctx, h, phones[o.user].c) }); err == nil || refused(err) {
+					break
+				}
+			}
+			if err != nil {
+				t.Fatalf("retry of %v: %v", o, err)
+			}
+		}
+		if cycle == 0 {
+			// The laptops sync once, then stay offline to the end.
+			for _, u := range users {
+				syncDevice(devices[u+"/laptop"], nil)
+			}
+		}
+	}
+	// Every acknowledged send, sent again, is a duplicate at the same seq.
 	var wg sync.WaitGroup
-	for i, user := range senders {
+	ops := h.snapshot()
+	for _, u := range users {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := dial(addr, user)
-			defer c.Close()
-			peer := senders[(i+1)%len(senders)]
-			for n := 0; ; n++ {
-				conv, to := group, ""
-				if n%2 == 1 {
-					conv, to = "", peer
+			for _, o := range ops {
+				if o.kind != opSend || o.user != u {
+					continue
 				}
-				cid := fmt.Sprintf("%s-%d", user, n)
-				sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-				r, err := c.Send(sctx, client.Message{Conversation: conv, To: to, ClientMsgID: cid, Text: cid})
-				cancel()
-				mu.Lock()
-				if err != nil {
-					if to != "" {
-						conv = "dm:" + to
-					}
-					unsure[cid] = conv
-					mu.Unlock()
-					return // the server is gone
+				again := *o
+				if err := withTimeout(10*time.Second, func(ctx context.Context) error { return again.do(ctx, &history{}, phones[u].c) }); err != nil {
+					t.Errorf("resend of %v: %v", o, err)
+					return
 				}
-				acked[cid] = sendRecord{r.Conversation, cid, r.Seq}
-				mu.Unlock()
+				if !again.dup || again.answer != o.answer {
+					t.Errorf("resend of %v acknowledged at %d: answered %d, duplicate %v", o, o.answer, again.answer, again.dup)
+					return
+				}
 			}
 		}()
 	}
-	time.Sleep(700 * time.Millisecond)
-	child.Process.Signal(syscall.SIGKILL)
-	child.Wait()
 	wg.Wait()
-	t.Logf("%d sends acknowledged, %d in flight at the kill", len(acked), len(unsure))
-	if len(acked) == 0 {
-		t.Fatal("nothing was acknowledged before the kill")
-	}
-
-	// Restart; each sender retries what it does not know about.
-	child, addr = startChild(t, data)
-	for cid, conv := range unsure {
-		user := regexp.MustCompile(`^[a-z]+`).FindString(cid)
-		c := dial(addr, user)
-		m := client.Message{Conversation: conv, ClientMsgID: cid, Text: cid}
-		if len(conv) > 3 && conv[:3] == "dm:" {
-			m = client.Message{To: conv[3:], ClientMsgID: cid, Text: cid}
-		}
-		r, err := c.Send(context.Background(), m)
-		c.Close()
-		if err != nil {
-			t.Fatalf("retry of %s: %v", cid, err)
-		}
-		acked[cid] = sendRecord{r.Conversation, cid, r.Seq}
-	}
-	// Acknowledged before the kill → the retry must say duplicate at the same seq.
-	for cid, rec := range acked {
-		if _, wasUnsure := unsure[cid]; wasUnsure {
-			continue
-		}
-		user := regexp.MustCompile(`^[a-z]+`).FindString(cid)
-		c := dial(addr, user)
-		r, err := c.Send(context.Background(), client.Message{Conversation: rec.conv, ClientMsgID: cid, Text: cid})
-		c.Close()
-		if err != nil || !r.Duplicate || r.Seq != rec.seq {
-			t.Fatalf("retry of acknowledged %s (seq %d): %+v %v", cid, rec.seq, r, err)
-		}
-		break // one per run is enough here; the store check below covers all
+	closePhones()
+	if t.Failed() {
+		t.FailNow()
 	}
 	child.Process.Signal(syscall.SIGTERM)
 	child.Wait()
 
-	// Read the conversations straight from the store.
+	// The conversations, read from the store after the last restart.
 	store, err := events.Open(storeDir(data), events.Options{ScavengeInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
+	logs := h.checkConversations(t, store)
+	store.Close()
+
+	// Every device catches up (fanout the kills interrupted resumes after
+	// the restart); the conversation lists follow the rule.
+	child, addr = startChild(t, data)
+	for _, u := range users {
+		owed := 0
+		for _, keys := range expectedInbox(logs, u) {
+			owed += len(keys)
+		}
+		hasAll := func(d *device) func() (bool, string) {
+			return func() (bool, string) {
+				d.mu.Lock()
+				defer d.mu.Unlock()
+				n := 0
+				for _, e := range d.applied {
+					if e.Type != "ReadMarkerMoved" {
+						n++
+					}
+				}
+				return n >= owed, fmt.Sprintf("with %d of the %d entries its conversations owe it", n, owed)
+			}
+		}
+		for _, name := range []string{"tablet", "laptop", "phone"} {
+			syncDevice(devices[u+"/"+name], hasAll(devices[u+"/"+name]))
+		}
+		c := dial(addr, u, "lister", 0)
+		var list *eventspb.ConversationList
+		if err := withTimeout(10*time.Second, func(ctx context.Context) (err error) {
+			list, err = c.Conversations(ctx)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		h.checkList(t, logs, u, list)
+	}
+	child.Process.Signal(syscall.SIGTERM)
+	child.Wait()
+
+	// The sync timelines, read from the store, against the conversations
+	// and against every device.
+	store, err = events.Open(storeDir(data), events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer store.Close()
-	convs := map[string]bool{}
-	for _, r := range acked {
-		convs[r.conv] = true
+	var all []*device
+	for _, u := range users {
+		var mine []*device
+		for _, name := range []string{"phone", "laptop", "tablet"} {
+			mine = append(mine, devices[u+"/"+name])
+		}
+		checkInbox(t, store, logs, u, mine)
+		all = append(all, mine...)
 	}
-	seen := map[string]uint64{}
-	for conv := range convs {
-		var n uint64
-		for {
-			page, err := store.ReadStream(context.Background(), events.ConversationStream(conv), events.ReadStreamOptions{From: events.Revision(n), Limit: 1000})
-			if err != nil && !errors.Is(err, events.ErrStreamNotFound) {
-				t.Fatal(err)
-			}
-			if len(page) == 0 {
-				break
-			}
-			for _, e := range page {
-				if uint64(e.Revision) != n {
-					t.Fatalf("%s: revision %d after %d: gap", conv, e.Revision, n)
-				}
-				n++
-				if e.Type != "MessageSent" {
-					continue
-				}
-				m, _ := events.Decode(e.Type, e.Data)
-				cid := m.(*eventspb.MessageSent).ClientMsgId
-				if _, dup := seen[cid]; dup {
-					t.Fatalf("%s stored twice", cid)
-				}
-				seen[cid] = n
-			}
+	recalls := checkRecallsReached(t, logs, all)
+	kinds := map[opKind]int{}
+	retried := 0
+	for _, o := range h.snapshot() {
+		kinds[o.kind]++
+		if o.retried {
+			retried++
 		}
 	}
-	for cid, rec := range acked {
-		if seen[cid] != rec.seq {
-			t.Fatalf("%s acknowledged at %s/%d, stored at %d", cid, rec.conv, rec.seq, seen[cid])
-		}
-	}
-	t.Logf("%d messages stored, each once, seqs gapless", len(seen))
+	t.Logf("%d kill cycles, %v operations (%d retried after a kill), %d recall notices on devices; %s",
+		cycles, kinds, retried, recalls, time.Since(began).Round(time.Millisecond))
 }

@@ -10,7 +10,8 @@
 //
 // Client commands take --server HOST:PORT --token T (or IMSYNC_SERVER,
 // IMSYNC_TOKEN) and --ca FILE or --insecure; --json prints one JSON object
-// per line.
+// per line (text that is not valid UTF-8 as text_base64). Text output quotes
+// values holding control characters, newlines, spaces or invalid UTF-8.
 package main
 
 import (

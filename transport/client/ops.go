@@ -120,10 +120,10 @@ func (c *Client) Edit(ctx context.Context, conv string, seq uint64, body []byte)
 	return c.done(ctx, &wire.Request{Op: &wire.Request_Edit{Edit: &wire.Edit{Conversation: conv, Seq: seq, Body: body}}})
 }
 
-// MarkRead moves the caller's read marker in conv to seq.
-func (c *Client) MarkRead(ctx context.Context, conv string, seq uint64) error {
-	_, err := c.done(ctx, &wire.Request{Op: &wire.Request_MarkRead{MarkRead: &wire.MarkRead{Conversation: conv, Seq: seq}}})
-	return err
+// MarkRead moves the caller's read marker in conv to seq (forward only) and
+// returns the marker that results: seq, or a further marker already set.
+func (c *Client) MarkRead(ctx context.Context, conv string, seq uint64) (uint64, error) {
+	return c.done(ctx, &wire.Request{Op: &wire.Request_MarkRead{MarkRead: &wire.MarkRead{Conversation: conv, Seq: seq}}})
 }
 
 func (c *Client) done(ctx context.Context, req *wire.Request) (uint64, error) {
