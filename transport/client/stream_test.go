@@ -104,7 +104,7 @@ func TestRequestStreamEndedByServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.MarkRead(ctx, "c", 3); err != nil {
+	if _, err := c.MarkRead(ctx, "c", 3); err != nil {
 		t.Fatal(err)
 	}
 	seq, err := c.Recall(ctx, "c", 1)
