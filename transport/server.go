@@ -17,8 +17,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/imsync/imsync/actors"
-	"github.com/imsync/imsync/events"
-	"github.com/imsync/imsync/events/eventspb"
 	"github.com/imsync/imsync/transport/wire"
 )
 
@@ -298,51 +296,25 @@ func (s *Server) leave(user string) {
 }
 
 // welcome tells a device where its timeline is and which conversations
-// changed since its last seq (all of them on a first login).
+// changed since its last seq (all of them on a first login): a first page
+// that fits a frame, with more_changed when the device must page the rest.
 func (c *conn) welcome(ctx context.Context, last uint64) (*wire.Welcome, error) {
 	svc := c.s.cfg.Service
-	list, err := svc.Conversations(ctx, c.user)
+	q := actors.ListQuery{Limit: actors.MaxListLimit, ChangedAfter: last}
+	list, err := svc.ConversationPage(ctx, c.user, q)
 	if err != nil {
 		return nil, err
 	}
-	w := &wire.Welcome{User: c.user, Device: c.device, UserSeq: list.UserSeq, MaxFrameSize: uint32(c.s.cfg.MaxFrameSize)}
-	if last == 0 || list.UserSeq < last || list.UserSeq-last > 1000 {
-		w.Changed = list.Conversations
-		return w, nil
-	}
-	changed := map[string]bool{}
-	for after := last; after < list.UserSeq; {
-		page, err := svc.Sync(ctx, c.user, after, 1000)
-		if err != nil {
+	if list.UserSeq < last { // the device is ahead of this server: everything is news
+		q.ChangedAfter = 0
+		if list, err = svc.ConversationPage(ctx, c.user, q); err != nil {
 			return nil, err
 		}
-		if len(page.Entries) == 0 {
-			break
-		}
-		for _, e := range page.Entries {
-			if conv := entryConversation(e); conv != "" {
-				changed[conv] = true
-			}
-			after = e.UserSeq
-		}
 	}
-	for _, s := range list.Conversations {
-		if changed[s.ConversationId] || (s.ReadFanout && s.LastSeq > 0) {
-			w.Changed = append(w.Changed, s)
-		}
-	}
-	return w, nil
-}
-
-func entryConversation(e *eventspb.SyncEntry) string {
-	m, err := events.Decode(e.Type, e.Data)
-	if err != nil {
-		return ""
-	}
-	if c, ok := m.(interface{ GetConversationId() string }); ok {
-		return c.GetConversationId()
-	}
-	return ""
+	return &wire.Welcome{
+		User: c.user, Device: c.device, UserSeq: list.UserSeq, MaxFrameSize: uint32(c.s.cfg.MaxFrameSize),
+		Changed: list.Conversations, MoreChanged: list.More, ChangedCursor: list.NextCursor, ChangedAfterUserSeq: q.ChangedAfter,
+	}, nil
 }
 
 func (c *conn) writeControl(m proto.Message) error {
