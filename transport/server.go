@@ -37,6 +37,23 @@ type Config struct {
 	PushQueue         int           // notifications queued per connection before coalescing (default 64)
 	MaxInflight       int           // requests handled at once per connection (default 256)
 	HandshakeTimeout  time.Duration // for Hello (default 10 s)
+	// MaxUnauthenticated caps the connections that have not yet been
+	// welcomed, server-wide (default 256); more are closed with code 107.
+	MaxUnauthenticated int
+	// ReadBudget bounds the bytes of partially read request frames of one
+	// connection, all streams together (default 1 MiB + 64 KiB); a frame
+	// that would exceed it is refused (code 100) and its stream closed.
+	ReadBudget int
+	// WriteBudget bounds the bytes of answers of one connection being
+	// computed or not yet taken by the client (default 2 MiB); requests
+	// wait for room.
+	WriteBudget int
+	// FrameTimeout: a request frame that has started must be complete
+	// within this (default 10 s).
+	FrameTimeout time.Duration
+	// WriteTimeout: an answer the client does not take within this ends
+	// its stream (default 10 s), freeing the answers waiting on it.
+	WriteTimeout time.Duration
 	IdleTimeout       time.Duration // QUIC idle timeout (default 60 s; keep-alive at a third)
 	Logger            *slog.Logger
 	Now               func() time.Time
@@ -64,6 +81,23 @@ func (c *Config) fill() {
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 10 * time.Second
 	}
+	if c.MaxUnauthenticated <= 0 {
+		c.MaxUnauthenticated = 256
+	}
+	if c.ReadBudget <= 0 {
+		c.ReadBudget = c.MaxFrameSize + 64<<10
+	}
+	c.ReadBudget = max(c.ReadBudget, c.MaxFrameSize) // one whole frame always fits
+	if c.WriteBudget <= 0 {
+		c.WriteBudget = 2 << 20
+	}
+	c.WriteBudget = max(c.WriteBudget, c.MaxFrameSize+smallReserve) // so does one whole answer
+	if c.FrameTimeout <= 0 {
+		c.FrameTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 60 * time.Second
 	}
@@ -82,6 +116,7 @@ type Server struct {
 	ln  *quic.Listener
 
 	mu      sync.Mutex
+	preauth int // connections not yet welcomed
 	perUser map[string]int
 	conns   map[*quic.Conn]struct{}
 	closed  bool
@@ -102,11 +137,17 @@ func NewServer(cfg Config) (*Server, error) {
 }
 
 // QUICConfig is the transport configuration shared by server and client.
+// The receive windows bound what a peer can make this end buffer unread.
 func QUICConfig(idle time.Duration) *quic.Config {
 	return &quic.Config{
-		MaxIdleTimeout:     idle,
-		KeepAlivePeriod:    idle / 3,
-		MaxIncomingStreams: 1024,
+		MaxIdleTimeout:                 idle,
+		KeepAlivePeriod:                idle / 3,
+		MaxIncomingStreams:             maxStreams,
+		MaxIncomingUniStreams:          -1, // the client opens none
+		InitialStreamReceiveWindow:     64 << 10,
+		MaxStreamReceiveWindow:         quicReceiveWindow,
+		InitialConnectionReceiveWindow: 64 << 10,
+		MaxConnectionReceiveWindow:     quicReceiveWindow,
 	}
 }
 
@@ -181,6 +222,8 @@ type conn struct {
 	control *quic.Stream
 	limiter *rate.Limiter
 	sem     chan struct{}
+	reads   *byteBudget // partially read request frames
+	writes  *byteBudget // answers being computed or written
 
 	mu      sync.Mutex // guards queue and writes to control
 	queue   []*wire.Notify
@@ -190,6 +233,12 @@ type conn struct {
 
 func (s *Server) serveConn(qc *quic.Conn) {
 	ctx := qc.Context()
+	if !s.enterPreauth() {
+		qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeBusy), fmt.Sprintf("server busy: more than %d connections logging in; retry", s.cfg.MaxUnauthenticated))
+		return
+	}
+	leavePreauth := sync.OnceFunc(s.leavePreauth)
+	defer leavePreauth()
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	control, err := qc.AcceptStream(hctx)
 	cancel()
@@ -204,13 +253,15 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		qc.CloseWithError(quic.ApplicationErrorCode(code), msg)
 	}
 	control.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	rd := wire.NewReader(control, s.cfg.MaxFrameSize)
+	// Hello and the later control frames are small: a token is under 1 KiB.
+	rd := wire.NewReader(control, maxHelloSize)
 	var hello wire.Hello
 	if err := rd.Read(&hello); err != nil {
 		refuse(wire.CodeBadFrame, "expected Hello: "+err.Error())
 		return
 	}
 	control.SetReadDeadline(time.Time{})
+	rd.WithFrameTimeout(s.cfg.FrameTimeout)
 	claims, err := s.cfg.Key.Verify(hello.Token, s.cfg.Now())
 	if err != nil {
 		refuse(wire.CodeUnauthorized, err.Error())
@@ -227,6 +278,8 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		limiter: rate.NewLimiter(rate.Limit(s.cfg.RequestsPerSecond), s.cfg.RequestBurst),
 		sem:     make(chan struct{}, s.cfg.MaxInflight),
 		wake:    make(chan struct{}, 1),
+		reads:   newByteBudget(s.cfg.ReadBudget),
+		writes:  newByteBudget(s.cfg.WriteBudget),
 	}
 	svc := s.cfg.Service
 	system := svc.ActorSystem()
@@ -253,6 +306,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	if err := c.writeControl(&wire.ServerPush{Push: &wire.ServerPush_Welcome{Welcome: welcome}}); err != nil {
 		return
 	}
+	leavePreauth()
 	s.cfg.Logger.Debug("device connected", "user", c.user, "device", c.device, "remote", qc.RemoteAddr())
 
 	// Notifications go on a stream of the server's own, so that neither
@@ -275,6 +329,22 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		}
 		go c.serveRequests(ctx, st)
 	}
+}
+
+func (s *Server) enterPreauth() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.preauth >= s.cfg.MaxUnauthenticated {
+		return false
+	}
+	s.preauth++
+	return true
+}
+
+func (s *Server) leavePreauth() {
+	s.mu.Lock()
+	s.preauth--
+	s.mu.Unlock()
 }
 
 func (s *Server) admit(user string) bool {
@@ -390,28 +460,47 @@ func (c *conn) controlLoop(ctx context.Context, rd *wire.Reader) {
 // serveRequests reads requests from one stream and answers each, in any
 // order, as it completes. A malformed frame ends the stream (the reader
 // cannot find the next frame) but not the connection.
+//
+// Memory: a frame being read counts against the connection's read budget
+// (refused beyond it, and when it stalls past FrameTimeout); an answer
+// reserves room in the write budget before it runs and holds it until
+// the client has taken it. An answer the client does not take within
+// WriteTimeout ends the stream's sending side, so answers never pile up.
 func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 	var wmu sync.Mutex
-	respond := func(r *wire.Response) {
+	broken := false // the client stopped taking answers: drop the rest
+	write := func(b []byte) {
 		wmu.Lock()
 		defer wmu.Unlock()
-		wire.WriteFrame(st, r)
+		if broken {
+			return
+		}
+		st.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+		if _, err := st.Write(b); err != nil {
+			broken = true
+			st.CancelWrite(quic.StreamErrorCode(wire.CodeBadFrame))
+		}
+	}
+	respondSmall := func(r *wire.Response) { // errors: not counted, one per failure
+		if b, err := wire.AppendFrame(nil, r); err == nil {
+			write(b)
+		}
 	}
 	defer st.Close()
-	rd := wire.NewReader(st, c.s.cfg.MaxFrameSize)
+	rd := wire.NewReader(st, c.s.cfg.MaxFrameSize).WithBudget(c.reads).WithFrameTimeout(c.s.cfg.FrameTimeout)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
 		var req wire.Request
 		if err := rd.Read(&req); err != nil {
 			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
-				respond(&wire.Response{Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeBadFrame, Message: err.Error()}}})
+				respondSmall(&wire.Response{Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeBadFrame, Message: err.Error()}}})
 				st.CancelRead(quic.StreamErrorCode(wire.CodeBadFrame))
 			}
 			return
 		}
 		if !c.limiter.Allow() {
-			respond(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "request rate limit"}}})
+			respondSmall(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "request rate limit"}}})
 			continue
 		}
 		select {
@@ -422,7 +511,46 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-c.sem; wg.Done() }()
-			respond(c.handle(ctx, &req))
+			c.answer(ctx, &req, write)
 		}()
 	}
+}
+
+// answer runs one request within the connection's write budget and
+// writes its answer.
+func (c *conn) answer(ctx context.Context, req *wire.Request, write func([]byte)) {
+	reserve := smallReserve
+	switch req.Op.(type) {
+	case *wire.Request_Sync, *wire.Request_History, *wire.Request_Conversations, *wire.Request_Conversation:
+		reserve = answerReserve
+	}
+	if err := c.writes.acquire(ctx, reserve, c.s.cfg.WriteTimeout); err != nil {
+		if ctx.Err() == nil {
+			b, _ := wire.AppendFrame(nil, &wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "connection busy: " + err.Error()}}})
+			write(b)
+		}
+		return
+	}
+	held := reserve
+	defer func() { c.writes.Give(held) }()
+	res := c.handle(ctx, req)
+	b, err := wire.AppendFrame(nil, res)
+	if err == nil && len(b) > c.s.cfg.MaxFrameSize {
+		err = fmt.Errorf("answer of %d bytes exceeds the frame limit %d", len(b), c.s.cfg.MaxFrameSize)
+	}
+	if err != nil {
+		c.s.cfg.Logger.Error("cannot encode an answer", "user", c.user, "err", err)
+		b, _ = wire.AppendFrame(nil, &wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeInternal, Message: err.Error()}}})
+	}
+	if len(b) < held { // give back what the answer did not need
+		c.writes.Give(held - len(b))
+		held = len(b)
+	}
+	if len(b) > held { // a small answer that turned out large: wait for the rest
+		if err := c.writes.acquire(ctx, len(b)-held, c.s.cfg.WriteTimeout); err != nil {
+			return
+		}
+		held = len(b)
+	}
+	write(b)
 }

@@ -25,6 +25,7 @@ const (
 	CodeTooMany      = 104 // too many connections for this user
 	CodeShutdown     = 105 // the server is stopping
 	CodeInternal     = 106
+	CodeBusy         = 107 // too many connections logging in, server-wide: retry later
 )
 
 var (
