@@ -54,9 +54,9 @@ type Config struct {
 	// WriteTimeout: an answer the client does not take within this ends
 	// its stream (default 10 s), freeing the answers waiting on it.
 	WriteTimeout time.Duration
-	IdleTimeout       time.Duration // QUIC idle timeout (default 60 s; keep-alive at a third)
-	Logger            *slog.Logger
-	Now               func() time.Time
+	IdleTimeout  time.Duration // QUIC idle timeout (default 60 s; keep-alive at a third)
+	Logger       *slog.Logger
+	Now          func() time.Time
 }
 
 func (c *Config) fill() {
