@@ -37,6 +37,10 @@ type Config struct {
 	PushQueue         int           // notifications queued per connection before coalescing (default 64)
 	MaxInflight       int           // requests handled at once per connection (default 256)
 	HandshakeTimeout  time.Duration // for Hello (default 10 s)
+	IdleTimeout       time.Duration // QUIC idle timeout (default 60 s; keep-alive at a third)
+	Logger            *slog.Logger
+	Now               func() time.Time
+
 	// MaxUnauthenticated caps the connections that have not yet been
 	// welcomed, server-wide (default 256); more are closed with code 107.
 	MaxUnauthenticated int
@@ -54,9 +58,6 @@ type Config struct {
 	// WriteTimeout: an answer the client does not take within this ends
 	// its stream (default 10 s), freeing the answers waiting on it.
 	WriteTimeout time.Duration
-	IdleTimeout  time.Duration // QUIC idle timeout (default 60 s; keep-alive at a third)
-	Logger       *slog.Logger
-	Now          func() time.Time
 }
 
 func (c *Config) fill() {
