@@ -8,9 +8,11 @@ import (
 )
 
 // Memory limits of the gateway (docs/protocol.md, "Limits"). Together
-// they bound what one connection can make the server hold in frame bytes:
-// quicReceiveWindow + ReadBudget + WriteBudget = 3.5 MiB by default, plus
-// maxStreams request streams of a few KiB each (goroutine, reader).
+// they bound what one connection can make the server hold: the QUIC
+// receive window (512 KiB) + Config.ReadBudget (1 MiB) +
+// Config.WriteBudget (2 MiB) + maxStreams streams of about 8 KiB each
+// (goroutine, reader) = 4 MiB by default; 64 MiB for a user's 16
+// connections.
 const (
 	// maxHelloSize bounds the Hello and every later control frame (tokens
 	// are under 1 KiB).
@@ -24,8 +26,9 @@ const (
 	// budget before it is computed: a page of actors.MaxPageBytes and its
 	// envelope.
 	answerReserve = 832 << 10
-	// smallReserve is what any other answer reserves.
-	smallReserve = 4 << 10
+	// smallReserve is what any other answer reserves (its bytes and the
+	// goroutine that computes it).
+	smallReserve = 8 << 10
 )
 
 // byteBudget counts bytes held for one connection. Take refuses at once

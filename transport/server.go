@@ -44,13 +44,15 @@ type Config struct {
 	// MaxUnauthenticated caps the connections that have not yet been
 	// welcomed, server-wide (default 256); more are closed with code 107.
 	MaxUnauthenticated int
-	// ReadBudget bounds the bytes of partially read request frames of one
-	// connection, all streams together (default 1 MiB + 64 KiB); a frame
-	// that would exceed it is refused (code 100) and its stream closed.
+	// ReadBudget bounds the bytes of one connection's requests, all streams
+	// together, from their first byte until they are answered (default and
+	// minimum: MaxFrameSize). A frame that would exceed it while being read
+	// is refused (code 100) and its stream closed; a whole request that
+	// would is refused with code 103.
 	ReadBudget int
-	// WriteBudget bounds the bytes of answers of one connection being
-	// computed or not yet taken by the client (default 2 MiB); requests
-	// wait for room.
+	// WriteBudget bounds the bytes of one connection's answers being
+	// computed or not yet taken by the client (default 2 MiB). A request
+	// waits for room up to WriteTimeout, then is refused with code 103.
 	WriteBudget int
 	// FrameTimeout: a request frame that has started must be complete
 	// within this (default 10 s).
@@ -86,7 +88,7 @@ func (c *Config) fill() {
 		c.MaxUnauthenticated = 256
 	}
 	if c.ReadBudget <= 0 {
-		c.ReadBudget = c.MaxFrameSize + 64<<10
+		c.ReadBudget = c.MaxFrameSize
 	}
 	c.ReadBudget = max(c.ReadBudget, c.MaxFrameSize) // one whole frame always fits
 	if c.WriteBudget <= 0 {
@@ -504,34 +506,45 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 			respondSmall(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "request rate limit"}}})
 			continue
 		}
+		// The decoded request stays in the read budget until answered.
+		size := proto.Size(&req)
+		if err := c.reads.Take(size); err != nil {
+			respondSmall(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "connection busy: requests in flight: " + err.Error()}}})
+			continue
+		}
+		// Room for the answer (and the goroutine computing it) first: a
+		// client that does not read its answers stops here.
+		reserve := smallReserve
+		switch req.Op.(type) {
+		case *wire.Request_Sync, *wire.Request_History, *wire.Request_Conversations, *wire.Request_Conversation:
+			reserve = answerReserve
+		}
+		if err := c.writes.acquire(ctx, reserve, c.s.cfg.WriteTimeout); err != nil {
+			c.reads.Give(size)
+			if ctx.Err() != nil {
+				return
+			}
+			respondSmall(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "connection busy: " + err.Error()}}})
+			continue
+		}
 		select {
 		case c.sem <- struct{}{}:
 		case <-ctx.Done():
+			c.reads.Give(size)
+			c.writes.Give(reserve)
 			return
 		}
 		wg.Add(1)
 		go func() {
-			defer func() { <-c.sem; wg.Done() }()
-			c.answer(ctx, &req, write)
+			defer func() { <-c.sem; c.reads.Give(size); wg.Done() }()
+			c.answer(ctx, &req, reserve, write)
 		}()
 	}
 }
 
-// answer runs one request within the connection's write budget and
-// writes its answer.
-func (c *conn) answer(ctx context.Context, req *wire.Request, write func([]byte)) {
-	reserve := smallReserve
-	switch req.Op.(type) {
-	case *wire.Request_Sync, *wire.Request_History, *wire.Request_Conversations, *wire.Request_Conversation:
-		reserve = answerReserve
-	}
-	if err := c.writes.acquire(ctx, reserve, c.s.cfg.WriteTimeout); err != nil {
-		if ctx.Err() == nil {
-			b, _ := wire.AppendFrame(nil, &wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "connection busy: " + err.Error()}}})
-			write(b)
-		}
-		return
-	}
+// answer runs one request and writes its answer; reserve bytes of the
+// write budget are held for it and given back once it is written.
+func (c *conn) answer(ctx context.Context, req *wire.Request, reserve int, write func([]byte)) {
 	held := reserve
 	defer func() { c.writes.Give(held) }()
 	res := c.handle(ctx, req)

@@ -84,7 +84,7 @@ var ErrFrameStalled = errors.New("wire: frame stalled")
 
 const (
 	firstChunk   = 4 << 10 // a frame's buffer starts at this size (or the frame's)
-	keepBufBelow = 4 << 10 // buffers up to this size are reused between frames
+	keepBufBelow = 1 << 10 // buffers up to this size are reused between frames
 )
 
 // NewReader reads frames of at most max bytes from r.
