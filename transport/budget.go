@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/imsync/imsync/actors"
 )
 
 // Memory limits of the gateway (docs/protocol.md, "Limits"). Together
@@ -23,9 +25,10 @@ const (
 	// maxStreams is the number of streams a connection may have open.
 	maxStreams = 64
 	// answerReserve is what a bulky answer (a page) reserves of the write
-	// budget before it is computed: a page of actors.MaxPageBytes and its
-	// envelope.
-	answerReserve = 832 << 10
+	// budget before it is computed: a page of actors.MaxPageBytes with its
+	// envelope, twice (decoded, then encoded). With the default budget one
+	// page per connection is in the making at a time.
+	answerReserve = 2 * (actors.MaxPageBytes + 64<<10)
 	// smallReserve is what any other answer reserves (its bytes and the
 	// goroutine that computes it).
 	smallReserve = 8 << 10

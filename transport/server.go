@@ -94,7 +94,7 @@ func (c *Config) fill() {
 	if c.WriteBudget <= 0 {
 		c.WriteBudget = 2 << 20
 	}
-	c.WriteBudget = max(c.WriteBudget, c.MaxFrameSize+smallReserve) // so does one whole answer
+	c.WriteBudget = max(c.WriteBudget, c.MaxFrameSize+smallReserve, answerReserve+smallReserve) // so does one whole answer
 	if c.FrameTimeout <= 0 {
 		c.FrameTimeout = 10 * time.Second
 	}
