@@ -186,6 +186,16 @@ func TestHistoryPagesFitTheFrame(t *testing.T) {
 	if err != nil || len(last.Messages) != 2 || last.More {
 		t.Fatalf("the last page: %v more %v, %v", seqsOf(last), last.More, err)
 	}
+	// bob never read: his first unread page starts at the first message
+	bob := ts.dial(t, "bob", "phone", 0)
+	unread, err := bob.History(ctx(t), g, client.HistoryQuery{FirstUnread: true, Limit: 2})
+	if err != nil || len(unread.Messages) != 2 || unread.Messages[0].Seq != 2 || !unread.More {
+		t.Fatalf("first unread with no read marker: %v more %v, %v", seqsOf(unread), unread.More, err)
+	}
+	// before and from the start at once is bad input
+	if _, err := ann.History(ctx(t), g, client.HistoryQuery{Before: 10, FromStart: true, Limit: 2}); client.CodeOf(err) != client.CodeInvalid {
+		t.Fatalf("before with from_start: %v", err)
+	}
 }
 
 func seqsOf(h *eventspb.History) []uint64 {
