@@ -480,8 +480,11 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 		}
 		st.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
 		if _, err := st.Write(b); err != nil {
+			// the client does not take its answers: end the stream both
+			// ways (the read loop stops; answers still running are dropped)
 			broken = true
 			st.CancelWrite(quic.StreamErrorCode(wire.CodeBadFrame))
+			st.CancelRead(quic.StreamErrorCode(wire.CodeBadFrame))
 		}
 	}
 	respondSmall := func(r *wire.Response) { // errors: not counted, one per failure
