@@ -347,4 +347,10 @@ func TestListLinesChangedSince(t *testing.T) {
 			t.Errorf("%v: %v, want %v", tc.q, got, tc.want)
 		}
 	}
+	// a line whose change seq is unknown (state from before it was kept)
+	// counts as changed rather than being left out
+	s.convs["old"].changedAt = 0
+	if got := names(&ListConversations{ChangedAfter: 7}); !slices.Equal(got, []string{"big", "old"}) {
+		t.Errorf("unknown change seq: %v", got)
+	}
 }
