@@ -370,40 +370,32 @@ func (g *conversationGrain) info(m *GetConversation) proto.Message {
 	return info
 }
 
-// history pages messages from the store. Only members read; recalled
-// messages come without their body.
+// history pages messages from the store (the page rules are historyRead
+// and historyView). Only members read.
 func (g *conversationGrain) history(ctx actor.Context, m *GetHistory) {
 	s := g.state
 	if !s.exists() || !s.isMember(m.Reader) {
 		ctx.Respond(notFound(g.id))
 		return
 	}
-	limit := int(m.Limit)
-	if limit <= 0 || limit > 1000 {
-		ctx.Respond(fail(Code_INVALID, "history limit must be 1..1000"))
+	opts, empty, f := historyRead(m)
+	if f != nil {
+		ctx.Respond(f)
 		return
 	}
-	opts := events.ReadStreamOptions{Direction: events.Backwards, From: events.RevisionEnd, Limit: limit}
-	switch {
-	case m.BeforeSeq > 0:
-		if m.BeforeSeq == 1 {
-			ctx.Respond(&eventspb.History{LastSeq: g.j.durable})
-			return
-		}
-		opts.From = events.Revision(m.BeforeSeq - 2) // seq s is revision s-1; "before s" starts at s-1
-	case m.AfterSeq > 0:
-		opts = events.ReadStreamOptions{Direction: events.Forwards, From: events.Revision(m.AfterSeq), Limit: limit}
+	if empty {
+		ctx.Respond(&eventspb.History{LastSeq: g.j.durable})
+		return
 	}
-	store, conv, recalled, edited := g.svc.store, g.id, cloneSet(s.recalled), cloneEdits(s.edited)
-	durable := g.j.durable
+	store, conv := g.svc.store, g.id
+	v := newHistoryView(int(m.Limit), g.j.durable, cloneSet(s.recalled), cloneEdits(s.edited))
 	sender := ctx.Sender()
 	root := ctx.ActorSystem().Root
 	// Reading is I/O: do it off the grain's goroutine.
 	go func() {
 		c, cancel := context.WithTimeout(context.Background(), appendTimeout)
 		defer cancel()
-		out := &eventspb.History{LastSeq: durable}
-		for len(out.Messages) < limit {
+		for !v.done {
 			page, err := store.ReadStream(c, events.ConversationStream(conv), opts)
 			if err != nil {
 				root.Send(sender, unavailable(err))
@@ -413,24 +405,10 @@ func (g *conversationGrain) history(ctx actor.Context, m *GetHistory) {
 				break
 			}
 			for _, e := range page {
-				if e.Type != "MessageSent" || len(out.Messages) == limit {
-					continue
-				}
-				msg, err := events.Decode(e.Type, e.Data)
-				if err != nil {
+				if err := v.add(e); err != nil {
 					root.Send(sender, unavailable(err))
 					return
 				}
-				seq := uint64(e.Revision) + 1
-				hm := &eventspb.HistoryMessage{Seq: seq, Message: msg.(*eventspb.MessageSent)}
-				if recalled[seq] {
-					hm.Recalled = true
-					hm.Message.Body = nil
-				} else if body, ok := edited[seq]; ok {
-					hm.Edited = true
-					hm.Message.Body = body
-				}
-				out.Messages = append(out.Messages, hm)
 			}
 			last := page[len(page)-1].Revision
 			if opts.Direction == events.Backwards {
@@ -442,7 +420,7 @@ func (g *conversationGrain) history(ctx actor.Context, m *GetHistory) {
 				opts.From = last + 1
 			}
 		}
-		root.Send(sender, out)
+		root.Send(sender, v.out)
 	}()
 }
 

@@ -477,11 +477,13 @@ func (x *EditMessage) GetBody() []byte {
 }
 
 type GetHistory struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reader        string                 `protobuf:"bytes,1,opt,name=reader,proto3" json:"reader,omitempty"`
-	BeforeSeq     uint64                 `protobuf:"varint,2,opt,name=before_seq,json=beforeSeq,proto3" json:"before_seq,omitempty"` // exclusive; 0 = from the latest
-	AfterSeq      uint64                 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`    // exclusive; used when before_seq is 0 and after_seq > 0
-	Limit         uint32                 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Reader    string                 `protobuf:"bytes,1,opt,name=reader,proto3" json:"reader,omitempty"`
+	BeforeSeq uint64                 `protobuf:"varint,2,opt,name=before_seq,json=beforeSeq,proto3" json:"before_seq,omitempty"` // exclusive; 0 = from the latest
+	AfterSeq  uint64                 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`    // exclusive; used when before_seq is 0 and after_seq > 0
+	Limit     uint32                 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Oldest first from after_seq, even when after_seq is 0 (from the first message).
+	FromStart     bool `protobuf:"varint,5,opt,name=from_start,json=fromStart,proto3" json:"from_start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -542,6 +544,13 @@ func (x *GetHistory) GetLimit() uint32 {
 		return x.Limit
 	}
 	return 0
+}
+
+func (x *GetHistory) GetFromStart() bool {
+	if x != nil {
+		return x.FromStart
+	}
+	return false
 }
 
 type GetConversation struct {
@@ -972,8 +981,13 @@ func (x *SyncRequest) GetLimit() uint32 {
 	return 0
 }
 
+// Answered with a page of ConversationList.
 type ListConversations struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cursor        string                 `protobuf:"bytes,1,opt,name=cursor,proto3" json:"cursor,omitempty"`                                  // next_cursor of the previous page; empty: the first page
+	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`                                   // lines per page, 1..1000
+	ChangedAfter  uint64                 `protobuf:"varint,3,opt,name=changed_after,json=changedAfter,proto3" json:"changed_after,omitempty"` // only lines changed after this user seq (0: all)
+	Conversation  string                 `protobuf:"bytes,4,opt,name=conversation,proto3" json:"conversation,omitempty"`                      // only this conversation's line
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1006,6 +1020,34 @@ func (x *ListConversations) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListConversations.ProtoReflect.Descriptor instead.
 func (*ListConversations) Descriptor() ([]byte, []int) {
 	return file_imsync_actors_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListConversations) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *ListConversations) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListConversations) GetChangedAfter() uint64 {
+	if x != nil {
+		return x.ChangedAfter
+	}
+	return 0
+}
+
+func (x *ListConversations) GetConversation() string {
+	if x != nil {
+		return x.Conversation
+	}
+	return ""
 }
 
 // From a device grain: the device's first connection came or its last one
@@ -1502,14 +1544,16 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\vEditMessage\x12\x14\n" +
 	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x12\n" +
-	"\x04body\x18\x03 \x01(\fR\x04body\"v\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body\"\x95\x01\n" +
 	"\n" +
 	"GetHistory\x12\x16\n" +
 	"\x06reader\x18\x01 \x01(\tR\x06reader\x12\x1d\n" +
 	"\n" +
 	"before_seq\x18\x02 \x01(\x04R\tbeforeSeq\x12\x1b\n" +
 	"\tafter_seq\x18\x03 \x01(\x04R\bafterSeq\x12\x14\n" +
-	"\x05limit\x18\x04 \x01(\rR\x05limit\"D\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\x12\x1d\n" +
+	"\n" +
+	"from_start\x18\x05 \x01(\bR\tfromStart\"D\n" +
 	"\x0fGetConversation\x12\x16\n" +
 	"\x06reader\x18\x01 \x01(\tR\x06reader\x12\x19\n" +
 	"\bread_seq\x18\x02 \x01(\x04R\areadSeq\"b\n" +
@@ -1534,8 +1578,12 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\x06device\x18\x03 \x01(\tR\x06device\"I\n" +
 	"\vSyncRequest\x12$\n" +
 	"\x0eafter_user_seq\x18\x01 \x01(\x04R\fafterUserSeq\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x13\n" +
-	"\x11ListConversations\"V\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x8a\x01\n" +
+	"\x11ListConversations\x12\x16\n" +
+	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12#\n" +
+	"\rchanged_after\x18\x03 \x01(\x04R\fchangedAfter\x12\"\n" +
+	"\fconversation\x18\x04 \x01(\tR\fconversation\"V\n" +
 	"\x0eDevicePresence\x12\x16\n" +
 	"\x06device\x18\x01 \x01(\tR\x06device\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12\x14\n" +

@@ -401,9 +401,13 @@ func (s *Service) MarkRead(ctx context.Context, user, device, conv string, seq u
 }
 
 // HistoryQuery selects a page of a conversation: the latest Limit messages
-// (zero Before and After), those before a seq, or those after one.
+// (zero Before and After), those before a seq, or those after one (from
+// the first message when After is 0 and FromStart is set). A page holds at
+// most Limit messages (1..MaxHistoryLimit) and MaxPageBytes; History.more
+// says whether more follow.
 type HistoryQuery struct {
 	Before, After uint64
+	FromStart     bool
 	Limit         int
 }
 
@@ -412,10 +416,10 @@ func (s *Service) History(ctx context.Context, reader, conv string, q HistoryQue
 	if err := validateConvID(conv); err != nil {
 		return nil, err
 	}
-	if q.Before > 0 && q.After > 0 {
+	if q.Before > 0 && (q.After > 0 || q.FromStart) {
 		return nil, fail(Code_INVALID, "history takes Before or After, not both")
 	}
-	return call[*eventspb.History](s, ctx, conv, kindConversation, &GetHistory{Reader: reader, BeforeSeq: q.Before, AfterSeq: q.After, Limit: uint32(max(0, min(q.Limit, 1<<20)))})
+	return call[*eventspb.History](s, ctx, conv, kindConversation, &GetHistory{Reader: reader, BeforeSeq: q.Before, AfterSeq: q.After, FromStart: q.FromStart, Limit: uint32(max(0, min(q.Limit, 1<<20)))})
 }
 
 // Sync returns the user's sync timeline after afterUserSeq.
@@ -426,13 +430,52 @@ func (s *Service) Sync(ctx context.Context, user string, afterUserSeq uint64, li
 	return call[*eventspb.SyncPage](s, ctx, user, kindUser, &SyncRequest{AfterUserSeq: afterUserSeq, Limit: uint32(max(0, min(limit, 1<<20)))})
 }
 
-// Conversations returns the user's conversation list (what a device syncs
-// first at login).
-func (s *Service) Conversations(ctx context.Context, user string) (*eventspb.ConversationList, error) {
+// ListQuery selects a page of a user's conversation list, newest activity
+// first: the lines after Cursor (a previous page's NextCursor; empty for
+// the first page), at most Limit (1..MaxListLimit; 0: DefaultListLimit)
+// and MaxPageBytes of them, only those changed after user seq ChangedAfter
+// when it is set, only Conversation's line when that is set.
+type ListQuery struct {
+	Cursor       string
+	Limit        int
+	ChangedAfter uint64
+	Conversation string
+}
+
+// ConversationPage returns one page of the user's conversation list.
+func (s *Service) ConversationPage(ctx context.Context, user string, q ListQuery) (*eventspb.ConversationList, error) {
 	if err := ValidateID("user", user); err != nil {
 		return nil, err
 	}
-	return call[*eventspb.ConversationList](s, ctx, user, kindUser, &ListConversations{})
+	if q.Limit == 0 {
+		q.Limit = DefaultListLimit
+	}
+	return call[*eventspb.ConversationList](s, ctx, user, kindUser, &ListConversations{
+		Cursor: q.Cursor, Limit: uint32(max(0, min(q.Limit, 1<<20))), ChangedAfter: q.ChangedAfter, Conversation: q.Conversation,
+	})
+}
+
+// Conversations returns the user's whole conversation list, page after
+// page (for callers in this process; devices page it themselves).
+func (s *Service) Conversations(ctx context.Context, user string) (*eventspb.ConversationList, error) {
+	var all *eventspb.ConversationList
+	q := ListQuery{Limit: MaxListLimit}
+	for {
+		page, err := s.ConversationPage(ctx, user, q)
+		if err != nil {
+			return nil, err
+		}
+		if all == nil {
+			all = page
+		} else {
+			all.Conversations = append(all.Conversations, page.Conversations...)
+		}
+		if !page.More {
+			all.More, all.NextCursor = false, ""
+			return all, nil
+		}
+		q.Cursor = page.NextCursor
+	}
 }
 
 // DeviceSink receives the pushes of one device connection: the user's sync

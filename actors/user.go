@@ -29,6 +29,7 @@ type convSummary struct {
 	lastRead     uint64
 	unread       []uint64 // seqs of messages from others after lastRead (write-fanout)
 	lastActivity int64
+	changedAt    uint64 // user seq of the newest inbox entry about this conversation
 }
 
 func newUserState(id string) *userState {
@@ -128,6 +129,9 @@ func evolveUser(s *userState, userSeq uint64, ev proto.Message) {
 		c.lastConvSeq = max(c.lastConvSeq, e.Seq)
 	case *eventspb.ReadMarkerMoved:
 		s.conv(e.ConversationId).readUpTo(e.ReadSeq)
+	}
+	if c, ok := ev.(interface{ GetConversationId() string }); ok && c.GetConversationId() != "" {
+		s.conv(c.GetConversationId()).changedAt = userSeq
 	}
 }
 

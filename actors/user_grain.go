@@ -3,7 +3,6 @@ package actors
 import (
 	"context"
 	"errors"
-	"slices"
 	"sync"
 	"time"
 
@@ -82,7 +81,7 @@ func (g *userGrain) Receive(ctx actor.Context) {
 		}
 	case *ListConversations:
 		if g.ready(ctx) {
-			g.list(ctx)
+			g.list(ctx, m)
 		}
 	}
 }
@@ -178,11 +177,12 @@ func (g *userGrain) notifyDevices(ctx actor.Context, userSeq uint64, newest *eve
 	}
 }
 
-// sync answers a page of the sync timeline after the device's user seq.
+// sync answers a page of the sync timeline after the device's user seq
+// (the page rules are syncView).
 func (g *userGrain) sync(ctx actor.Context, m *SyncRequest) {
 	limit := int(m.Limit)
-	if limit <= 0 || limit > 1000 {
-		ctx.Respond(fail(Code_INVALID, "sync limit must be 1..1000"))
+	if limit <= 0 || limit > MaxSyncLimit {
+		ctx.Respond(fail(Code_INVALID, "sync limit must be 1..%d", MaxSyncLimit))
 		return
 	}
 	newest := g.j.durable
@@ -199,54 +199,33 @@ func (g *userGrain) sync(ctx actor.Context, m *SyncRequest) {
 			root.Send(sender, unavailable(err))
 			return
 		}
-		out := &eventspb.SyncPage{LastUserSeq: newest, FirstUserSeq: m.AfterUserSeq + 1}
-		for i, e := range page {
-			seq := uint64(e.Revision) + 1
-			if seq > newest {
-				break
-			}
-			if i == 0 {
-				out.FirstUserSeq = seq // > after+1 when retention dropped older entries
-			}
-			out.Entries = append(out.Entries, &eventspb.SyncEntry{UserSeq: seq, Type: e.Type, Data: e.Data})
-		}
-		root.Send(sender, out)
+		root.Send(sender, syncView(page, m.AfterUserSeq, newest, limit))
 	}()
 }
 
-// list answers the conversation list; read-fanout groups are asked for
-// their latest state, the others come from the inbox.
-func (g *userGrain) list(ctx actor.Context) {
-	out := &eventspb.ConversationList{UserSeq: g.j.durable}
+// list answers a page of the conversation list (the rules are listLines
+// and listView); read-fanout groups are asked for their latest state
+// first, since their activity decides their place.
+func (g *userGrain) list(ctx actor.Context, q *ListConversations) {
+	if q.Limit == 0 || q.Limit > MaxListLimit {
+		ctx.Respond(fail(Code_INVALID, "list limit must be 1..%d", MaxListLimit))
+		return
+	}
+	lines, userSeq := listLines(g.state, q), g.j.durable
 	var ask []*eventspb.ConversationSummary
-	for _, c := range g.state.convs {
-		if !c.member {
-			continue
-		}
-		sum := c.summary()
-		out.Conversations = append(out.Conversations, sum)
-		if c.readFanout {
+	for _, sum := range lines {
+		if sum.ReadFanout {
 			ask = append(ask, sum)
 		}
 	}
-	slices.SortFunc(out.Conversations, func(a, b *eventspb.ConversationSummary) int {
-		if a.LastActivityUnixMs != b.LastActivityUnixMs {
-			if a.LastActivityUnixMs > b.LastActivityUnixMs {
-				return -1
-			}
-			return 1
-		}
-		if a.ConversationId < b.ConversationId {
-			return -1
-		}
-		return 1
-	})
 	if len(ask) == 0 {
-		ctx.Respond(out)
+		respondList(ctx.Respond, lines, nil, q, userSeq)
 		return
 	}
 	sender, root, svc, user := ctx.Sender(), ctx.ActorSystem().Root, g.svc, g.id
 	go func() {
+		var mu sync.Mutex
+		infos := map[string]*eventspb.ConversationInfo{}
 		var wg sync.WaitGroup
 		for _, sum := range ask {
 			wg.Add(1)
@@ -254,14 +233,24 @@ func (g *userGrain) list(ctx actor.Context) {
 				defer wg.Done()
 				res, err := svc.request(context.Background(), sum.ConversationId, kindConversation, &GetConversation{Reader: user, ReadSeq: sum.LastReadSeq})
 				if info, ok := res.(*eventspb.ConversationInfo); ok && err == nil {
-					sum.LastSeq, sum.LatestMessageSeq, sum.LatestMessage = info.LastSeq, info.LatestMessageSeq, info.LatestMessage
-					sum.Unread, sum.LastActivityUnixMs = info.Unread, info.LastActivityUnixMs
+					mu.Lock()
+					infos[sum.ConversationId] = info
+					mu.Unlock()
 				}
 			}()
 		}
 		wg.Wait()
-		root.Send(sender, out)
+		respondList(func(m any) { root.Send(sender, m) }, lines, infos, q, userSeq)
 	}()
+}
+
+func respondList(respond func(any), lines []*eventspb.ConversationSummary, infos map[string]*eventspb.ConversationInfo, q *ListConversations, userSeq uint64) {
+	out, f := listView(lines, infos, q, userSeq)
+	if f != nil {
+		respond(f)
+		return
+	}
+	respond(out)
 }
 
 // deviceGrain holds one device's acknowledged user seq (device-<user>/<device>)

@@ -72,9 +72,11 @@ func (c *conn) handle(ctx context.Context, req *wire.Request) *wire.Response {
 	case *wire.Request_Sync:
 		limit := int(op.Sync.Limit)
 		if limit == 0 {
-			limit = 100
+			limit = actors.DefaultSyncLimit
 		}
-		r, e := svc.Sync(ctx, c.user, op.Sync.AfterUserSeq, min(limit, 1000))
+		// The page is cut by its encoded size (actors.MaxPageBytes), so it
+		// fits a frame compressed or not.
+		r, e := svc.Sync(ctx, c.user, op.Sync.AfterUserSeq, min(limit, actors.MaxSyncLimit))
 		err = e
 		res.Result = &wire.Response_Sync{Sync: r}
 		if e == nil && op.Sync.Zstd && proto.Size(r) >= wire.CompressMin {
@@ -86,20 +88,25 @@ func (c *conn) handle(ctx context.Context, req *wire.Request) *wire.Response {
 		m := op.History
 		limit := int(m.Limit)
 		if limit == 0 {
-			limit = 50
+			limit = actors.DefaultHistoryLimit
 		}
-		q := actors.HistoryQuery{Before: m.BeforeSeq, After: m.AfterSeq, Limit: min(limit, 1000)}
+		q := actors.HistoryQuery{Before: m.BeforeSeq, After: m.AfterSeq, FromStart: m.FromStart, Limit: min(limit, actors.MaxHistoryLimit)}
 		if m.FirstUnread {
 			if q.After, err = c.readSeq(ctx, m.Conversation); err != nil {
 				break
 			}
-			q.Before = 0
+			q.Before, q.FromStart = 0, true
 		}
 		h, e := svc.History(ctx, c.user, m.Conversation, q)
 		err = e
 		res.Result = &wire.Response_History{History: h}
 	case *wire.Request_Conversations:
-		l, e := svc.Conversations(ctx, c.user)
+		m := op.Conversations
+		limit := int(m.Limit)
+		if limit == 0 {
+			limit = actors.DefaultListLimit
+		}
+		l, e := svc.ConversationPage(ctx, c.user, actors.ListQuery{Cursor: m.Cursor, Limit: min(limit, actors.MaxListLimit), ChangedAfter: m.ChangedAfterUserSeq})
 		err = e
 		res.Result = &wire.Response_Conversations{Conversations: l}
 	case *wire.Request_Conversation:
@@ -117,7 +124,7 @@ func (c *conn) handle(ctx context.Context, req *wire.Request) *wire.Response {
 
 // readSeq is the caller's read marker in conv (for "jump to first unread").
 func (c *conn) readSeq(ctx context.Context, conv string) (uint64, error) {
-	list, err := c.s.cfg.Service.Conversations(ctx, c.user)
+	list, err := c.s.cfg.Service.ConversationPage(ctx, c.user, actors.ListQuery{Conversation: conv, Limit: 1})
 	if err != nil {
 		return 0, err
 	}

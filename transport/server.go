@@ -18,7 +18,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/imsync/imsync/actors"
-	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/eventspb"
 	"github.com/imsync/imsync/transport/wire"
 )
@@ -47,6 +46,26 @@ type Config struct {
 	StatelessResetKey *quic.StatelessResetKey
 	Logger            *slog.Logger
 	Now               func() time.Time
+
+	// MaxUnauthenticated caps the connections that have not yet been
+	// welcomed, server-wide (default 256); more are closed with code 108.
+	MaxUnauthenticated int
+	// ReadBudget bounds the bytes of one connection's requests, all streams
+	// together, from their first byte until they are answered (default and
+	// minimum: MaxFrameSize). A frame that would exceed it while being read
+	// is refused (code 100) and its stream closed; a whole request that
+	// would is refused with code 103.
+	ReadBudget int
+	// WriteBudget bounds the bytes of one connection's answers being
+	// computed or not yet taken by the client (default 2 MiB). A request
+	// waits for room up to WriteTimeout, then is refused with code 103.
+	WriteBudget int
+	// FrameTimeout: a request frame that has started must be complete
+	// within this (default 10 s).
+	FrameTimeout time.Duration
+	// WriteTimeout: an answer the client does not take within this ends
+	// its stream (default 10 s), freeing the answers waiting on it.
+	WriteTimeout time.Duration
 }
 
 func (c *Config) fill() {
@@ -71,6 +90,23 @@ func (c *Config) fill() {
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 10 * time.Second
 	}
+	if c.MaxUnauthenticated <= 0 {
+		c.MaxUnauthenticated = 256
+	}
+	if c.ReadBudget <= 0 {
+		c.ReadBudget = c.MaxFrameSize
+	}
+	c.ReadBudget = max(c.ReadBudget, c.MaxFrameSize) // one whole frame always fits
+	if c.WriteBudget <= 0 {
+		c.WriteBudget = 2 << 20
+	}
+	c.WriteBudget = max(c.WriteBudget, c.MaxFrameSize+smallReserve, answerReserve+smallReserve) // so does one whole answer
+	if c.FrameTimeout <= 0 {
+		c.FrameTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 60 * time.Second
 	}
@@ -90,6 +126,7 @@ type Server struct {
 	ln  *quic.Listener
 
 	mu      sync.Mutex
+	preauth int                // connections not yet welcomed
 	perUser map[string][]*conn // admitted connections, oldest first
 	conns   map[*quic.Conn]struct{}
 	closed  bool
@@ -112,11 +149,17 @@ func NewServer(cfg Config) (*Server, error) {
 }
 
 // QUICConfig is the transport configuration shared by server and client.
+// The receive windows bound what a peer can make this end buffer unread.
 func QUICConfig(idle time.Duration) *quic.Config {
 	return &quic.Config{
-		MaxIdleTimeout:     idle,
-		KeepAlivePeriod:    idle / 3,
-		MaxIncomingStreams: 1024,
+		MaxIdleTimeout:                 idle,
+		KeepAlivePeriod:                idle / 3,
+		MaxIncomingStreams:             maxStreams,
+		MaxIncomingUniStreams:          -1, // the client opens none
+		InitialStreamReceiveWindow:     64 << 10,
+		MaxStreamReceiveWindow:         quicReceiveWindow,
+		InitialConnectionReceiveWindow: 64 << 10,
+		MaxConnectionReceiveWindow:     quicReceiveWindow,
 	}
 }
 
@@ -209,7 +252,9 @@ type conn struct {
 	control *quic.Stream
 	limiter *rate.Limiter
 	sem     chan struct{}
-	expires time.Time // the token's expiry: the connection ends then
+	expires time.Time   // the token's expiry: the connection ends then
+	reads   *byteBudget // partially read request frames
+	writes  *byteBudget // answers being computed or written
 
 	mu      sync.Mutex // guards queue and writes to control
 	queue   []*wire.Notify
@@ -220,6 +265,12 @@ type conn struct {
 
 func (s *Server) serveConn(qc *quic.Conn) {
 	ctx := qc.Context()
+	if !s.enterPreauth() {
+		qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeBusy), fmt.Sprintf("server busy: more than %d connections logging in; retry", s.cfg.MaxUnauthenticated))
+		return
+	}
+	leavePreauth := sync.OnceFunc(s.leavePreauth)
+	defer leavePreauth()
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	control, err := qc.AcceptStream(hctx)
 	cancel()
@@ -234,13 +285,15 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		qc.CloseWithError(quic.ApplicationErrorCode(code), msg)
 	}
 	control.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	rd := wire.NewReader(control, s.cfg.MaxFrameSize)
+	// Hello and the later control frames are small: a token is under 1 KiB.
+	rd := wire.NewReader(control, maxHelloSize)
 	var hello wire.Hello
 	if err := rd.Read(&hello); err != nil {
 		refuse(wire.CodeBadFrame, "expected Hello: "+err.Error())
 		return
 	}
 	control.SetReadDeadline(time.Time{})
+	rd.WithFrameTimeout(s.cfg.FrameTimeout)
 	claims, err := s.cfg.Key.Verify(hello.Token, s.cfg.Now())
 	if err != nil {
 		refuse(wire.CodeUnauthorized, err.Error())
@@ -252,6 +305,8 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		sem:     make(chan struct{}, s.cfg.MaxInflight),
 		wake:    make(chan struct{}, 1),
 		expires: time.Unix(claims.Expires, 0),
+		reads:   newByteBudget(s.cfg.ReadBudget),
+		writes:  newByteBudget(s.cfg.WriteBudget),
 	}
 	if !s.admit(c) {
 		refuse(wire.CodeTooMany, fmt.Sprintf("more than %d connections for %s", s.cfg.MaxConnsPerUser, claims.User))
@@ -284,6 +339,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	if err := c.writeControl(&wire.ServerPush{Push: &wire.ServerPush_Welcome{Welcome: welcome}}); err != nil {
 		return
 	}
+	leavePreauth()
 	s.cfg.Logger.Debug("device connected", "user", c.user, "device", c.device, "remote", qc.RemoteAddr())
 
 	// Notifications go on a stream of the server's own, so that neither
@@ -306,6 +362,22 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		}
 		go c.serveRequests(ctx, st)
 	}
+}
+
+func (s *Server) enterPreauth() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.preauth >= s.cfg.MaxUnauthenticated {
+		return false
+	}
+	s.preauth++
+	return true
+}
+
+func (s *Server) leavePreauth() {
+	s.mu.Lock()
+	s.preauth--
+	s.mu.Unlock()
 }
 
 // admit counts c against its user's connection cap. At the cap, a new
@@ -355,51 +427,25 @@ func (c *conn) Push(userSeq uint64, entry *eventspb.SyncEntry) {
 var _ actors.DeviceSink = (*conn)(nil)
 
 // welcome tells a device where its timeline is and which conversations
-// changed since its last seq (all of them on a first login).
+// changed since its last seq (all of them on a first login): a first page
+// that fits a frame, with more_changed when the device must page the rest.
 func (c *conn) welcome(ctx context.Context, last uint64) (*wire.Welcome, error) {
 	svc := c.s.cfg.Service
-	list, err := svc.Conversations(ctx, c.user)
+	q := actors.ListQuery{Limit: actors.MaxListLimit, ChangedAfter: last}
+	list, err := svc.ConversationPage(ctx, c.user, q)
 	if err != nil {
 		return nil, err
 	}
-	w := &wire.Welcome{User: c.user, Device: c.device, UserSeq: list.UserSeq, MaxFrameSize: uint32(c.s.cfg.MaxFrameSize)}
-	if last == 0 || list.UserSeq < last || list.UserSeq-last > 1000 {
-		w.Changed = list.Conversations
-		return w, nil
-	}
-	changed := map[string]bool{}
-	for after := last; after < list.UserSeq; {
-		page, err := svc.Sync(ctx, c.user, after, 1000)
-		if err != nil {
+	if list.UserSeq < last { // the device is ahead of this server: everything is news
+		q.ChangedAfter = 0
+		if list, err = svc.ConversationPage(ctx, c.user, q); err != nil {
 			return nil, err
 		}
-		if len(page.Entries) == 0 {
-			break
-		}
-		for _, e := range page.Entries {
-			if conv := entryConversation(e); conv != "" {
-				changed[conv] = true
-			}
-			after = e.UserSeq
-		}
 	}
-	for _, s := range list.Conversations {
-		if changed[s.ConversationId] || (s.ReadFanout && s.LastSeq > 0) {
-			w.Changed = append(w.Changed, s)
-		}
-	}
-	return w, nil
-}
-
-func entryConversation(e *eventspb.SyncEntry) string {
-	m, err := events.Decode(e.Type, e.Data)
-	if err != nil {
-		return ""
-	}
-	if c, ok := m.(interface{ GetConversationId() string }); ok {
-		return c.GetConversationId()
-	}
-	return ""
+	return &wire.Welcome{
+		User: c.user, Device: c.device, UserSeq: list.UserSeq, MaxFrameSize: uint32(c.s.cfg.MaxFrameSize),
+		Changed: list.Conversations, MoreChanged: list.More, ChangedCursor: list.NextCursor, ChangedAfterUserSeq: q.ChangedAfter,
+	}, nil
 }
 
 func (c *conn) writeControl(m proto.Message) error {
@@ -477,39 +523,111 @@ func (c *conn) controlLoop(ctx context.Context, rd *wire.Reader) {
 // serveRequests reads requests from one stream and answers each, in any
 // order, as it completes. A malformed frame ends the stream (the reader
 // cannot find the next frame) but not the connection.
+//
+// Memory: a frame being read counts against the connection's read budget
+// (refused beyond it, and when it stalls past FrameTimeout); an answer
+// reserves room in the write budget before it runs and holds it until
+// the client has taken it. An answer the client does not take within
+// WriteTimeout ends the stream's sending side, so answers never pile up.
 func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 	var wmu sync.Mutex
-	respond := func(r *wire.Response) {
+	broken := false // the client stopped taking answers: drop the rest
+	write := func(b []byte) {
 		wmu.Lock()
 		defer wmu.Unlock()
-		wire.WriteFrame(st, r)
+		if broken {
+			return
+		}
+		st.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+		if _, err := st.Write(b); err != nil {
+			// the client does not take its answers: end the stream both
+			// ways (the read loop stops; answers still running are dropped)
+			broken = true
+			st.CancelWrite(quic.StreamErrorCode(wire.CodeBadFrame))
+			st.CancelRead(quic.StreamErrorCode(wire.CodeBadFrame))
+		}
+	}
+	respondSmall := func(r *wire.Response) { // errors: not counted, one per failure
+		if b, err := wire.AppendFrame(nil, r); err == nil {
+			write(b)
+		}
 	}
 	defer st.Close()
-	rd := wire.NewReader(st, c.s.cfg.MaxFrameSize)
+	rd := wire.NewReader(st, c.s.cfg.MaxFrameSize).WithBudget(c.reads).WithFrameTimeout(c.s.cfg.FrameTimeout)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
 		var req wire.Request
 		if err := rd.Read(&req); err != nil {
 			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
-				respond(&wire.Response{Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeBadFrame, Message: err.Error()}}})
+				respondSmall(&wire.Response{Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeBadFrame, Message: err.Error()}}})
 				st.CancelRead(quic.StreamErrorCode(wire.CodeBadFrame))
 			}
 			return
 		}
 		if !c.limiter.AllowN(c.s.cfg.Now(), 1) { // the configured clock, so that tests can drive it
-			respond(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "request rate limit"}}})
+			respondSmall(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "request rate limit"}}})
+			continue
+		}
+		// The decoded request stays in the read budget until answered.
+		size := proto.Size(&req)
+		if err := c.reads.Take(size); err != nil {
+			respondSmall(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "connection busy: requests in flight: " + err.Error()}}})
+			continue
+		}
+		// Room for the answer (and the goroutine computing it) first: a
+		// client that does not read its answers stops here.
+		reserve := smallReserve
+		switch req.Op.(type) {
+		case *wire.Request_Sync, *wire.Request_History, *wire.Request_Conversations, *wire.Request_Conversation:
+			reserve = answerReserve
+		}
+		if err := c.writes.acquire(ctx, reserve, c.s.cfg.WriteTimeout); err != nil {
+			c.reads.Give(size)
+			if ctx.Err() != nil {
+				return
+			}
+			respondSmall(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "connection busy: " + err.Error()}}})
 			continue
 		}
 		select {
 		case c.sem <- struct{}{}:
 		case <-ctx.Done():
+			c.reads.Give(size)
+			c.writes.Give(reserve)
 			return
 		}
 		wg.Add(1)
 		go func() {
-			defer func() { <-c.sem; wg.Done() }()
-			respond(c.handle(ctx, &req))
+			defer func() { <-c.sem; c.reads.Give(size); wg.Done() }()
+			c.answer(ctx, &req, reserve, write)
 		}()
 	}
+}
+
+// answer runs one request and writes its answer; reserve bytes of the
+// write budget are held for it and given back once it is written.
+func (c *conn) answer(ctx context.Context, req *wire.Request, reserve int, write func([]byte)) {
+	held := reserve
+	defer func() { c.writes.Give(held) }()
+	res := c.handle(ctx, req)
+	b, err := wire.AppendFrame(nil, res)
+	if err == nil && len(b) > c.s.cfg.MaxFrameSize {
+		err = fmt.Errorf("answer of %d bytes exceeds the frame limit %d", len(b), c.s.cfg.MaxFrameSize)
+	}
+	if err != nil {
+		c.s.cfg.Logger.Error("cannot encode an answer", "user", c.user, "err", err)
+		b, _ = wire.AppendFrame(nil, &wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeInternal, Message: err.Error()}}})
+	}
+	if len(b) < held { // give back what the answer did not need
+		c.writes.Give(held - len(b))
+		held = len(b)
+	}
+	if len(b) > held { // a small answer that turned out large: wait for the rest
+		if err := c.writes.acquire(ctx, len(b)-held, c.s.cfg.WriteTimeout); err != nil {
+			return
+		}
+		held = len(b)
+	}
+	write(b)
 }

@@ -147,7 +147,7 @@ func runClient(ctx context.Context, cmd string, args []string, out io.Writer) er
 	name := fs.String("name", "", "group name")
 	members := fs.String("members", "", "comma-separated members")
 	before := fs.Uint64("before", 0, "history before this seq")
-	after := fs.Uint64("after", 0, "history after this seq")
+	after := fs.Uint64("after", 0, "history after this seq, oldest first (0: from the first message)")
 	unread := fs.Bool("unread", false, "history from the first unread message")
 	limit := fs.Int("limit", 50, "page size")
 	seq := fs.Uint64("seq", 0, "seq of a message")
@@ -274,15 +274,49 @@ func runClient(ctx context.Context, cmd string, args []string, out io.Writer) er
 			})
 		}
 	case "history":
-		h, err := c.History(ctx, *conv, client.HistoryQuery{Before: *before, After: *after, Limit: *limit, FirstUnread: *unread})
-		if err != nil {
-			return err
+		afterSet := false
+		fs.Visit(func(f *flag.Flag) { afterSet = afterSet || f.Name == "after" })
+		if *limit <= 0 {
+			return fmt.Errorf("%w: history --limit must be positive", errUsage)
 		}
-		for _, m := range h.Messages {
-			p.print([]string{"seq", "sender", "text", "recalled", "client_msg_id"}, map[string]any{
-				"conversation": *conv, "seq": m.Seq, "sender": m.Message.GetSender(), "client_msg_id": m.Message.GetClientMsgId(),
-				"text": m.Message.GetBody(), "recalled": m.Recalled,
-			})
+		// Pages stop at the server's page size in bytes: ask page after
+		// page until --limit messages or the end.
+		q := client.HistoryQuery{Before: *before, After: *after, FromStart: afterSet, Limit: *limit, FirstUnread: *unread}
+		printed := 0
+		for {
+			h, err := c.History(ctx, *conv, q)
+			if err != nil {
+				return err
+			}
+			for _, m := range h.Messages {
+				p.print([]string{"seq", "sender", "text", "recalled", "client_msg_id"}, map[string]any{
+					"conversation": *conv, "seq": m.Seq, "sender": m.Message.GetSender(), "client_msg_id": m.Message.GetClientMsgId(),
+					"text": m.Message.GetBody(), "recalled": m.Recalled,
+				})
+			}
+			printed += len(h.Messages)
+			if !h.More || len(h.Messages) == 0 {
+				break
+			}
+			oldestFirst := afterSet || *unread
+			edge := h.Messages[len(h.Messages)-1].Seq
+			if printed >= *limit {
+				// say where the rest starts
+				rec := map[string]any{"conversation": *conv, "more": true}
+				if oldestFirst {
+					rec["after"] = edge
+				} else {
+					rec["before"] = edge
+				}
+				p.print([]string{"more", "before", "after"}, rec)
+				break
+			}
+			q = client.HistoryQuery{Limit: *limit - printed}
+			if oldestFirst {
+				q.After, q.FromStart = edge, true
+			} else {
+				q.Before = edge
+			}
 		}
 	case "sync":
 		// Print what the timeline holds now, then remember where we are.

@@ -217,9 +217,13 @@ func (x *HistoryMessage) GetEdited() bool {
 }
 
 type History struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Messages      []*HistoryMessage      `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
-	LastSeq       uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Messages []*HistoryMessage      `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	LastSeq  uint64                 `protobuf:"varint,2,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	// More messages follow in the page's direction (older for a newest-first
+	// page, newer for an oldest-first one): the page stopped at its count or
+	// byte limit.
+	More          bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -266,6 +270,13 @@ func (x *History) GetLastSeq() uint64 {
 		return x.LastSeq
 	}
 	return 0
+}
+
+func (x *History) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
 }
 
 type SyncEntry struct {
@@ -329,10 +340,13 @@ func (x *SyncEntry) GetData() []byte {
 }
 
 type SyncPage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Entries       []*SyncEntry           `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
-	LastUserSeq   uint64                 `protobuf:"varint,2,opt,name=last_user_seq,json=lastUserSeq,proto3" json:"last_user_seq,omitempty"`    // the newest user seq there is
-	FirstUserSeq  uint64                 `protobuf:"varint,3,opt,name=first_user_seq,json=firstUserSeq,proto3" json:"first_user_seq,omitempty"` // the oldest still kept (retention); a device behind it must resync
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Entries      []*SyncEntry           `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	LastUserSeq  uint64                 `protobuf:"varint,2,opt,name=last_user_seq,json=lastUserSeq,proto3" json:"last_user_seq,omitempty"`    // the newest user seq there is
+	FirstUserSeq uint64                 `protobuf:"varint,3,opt,name=first_user_seq,json=firstUserSeq,proto3" json:"first_user_seq,omitempty"` // the oldest still kept (retention); a device behind it must resync
+	// Entries after the last one of this page exist (the page stopped at its
+	// count or byte limit): pull again after the last entry.
+	More          bool `protobuf:"varint,4,opt,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -386,6 +400,13 @@ func (x *SyncPage) GetFirstUserSeq() uint64 {
 		return x.FirstUserSeq
 	}
 	return 0
+}
+
+func (x *SyncPage) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
 }
 
 type ConversationSummary struct {
@@ -508,6 +529,9 @@ type ConversationList struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Conversations []*ConversationSummary `protobuf:"bytes,1,rep,name=conversations,proto3" json:"conversations,omitempty"`
 	UserSeq       uint64                 `protobuf:"varint,2,opt,name=user_seq,json=userSeq,proto3" json:"user_seq,omitempty"`
+	// More lines follow: ask again with cursor = next_cursor.
+	More          bool   `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
+	NextCursor    string `protobuf:"bytes,4,opt,name=next_cursor,json=nextCursor,proto3" json:"next_cursor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -556,6 +580,20 @@ func (x *ConversationList) GetUserSeq() uint64 {
 	return 0
 }
 
+func (x *ConversationList) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *ConversationList) GetNextCursor() string {
+	if x != nil {
+		return x.NextCursor
+	}
+	return ""
+}
+
 var File_imsync_views_proto protoreflect.FileDescriptor
 
 const file_imsync_views_proto_rawDesc = "" +
@@ -579,18 +617,20 @@ const file_imsync_views_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x127\n" +
 	"\amessage\x18\x02 \x01(\v2\x1d.imsync.events.v1.MessageSentR\amessage\x12\x1a\n" +
 	"\brecalled\x18\x03 \x01(\bR\brecalled\x12\x16\n" +
-	"\x06edited\x18\x04 \x01(\bR\x06edited\"b\n" +
+	"\x06edited\x18\x04 \x01(\bR\x06edited\"v\n" +
 	"\aHistory\x12<\n" +
 	"\bmessages\x18\x01 \x03(\v2 .imsync.events.v1.HistoryMessageR\bmessages\x12\x19\n" +
-	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\"N\n" +
+	"\blast_seq\x18\x02 \x01(\x04R\alastSeq\x12\x12\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\"N\n" +
 	"\tSyncEntry\x12\x19\n" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\fR\x04data\"\x8b\x01\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"\x9f\x01\n" +
 	"\bSyncPage\x125\n" +
 	"\aentries\x18\x01 \x03(\v2\x1b.imsync.events.v1.SyncEntryR\aentries\x12\"\n" +
 	"\rlast_user_seq\x18\x02 \x01(\x04R\vlastUserSeq\x12$\n" +
-	"\x0efirst_user_seq\x18\x03 \x01(\x04R\ffirstUserSeq\"\xa9\x03\n" +
+	"\x0efirst_user_seq\x18\x03 \x01(\x04R\ffirstUserSeq\x12\x12\n" +
+	"\x04more\x18\x04 \x01(\bR\x04more\"\xa9\x03\n" +
 	"\x13ConversationSummary\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x126\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
@@ -603,10 +643,13 @@ const file_imsync_views_proto_rawDesc = "" +
 	"\x15last_activity_unix_ms\x18\t \x01(\x03R\x12lastActivityUnixMs\x12\x1f\n" +
 	"\vread_fanout\x18\n" +
 	" \x01(\bR\n" +
-	"readFanout\"z\n" +
+	"readFanout\"\xaf\x01\n" +
 	"\x10ConversationList\x12K\n" +
 	"\rconversations\x18\x01 \x03(\v2%.imsync.events.v1.ConversationSummaryR\rconversations\x12\x19\n" +
-	"\buser_seq\x18\x02 \x01(\x04R\auserSeqB*Z(github.com/imsync/imsync/events/eventspbb\x06proto3"
+	"\buser_seq\x18\x02 \x01(\x04R\auserSeq\x12\x12\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\x12\x1f\n" +
+	"\vnext_cursor\x18\x04 \x01(\tR\n" +
+	"nextCursorB*Z(github.com/imsync/imsync/events/eventspbb\x06proto3"
 
 var (
 	file_imsync_views_proto_rawDescOnce sync.Once

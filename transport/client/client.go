@@ -162,7 +162,8 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 }
 
 // Welcome is the server's answer to the latest login: the user, the newest
-// user seq and the conversations that changed since LastUserSeq.
+// user seq and a first page of the conversations that changed since
+// LastUserSeq (Changed returns them all).
 func (c *Client) Welcome() *wire.Welcome {
 	c.mu.Lock()
 	defer c.mu.Unlock()

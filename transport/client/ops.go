@@ -49,10 +49,18 @@ func (s *session) oneShot(ctx context.Context, req *wire.Request) (*wire.Respons
 	}
 	st.Close() // no more requests on this stream
 	var res wire.Response
-	if err := wire.NewReader(st, wire.DefaultMaxFrameSize).Read(&res); err != nil {
+	if err := wire.NewReader(st, s.c.maxFrame()).Read(&res); err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
 	return &res, nil
+}
+
+// maxFrame is the frame limit the server announced (at least the default).
+func (c *Client) maxFrame() int {
+	if w := c.Welcome(); w != nil && int(w.MaxFrameSize) > wire.DefaultMaxFrameSize {
+		return int(w.MaxFrameSize)
+	}
+	return wire.DefaultMaxFrameSize
 }
 
 // Message is what Send sends: to a conversation or, directly, to a user.
@@ -141,22 +149,30 @@ func (c *Client) Sync(ctx context.Context, after uint64, limit int) (*eventspb.S
 		return nil, err
 	}
 	if z := res.GetSyncZstd(); z != nil {
-		return wire.DecompressPage(z, 64<<20)
+		return wire.DecompressPage(z, c.maxFrame())
 	}
 	return res.GetSync(), nil
 }
 
-// HistoryQuery selects a page of messages.
+// HistoryQuery selects a page of messages: the newest (no Before, After
+// or FromStart), those before a seq, or those after one, oldest first.
 type HistoryQuery struct {
 	Before, After uint64
-	Limit         int
-	FirstUnread   bool // the page after the caller's read marker
+	// FromStart: oldest first from After, even when After is 0 (the
+	// conversation's first messages).
+	FromStart   bool
+	Limit       int  // messages per page (server default 50, at most 1,000)
+	FirstUnread bool // the page after the caller's read marker
 }
 
-// History pages a conversation (newest first; oldest first with After or FirstUnread).
+// History returns one page of a conversation (newest first; oldest first
+// with After, FromStart or FirstUnread). A page stops at Limit messages or
+// at the server's page size in bytes; History.More says that more
+// messages follow: ask again before the oldest (or after the newest) seq
+// of the page.
 func (c *Client) History(ctx context.Context, conv string, q HistoryQuery) (*eventspb.History, error) {
 	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_History{History: &wire.HistoryPage{
-		Conversation: conv, BeforeSeq: q.Before, AfterSeq: q.After, Limit: uint32(q.Limit), FirstUnread: q.FirstUnread,
+		Conversation: conv, BeforeSeq: q.Before, AfterSeq: q.After, FromStart: q.FromStart, Limit: uint32(q.Limit), FirstUnread: q.FirstUnread,
 	}}}, true)
 	if err != nil {
 		return nil, err
@@ -164,13 +180,67 @@ func (c *Client) History(ctx context.Context, conv string, q HistoryQuery) (*eve
 	return res.GetHistory(), nil
 }
 
-// Conversations returns the caller's conversation list.
-func (c *Client) Conversations(ctx context.Context) (*eventspb.ConversationList, error) {
-	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_Conversations{Conversations: &wire.ListConversations{}}}, true)
+// ListQuery selects a page of the conversation list (newest activity
+// first): the lines after Cursor (a page's NextCursor; empty: the first
+// page), at most Limit (server default 200, at most 1,000) and the
+// server's page size in bytes, only lines changed after user seq
+// ChangedAfter when it is set.
+type ListQuery struct {
+	Cursor       string
+	Limit        int
+	ChangedAfter uint64
+}
+
+// ConversationPage returns one page of the conversation list; More and
+// NextCursor say how to ask for the next.
+func (c *Client) ConversationPage(ctx context.Context, q ListQuery) (*eventspb.ConversationList, error) {
+	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_Conversations{Conversations: &wire.ListConversations{
+		Cursor: q.Cursor, Limit: uint32(q.Limit), ChangedAfterUserSeq: q.ChangedAfter,
+	}}}, true)
 	if err != nil {
 		return nil, err
 	}
 	return res.GetConversations(), nil
+}
+
+// Conversations returns the caller's whole conversation list, asking for
+// it page by page.
+func (c *Client) Conversations(ctx context.Context) (*eventspb.ConversationList, error) {
+	return c.allPages(ctx, nil, ListQuery{})
+}
+
+// Changed returns every conversation that changed since the device's
+// last user seq at the latest login: the Welcome's first page and, when
+// the Welcome says there is more, the rest page by page.
+func (c *Client) Changed(ctx context.Context) (*eventspb.ConversationList, error) {
+	w := c.Welcome()
+	first := &eventspb.ConversationList{Conversations: w.Changed, UserSeq: w.UserSeq, More: w.MoreChanged, NextCursor: w.ChangedCursor}
+	return c.allPages(ctx, first, ListQuery{ChangedAfter: w.ChangedAfterUserSeq})
+}
+
+// allPages appends the pages after first (nil: from the first page).
+func (c *Client) allPages(ctx context.Context, first *eventspb.ConversationList, q ListQuery) (*eventspb.ConversationList, error) {
+	all := first
+	if all == nil {
+		page, err := c.ConversationPage(ctx, q)
+		if err != nil {
+			return nil, err
+		}
+		all = page
+	}
+	for all.More {
+		q.Cursor = all.NextCursor
+		page, err := c.ConversationPage(ctx, q)
+		if err != nil {
+			return nil, err
+		}
+		if page.More && page.NextCursor == q.Cursor {
+			return nil, errors.New("client: conversation list paging does not advance")
+		}
+		all.Conversations = append(all.Conversations, page.Conversations...)
+		all.More, all.NextCursor = page.More, page.NextCursor
+	}
+	return all, nil
 }
 
 // Conversation returns one conversation as the caller sees it.

@@ -8,6 +8,10 @@
 //	var push wire.ServerPush
 //	if err := rd.Read(&push); err != nil { ... }          // io.EOF, ErrFrameTooLarge, ErrBadFrame
 //
+// A Reader's buffer grows as a frame's bytes arrive. A server bounds a
+// connection's frames in progress with WithBudget (ErrBudget beyond it)
+// and a frame's duration with WithFrameTimeout (ErrFrameStalled).
+//
 // docs/protocol.md describes the streams, the login, the requests, the
 // sync rule and the error codes.
 package wire

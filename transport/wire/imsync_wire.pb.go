@@ -96,10 +96,18 @@ type Welcome struct {
 	UserSeq uint64                 `protobuf:"varint,3,opt,name=user_seq,json=userSeq,proto3" json:"user_seq,omitempty"` // newest user seq: pull (after last_user_seq) when it is ahead
 	// The conversations that changed since last_user_seq (all of them when
 	// last_user_seq is 0): what a device syncs first at login.
+	// It is a first page that fits a frame: with more_changed set, the client
+	// asks for the rest with conversations{cursor: changed_cursor,
+	// changed_after_user_seq: changed_after_user_seq}.
 	Changed       []*eventspb.ConversationSummary `protobuf:"bytes,4,rep,name=changed,proto3" json:"changed,omitempty"`
 	MaxFrameSize  uint32                          `protobuf:"varint,5,opt,name=max_frame_size,json=maxFrameSize,proto3" json:"max_frame_size,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MoreChanged   bool                            `protobuf:"varint,6,opt,name=more_changed,json=moreChanged,proto3" json:"more_changed,omitempty"`
+	ChangedCursor string                          `protobuf:"bytes,7,opt,name=changed_cursor,json=changedCursor,proto3" json:"changed_cursor,omitempty"`
+	// The user seq that changed is relative to: Hello.last_user_seq, or 0
+	// when the device was ahead of the server (all conversations).
+	ChangedAfterUserSeq uint64 `protobuf:"varint,8,opt,name=changed_after_user_seq,json=changedAfterUserSeq,proto3" json:"changed_after_user_seq,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -163,6 +171,27 @@ func (x *Welcome) GetChanged() []*eventspb.ConversationSummary {
 func (x *Welcome) GetMaxFrameSize() uint32 {
 	if x != nil {
 		return x.MaxFrameSize
+	}
+	return 0
+}
+
+func (x *Welcome) GetMoreChanged() bool {
+	if x != nil {
+		return x.MoreChanged
+	}
+	return false
+}
+
+func (x *Welcome) GetChangedCursor() string {
+	if x != nil {
+		return x.ChangedCursor
+	}
+	return ""
+}
+
+func (x *Welcome) GetChangedAfterUserSeq() uint64 {
+	if x != nil {
+		return x.ChangedAfterUserSeq
 	}
 	return 0
 }
@@ -1211,12 +1240,15 @@ func (x *SyncPull) GetZstd() bool {
 }
 
 type HistoryPage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Conversation  string                 `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"`
-	BeforeSeq     uint64                 `protobuf:"varint,2,opt,name=before_seq,json=beforeSeq,proto3" json:"before_seq,omitempty"`
-	AfterSeq      uint64                 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
-	Limit         uint32                 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
-	FirstUnread   bool                   `protobuf:"varint,5,opt,name=first_unread,json=firstUnread,proto3" json:"first_unread,omitempty"` // start after the caller's read marker
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Conversation string                 `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"`
+	BeforeSeq    uint64                 `protobuf:"varint,2,opt,name=before_seq,json=beforeSeq,proto3" json:"before_seq,omitempty"`
+	AfterSeq     uint64                 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	Limit        uint32                 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	FirstUnread  bool                   `protobuf:"varint,5,opt,name=first_unread,json=firstUnread,proto3" json:"first_unread,omitempty"` // start after the caller's read marker
+	// Oldest first from after_seq, even when after_seq is 0: the page from
+	// the conversation's first message.
+	FromStart     bool `protobuf:"varint,6,opt,name=from_start,json=fromStart,proto3" json:"from_start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1286,10 +1318,21 @@ func (x *HistoryPage) GetFirstUnread() bool {
 	return false
 }
 
+func (x *HistoryPage) GetFromStart() bool {
+	if x != nil {
+		return x.FromStart
+	}
+	return false
+}
+
+// A page of the conversation list, newest activity first.
 type ListConversations struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Cursor              string                 `protobuf:"bytes,1,opt,name=cursor,proto3" json:"cursor,omitempty"`                                                           // next_cursor of the previous page; empty: the first page
+	Limit               uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`                                                            // lines per page (default 200, at most 1,000)
+	ChangedAfterUserSeq uint64                 `protobuf:"varint,3,opt,name=changed_after_user_seq,json=changedAfterUserSeq,proto3" json:"changed_after_user_seq,omitempty"` // only lines changed after this user seq (0: all)
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *ListConversations) Reset() {
@@ -1320,6 +1363,27 @@ func (x *ListConversations) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListConversations.ProtoReflect.Descriptor instead.
 func (*ListConversations) Descriptor() ([]byte, []int) {
 	return file_imsync_wire_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ListConversations) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *ListConversations) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListConversations) GetChangedAfterUserSeq() uint64 {
+	if x != nil {
+		return x.ChangedAfterUserSeq
+	}
+	return 0
 }
 
 type GetConversation struct {
@@ -1785,13 +1849,16 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\x05Hello\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\"\n" +
 	"\rlast_user_seq\x18\x02 \x01(\x04R\vlastUserSeq\x12\x16\n" +
-	"\x06client\x18\x03 \x01(\tR\x06client\"\xb7\x01\n" +
+	"\x06client\x18\x03 \x01(\tR\x06client\"\xb6\x02\n" +
 	"\aWelcome\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x19\n" +
 	"\buser_seq\x18\x03 \x01(\x04R\auserSeq\x12?\n" +
 	"\achanged\x18\x04 \x03(\v2%.imsync.events.v1.ConversationSummaryR\achanged\x12$\n" +
-	"\x0emax_frame_size\x18\x05 \x01(\rR\fmaxFrameSize\"\xaa\x01\n" +
+	"\x0emax_frame_size\x18\x05 \x01(\rR\fmaxFrameSize\x12!\n" +
+	"\fmore_changed\x18\x06 \x01(\bR\vmoreChanged\x12%\n" +
+	"\x0echanged_cursor\x18\a \x01(\tR\rchangedCursor\x123\n" +
+	"\x16changed_after_user_seq\x18\b \x01(\x04R\x13changedAfterUserSeq\"\xaa\x01\n" +
 	"\n" +
 	"ServerPush\x123\n" +
 	"\awelcome\x18\x03 \x01(\v2\x17.imsync.wire.v1.WelcomeH\x00R\awelcome\x120\n" +
@@ -1857,15 +1924,20 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\bSyncPull\x12$\n" +
 	"\x0eafter_user_seq\x18\x01 \x01(\x04R\fafterUserSeq\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x12\n" +
-	"\x04zstd\x18\x03 \x01(\bR\x04zstd\"\xa6\x01\n" +
+	"\x04zstd\x18\x03 \x01(\bR\x04zstd\"\xc5\x01\n" +
 	"\vHistoryPage\x12\"\n" +
 	"\fconversation\x18\x01 \x01(\tR\fconversation\x12\x1d\n" +
 	"\n" +
 	"before_seq\x18\x02 \x01(\x04R\tbeforeSeq\x12\x1b\n" +
 	"\tafter_seq\x18\x03 \x01(\x04R\bafterSeq\x12\x14\n" +
 	"\x05limit\x18\x04 \x01(\rR\x05limit\x12!\n" +
-	"\ffirst_unread\x18\x05 \x01(\bR\vfirstUnread\"\x13\n" +
-	"\x11ListConversations\"5\n" +
+	"\ffirst_unread\x18\x05 \x01(\bR\vfirstUnread\x12\x1d\n" +
+	"\n" +
+	"from_start\x18\x06 \x01(\bR\tfromStart\"v\n" +
+	"\x11ListConversations\x12\x16\n" +
+	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x123\n" +
+	"\x16changed_after_user_seq\x18\x03 \x01(\x04R\x13changedAfterUserSeq\"5\n" +
 	"\x0fGetConversation\x12\"\n" +
 	"\fconversation\x18\x01 \x01(\tR\fconversation\"\x97\x04\n" +
 	"\bResponse\x12\x0e\n" +
