@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -283,10 +284,25 @@ func TestBadFrames(t *testing.T) {
 // push stream and a reader of it.
 func (ts *testServer) rawLogin(t *testing.T, user, device string) (*quic.Conn, *quic.ReceiveStream, *wire.Reader) {
 	t.Helper()
+	return ts.rawLoginFrom(t, nil, user, device)
+}
+
+// rawLoginFrom is rawLogin from a given local address (nil: any).
+func (ts *testServer) rawLoginFrom(t *testing.T, local *net.UDPAddr, user, device string) (*quic.Conn, *quic.ReceiveStream, *wire.Reader) {
+	t.Helper()
 	tok, _ := ts.key.Mint(user, device, time.Hour, time.Now())
 	tc := ts.tls.Clone()
 	tc.NextProtos = []string{transport.ALPN}
-	qc, err := quic.DialAddr(ctx(t), ts.addr, tc, nil)
+	udp, err := net.ListenUDP("udp", local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	raddr, err := net.ResolveUDPAddr("udp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qc, err := quic.Dial(ctx(t), udp, raddr, tc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -438,4 +439,32 @@ func TestPreAuthLimits(t *testing.T) {
 	})
 	silent[0].CloseWithError(0, "")
 	waitFor(t, 10*time.Second, "a login once a slot is free", func() bool { return dial() == nil })
+}
+
+// One address that opens connections and never logs in fills only its own
+// pre-login slots: a user from another address logs in meanwhile.
+func TestPreAuthPerAddress(t *testing.T) {
+	ts := startServer(t, transport.Config{MaxUnauthenticatedPerIP: 3, HandshakeTimeout: 30 * time.Second})
+	for range 3 {
+		qc := ts.rawDial(t)
+		st, err := qc.OpenStreamSync(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Write([]byte{0x10}) // a Hello of 16 bytes, never finished
+	}
+	tok, err := ts.key.Mint("ann", "phone", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a refusal from the address that filled its slots", func() bool {
+		c, err := client.Dial(ctx(t), client.Config{Addr: ts.addr, Token: tok, TLS: ts.tls, NoReconnect: true})
+		if err == nil {
+			c.Close()
+		}
+		var ae *quic.ApplicationError
+		return errors.As(err, &ae) && ae.ErrorCode == wire.CodeBusy
+	})
+	// 127.0.0.2 is another loopback address: its login is not delayed.
+	ts.rawLoginFrom(t, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}, "bob", "phone")
 }

@@ -50,6 +50,10 @@ type Config struct {
 	// MaxUnauthenticated caps the connections that have not yet been
 	// welcomed, server-wide (default 256); more are closed with code 108.
 	MaxUnauthenticated int
+	// MaxUnauthenticatedPerIP caps them per remote IP address (default 32),
+	// so that one source cannot take every slot and delay other users'
+	// logins. QUIC's handshake has proved the address by then.
+	MaxUnauthenticatedPerIP int
 	// ReadBudget bounds the bytes of one connection's requests, all streams
 	// together, from their first byte until they are answered (default and
 	// minimum: MaxFrameSize). A frame that would exceed it while being read
@@ -93,6 +97,9 @@ func (c *Config) fill() {
 	if c.MaxUnauthenticated <= 0 {
 		c.MaxUnauthenticated = 256
 	}
+	if c.MaxUnauthenticatedPerIP <= 0 {
+		c.MaxUnauthenticatedPerIP = 32
+	}
 	if c.ReadBudget <= 0 {
 		c.ReadBudget = c.MaxFrameSize
 	}
@@ -127,6 +134,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	preauth int                // connections not yet welcomed
+	preIP   map[string]int     // the same, by remote IP
 	perUser map[string][]*conn // admitted connections, oldest first
 	conns   map[*quic.Conn]struct{}
 	closed  bool
@@ -145,7 +153,7 @@ func NewServer(cfg Config) (*Server, error) {
 	t.NextProtos = []string{ALPN}
 	t.MinVersion = tls.VersionTLS13
 	cfg.TLS = t
-	return &Server{cfg: cfg, perUser: map[string][]*conn{}, conns: map[*quic.Conn]struct{}{}}, nil
+	return &Server{cfg: cfg, perUser: map[string][]*conn{}, preIP: map[string]int{}, conns: map[*quic.Conn]struct{}{}}, nil
 }
 
 // QUICConfig is the transport configuration shared by server and client.
@@ -265,11 +273,12 @@ type conn struct {
 
 func (s *Server) serveConn(qc *quic.Conn) {
 	ctx := qc.Context()
-	if !s.enterPreauth() {
-		qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeBusy), fmt.Sprintf("server busy: more than %d connections logging in; retry", s.cfg.MaxUnauthenticated))
+	ip := remoteIP(qc.RemoteAddr())
+	if msg := s.enterPreauth(ip); msg != "" {
+		qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeBusy), msg)
 		return
 	}
-	leavePreauth := sync.OnceFunc(s.leavePreauth)
+	leavePreauth := sync.OnceFunc(func() { s.leavePreauth(ip) })
 	defer leavePreauth()
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	control, err := qc.AcceptStream(hctx)
@@ -364,20 +373,36 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	}
 }
 
-func (s *Server) enterPreauth() bool {
+// enterPreauth takes a pre-login slot for a connection from ip; it
+// returns why not when the server-wide or the per-address cap is reached.
+func (s *Server) enterPreauth(ip string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.preauth >= s.cfg.MaxUnauthenticated {
-		return false
+		return fmt.Sprintf("server busy: more than %d connections logging in; retry", s.cfg.MaxUnauthenticated)
+	}
+	if s.preIP[ip] >= s.cfg.MaxUnauthenticatedPerIP {
+		return fmt.Sprintf("server busy: more than %d connections logging in from %s; retry", s.cfg.MaxUnauthenticatedPerIP, ip)
 	}
 	s.preauth++
-	return true
+	s.preIP[ip]++
+	return ""
 }
 
-func (s *Server) leavePreauth() {
+func (s *Server) leavePreauth(ip string) {
 	s.mu.Lock()
 	s.preauth--
+	if s.preIP[ip]--; s.preIP[ip] <= 0 {
+		delete(s.preIP, ip)
+	}
 	s.mu.Unlock()
+}
+
+func remoteIP(a net.Addr) string {
+	if u, ok := a.(*net.UDPAddr); ok {
+		return u.IP.String()
+	}
+	return a.String()
 }
 
 // admit counts c against its user's connection cap. At the cap, a new
