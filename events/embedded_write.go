@@ -53,6 +53,7 @@ type round struct {
 	heads   []header       // heads[i] is the state of touched[i] after the round
 	dirty   []*streamState // streams whose header must be written (new, metadata, deletion)
 	lastPos uint64
+	nextSID uint64
 	events  int
 }
 
@@ -130,7 +131,7 @@ func (s *Embedded) apply(r *round) {
 		r.batch.Set(headerKey(st.id), st.cur.encode(st.name), nil)
 		st.dirty = false
 	}
-	r.lastPos = s.lastPos
+	r.lastPos, r.nextSID = s.lastPos, s.nextSID
 	if r.batch.Empty() {
 		r.batch.Close()
 		r.batch = nil
@@ -164,6 +165,7 @@ func (s *Embedded) syncLoop() {
 			if r.lastPos != s.durablePos {
 				s.durablePos = r.lastPos
 			}
+			s.durableSID = r.nextSID
 			close(s.changed)
 			s.changed = make(chan struct{})
 		}
@@ -370,7 +372,7 @@ func (s *Embedded) idAt(st *streamState, rev Revision, want uuid.UUID) (uuid.UUI
 		return uuid.Nil, 0, false, nil
 	}
 	if err != nil {
-		return uuid.Nil, 0, false, err
+		return uuid.Nil, 0, false, s.readErr(err)
 	}
 	rec, err := decodeRecord(v)
 	if err != nil {
