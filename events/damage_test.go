@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -175,5 +177,196 @@ func TestSSTableDamageInRead(t *testing.T) {
 	_, err = s.AppendToStream(ctx, "conv-c1", events.Any, events.EventData{Type: "MessageSent"})
 	if !errors.Is(err, events.ErrCorrupt) || !strings.Contains(err.Error(), sst) {
 		t.Fatalf("append after damage: %v, want ErrCorrupt naming %s", err, sst)
+	}
+}
+
+// TestWALTornTailOpens: bytes after the last acknowledged record (a write
+// cut short by a crash) are dropped and the store opens with everything.
+func TestWALTornTailOpens(t *testing.T) {
+	dir := t.TempDir()
+	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, "conv-c1", 300)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wal := newestFile(t, dir, ".log")
+	f, err := os.OpenFile(wal, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	torn := []byte{0x12, 0x34, 0x56, 0x78, 0x40, 0x00, 0x01, 'p', 'a', 'r', 't'}
+	if _, err := f.Write(torn); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	s, err = events.Open(dir, events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatalf("open after a torn tail: %v", err)
+	}
+	defer s.Close()
+	evs, err := s.ReadStream(context.Background(), "conv-c1", events.ReadStreamOptions{Direction: events.Backwards, From: events.RevisionEnd, Limit: 1})
+	if err != nil || len(evs) != 1 || evs[0].Revision != 299 {
+		t.Fatalf("newest event after reopen: %v %v, want revision 299", evs, err)
+	}
+}
+
+// copyDir copies the files of src into dst, as a crash would leave them
+// (everything acknowledged was fsynced).
+func copyDir(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o750)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o640)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWALFlipAfterCrashRefused: without a clean Close the mark written
+// while running still catches the loss.
+func TestWALFlipAfterCrashRefused(t *testing.T) {
+	dir := t.TempDir()
+	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	appendN(t, s, "conv-c1", 300)
+	s.WriteHighWater() // what the mark loop does about once a second
+	crashed := t.TempDir()
+	copyDir(t, dir, crashed)
+	os.Remove(filepath.Join(crashed, "LOCK"))
+	wal := newestFile(t, crashed, ".log")
+	flip(t, wal, fileSize(t, wal)/2, 4)
+	r, err := events.Open(crashed, events.Options{ScavengeInterval: -1})
+	if err == nil {
+		r.Close()
+		t.Fatal("a damaged WAL opened silently after a crash")
+	}
+	if !errors.Is(err, events.ErrCorrupt) {
+		t.Fatalf("open: %v, want ErrCorrupt", err)
+	}
+}
+
+// TestRecoverAcceptsLoss: Recover opens the damaged store, reports the
+// loss and never hands out an acknowledged position again; after it the
+// store opens normally.
+func TestRecoverAcceptsLoss(t *testing.T) {
+	dir := t.TempDir()
+	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, "conv-c1", 300)
+	s.Close()
+	wal := newestFile(t, dir, ".log")
+	flip(t, wal, fileSize(t, wal)/2, 4)
+	if _, err := events.Open(dir, events.Options{ScavengeInterval: -1}); !errors.Is(err, events.ErrCorrupt) {
+		t.Fatalf("open: %v, want ErrCorrupt", err)
+	}
+	r, loss, err := events.Recover(dir, events.Options{ScavengeInterval: -1, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatalf("recover: %v", err)
+	}
+	if loss.AcknowledgedPosition != 300 || loss.FoundPosition >= 300 || loss.Events() != 300-loss.FoundPosition {
+		t.Fatalf("loss = %+v, want found < 300, acknowledged 300", loss)
+	}
+	res, err := r.AppendToStream(context.Background(), "conv-c9", events.NoStream, events.EventData{Type: "MessageSent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Position.Commit <= 300 {
+		t.Fatalf("first append after recovery at position %d: an acknowledged position handed out again", res.Position.Commit)
+	}
+	r.Close()
+	s, err = events.Open(dir, events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatalf("open after recovery: %v", err)
+	}
+	s.Close()
+	// Recover on a healthy store changes nothing and reports no loss.
+	r, loss, err = events.Recover(dir, events.Options{ScavengeInterval: -1})
+	if err != nil || loss != (events.Loss{}) {
+		t.Fatalf("recover of a healthy store: %+v %v", loss, err)
+	}
+	r.Close()
+}
+
+// TestHighWaterFileDamaged: a mark that cannot be read is damage, not "no
+// mark".
+func TestHighWaterFileDamaged(t *testing.T) {
+	dir := t.TempDir()
+	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, "conv-c1", 3)
+	s.Close()
+	mark := filepath.Join(dir, "db", "IMSYNC-HIGHWATER")
+	if err := os.WriteFile(mark, make([]byte, 64), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := events.Open(dir, events.Options{ScavengeInterval: -1}); !errors.Is(err, events.ErrCorrupt) || !strings.Contains(err.Error(), "IMSYNC-HIGHWATER") {
+		t.Fatalf("open: %v, want ErrCorrupt naming the mark file", err)
+	}
+}
+
+// TestLockErrorMapping: only a lock held elsewhere is "in use"; a file this
+// process may not create is a permission error.
+func TestLockErrorMapping(t *testing.T) {
+	denied := events.LockError("/d", &fs.PathError{Op: "open", Path: "/d/LOCK", Err: syscall.EACCES})
+	if !errors.Is(denied, os.ErrPermission) || errors.Is(denied, events.ErrInUse) {
+		t.Errorf("permission denied creating the lock file: %v", denied)
+	}
+	for _, errno := range []error{syscall.EAGAIN, syscall.EACCES} {
+		held := events.LockError("/d", errno)
+		if !errors.Is(held, events.ErrInUse) {
+			t.Errorf("lock held (%v): %v, want ErrInUse", errno, held)
+		}
+	}
+	readOnly := events.LockError("/d", &fs.PathError{Op: "open", Path: "/d/LOCK", Err: syscall.EROFS})
+	if errors.Is(readOnly, events.ErrInUse) {
+		t.Errorf("read-only file system reported as in use: %v", readOnly)
+	}
+}
+
+// TestOpenPermissionDenied: a store this user may not read is a permission
+// error, never "in use by another process".
+func TestOpenPermissionDenied(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root is not denied by file modes")
+	}
+	dir := t.TempDir()
+	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	for _, p := range []string{filepath.Join(dir, "LOCK"), filepath.Join(dir, "db")} {
+		if err := os.Chmod(p, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		os.Chmod(filepath.Join(dir, "LOCK"), 0o640)
+		os.Chmod(filepath.Join(dir, "db"), 0o750)
+	})
+	_, err = events.Open(dir, events.Options{ScavengeInterval: -1})
+	if !errors.Is(err, os.ErrPermission) || errors.Is(err, events.ErrInUse) {
+		t.Fatalf("open: %v, want a permission error", err)
 	}
 }

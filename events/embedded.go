@@ -80,9 +80,9 @@ type Embedded struct {
 	bg        context.Context // cancelled by Close; bounds background work
 	stopBG    context.CancelFunc
 
-	dbMu       sync.RWMutex // readers hold it shared; Close takes it to close db
-	scavengeMu sync.Mutex   // one scavenge at a time
-	hwMu       sync.Mutex   // guards hw
+	dbMu       sync.RWMutex     // readers hold it shared; Close takes it to close db
+	scavengeMu sync.Mutex       // one scavenge at a time
+	hwMu       sync.Mutex       // guards hw
 	hw         *highWaterWriter // nil in memory
 	lost       Loss             // set by Recover
 

@@ -163,8 +163,8 @@ func checkHighWater(h highWater, lastPos, nextSID uint64, dir string) error {
 	if lastPos >= h.lastPos && nextSID >= h.nextSID {
 		return nil
 	}
-	return fmt.Errorf("%w: %s recovered up to position %d (next stream id %d), but position %d (next stream id %d) "+
-		"had been durably acknowledged: the newest write-ahead log is damaged and %d acknowledged events are missing; "+
+	return fmt.Errorf("%w: the store in %s recovered up to position %d (next stream id %d), but position %d (next stream id %d) "+
+		"had been durably acknowledged: the write-ahead log is damaged and %d acknowledged events are missing; "+
 		"the store refuses to open so that nothing is lost silently or handed out again; %s",
 		ErrCorrupt, dir, lastPos, nextSID, h.lastPos, h.nextSID, h.lastPos-min(lastPos, h.lastPos), recoveryHint)
 }

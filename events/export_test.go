@@ -49,4 +49,3 @@ var LockError = lockError
 
 // WriteHighWater records the durable state as the high-water mark now.
 func (s *Embedded) WriteHighWater() { s.writeHighWater() }
-
