@@ -269,6 +269,34 @@ func Recover(dir string, opts Options) (*Embedded, Loss, error) {
 			"dir", dir, "found_position", s.lost.FoundPosition,
 			"acknowledged_position", s.lost.AcknowledgedPosition, "lost_events", s.lost.Events())
 		s.writeHighWater() // the new state is the new mark
+		line := fmt.Sprintf("%s recovered: acknowledged events at positions %d..%d were lost (damaged data); counters moved past them\n",
+			s.opts.Now().UTC().Format(time.RFC3339), s.lost.FoundPosition+1, s.lost.AcknowledgedPosition)
+		if err := appendFileSync(filepath.Join(dir, recoveryLog), line); err != nil {
+			s.Close()
+			return nil, Loss{}, err
+		}
 	}
 	return s, s.lost, nil
+}
+
+// recoveryLog in the store directory keeps a line for every Recover that
+// lost data.
+const recoveryLog = "RECOVERIES"
+
+func appendFileSync(path, line string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	_, err = f.WriteString(line)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("events: write %s: %w", path, err)
+	}
+	return nil
 }
