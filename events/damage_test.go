@@ -103,10 +103,10 @@ func TestWALFlipMidFileRefused(t *testing.T) {
 				r.Close()
 				t.Fatalf("a damaged WAL opened silently; newest event now %v", evs)
 			}
-			if !errors.Is(err, events.ErrCorrupt) {
-				t.Fatalf("open: %v, want ErrCorrupt", err)
+			if !errors.Is(err, events.ErrCorrupt) || !strings.Contains(err.Error(), "acknowledged events are missing") ||
+				!strings.Contains(err.Error(), "imsync store recover --data DIR --accept-data-loss") {
+				t.Fatalf("open: %v, want ErrCorrupt naming the loss and the recovery", err)
 			}
-			t.Logf("open: %v", err)
 		})
 	}
 }
@@ -157,7 +157,7 @@ func TestSSTableDamageInCompaction(t *testing.T) {
 			}
 		}
 	}
-	if !errors.Is(err, events.ErrCorrupt) || !strings.Contains(err.Error(), sst) || !strings.Contains(err.Error(), "imsync store recover") {
+	if !errors.Is(err, events.ErrCorrupt) || !strings.Contains(err.Error(), sst) || !strings.Contains(err.Error(), "restore the data directory from a backup") {
 		t.Fatalf("append after damage: %v, want ErrCorrupt naming %s and the recovery", err, sst)
 	}
 	if _, err := s.ReadStream(ctx, "conv-c1", events.ReadStreamOptions{From: 299, Limit: 1}); !errors.Is(err, events.ErrCorrupt) {
@@ -281,6 +281,9 @@ func TestRecoverAcceptsLoss(t *testing.T) {
 	r, loss, err := events.Recover(dir, events.Options{ScavengeInterval: -1, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("recover: %v", err)
+	}
+	if rec, err := os.ReadFile(filepath.Join(dir, "RECOVERIES")); err != nil || !strings.Contains(string(rec), "..300 were lost") {
+		t.Fatalf("recovery record: %q %v", rec, err)
 	}
 	if loss.AcknowledgedPosition != 300 || loss.FoundPosition >= 300 || loss.Events() != 300-loss.FoundPosition {
 		t.Fatalf("loss = %+v, want found < 300, acknowledged 300", loss)

@@ -263,7 +263,7 @@ func open(dir string, fs vfs.FS, mustExist bool, opts Options, acceptLoss bool) 
 	// pebble panics on some kinds of damage; a store must answer with an error.
 	defer func() {
 		if r := recover(); r != nil {
-			s, err = nil, fmt.Errorf("%w: %v; %s", ErrCorrupt, r, recoveryHint)
+			s, err = nil, fmt.Errorf("%w: %v; %s", ErrCorrupt, r, restoreHint)
 		}
 	}()
 	db, err := pebble.Open(dir, popts)
@@ -271,7 +271,7 @@ func open(dir string, fs vfs.FS, mustExist bool, opts Options, acceptLoss bool) 
 		return nil, fmt.Errorf("events: open %s: permission denied, check the owner and mode of the directory and its files: %w", dir, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: open %s: %v; %s", ErrCorrupt, dir, err, recoveryHint)
+		return nil, fmt.Errorf("%w: open %s: %v; %s", ErrCorrupt, dir, err, restoreHint)
 	}
 	s = &Embedded{
 		db:      db,

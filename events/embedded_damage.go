@@ -39,7 +39,7 @@ func (d *damageSink) listener() *pebble.EventListener {
 }
 
 func (d *damageSink) corruption(info pebble.DataCorruptionInfo) {
-	err := fmt.Errorf("%w: %s is damaged (%v); the store stops serving; %s", ErrCorrupt, info.Path, info.Details, recoveryHint)
+	err := fmt.Errorf("%w: %s is damaged (%v); the store stops serving; %s", ErrCorrupt, info.Path, info.Details, restoreHint)
 	d.mu.Lock()
 	first := d.first == nil
 	if first {
@@ -86,8 +86,8 @@ func (d *damageSink) fatal(msg string) {
 	if !d.opened.Load() {
 		panic(msg)
 	}
-	d.logger.Error("event store: fatal storage error; stopping the process", "err", msg, "recovery", recoveryHint)
-	fmt.Fprintf(os.Stderr, "imsync: fatal storage error: %s\n%s\n", msg, recoveryHint)
+	d.logger.Error("event store: fatal storage error; stopping the process", "err", msg, "recovery", restoreHint)
+	fmt.Fprintf(os.Stderr, "imsync: fatal storage error: %s\n%s\n", msg, restoreHint)
 	os.Exit(1)
 }
 
@@ -119,5 +119,5 @@ func (s *Embedded) readErr(err error) error {
 	if damage != nil {
 		return damage
 	}
-	return fmt.Errorf("%w: %v; %s", ErrCorrupt, err, recoveryHint)
+	return fmt.Errorf("%w: %v; %s", ErrCorrupt, err, restoreHint)
 }
