@@ -373,3 +373,42 @@ func TestOpenPermissionDenied(t *testing.T) {
 		t.Fatalf("open: %v, want a permission error", err)
 	}
 }
+
+// TestSSTableDamageStopsBackgroundWork: once damaged, the store closes the
+// database, so no compaction keeps retrying on the damaged table, and a
+// waiting subscription ends with the error.
+func TestSSTableDamageStopsBackgroundWork(t *testing.T) {
+	s, _ := damagedTable(t)
+	ctx := context.Background()
+	sub, err := s.SubscribeToAll(ctx, events.SubscribeAllOptions{From: events.SubscribeFromEnd()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	got := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := sub.Recv(ctx); err != nil {
+				got <- err
+				return
+			}
+		}
+	}()
+	if _, err := s.ReadStream(ctx, "conv-c1", events.ReadStreamOptions{Limit: 300}); !errors.Is(err, events.ErrCorrupt) {
+		t.Fatalf("read of the damaged range: %v", err)
+	}
+	select {
+	case err := <-got:
+		if !errors.Is(err, events.ErrCorrupt) {
+			t.Fatalf("subscription ended with %v, want ErrCorrupt", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("subscription still waiting after the store was damaged")
+	}
+	if err := s.Close(); err != nil {
+		t.Logf("close: %v", err)
+	}
+	if _, err := s.AppendToStream(ctx, "conv-c3", events.Any, events.EventData{Type: "MessageSent"}); !errors.Is(err, events.ErrCorrupt) {
+		t.Fatalf("append after Close of a damaged store: %v, want ErrCorrupt", err)
+	}
+}

@@ -285,16 +285,14 @@ func open(dir string, fs vfs.FS, mustExist bool, opts Options, acceptLoss bool) 
 		recent:  newRetryCache(opts.RetryWindow),
 	}
 	s.bg, s.stopBG = context.WithCancel(context.Background())
-	if err := s.load(mustExist); err == nil {
-		err = sink.firstDamage()
-	} else if damage := sink.firstDamage(); damage != nil {
-		err = damage
+	err = s.load(mustExist)
+	if damage := sink.firstDamage(); damage != nil {
+		err = damage // the clearer error: it names the damaged file
 	}
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
-	sink.store.Store(s)
 	sink.opened.Store(true)
 	if dir != "" {
 		if err := s.checkHighWater(fs, dir, acceptLoss); err != nil {
@@ -312,6 +310,10 @@ func open(dir string, fs vfs.FS, mustExist bool, opts Options, acceptLoss bool) 
 	if opts.ScavengeInterval > 0 {
 		s.wg.Add(1)
 		go s.scavengeLoop(opts.ScavengeInterval)
+	}
+	sink.store.Store(s)
+	if err := sink.firstDamage(); err != nil {
+		s.damaged(err) // reported before the store was bound
 	}
 	return s, nil
 }
@@ -479,10 +481,13 @@ func (s *Embedded) Flush() error {
 func (s *Embedded) usable() error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if s.damage != nil {
+		return s.damage
+	}
 	if s.closed {
 		return ErrClosed
 	}
-	return s.damage
+	return nil
 }
 
 // changedChan returns a channel closed at the next durability change.

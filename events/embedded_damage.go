@@ -13,8 +13,9 @@ import (
 
 // Damage found while the store runs (a table whose checksum fails, found by
 // a read or a background compaction) puts the store into a failed state:
-// every later append, read and subscription returns the ErrCorrupt error,
-// which names the damaged file and the ways to recover. It never panics.
+// the database is closed and every later append, read and subscription
+// returns the ErrCorrupt error, which names the damaged file and the way to
+// recover. It never panics.
 
 // damageSink receives pebble's reports for one store. It exists before the
 // store does (pebble reports while opening) and is bound to it after.
@@ -91,8 +92,10 @@ func (d *damageSink) fatal(msg string) {
 	os.Exit(1)
 }
 
-// damaged moves the store into the failed state and wakes every waiting
-// subscription so that it sees the error.
+// damaged moves the store into the failed state, wakes every waiting
+// subscription so that it sees the error, and closes the database: pebble
+// would otherwise retry the compaction that met the damage without end.
+// Calls made afterwards get err, also after Close.
 func (s *Embedded) damaged(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -105,6 +108,7 @@ func (s *Embedded) damaged(err error) {
 	}
 	close(s.changed)
 	s.changed = make(chan struct{})
+	go s.Close() // not here: pebble calls the listener from its own goroutines
 }
 
 // readErr turns pebble's report of damage met by a read into the store's

@@ -28,6 +28,9 @@ func (h header) expired(created int64, now time.Time) bool {
 func (s *Embedded) durableStream(name string) (sid uint64, h header, known bool, err error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if s.damage != nil {
+		return 0, header{}, false, s.damage
+	}
 	if s.closed {
 		return 0, header{}, false, ErrClosed
 	}
@@ -436,6 +439,9 @@ func (c *catchUp) Recv(ctx context.Context) (RecordedEvent, error) {
 		case <-c.done:
 			return RecordedEvent{}, ErrClosed
 		case <-c.s.quit:
+			if err := c.s.usable(); err != nil {
+				return RecordedEvent{}, err // damaged, or closed
+			}
 			return RecordedEvent{}, ErrClosed
 		}
 	}

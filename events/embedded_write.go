@@ -76,6 +76,9 @@ func (s *Embedded) submit(ctx context.Context, req *writeReq) (WriteResult, erro
 	select {
 	case s.reqs <- req:
 	case <-s.quit:
+		if err := s.usable(); err != nil {
+			return WriteResult{}, err // damaged, or closed
+		}
 		return WriteResult{}, ErrClosed
 	case <-ctx.Done():
 		return WriteResult{}, ctx.Err()
