@@ -412,3 +412,29 @@ func TestSSTableDamageStopsBackgroundWork(t *testing.T) {
 		t.Fatalf("append after Close of a damaged store: %v, want ErrCorrupt", err)
 	}
 }
+
+// TestSSTableDamageAtOpen: damage met while opening (the log entries are
+// read to refill the retry window) refuses the open with ErrCorrupt naming
+// the file.
+func TestSSTableDamageAtOpen(t *testing.T) {
+	dir := t.TempDir()
+	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, "conv-c1", 300)
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	sst := newestFile(t, dir, ".sst")
+	flip(t, sst, fileSize(t, sst)*9/10, 4) // among the log entries
+	s, err = events.Open(dir, events.Options{ScavengeInterval: -1, Logger: slog.New(slog.DiscardHandler)})
+	if err == nil {
+		s.Close()
+		t.Fatal("a damaged table opened")
+	}
+	if !errors.Is(err, events.ErrCorrupt) || !strings.Contains(err.Error(), filepath.Base(sst)) {
+		t.Fatalf("open: %v, want ErrCorrupt naming %s", err, filepath.Base(sst))
+	}
+}

@@ -40,7 +40,7 @@ func (d *damageSink) listener() *pebble.EventListener {
 }
 
 func (d *damageSink) corruption(info pebble.DataCorruptionInfo) {
-	err := fmt.Errorf("%w: %s is damaged (%v); the store stops serving; %s", ErrCorrupt, info.Path, info.Details, restoreHint)
+	err := fmt.Errorf("%w: %s is damaged (%v); %s", ErrCorrupt, info.Path, info.Details, restoreHint)
 	d.mu.Lock()
 	first := d.first == nil
 	if first {
