@@ -236,8 +236,8 @@ func copyDir(t *testing.T, src, dst string) {
 	}
 }
 
-// TestWALFlipAfterCrashRefused: without a clean Close the mark written
-// while running still catches the loss.
+// TestWALFlipAfterCrashRefused: without a clean Close (the process killed
+// right after its last acknowledgement) the mark still catches the loss.
 func TestWALFlipAfterCrashRefused(t *testing.T) {
 	dir := t.TempDir()
 	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
@@ -246,19 +246,24 @@ func TestWALFlipAfterCrashRefused(t *testing.T) {
 	}
 	defer s.Close()
 	appendN(t, s, "conv-c1", 300)
-	s.WriteHighWater() // what the mark loop does about once a second
-	crashed := t.TempDir()
-	copyDir(t, dir, crashed)
-	os.Remove(filepath.Join(crashed, "LOCK"))
-	wal := newestFile(t, crashed, ".log")
-	flip(t, wal, fileSize(t, wal)/2, 4)
-	r, err := events.Open(crashed, events.Options{ScavengeInterval: -1})
-	if err == nil {
-		r.Close()
-		t.Fatal("a damaged WAL opened silently after a crash")
-	}
-	if !errors.Is(err, events.ErrCorrupt) {
-		t.Fatalf("open: %v, want ErrCorrupt", err)
+	for _, where := range []string{"middle", "last-record"} {
+		crashed := t.TempDir() // the files as a killed process leaves them
+		copyDir(t, dir, crashed)
+		os.Remove(filepath.Join(crashed, "LOCK"))
+		wal := newestFile(t, crashed, ".log")
+		off := fileSize(t, wal) / 2
+		if where == "last-record" {
+			off = fileSize(t, wal) - 100
+		}
+		flip(t, wal, off, 4)
+		r, err := events.Open(crashed, events.Options{ScavengeInterval: -1})
+		if err == nil {
+			r.Close()
+			t.Fatalf("%s: a damaged WAL opened silently after a crash", where)
+		}
+		if !errors.Is(err, events.ErrCorrupt) {
+			t.Fatalf("%s: open: %v, want ErrCorrupt", where, err)
+		}
 	}
 }
 

@@ -82,7 +82,6 @@ type Embedded struct {
 
 	dbMu       sync.RWMutex     // readers hold it shared; Close takes it to close db
 	scavengeMu sync.Mutex       // one scavenge at a time
-	hwMu       sync.Mutex       // guards hw
 	hw         *highWaterWriter // nil in memory
 	lost       Loss             // set by Recover
 
@@ -96,7 +95,6 @@ type Embedded struct {
 	streams    map[string]*streamState // every stream ever written
 	byID       map[uint64]*streamState
 	durablePos uint64        // last global position that is durable
-	durableSID uint64        // next stream id as durable
 	changed    chan struct{} // closed and replaced whenever durablePos moves
 	failed     error         // set once a write to disk failed; the store is then read-only
 	damage     error         // set once damaged data was found; every use then fails with it
@@ -296,6 +294,9 @@ func open(dir string, fs vfs.FS, mustExist bool, opts Options, acceptLoss bool) 
 	sink.opened.Store(true)
 	if dir != "" {
 		if err := s.checkHighWater(fs, dir, acceptLoss); err != nil {
+			if s.hw != nil {
+				s.hw.close()
+			}
 			db.Close()
 			return nil, err
 		}
@@ -345,7 +346,7 @@ func (s *Embedded) load(mustExist bool) error {
 	if s.lastPos, s.nextSID, err = decodeGlobal(g); err != nil {
 		return err
 	}
-	s.durablePos, s.durableSID = s.lastPos, s.nextSID
+	s.durablePos = s.lastPos
 
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixHeader}, UpperBound: []byte{prefixHeader + 1}})
 	if err != nil {
@@ -456,7 +457,8 @@ func (s *Embedded) Close() error {
 		s.stopBG()
 		s.wg.Wait()
 		if s.hw != nil {
-			s.writeHighWater() // the final state: everything acknowledged is covered
+			// The syncer recorded every round it answered; make it durable.
+			s.hwErr(s.hw.sync())
 			s.hw.close()
 		}
 		s.dbMu.Lock()

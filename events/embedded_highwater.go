@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -22,12 +23,16 @@ import (
 // without the mark acknowledged events would disappear silently and their
 // positions and revisions be handed out again.
 //
-// The mark is written about once a second while the store changes, and at
-// Close; so damage to the last second of appends before a crash can still go
-// unseen, and nothing else can.
+// The syncer writes the mark after each round's fsync and before it
+// answers the round (one small write, no fsync), so the mark covers every
+// acknowledged append once the operating system holds it: after a clean
+// Close or a killed process, all of them. The mark itself is fsynced about
+// once a second and at Close, so after a power cut it covers what was
+// acknowledged until about a second before.
 //
-// File layout: two 32-byte slots written in turn, so that a write torn by a
-// power cut leaves the other slot intact:
+// File layout: two 32-byte slots. Writes go to the slot that does not hold
+// the newest fsynced mark, so a write torn by a power cut never destroys
+// the last mark known to be on disk:
 //
 //	"IHW1" | seq u64 | lastPos u64 | nextSID u64 | crc32(previous 28 bytes)
 
@@ -37,7 +42,7 @@ const (
 	highWaterMagic = "IHW1"
 )
 
-// highWaterEvery is how often the mark follows the durable state.
+// highWaterEvery is how often the mark is fsynced while it changes.
 var highWaterEvery = time.Second
 
 type highWater struct {
@@ -71,31 +76,32 @@ func decodeHighWater(b []byte) (highWater, bool) {
 // readHighWater returns the newest valid mark in dir; ok=false when the
 // store has none yet (a new store, or one written by an older build).
 // A file that exists but holds no valid slot is damage.
-func readHighWater(fs vfs.FS, dir string) (h highWater, ok bool, err error) {
+// slot is the index of the slot h was read from.
+func readHighWater(fs vfs.FS, dir string) (h highWater, slot int, ok bool, err error) {
 	path := fs.PathJoin(dir, highWaterFile)
 	f, err := fs.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return highWater{}, false, nil
+		return highWater{}, 0, false, nil
 	}
 	if err != nil {
-		return highWater{}, false, fmt.Errorf("events: read %s: %w", path, err)
+		return highWater{}, 0, false, fmt.Errorf("events: read %s: %w", path, err)
 	}
 	defer f.Close()
 	buf := make([]byte, 2*highWaterSlot)
 	n, err := f.ReadAt(buf, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return highWater{}, false, fmt.Errorf("events: read %s: %w", path, err)
+		return highWater{}, 0, false, fmt.Errorf("events: read %s: %w", path, err)
 	}
 	buf = buf[:n]
 	for i := 0; i+highWaterSlot <= len(buf); i += highWaterSlot {
-		if slot, valid := decodeHighWater(buf[i : i+highWaterSlot]); valid && (!ok || slot.seq > h.seq) {
-			h, ok = slot, true
+		if got, valid := decodeHighWater(buf[i : i+highWaterSlot]); valid && (!ok || got.seq > h.seq) {
+			h, slot, ok = got, i/highWaterSlot, true
 		}
 	}
 	if !ok && n > 0 {
-		return highWater{}, false, fmt.Errorf("%w: %s is damaged (no valid record); %s", ErrCorrupt, path, recoveryHint)
+		return highWater{}, 0, false, fmt.Errorf("%w: %s is damaged (no valid record); %s", ErrCorrupt, path, recoveryHint)
 	}
-	return h, ok, nil
+	return h, slot, ok, nil
 }
 
 // recoveryHint is what a loss behind the high-water mark tells the operator.
@@ -108,48 +114,61 @@ const recoveryHint = "restore the data directory from a backup taken while the s
 const restoreHint = "restore the data directory from a backup taken while the server was stopped " +
 	"(see docs/event-store.md, \"Damaged data\")"
 
-// highWaterWriter keeps the mark of one open store (owned by the goroutine
-// that calls write: the mark loop, then Close).
+// highWaterWriter keeps the mark of one open store.
 type highWaterWriter struct {
-	fs   vfs.FS
-	dir  string
-	f    vfs.File
-	last highWater
+	mu     sync.Mutex
+	f      vfs.File
+	last   highWater // the newest mark written
+	synced int       // the slot of the newest fsynced mark
+	dirty  bool      // last is not fsynced yet
+	failed bool      // a write failed (logged once)
 }
 
-// write records h (seq is assigned here) and fsyncs it.
-func (w *highWaterWriter) write(lastPos, nextSID uint64) error {
-	if w.f != nil && w.last.lastPos == lastPos && w.last.nextSID == nextSID {
+// openHighWater opens (creating) the mark file of dir, whose newest mark
+// is h in slot.
+func openHighWater(fs vfs.FS, dir string, h highWater, slot int) (*highWaterWriter, error) {
+	path := fs.PathJoin(dir, highWaterFile)
+	f, err := fs.OpenReadWrite(path, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return nil, fmt.Errorf("events: open %s: %w", path, err)
+	}
+	if err := syncFSDir(fs, dir); err != nil { // the file's name must survive a crash too
+		f.Close()
+		return nil, err
+	}
+	return &highWaterWriter{f: f, last: h, synced: slot}, nil
+}
+
+// record writes the mark (lastPos, nextSID) without fsyncing it.
+func (w *highWaterWriter) record(lastPos, nextSID uint64) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.last.lastPos == lastPos && w.last.nextSID == nextSID && w.last.seq > 0 {
 		return nil
 	}
-	if w.f == nil {
-		path := w.fs.PathJoin(w.dir, highWaterFile)
-		f, err := w.fs.OpenReadWrite(path, vfs.WriteCategoryUnspecified)
-		if err != nil {
-			return fmt.Errorf("events: open %s: %w", path, err)
-		}
-		w.f = f
-		if err := syncFSDir(w.fs, w.dir); err != nil { // the file's name must survive a crash too
-			return err
-		}
-	}
 	h := highWater{seq: w.last.seq + 1, lastPos: lastPos, nextSID: nextSID}
-	if _, err := w.f.WriteAt(h.encode(), int64(h.seq%2)*highWaterSlot); err != nil {
+	if _, err := w.f.WriteAt(h.encode(), int64(1-w.synced)*highWaterSlot); err != nil {
 		return fmt.Errorf("events: write high-water mark: %w", err)
+	}
+	w.last, w.dirty = h, true
+	return nil
+}
+
+// sync fsyncs the newest mark; its slot is then the one writes avoid.
+func (w *highWaterWriter) sync() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.dirty {
+		return nil
 	}
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("events: sync high-water mark: %w", err)
 	}
-	w.last = h
+	w.synced, w.dirty = 1-w.synced, false
 	return nil
 }
 
-func (w *highWaterWriter) close() {
-	if w.f != nil {
-		w.f.Close()
-		w.f = nil
-	}
-}
+func (w *highWaterWriter) close() error { return w.f.Close() }
 
 func syncFSDir(fs vfs.FS, dir string) error {
 	d, err := fs.OpenDir(dir)
@@ -174,7 +193,7 @@ func checkHighWater(h highWater, lastPos, nextSID uint64, dir string) error {
 		ErrCorrupt, dir, lastPos, nextSID, h.lastPos, h.nextSID, h.lastPos-min(lastPos, h.lastPos), recoveryHint)
 }
 
-// highWaterLoop moves the mark after the durable state until Close.
+// highWaterLoop fsyncs the mark about once a second while it changes.
 func (s *Embedded) highWaterLoop() {
 	defer s.wg.Done()
 	t := time.NewTicker(highWaterEvery)
@@ -184,19 +203,31 @@ func (s *Embedded) highWaterLoop() {
 		case <-s.quit:
 			return
 		case <-t.C:
-			s.writeHighWater()
+			s.hwErr(s.hw.sync())
 		}
 	}
 }
 
-func (s *Embedded) writeHighWater() {
-	s.mu.RLock()
-	pos, sid := s.durablePos, s.durableSID
-	s.mu.RUnlock()
-	s.hwMu.Lock()
-	defer s.hwMu.Unlock()
-	if err := s.hw.write(pos, sid); err != nil {
-		s.opts.Logger.Error("event store: high-water mark not written", "err", err)
+// recordHighWater writes the durable state as the mark (the syncer calls it
+// before answering a round; Close and Recover too).
+func (s *Embedded) recordHighWater(lastPos, nextSID uint64) {
+	if s.hw != nil {
+		s.hwErr(s.hw.record(lastPos, nextSID))
+	}
+}
+
+// hwErr logs the first failure to keep the mark: the store goes on, but
+// damage to what follows may then go unseen.
+func (s *Embedded) hwErr(err error) {
+	if err == nil {
+		return
+	}
+	s.hw.mu.Lock()
+	first := !s.hw.failed
+	s.hw.failed = true
+	s.hw.mu.Unlock()
+	if first {
+		s.opts.Logger.Error("event store: high-water mark not written; damage to newer data may go unseen", "err", err)
 	}
 }
 
@@ -204,11 +235,13 @@ func (s *Embedded) writeHighWater() {
 // durable, unless acceptLoss; then it moves the counters up to the mark so
 // that no position or stream id is handed out a second time.
 func (s *Embedded) checkHighWater(fs vfs.FS, dir string, acceptLoss bool) error {
-	h, ok, err := readHighWater(fs, dir)
+	h, slot, ok, err := readHighWater(fs, dir)
 	if err != nil && !(acceptLoss && errors.Is(err, ErrCorrupt)) {
 		return err
 	}
-	s.hw = &highWaterWriter{fs: fs, dir: dir, last: h}
+	if s.hw, err = openHighWater(fs, dir, h, slot); err != nil {
+		return err
+	}
 	if !ok {
 		return nil
 	}
@@ -226,7 +259,7 @@ func (s *Embedded) checkHighWater(fs vfs.FS, dir string, acceptLoss bool) error 
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("events: record the recovery: %w", err)
 	}
-	s.durablePos, s.durableSID = s.lastPos, s.nextSID
+	s.durablePos = s.lastPos
 	return nil
 }
 
@@ -273,7 +306,8 @@ func Recover(dir string, opts Options) (*Embedded, Loss, error) {
 		s.opts.Logger.Warn("event store recovered with data loss",
 			"dir", dir, "found_position", s.lost.FoundPosition,
 			"acknowledged_position", s.lost.AcknowledgedPosition, "lost_events", s.lost.Events())
-		s.writeHighWater() // the new state is the new mark
+		s.recordHighWater(s.lastPos, s.nextSID) // the new state is the new mark
+		s.hwErr(s.hw.sync())
 		line := fmt.Sprintf("%s recovered: acknowledged events at positions %d..%d were lost (damaged data); counters moved past them\n",
 			s.opts.Now().UTC().Format(time.RFC3339), s.lost.FoundPosition+1, s.lost.AcknowledgedPosition)
 		if err := appendFileSync(filepath.Join(dir, recoveryLog), line); err != nil {

@@ -168,11 +168,14 @@ func (s *Embedded) syncLoop() {
 			if r.lastPos != s.durablePos {
 				s.durablePos = r.lastPos
 			}
-			s.durableSID = r.nextSID
 			close(s.changed)
 			s.changed = make(chan struct{})
 		}
 		s.mu.Unlock()
+		if failed == nil && r.batch != nil {
+			// Before any answer: an acknowledged append is always under the mark.
+			s.recordHighWater(r.lastPos, r.nextSID)
+		}
 		for i, req := range r.reqs {
 			res := r.results[i]
 			if failed != nil {

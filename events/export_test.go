@@ -46,6 +46,3 @@ func (s *Embedded) StoredLogEntries() (int, error) {
 
 // LockError maps an error from taking the store's lock.
 var LockError = lockError
-
-// WriteHighWater records the durable state as the high-water mark now.
-func (s *Embedded) WriteHighWater() { s.writeHighWater() }
