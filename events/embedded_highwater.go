@@ -132,6 +132,12 @@ func openHighWater(fs vfs.FS, dir string, h highWater, slot int) (*highWaterWrit
 	if err != nil {
 		return nil, fmt.Errorf("events: open %s: %w", path, err)
 	}
+	// The newest mark may still be only in the operating system's cache (a
+	// killed process): make it durable before writes go to the other slot.
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("events: sync %s: %w", path, err)
+	}
 	if err := syncFSDir(fs, dir); err != nil { // the file's name must survive a crash too
 		f.Close()
 		return nil, err
