@@ -125,12 +125,21 @@ type highWaterWriter struct {
 }
 
 // openHighWater opens (creating) the mark file of dir, whose newest mark
-// is h in slot.
-func openHighWater(fs vfs.FS, dir string, h highWater, slot int) (*highWaterWriter, error) {
+// is h in slot; without one (ok=false) it writes the state recovered,
+// (lastPos, nextSID), so that a valid copy is on disk before the first
+// write to the other slot.
+func openHighWater(fs vfs.FS, dir string, h highWater, slot int, ok bool, lastPos, nextSID uint64) (*highWaterWriter, error) {
 	path := fs.PathJoin(dir, highWaterFile)
 	f, err := fs.OpenReadWrite(path, vfs.WriteCategoryUnspecified)
 	if err != nil {
 		return nil, fmt.Errorf("events: open %s: %w", path, err)
+	}
+	if !ok {
+		h, slot = highWater{seq: 1, lastPos: lastPos, nextSID: nextSID}, 0
+		if _, err := f.WriteAt(h.encode(), 0); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("events: write %s: %w", path, err)
+		}
 	}
 	// The newest mark may still be only in the operating system's cache (a
 	// killed process): make it durable before writes go to the other slot.
@@ -245,7 +254,7 @@ func (s *Embedded) checkHighWater(fs vfs.FS, dir string, acceptLoss bool) error 
 	if err != nil && !(acceptLoss && errors.Is(err, ErrCorrupt)) {
 		return err
 	}
-	if s.hw, err = openHighWater(fs, dir, h, slot); err != nil {
+	if s.hw, err = openHighWater(fs, dir, h, slot, ok, s.lastPos, s.nextSID); err != nil {
 		return err
 	}
 	if !ok {
