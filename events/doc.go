@@ -44,6 +44,11 @@
 //   - Retention ($maxAge, $maxCount, $tb) and soft deletion hide events from
 //     every read at once; scavenging later deletes them from disk.
 //   - Bad input is refused with ErrInvalidArgument before anything changes.
+//   - Damaged storage is ErrCorrupt, never a panic: Open refuses a store
+//     whose recovered log is behind its durable high-water mark (acknowledged
+//     events missing), and damage found while running makes every later
+//     call fail with it. Recover opens such a store accepting the loss,
+//     without ever handing out an acknowledged position again.
 //
 // # Backends
 //

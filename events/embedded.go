@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -77,8 +80,10 @@ type Embedded struct {
 	bg        context.Context // cancelled by Close; bounds background work
 	stopBG    context.CancelFunc
 
-	dbMu       sync.RWMutex // readers hold it shared; Close takes it to close db
-	scavengeMu sync.Mutex   // one scavenge at a time
+	dbMu       sync.RWMutex     // readers hold it shared; Close takes it to close db
+	scavengeMu sync.Mutex       // one scavenge at a time
+	hw         *highWaterWriter // nil in memory
+	lost       Loss             // set by Recover
 
 	// writer-owned: only the writer goroutine touches these.
 	lastPos     uint64
@@ -92,6 +97,7 @@ type Embedded struct {
 	durablePos uint64        // last global position that is durable
 	changed    chan struct{} // closed and replaced whenever durablePos moves
 	failed     error         // set once a write to disk failed; the store is then read-only
+	damage     error         // set once damaged data was found; every use then fails with it
 	closed     bool
 }
 
@@ -124,9 +130,9 @@ func Open(dir string, opts Options) (*Embedded, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("events: create store directory: %w", err)
 	}
-	lock, err := vfs.Default.Lock(filepath.Join(dir, lockFile))
+	lock, err := lockStore(dir)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrInUse, dir, err)
+		return nil, err
 	}
 	if fresh {
 		// The marker goes in place only once the database is initialised; a
@@ -137,7 +143,7 @@ func Open(dir string, opts Options) (*Embedded, error) {
 			return nil, err
 		}
 	}
-	s, err := open(filepath.Join(dir, "db"), vfs.Default, !fresh, opts)
+	s, err := open(filepath.Join(dir, "db"), vfs.Default, !fresh, opts, false)
 	if err != nil {
 		lock.Close()
 		return nil, err
@@ -161,10 +167,38 @@ func Open(dir string, opts Options) (*Embedded, error) {
 // OpenInMemory returns a store that keeps everything in memory: the same
 // engine and semantics as Open without durability, for tests.
 func OpenInMemory(opts Options) (*Embedded, error) {
-	return open("", vfs.NewMem(), false, opts)
+	return open("", vfs.NewMem(), false, opts, false)
 }
 
 const lockFile = "LOCK"
+
+// lockStore takes the store directory's lock: ErrInUse when another process
+// holds it, a permission error (errors.Is os.ErrPermission) when this one
+// may not use the directory.
+func lockStore(dir string) (io.Closer, error) {
+	lock, err := vfs.Default.Lock(filepath.Join(dir, lockFile))
+	if err != nil {
+		return nil, lockError(dir, err)
+	}
+	return lock, nil
+}
+
+// lockError tells "another process holds the lock" from every other reason
+// the lock could not be taken. Creating the lock file fails with a path
+// error (permission denied, read-only file system, ...); taking the lock
+// fails with a bare errno, EAGAIN or EACCES, when another process holds it.
+func lockError(dir string, err error) error {
+	var pathErr *fs.PathError
+	switch {
+	case errors.As(err, &pathErr) && errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("events: store %s: permission denied, check the owner and mode of the directory and its files: %w", dir, err)
+	case errors.As(err, &pathErr):
+		return fmt.Errorf("events: lock store %s: %w", dir, err)
+	case errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.EACCES), strings.Contains(err.Error(), "lock held by current process"):
+		return fmt.Errorf("%w: %s: %v", ErrInUse, dir, err)
+	}
+	return fmt.Errorf("events: lock store %s: %w", dir, err)
+}
 
 // inspectDir tells a new store (missing or empty directory, or one whose
 // creation was cut short) from an existing one, and refuses anything else.
@@ -212,26 +246,30 @@ func syncDir(dir string) error {
 	return nil
 }
 
-func open(dir string, fs vfs.FS, mustExist bool, opts Options) (s *Embedded, err error) {
+// open opens the pebble database in dir. acceptLoss opens a store whose
+// recovered state is behind its high-water mark (see Recover).
+func open(dir string, fs vfs.FS, mustExist bool, opts Options, acceptLoss bool) (s *Embedded, err error) {
 	opts.fill()
+	sink := &damageSink{logger: opts.Logger}
 	popts := &pebble.Options{
 		FS:               fs,
 		ErrorIfNotExists: mustExist,
-		Logger:           pebbleLogger{opts.Logger},
+		Logger:           pebbleLogger{opts.Logger, sink},
+		EventListener:    sink.listener(),
 		MemTableSize:     64 << 20,
 	}
 	// pebble panics on some kinds of damage; a store must answer with an error.
 	defer func() {
 		if r := recover(); r != nil {
-			s, err = nil, fmt.Errorf("%w: %v", ErrCorrupt, r)
+			s, err = nil, fmt.Errorf("%w: %v; %s", ErrCorrupt, r, restoreHint)
 		}
 	}()
 	db, err := pebble.Open(dir, popts)
 	if errors.Is(err, os.ErrPermission) {
-		return nil, fmt.Errorf("events: open %s: %w", dir, err)
+		return nil, fmt.Errorf("events: open %s: permission denied, check the owner and mode of the directory and its files: %w", dir, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: open %s: %v", ErrCorrupt, dir, err)
+		return nil, fmt.Errorf("%w: open %s: %v; %s", ErrCorrupt, dir, err, restoreHint)
 	}
 	s = &Embedded{
 		db:      db,
@@ -245,16 +283,38 @@ func open(dir string, fs vfs.FS, mustExist bool, opts Options) (s *Embedded, err
 		recent:  newRetryCache(opts.RetryWindow),
 	}
 	s.bg, s.stopBG = context.WithCancel(context.Background())
-	if err := s.load(mustExist); err != nil {
+	err = s.load(mustExist)
+	if damage := sink.firstDamage(); damage != nil {
+		err = damage // the clearer error: it names the damaged file
+	}
+	if err != nil {
 		db.Close()
 		return nil, err
+	}
+	sink.opened.Store(true)
+	if dir != "" {
+		if err := s.checkHighWater(fs, dir, acceptLoss); err != nil {
+			if s.hw != nil {
+				s.hw.close()
+			}
+			db.Close()
+			return nil, err
+		}
 	}
 	s.wg.Add(2)
 	go s.writeLoop()
 	go s.syncLoop()
+	if s.hw != nil {
+		s.wg.Add(1)
+		go s.highWaterLoop()
+	}
 	if opts.ScavengeInterval > 0 {
 		s.wg.Add(1)
 		go s.scavengeLoop(opts.ScavengeInterval)
+	}
+	sink.store.Store(s)
+	if err := sink.firstDamage(); err != nil {
+		s.damaged(err) // reported before the store was bound
 	}
 	return s, nil
 }
@@ -396,6 +456,11 @@ func (s *Embedded) Close() error {
 		close(s.quit)
 		s.stopBG()
 		s.wg.Wait()
+		if s.hw != nil {
+			// The syncer recorded every round it answered; make it durable.
+			s.hwErr(s.hw.sync())
+			s.hw.close()
+		}
 		s.dbMu.Lock()
 		defer s.dbMu.Unlock()
 		s.closeErr = s.db.Close()
@@ -418,6 +483,9 @@ func (s *Embedded) Flush() error {
 func (s *Embedded) usable() error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if s.damage != nil {
+		return s.damage
+	}
 	if s.closed {
 		return ErrClosed
 	}
@@ -431,7 +499,10 @@ func (s *Embedded) changedChan() <-chan struct{} {
 	return s.changed
 }
 
-type pebbleLogger struct{ l *slog.Logger }
+type pebbleLogger struct {
+	l    *slog.Logger
+	sink *damageSink
+}
 
 func (p pebbleLogger) Infof(string, ...any) {}
 func (p pebbleLogger) Errorf(format string, args ...any) {
@@ -439,7 +510,7 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 }
 func (p pebbleLogger) Fatalf(format string, args ...any) {
 	// pebble calls Fatalf on broken invariants; continuing could lose data.
-	panic(fmt.Sprintf("event store: "+format, args...))
+	p.sink.fatal("event store: " + fmt.Sprintf(format, args...))
 }
 
 // retryCache remembers the ids of the latest events (FIFO) so that a retried

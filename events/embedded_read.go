@@ -28,6 +28,9 @@ func (h header) expired(created int64, now time.Time) bool {
 func (s *Embedded) durableStream(name string) (sid uint64, h header, known bool, err error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if s.damage != nil {
+		return 0, header{}, false, s.damage
+	}
 	if s.closed {
 		return 0, header{}, false, ErrClosed
 	}
@@ -78,7 +81,8 @@ func (s *Embedded) ReadStream(ctx context.Context, stream string, opts ReadStrea
 
 // scanStream reads up to limit live events from revision from on, and
 // returns the revision to continue at.
-func (s *Embedded) scanStream(sid uint64, name string, h header, from Revision, limit int) ([]RecordedEvent, Revision, error) {
+func (s *Embedded) scanStream(sid uint64, name string, h header, from Revision, limit int) (_ []RecordedEvent, _ Revision, err error) {
+	defer func() { err = s.readErr(err) }()
 	if err := s.beginRead(); err != nil {
 		return nil, from, err
 	}
@@ -119,7 +123,8 @@ func (s *Embedded) scanStream(sid uint64, name string, h header, from Revision, 
 	return out, next, nil
 }
 
-func (s *Embedded) scanStreamBackwards(sid uint64, name string, h header, from Revision, limit int) ([]RecordedEvent, error) {
+func (s *Embedded) scanStreamBackwards(sid uint64, name string, h header, from Revision, limit int) (_ []RecordedEvent, err error) {
+	defer func() { err = s.readErr(err) }()
 	if err := s.beginRead(); err != nil {
 		return nil, err
 	}
@@ -192,7 +197,8 @@ const maxScan = 4096
 // scanAll reads live events of the global log from position from (inclusive)
 // in direction dir, up to the durable watermark. It returns the position to
 // continue at and whether the end was reached.
-func (s *Embedded) scanAll(from uint64, dir Direction, limit int, filter Filter) ([]RecordedEvent, uint64, bool, error) {
+func (s *Embedded) scanAll(from uint64, dir Direction, limit int, filter Filter) (_ []RecordedEvent, _ uint64, _ bool, err error) {
+	defer func() { err = s.readErr(err) }()
 	if err := s.beginRead(); err != nil {
 		return nil, from, false, err
 	}
@@ -433,6 +439,9 @@ func (c *catchUp) Recv(ctx context.Context) (RecordedEvent, error) {
 		case <-c.done:
 			return RecordedEvent{}, ErrClosed
 		case <-c.s.quit:
+			if err := c.s.usable(); err != nil {
+				return RecordedEvent{}, err // damaged, or closed
+			}
 			return RecordedEvent{}, ErrClosed
 		}
 	}

@@ -53,6 +53,7 @@ type round struct {
 	heads   []header       // heads[i] is the state of touched[i] after the round
 	dirty   []*streamState // streams whose header must be written (new, metadata, deletion)
 	lastPos uint64
+	nextSID uint64
 	events  int
 }
 
@@ -75,6 +76,9 @@ func (s *Embedded) submit(ctx context.Context, req *writeReq) (WriteResult, erro
 	select {
 	case s.reqs <- req:
 	case <-s.quit:
+		if err := s.usable(); err != nil {
+			return WriteResult{}, err // damaged, or closed
+		}
 		return WriteResult{}, ErrClosed
 	case <-ctx.Done():
 		return WriteResult{}, ctx.Err()
@@ -130,7 +134,7 @@ func (s *Embedded) apply(r *round) {
 		r.batch.Set(headerKey(st.id), st.cur.encode(st.name), nil)
 		st.dirty = false
 	}
-	r.lastPos = s.lastPos
+	r.lastPos, r.nextSID = s.lastPos, s.nextSID
 	if r.batch.Empty() {
 		r.batch.Close()
 		r.batch = nil
@@ -168,6 +172,10 @@ func (s *Embedded) syncLoop() {
 			s.changed = make(chan struct{})
 		}
 		s.mu.Unlock()
+		if failed == nil && r.batch != nil {
+			// Before any answer: an acknowledged append is always under the mark.
+			s.recordHighWater(r.lastPos, r.nextSID)
+		}
 		for i, req := range r.reqs {
 			res := r.results[i]
 			if failed != nil {
@@ -370,7 +378,7 @@ func (s *Embedded) idAt(st *streamState, rev Revision, want uuid.UUID) (uuid.UUI
 		return uuid.Nil, 0, false, nil
 	}
 	if err != nil {
-		return uuid.Nil, 0, false, err
+		return uuid.Nil, 0, false, s.readErr(err)
 	}
 	rec, err := decodeRecord(v)
 	if err != nil {

@@ -5,7 +5,7 @@ import "github.com/cockroachdb/pebble/v2/vfs"
 // OpenOnFS opens a store on any pebble filesystem (tests use a crashable
 // in-memory one to simulate power loss).
 func OpenOnFS(fs vfs.FS, dir string, mustExist bool, opts Options) (*Embedded, error) {
-	return open(dir, fs, mustExist, opts)
+	return open(dir, fs, mustExist, opts, false)
 }
 
 // StoredEvents counts the event records of stream physically on disk,
@@ -43,3 +43,6 @@ func (s *Embedded) StoredLogEntries() (int, error) {
 	}
 	return n, it.Error()
 }
+
+// LockError maps an error from taking the store's lock.
+var LockError = lockError

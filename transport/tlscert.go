@@ -23,15 +23,49 @@ const (
 	certKey  = "server.key"
 )
 
+// ErrNoCert: the directory holds no certificate (LoadCert).
+var ErrNoCert = errors.New("transport: no certificate")
+
+// CertExists says whether dir holds the certificate or its private key.
+func CertExists(dir string) bool {
+	for _, name := range []string{CertFile, certKey} {
+		if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// LoadCert returns the certificate kept in dir and never creates one: with
+// neither file it is ErrNoCert; with only one of the two it is an error that
+// names the missing one (a new pair would break every pinned client).
+func LoadCert(dir string) (tls.Certificate, error) {
+	crt, key := filepath.Join(dir, CertFile), filepath.Join(dir, certKey)
+	_, crtErr := os.Lstat(crt)
+	_, keyErr := os.Lstat(key)
+	switch {
+	case errors.Is(crtErr, os.ErrNotExist) && errors.Is(keyErr, os.ErrNotExist):
+		return tls.Certificate{}, fmt.Errorf("%w: %s and %s do not exist", ErrNoCert, crt, key)
+	case errors.Is(crtErr, os.ErrNotExist):
+		return tls.Certificate{}, fmt.Errorf("transport: %s is missing while its private key %s exists; restore it from a backup", crt, key)
+	case errors.Is(keyErr, os.ErrNotExist):
+		return tls.Certificate{}, fmt.Errorf("transport: %s is missing while its certificate %s exists; restore it from a backup", key, crt)
+	}
+	c, err := tls.LoadX509KeyPair(crt, key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("transport: certificate in %s: %w", dir, err)
+	}
+	return c, nil
+}
+
 // LoadOrCreateCert returns the server certificate kept in dir, creating a
 // self-signed one (ECDSA P-256, ten years, for localhost, the loopback
-// addresses and hosts) on first use. Clients pin it: `--ca DIR/server.crt`.
+// addresses and hosts) when neither file exists. Clients pin it:
+// `--ca DIR/server.crt`. Half a pair is refused, never replaced.
 func LoadOrCreateCert(dir string, hosts ...string) (tls.Certificate, error) {
 	crt, key := filepath.Join(dir, CertFile), filepath.Join(dir, certKey)
-	if c, err := tls.LoadX509KeyPair(crt, key); err == nil {
-		return c, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return tls.Certificate{}, fmt.Errorf("transport: certificate in %s: %w", dir, err)
+	if c, err := LoadCert(dir); !errors.Is(err, ErrNoCert) {
+		return c, err
 	}
 	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -68,11 +102,30 @@ func LoadOrCreateCert(dir string, hosts ...string) (tls.Certificate, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return tls.Certificate{}, err
 	}
-	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := writeNewFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return tls.Certificate{}, err
 	}
-	if err := os.WriteFile(crt, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := writeNewFile(crt, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		return tls.Certificate{}, err
 	}
 	return tls.LoadX509KeyPair(crt, key)
+}
+
+// writeNewFile creates path with data, fsynced; it never overwrites.
+func writeNewFile(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
+	if err != nil {
+		return fmt.Errorf("transport: %w", err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("transport: write %s: %w", path, err)
+	}
+	return nil
 }

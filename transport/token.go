@@ -38,20 +38,41 @@ type Key struct{ secret []byte }
 
 const keyFile = "token.key"
 
-// LoadOrCreateKey returns the key kept in dir, creating it (32 random
-// bytes, mode 0600) on first use.
-func LoadOrCreateKey(dir string) (*Key, error) {
+// ErrNoKey: the directory holds no token key (LoadKey).
+var ErrNoKey = errors.New("transport: no token key")
+
+// LoadKey returns the key kept in dir and never creates one: a missing key
+// is ErrNoKey (a new key would make every token already issued fail).
+func LoadKey(dir string) (*Key, error) {
 	path := filepath.Join(dir, keyFile)
 	b, err := os.ReadFile(path)
-	if err == nil {
-		if len(b) < 32 {
-			return nil, fmt.Errorf("transport: %s is too short to be a key", path)
-		}
-		return &Key{secret: b}, nil
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s does not exist", ErrNoKey, path)
 	}
-	if !errors.Is(err, os.ErrNotExist) {
+	if err != nil {
 		return nil, fmt.Errorf("transport: %w", err)
 	}
+	if len(b) < 32 {
+		return nil, fmt.Errorf("transport: %s is too short to be a key", path)
+	}
+	return &Key{secret: b}, nil
+}
+
+// KeyExists says whether dir holds a token key file.
+func KeyExists(dir string) bool {
+	_, err := os.Lstat(filepath.Join(dir, keyFile))
+	return err == nil
+}
+
+// LoadOrCreateKey returns the key kept in dir, creating it (32 random
+// bytes, mode 0600) when there is none. Only a server's first start should
+// create it: every token issued with an earlier key stops working.
+func LoadOrCreateKey(dir string) (*Key, error) {
+	k, err := LoadKey(dir)
+	if !errors.Is(err, ErrNoKey) {
+		return k, err
+	}
+	path := filepath.Join(dir, keyFile)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("transport: %w", err)
 	}
@@ -59,7 +80,7 @@ func LoadOrCreateKey(dir string) (*Key, error) {
 	rand.Read(secret)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if errors.Is(err, os.ErrExist) {
-		return LoadOrCreateKey(dir) // created meanwhile by another process
+		return LoadKey(dir) // created meanwhile by another process
 	}
 	if err != nil {
 		return nil, fmt.Errorf("transport: %w", err)

@@ -6,7 +6,7 @@
 //	imsync send (--to USER | --conv ID) [--id CLIENT_MSG_ID] TEXT
 //	imsync group create --name N --members a,b,c | group add|remove --conv ID USER
 //	imsync convs | history --conv ID | sync [--state FILE] | tail | read --conv ID --seq N | recall --conv ID --seq N
-//	imsync store append|read|log|scavenge --data DIR ...
+//	imsync store append|read|log|scavenge|recover --data DIR ...
 //
 // Client commands take --server HOST:PORT --token T (or IMSYNC_SERVER,
 // IMSYNC_TOKEN) and --ca FILE or --insecure; --json prints one JSON object
@@ -33,6 +33,7 @@ const usage = `imsync — event-sourced chat backend
 
 Server:
   imsync serve --data DIR [--listen 127.0.0.1:7400] [--cert FILE --key FILE]
+               [--new-store | --new-key | --new-cert: replace a missing piece on purpose]
   imsync token --data DIR --user USER --device DEVICE [--ttl 24h]
 
 Client (--server HOST:PORT --token TOKEN, or IMSYNC_SERVER / IMSYNC_TOKEN;
@@ -55,6 +56,7 @@ Event store tools (the server must not be running on DIR):
   imsync store read     --data DIR --stream NAME [--from REV] [--limit N] [--backwards]
   imsync store log      --data DIR [--from POS] [--limit N] [--prefix P]... [--follow]
   imsync store scavenge --data DIR
+  imsync store recover  --data DIR --accept-data-loss   (a store refused for missing acknowledged events)
 `
 
 func main() {

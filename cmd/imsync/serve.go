@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -26,6 +27,10 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	verbose := fs.Bool("v", false, "log connections")
 	certFile := fs.String("cert", "", "TLS certificate (PEM) to serve instead of the self-signed one")
 	keyFile := fs.String("key", "", "its private key (PEM)")
+	var allow dataDirAllow
+	fs.BoolVar(&allow.store, "new-store", false, "create an empty event store in a data directory that a server used before")
+	fs.BoolVar(&allow.key, "new-key", false, "create a new token key when the data directory's is missing (every token must be reissued)")
+	fs.BoolVar(&allow.cert, "new-cert", false, "create a new self-signed certificate when the data directory's is missing (clients must pin it)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: serve: %v", errUsage, err)
 	}
@@ -48,6 +53,11 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if allow != (dataDirAllow{}) {
+		if err := createAllowed(*data, allow, tcfg.TLS != nil, logger); err != nil {
+			return err
+		}
+	}
 
 	st, err := startStack(*data, *listen, logger, tcfg)
 	if err != nil {
@@ -74,14 +84,21 @@ type stack struct {
 	srv   *transport.Server
 }
 
-// startStack opens (or creates) everything in data and listens on listen.
-// tcfg may set transport limits; its Service, Key and TLS are filled in.
+// startStack opens everything in data (creating it on a first start; see
+// datadir.go) and listens on listen. tcfg may set transport limits; its
+// Service, Key and TLS are filled in.
 func startStack(data, listen string, logger *slog.Logger, tcfg transport.Config) (*stack, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	dir, err := inspectDataDir(data)
+	if err != nil {
+		return nil, err
+	}
+	if err := dir.check(tcfg.TLS != nil); err != nil {
+		return nil, err
+	}
 	st := &stack{}
-	var err error
 	if st.store, err = events.Open(storeDir(data), events.Options{Logger: logger}); err != nil {
 		return nil, err
 	}
@@ -103,6 +120,10 @@ func startStack(data, listen string, logger *slog.Logger, tcfg transport.Config)
 		tcfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
 	if tcfg.StatelessResetKey, err = transport.LoadOrCreateResetKey(data); err != nil {
+		st.close()
+		return nil, err
+	}
+	if err := markDataDir(data); err != nil {
 		st.close()
 		return nil, err
 	}
@@ -145,7 +166,10 @@ func runToken(args []string, out io.Writer) error {
 	if *data == "" || *user == "" || *device == "" {
 		return fmt.Errorf("%w: token needs --data, --user and --device", errUsage)
 	}
-	key, err := transport.LoadOrCreateKey(*data)
+	key, err := transport.LoadKey(*data)
+	if errors.Is(err, transport.ErrNoKey) {
+		return fmt.Errorf("token: %s is not the data directory of a server that has started (%w); pass the --data the server runs with", *data, err)
+	}
 	if err != nil {
 		return err
 	}

@@ -20,7 +20,7 @@ import (
 // directly (the server must not be running on it).
 func runStore(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("%w: store needs a command: append, read, log or scavenge", errUsage)
+		return fmt.Errorf("%w: store needs a command: append, read, log, scavenge or recover", errUsage)
 	}
 	cmd, args := args[0], args[1:]
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
@@ -35,6 +35,7 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 		limit     *int
 		backwards *bool
 		follow    *bool
+		accept    *bool
 	)
 	switch cmd {
 	case "append":
@@ -50,6 +51,8 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 		fs.Var(&prefixes, "prefix", "only streams with this name prefix (repeatable)")
 		follow = fs.Bool("follow", false, "keep following new events until interrupted")
 	case "scavenge":
+	case "recover":
+		accept = fs.Bool("accept-data-loss", false, "open a store whose newest acknowledged events are damaged, keeping what survived")
 	default:
 		return fmt.Errorf("%w: unknown store command %q", errUsage, cmd)
 	}
@@ -58,6 +61,9 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if *data == "" {
 		return fmt.Errorf("%w: %s needs --data DIR", errUsage, cmd)
+	}
+	if cmd == "recover" {
+		return runRecover(*data, *accept, out)
 	}
 	store, err := events.Open(storeDir(*data), events.Options{ScavengeInterval: -1})
 	if err != nil {
@@ -143,6 +149,27 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 		return store.Scavenge(ctx)
 	}
 	return nil
+}
+
+// runRecover runs `imsync store recover`: it opens a store that Open
+// refuses because acknowledged events are missing, and reports the loss.
+func runRecover(data string, accept bool, out io.Writer) error {
+	if !accept {
+		return fmt.Errorf("%w: recover keeps only what survived and loses the damaged events for good; "+
+			"restore from a backup if you have one, else run it again with --accept-data-loss", errUsage)
+	}
+	store, loss, err := events.Recover(storeDir(data), events.Options{ScavengeInterval: -1})
+	if err != nil {
+		return err
+	}
+	if err := store.Close(); err != nil {
+		return err
+	}
+	return json.NewEncoder(out).Encode(map[string]any{
+		"lost_events":           loss.Events(),
+		"found_position":        loss.FoundPosition,
+		"acknowledged_position": loss.AcknowledgedPosition,
+	})
 }
 
 func parseExpected(s string) (events.ExpectedRevision, error) {
