@@ -559,7 +559,13 @@ func (c *retryCache) find(sid uint64, id uuid.UUID) (retryVal, bool) {
 }
 
 func writeFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	return writeFileFlags(path, os.O_TRUNC, data)
+}
+
+// writeFileFlags writes data to path (created if need be, opened with the
+// extra flag: truncate or append) and fsyncs it before returning.
+func writeFileFlags(path string, flag int, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|flag, 0o640)
 	if err != nil {
 		return fmt.Errorf("events: %w", err)
 	}

@@ -338,19 +338,5 @@ func Recover(dir string, opts Options) (*Embedded, Loss, error) {
 const recoveryLog = "RECOVERIES"
 
 func appendFileSync(path, line string) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		return fmt.Errorf("events: %w", err)
-	}
-	_, err = f.WriteString(line)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("events: write %s: %w", path, err)
-	}
-	return nil
+	return writeFileFlags(path, os.O_APPEND, []byte(line))
 }
