@@ -15,15 +15,6 @@ import (
 	"github.com/imsync/imsync/transport/wire"
 )
 
-// eventually polls cond until it holds or 10 s pass.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for end := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
 
 // Two connections of one device each get the device's pushes; when one
 // closes, the other keeps receiving.
@@ -141,7 +132,7 @@ func TestTokenExpiryEndsConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	var last error
-	eventually(t, "the connection to end at the token's expiry", func() bool {
+	waitFor(t, 10*time.Second, "the connection to end at the token's expiry", func() bool {
 		c, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_, last = ann.Conversations(c)
