@@ -15,7 +15,6 @@ import (
 	"github.com/imsync/imsync/transport/wire"
 )
 
-
 // Two connections of one device each get the device's pushes; when one
 // closes, the other keeps receiving.
 func TestSameDeviceConnectionsBothReceive(t *testing.T) {
