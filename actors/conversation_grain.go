@@ -174,16 +174,17 @@ func (g *conversationGrain) write(ctx actor.Context, cmd proto.Message) {
 		ctx.Respond(f)
 		return
 	}
-	for _, e := range evs {
-		seq := g.state.lastSeq + 1
-		evolveConv(g.state, seq, e, lim)
-		g.fanout.staged = append(g.fanout.staged, fanoutItem{seq: seq, to: recipients(g.state, seq, e, lim)})
-	}
+	// Encode first: an event the journal refuses must not reach the state.
 	if len(evs) > 0 {
 		if _, err := g.j.add(evs...); err != nil {
 			ctx.Respond(fail(Code_INVALID, "%v", err))
 			return
 		}
+	}
+	for _, e := range evs {
+		seq := g.state.lastSeq + 1
+		evolveConv(g.state, seq, e, lim)
+		g.fanout.staged = append(g.fanout.staged, fanoutItem{seq: seq, to: recipients(g.state, seq, e, lim)})
 	}
 	sender := ctx.Sender()
 	g.j.whenDurable(w.Seq, func(err error) {

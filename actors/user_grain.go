@@ -125,19 +125,20 @@ func (g *userGrain) markRead(ctx actor.Context, m *MarkRead) {
 	g.commit(ctx, msgs, &Ok{})
 }
 
-// commit evolves, appends, and answers with reply (a *Delivered gets the
+// commit encodes, evolves, appends, and answers with reply (a *Delivered gets the
 // user seq) once everything up to the new entries is durable.
 func (g *userGrain) commit(ctx actor.Context, msgs []proto.Message, reply proto.Message) {
-	for _, m := range msgs {
-		evolveUser(g.state, g.state.userSeq+1, m)
-	}
 	upTo := g.j.applied
 	if len(msgs) > 0 {
+		// Encode first: an entry the journal refuses must not reach the state.
 		var err error
 		if upTo, err = g.j.add(msgs...); err != nil {
 			ctx.Respond(fail(Code_INVALID, "%v", err))
 			return
 		}
+	}
+	for _, m := range msgs {
+		evolveUser(g.state, g.state.userSeq+1, m)
 	}
 	sender := ctx.Sender()
 	var newest *eventspb.SyncEntry
@@ -286,15 +287,13 @@ func (g *deviceGrain) Receive(ctx actor.Context) {
 				g.user, g.device = id[:i], id[i+1:]
 			}
 		}
-		c, cancel := context.WithTimeout(context.Background(), appendTimeout)
-		defer cancel()
-		n, err := replay(c, g.svc.store, events.DeviceStream(g.user, g.device), func(_ uint64, m proto.Message) { evolveDevice(&g.state, m) })
-		g.loadErr = err
-		g.j = newJournal(g.svc.store, events.DeviceStream(g.user, g.device), n)
+		g.loadErr = g.load()
 		g.idle.start(ctx, g.svc.cfg.PassivateAfter)
 	case *appendDone:
 		if err := g.j.done(ctx, m); err != nil {
-			g.loadErr = err // reload on the next activation; refuse until then
+			// Forget the unrecorded ack now; if the stream cannot be read
+			// either, the next ack tries again.
+			g.loadErr = g.load()
 		}
 	case *idleTick:
 		if g.idle.expired(ctx, g.conn != nil || !g.j.idle()) {
@@ -339,7 +338,26 @@ func (g *deviceGrain) presence(ctx actor.Context, online bool) {
 	}()
 }
 
+// load rebuilds the device's state from its stream.
+func (g *deviceGrain) load() error {
+	c, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	var st deviceState
+	n, err := replay(c, g.svc.store, events.DeviceStream(g.user, g.device), func(_ uint64, m proto.Message) { evolveDevice(&st, m) })
+	if err != nil {
+		if g.j == nil {
+			g.j = newJournal(g.svc.store, events.DeviceStream(g.user, g.device), 0)
+		}
+		return err
+	}
+	g.state, g.j = st, newJournal(g.svc.store, events.DeviceStream(g.user, g.device), n)
+	return nil
+}
+
 func (g *deviceGrain) ack(ctx actor.Context, a *AckDevice) {
+	if g.loadErr != nil && g.j.idle() {
+		g.loadErr = g.load() // a failed load or append: rebuild from the stream
+	}
 	if g.loadErr != nil {
 		ctx.Respond(unavailable(g.loadErr))
 		return
@@ -362,12 +380,12 @@ func (g *deviceGrain) ack(ctx actor.Context, a *AckDevice) {
 		ctx.Respond(&DeviceState{AckedUserSeq: g.state.acked, Online: g.conn != nil})
 		return
 	}
-	evolveDevice(&g.state, ev)
 	upTo, err := g.j.add(ev)
 	if err != nil {
 		ctx.Respond(fail(Code_INVALID, "%v", err))
 		return
 	}
+	evolveDevice(&g.state, ev)
 	sender, st := ctx.Sender(), &DeviceState{AckedUserSeq: g.state.acked, Online: g.conn != nil}
 	g.j.whenDurable(upTo, func(err error) {
 		if err != nil {
