@@ -145,7 +145,13 @@ func (j *journal) idle() bool { return j.flying == 0 && len(j.queue) == 0 }
 // replay reads a whole stream in order, calling fn with each event's
 // revision count (revision+1) and decoded message.
 func replay(ctx context.Context, store events.Store, stream string, fn func(n uint64, m proto.Message)) (uint64, error) {
-	var n uint64
+	return replayFrom(ctx, store, stream, 0, fn)
+}
+
+// replayFrom is replay of the events after the first from ones; it returns
+// from when there are none.
+func replayFrom(ctx context.Context, store events.Store, stream string, from uint64, fn func(n uint64, m proto.Message)) (uint64, error) {
+	n := from
 	for {
 		page, err := store.ReadStream(ctx, stream, events.ReadStreamOptions{From: events.Revision(n), Limit: 1000})
 		if errors.Is(err, events.ErrStreamNotFound) {

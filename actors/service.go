@@ -46,6 +46,17 @@ type Config struct {
 	// its grains re-activate elsewhere (default 20 s, protoactor-go's).
 	HeartbeatExpiration time.Duration
 
+	// SyncRetention, if positive, is the $maxAge of every inbox stream (the
+	// sync timeline): entries older than this are dropped; a device that was
+	// away longer sees a gap and recovers through the conversation list. User
+	// grains set it when they load. Zero leaves the inbox streams' metadata
+	// alone (entries are kept for ever unless set otherwise).
+	SyncRetention time.Duration
+	// SnapshotEvery: a user or conversation grain writes a snapshot of its
+	// state after this many new events (default 1000), besides when it
+	// passivates.
+	SnapshotEvery int
+
 	// BeforeDeliver, if set, is called before each fanout delivery; an
 	// error fails that delivery (it is retried). For tests of failures.
 	BeforeDeliver func(conversation, user string) error
@@ -67,6 +78,9 @@ type Service struct {
 	log     *slog.Logger
 	watch   *fanoutWatch
 	closing sync.Once
+	// users holds the PIDs of the user grains active on this member: Close
+	// stops them first so that they write their snapshots.
+	users sync.Map
 }
 
 // Start starts a cluster member with the conversation, user and device
@@ -81,6 +95,9 @@ func Start(cfg Config) (*Service, error) {
 	}
 	if cfg.PassivateAfter <= 0 {
 		cfg.PassivateAfter = 2 * time.Minute
+	}
+	if cfg.SnapshotEvery <= 0 {
+		cfg.SnapshotEvery = 1000
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 10 * time.Second
@@ -124,6 +141,14 @@ func (s *Service) Close() error {
 	s.closing.Do(func() {
 		if s.watch != nil {
 			s.watch.stop()
+		}
+		var stopped []actor.Future
+		s.users.Range(func(pid, _ any) bool {
+			stopped = append(stopped, s.system.Root.PoisonFuture(pid.(*actor.PID)))
+			return true
+		})
+		for _, f := range stopped {
+			f.Wait()
 		}
 		// Graceful leaving hands identities over to other members (and sleeps
 		// two seconds for it); alone, there is no one to hand over to.

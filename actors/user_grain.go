@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/asynkron/protoactor-go/cluster"
@@ -25,6 +26,23 @@ type userGrain struct {
 	j       *journal
 	broken  bool
 	devices map[string]bool // online devices
+	snap    snapshotMark
+}
+
+// snapshotMark remembers the latest snapshot a grain wrote or loaded.
+type snapshotMark struct {
+	covers uint64
+	at     time.Time
+}
+
+// due says whether a grain whose stream holds durable events should write
+// a snapshot: every Config.SnapshotEvery events, or, when force (idle or
+// stopping), whenever it has anything new.
+func (m snapshotMark) due(durable uint64, every int, force bool) bool {
+	if durable <= m.covers {
+		return false
+	}
+	return force || durable-m.covers >= uint64(every)
 }
 
 func (g *userGrain) Receive(ctx actor.Context) {
@@ -40,18 +58,31 @@ func (g *userGrain) Receive(ctx actor.Context) {
 			g.broken = true
 		}
 		g.idle.start(ctx, g.svc.cfg.PassivateAfter)
+		g.svc.users.Store(ctx.Self(), struct{}{})
+	case *actor.Stopped:
+		g.svc.users.Delete(ctx.Self())
 	case *appendDone:
 		if err := g.j.done(ctx, m); err != nil {
 			g.svc.log.Warn("inbox append failed; rebuilding", "user", g.id, "err", err)
 			g.broken = true
+			return
 		}
+		g.snapshot(false)
 	case *idleTick:
 		// A user with devices online stays: it knows where to notify them.
 		if g.idle.expired(ctx, g.j == nil || !g.j.idle() || len(g.devices) > 0) {
 			ctx.Stop(ctx.Self())
+			return
+		}
+		if g.svc.cfg.Now().Sub(g.snap.at) >= snapshotIdleAge {
+			g.snapshot(true)
 		}
 	case *actor.Stopping:
 		g.idle.stop()
+		// With a sync retention, entries not covered by a snapshot may
+		// expire before the user comes back; otherwise a snapshot only
+		// shortens the next load, and only pays off after a few entries.
+		g.snapshot(g.svc.cfg.SyncRetention > 0 || g.j != nil && g.j.durable-g.snap.covers >= snapshotMinAtStop)
 	case *DevicePresence:
 		if m.Online {
 			g.devices[m.Device] = true
@@ -84,16 +115,85 @@ func (g *userGrain) Receive(ctx actor.Context) {
 
 func (g *userGrain) ready(ctx actor.Context) bool { return rebuild(ctx, &g.broken, g.load) }
 
+// snapshotIdleAge: an active grain with something new writes a snapshot at
+// its idle check when its latest one is older than this, so that a grain
+// that never passivates (a user with devices online) is still covered long
+// before its oldest inbox entries expire.
+const snapshotIdleAge = 10 * time.Minute
+
+// snapshotMinAtStop: without a sync retention, a passivating grain writes a
+// snapshot only if it has at least this many events after the latest one.
+const snapshotMinAtStop = 64
+
+// load rebuilds the state from the latest snapshot of inbox-<user> and the
+// entries after it (the whole stream if there is no usable snapshot), then
+// applies the sync retention to the stream.
 func (g *userGrain) load() error {
 	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
 	defer cancel()
+	stream := events.InboxStream(g.id)
 	s := newUserState(g.id)
-	n, err := replay(ctx, g.svc.store, events.InboxStream(g.id), func(n uint64, m proto.Message) { evolveUser(s, n, m) })
+	var snap UserSnapshot
+	covers, err := readSnapshot(ctx, g.svc.store, stream, &snap)
+	switch {
+	case err == nil:
+		s = userStateFromSnapshot(g.id, covers, &snap)
+	case errors.Is(err, errNoSnapshot):
+		if err != errNoSnapshot {
+			g.svc.log.Warn("user snapshot unusable; replaying the inbox", "user", g.id, "err", err)
+		}
+	default:
+		return err
+	}
+	n, err := replayFrom(ctx, g.svc.store, stream, covers, func(n uint64, m proto.Message) {
+		if n > s.userSeq+1 {
+			g.svc.log.Error("inbox entries expired before a snapshot covered them", "user", g.id, "from", s.userSeq+1, "to", n-1)
+		}
+		evolveUser(s, n, m)
+	})
 	if err != nil {
 		return err
 	}
-	g.state, g.j = s, newJournal(g.svc.store, events.InboxStream(g.id), n)
+	g.state, g.j = s, newJournal(g.svc.store, stream, n)
+	g.snap = snapshotMark{covers: covers, at: g.svc.cfg.Now()}
+	if r := g.svc.cfg.SyncRetention; r > 0 {
+		meta, err := g.svc.store.GetStreamMetadata(ctx, stream)
+		if err != nil {
+			return err
+		}
+		if meta.MaxAge != r {
+			// Entries may expire from now on: the state must not need them.
+			if n > covers {
+				if err := writeSnapshot(ctx, g.svc.store, stream, n, s.snapshot()); err != nil {
+					return err
+				}
+				g.snap = snapshotMark{covers: n, at: g.svc.cfg.Now()}
+			}
+			meta.MaxAge = r
+			if err := g.svc.store.SetStreamMetadata(ctx, stream, meta); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
+}
+
+// snapshot writes a snapshot of the state when one is due and the state
+// holds nothing that is not durable yet. A failed write only costs a
+// longer replay at the next load.
+func (g *userGrain) snapshot(force bool) {
+	if g.broken || g.state == nil || g.j == nil || !g.j.idle() || !g.snap.due(g.j.durable, g.svc.cfg.SnapshotEvery, force) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	if err := writeSnapshot(ctx, g.svc.store, events.InboxStream(g.id), g.j.durable, g.state.snapshot()); err != nil {
+		if !errors.Is(err, events.ErrClosed) {
+			g.svc.log.Warn("user snapshot not written", "user", g.id, "err", err)
+		}
+		return
+	}
+	g.snap = snapshotMark{covers: g.j.durable, at: g.svc.cfg.Now()}
 }
 
 // deliver appends the new items of a conversation's fanout batch and

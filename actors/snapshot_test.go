@@ -1,0 +1,96 @@
+package actors_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/imsync/imsync/actors"
+	"github.com/imsync/imsync/events"
+)
+
+// countingStore counts the events read from streams with a prefix.
+type countingStore struct {
+	events.Store
+	prefix string
+	read   atomic.Int64
+}
+
+func (c *countingStore) ReadStream(ctx context.Context, stream string, opts events.ReadStreamOptions) ([]events.RecordedEvent, error) {
+	page, err := c.Store.ReadStream(ctx, stream, opts)
+	if strings.HasPrefix(stream, c.prefix) {
+		c.read.Add(int64(len(page)))
+	}
+	return page, err
+}
+
+// TestUserSnapshot: a user grain writes a snapshot every SnapshotEvery
+// entries and rebuilds from it, replaying only the entries after it; the
+// list is the same as from a full replay, and a snapshot that cannot be
+// decoded falls back to the full replay.
+func TestUserSnapshot(t *testing.T) {
+	base := newStore(t)
+	store := &countingStore{Store: base, prefix: events.InboxPrefix + "bob"}
+	cfg := actors.Config{Store: store, SnapshotEvery: 10}
+	ctx := tctx(t)
+
+	svc1, err := actors.Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dm, err := svc1.OpenDirect(ctx, "ann", "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	for i := range 25 {
+		r, err := svc1.Send(ctx, actors.SendRequest{Conversation: dm, Sender: "ann", ClientMsgID: fmt.Sprint(i), Body: []byte(fmt.Sprint(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = r.Seq
+	}
+	if err := svc1.EnsureFanout(ctx, dm, last); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc1.MarkRead(ctx, "bob", "phone", dm, 20); err != nil {
+		t.Fatal(err)
+	}
+	want, err := svc1.Conversations(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := summaryOf(t, want, dm).Unread; got != last-20 {
+		t.Fatalf("unread %d, want %d", got, last-20)
+	}
+	// Crash: no snapshot at stop; the latest one was written after entry 20.
+	svc1.Crash()
+
+	check := func(name string, maxRead int64) {
+		t.Helper()
+		svc := start(t, cfg)
+		store.read.Store(0)
+		got, err := svc.Conversations(ctx, "bob")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := summaryOf(t, got, dm)
+		if got.UserSeq != want.UserSeq || s.Unread != last-20 || s.LastReadSeq != 20 || s.LatestMessageSeq != last {
+			t.Fatalf("%s: list %v, want %v", name, got, want)
+		}
+		if n := store.read.Load(); n > maxRead {
+			t.Fatalf("%s: %d inbox entries read to load, want at most %d", name, n, maxRead)
+		}
+		svc.Crash()
+	}
+	check("from the snapshot", 10)
+
+	// A snapshot that cannot be decoded: the full replay.
+	if _, err := base.AppendToStream(ctx, events.SnapshotStream(events.InboxStream("bob")), events.Any,
+		events.EventData{Type: "SnapshotPart", Data: []byte{0xff, 0xff, 0xff}}); err != nil {
+		t.Fatal(err)
+	}
+	check("from a corrupt snapshot", int64(want.UserSeq))
+}
