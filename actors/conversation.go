@@ -1,7 +1,6 @@
 package actors
 
 import (
-	"slices"
 	"sort"
 	"time"
 
@@ -213,11 +212,13 @@ func decideCreate(s *convState, c *CreateConversation, at int64, lim Limits) ([]
 		return nil, nil, err.(*Failure)
 	}
 	members := []string{c.Creator}
+	seen := map[string]bool{c.Creator: true}
 	for _, m := range c.Members {
 		if err := ValidateID("user", m); err != nil {
 			return nil, nil, err.(*Failure)
 		}
-		if !slices.Contains(members, m) {
+		if !seen[m] {
+			seen[m] = true
 			members = append(members, m)
 		}
 	}
@@ -249,8 +250,33 @@ func decideCreate(s *convState, c *CreateConversation, at int64, lim Limits) ([]
 	default:
 		return nil, nil, fail(Code_INVALID, "unknown conversation kind %v", c.Kind)
 	}
-	ev := &eventspb.ConversationCreated{ConversationId: s.id, Kind: c.Kind, Name: c.Name, Creator: c.Creator, Members: members, AtUnixMs: at}
-	return []proto.Message{ev}, &Written{Seq: 1, ConversationId: s.id}, nil
+	// A large group's member list takes several events (an event holds at
+	// most 1 MiB); the first one already holds more than the read-fanout
+	// threshold, so that every member learns the same fanout mode.
+	chunks := chunkMembers(members, lim.ReadFanoutThreshold+1, memberChunkBytes)
+	evs := []proto.Message{&eventspb.ConversationCreated{ConversationId: s.id, Kind: c.Kind, Name: c.Name, Creator: c.Creator, Members: chunks[0], AtUnixMs: at}}
+	for _, more := range chunks[1:] {
+		evs = append(evs, &eventspb.MembersJoined{Users: more, By: c.Creator, AtUnixMs: at})
+	}
+	return evs, &Written{Seq: uint64(len(evs)), ConversationId: s.id}, nil
+}
+
+// memberChunkBytes bounds the member ids of one creation event.
+const memberChunkBytes = 512 << 10
+
+// chunkMembers splits ids into chunks of at most maxBytes of ids each,
+// except that the first one holds at least minFirst of them.
+func chunkMembers(ids []string, minFirst, maxBytes int) [][]string {
+	var out [][]string
+	start, size := 0, 0
+	for i, id := range ids {
+		if i > start && size+len(id)+2 > maxBytes && (len(out) > 0 || i-start >= minFirst) {
+			out = append(out, ids[start:i])
+			start, size = i, 0
+		}
+		size += len(id) + 2
+	}
+	return append(out, ids[start:])
 }
 
 // checkAuthorOrAdmin allows the sender of message seq, or a group admin,
@@ -289,6 +315,15 @@ func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 	case *eventspb.MemberAdded:
 		s.members[e.User] = false
 		s.joined[e.User] = seq
+		s.checkLarge(lim)
+		s.lastActivity = e.AtUnixMs
+	case *eventspb.MembersJoined:
+		for _, u := range e.Users {
+			if _, ok := s.members[u]; !ok {
+				s.members[u] = false
+			}
+			s.joined[u] = seq
+		}
 		s.checkLarge(lim)
 		s.lastActivity = e.AtUnixMs
 	case *eventspb.MemberRemoved:
@@ -356,6 +391,10 @@ func recipients(s *convState, seq uint64, ev proto.Message, lim Limits) map[stri
 	case *eventspb.ConversationCreated:
 		for u := range s.members {
 			out[u] = item(membership(u, true, e.Creator))
+		}
+	case *eventspb.MembersJoined:
+		for _, u := range e.Users {
+			out[u] = item(membership(u, true, e.By))
 		}
 	case *eventspb.MemberAdded:
 		everyone(membership(e.User, true, e.By))

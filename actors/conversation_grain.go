@@ -208,9 +208,9 @@ func (g *conversationGrain) promoteDurable() {
 }
 
 // startFanout delivers the next batch of pending events, one Deliver per
-// recipient, all in parallel; the next batch starts when every recipient
-// has this one. A recipient thus always gets a conversation's entries in
-// seq order, which is what its dedup relies on.
+// recipient, up to fanoutParallel at a time; the next batch starts when
+// every recipient has this one. A recipient thus always gets a
+// conversation's entries in seq order, which is what its dedup relies on.
 func (g *conversationGrain) startFanout(ctx actor.Context) {
 	f := &g.fanout
 	if f.running || len(f.pending) == 0 {
@@ -225,35 +225,59 @@ func (g *conversationGrain) startFanout(ctx actor.Context) {
 		}
 	}
 	f.running = true
+	if len(per) == 0 {
+		g.fanoutDone(ctx, &fanoutDone{upTo: upTo})
+		return
+	}
+	users := make([]string, 0, len(per))
+	for u := range per {
+		users = append(users, u)
+	}
 	// Each delivery is a future whose answer comes back to this grain as a
-	// continuation (no goroutine per message); the batch is done when the
-	// last one answers.
-	outstanding := len(per)
+	// continuation (no goroutine per message); each answer starts the next
+	// delivery, and the batch is done when the last one answers. Bounding
+	// the deliveries in flight keeps a 100k-member creation from timing
+	// out on its own queue.
+	outstanding, next := len(users), 0
 	var firstErr error
+	var launch func()
 	finish := func(err error) {
 		firstErr = cmpErr(firstErr, err)
 		if outstanding--; outstanding == 0 {
 			g.fanoutDone(ctx, &fanoutDone{upTo: upTo, err: firstErr})
+			return
 		}
+		launch()
 	}
-	if outstanding == 0 {
-		g.fanoutDone(ctx, &fanoutDone{upTo: upTo})
-		return
-	}
-	for user, items := range per {
-		fut, err := g.svc.deliverFuture(g.id, user, items)
-		if err != nil {
-			finish(err)
-			continue
-		}
-		ctx.ReenterAfter(fut, func(res any, err error) {
-			if f, ok := res.(*Failure); ok && err == nil {
-				err = f
+	launch = func() {
+		for next < len(users) {
+			user := users[next]
+			next++
+			fut, err := g.svc.deliverFuture(g.id, user, per[user])
+			if err != nil {
+				firstErr = cmpErr(firstErr, err)
+				if outstanding--; outstanding == 0 {
+					g.fanoutDone(ctx, &fanoutDone{upTo: upTo, err: firstErr})
+					return
+				}
+				continue // this slot is free: the next user takes it
 			}
-			finish(err)
-		})
+			ctx.ReenterAfter(fut, func(res any, err error) {
+				if f, ok := res.(*Failure); ok && err == nil {
+					err = f
+				}
+				finish(err)
+			})
+			return
+		}
+	}
+	for range min(len(users), fanoutParallel) {
+		launch()
 	}
 }
+
+// fanoutParallel bounds the deliveries of one conversation in flight.
+const fanoutParallel = 1024
 
 func cmpErr(a, b error) error {
 	if a != nil {
