@@ -41,6 +41,7 @@ type conversationGrain struct {
 	broken  bool // the journal failed: rebuild before the next command
 	fanout  fanout
 	waiters []ensureWaiter
+	notify  readNotify
 }
 
 type fanoutItem struct {
@@ -93,13 +94,19 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 		}
 		g.promoteDurable()
 		g.startFanout(ctx)
+		g.scheduleNotify(ctx)
+	case *WatchConversation:
+		g.watch(m)
+	case *notifyTick:
+		g.notify.timer = false
+		g.notifyWatchers(ctx)
 	case *fanoutDone:
 		g.fanoutDone(ctx, m)
 	case *fanoutRetry:
 		g.fanout.running = false
 		g.startFanout(ctx)
 	case *idleTick:
-		busy := g.j == nil || !g.j.idle() || g.fanout.running || len(g.fanout.pending) > 0 || len(g.waiters) > 0
+		busy := g.j == nil || !g.j.idle() || g.fanout.running || len(g.fanout.pending) > 0 || len(g.waiters) > 0 || g.notify.timer
 		if g.idle.expired(ctx, busy) {
 			g.writeCheckpoint(true)
 			ctx.Stop(ctx.Self())

@@ -57,6 +57,11 @@ type Config struct {
 	// passivates.
 	SnapshotEvery int
 
+	// ReadFanoutNotifyInterval: a read-fanout group tells its members with
+	// online devices that it changed at most once per this interval
+	// (default 250 ms), times one more for every 10,000 such members.
+	ReadFanoutNotifyInterval time.Duration
+
 	// BeforeDeliver, if set, is called before each fanout delivery; an
 	// error fails that delivery (it is retried). For tests of failures.
 	BeforeDeliver func(conversation, user string) error
@@ -95,6 +100,9 @@ func Start(cfg Config) (*Service, error) {
 	}
 	if cfg.PassivateAfter <= 0 {
 		cfg.PassivateAfter = 2 * time.Minute
+	}
+	if cfg.ReadFanoutNotifyInterval <= 0 {
+		cfg.ReadFanoutNotifyInterval = 250 * time.Millisecond
 	}
 	if cfg.SnapshotEvery <= 0 {
 		cfg.SnapshotEvery = 1000

@@ -27,6 +27,8 @@ type userGrain struct {
 	broken  bool
 	devices map[string]bool // online devices
 	snap    snapshotMark
+	// watching: read-fanout groups asked to notify this user (see notify.go)
+	watching map[string]bool
 }
 
 // snapshotMark remembers the latest snapshot a grain wrote or loaded.
@@ -53,6 +55,7 @@ func (g *userGrain) Receive(ctx actor.Context) {
 	case *cluster.ClusterInit:
 		g.id = m.Identity.Identity
 		g.devices = map[string]bool{}
+		g.watching = map[string]bool{}
 		if err := g.load(); err != nil {
 			g.svc.log.Error("user grain cannot load", "user", g.id, "err", err)
 			g.broken = true
@@ -74,6 +77,9 @@ func (g *userGrain) Receive(ctx actor.Context) {
 			ctx.Stop(ctx.Self())
 			return
 		}
+		if len(g.devices) > 0 {
+			g.setWatches(ctx, true) // renew the leases
+		}
 		if g.svc.cfg.Now().Sub(g.snap.at) >= snapshotIdleAge {
 			g.snapshot(true)
 		}
@@ -89,7 +95,10 @@ func (g *userGrain) Receive(ctx actor.Context) {
 		} else {
 			delete(g.devices, m.Device)
 		}
+		g.setWatches(ctx, false)
 		ctx.Respond(&Ok{})
+	case *ConversationNotice:
+		g.conversationNotice(ctx, m)
 	case *Deliver:
 		if g.ready(ctx) {
 			g.deliver(ctx, m)
@@ -239,6 +248,9 @@ func (g *userGrain) commit(ctx actor.Context, msgs []proto.Message, reply proto.
 	}
 	for _, m := range msgs {
 		evolveUser(g.state, g.state.userSeq+1, m)
+		if mc, ok := m.(*eventspb.MembershipChanged); ok {
+			g.setWatch(ctx, mc.ConversationId, false)
+		}
 	}
 	sender := ctx.Sender()
 	var newest *eventspb.SyncEntry
@@ -414,7 +426,7 @@ func (g *deviceGrain) Receive(ctx actor.Context) {
 	case *NotifyDevice:
 		g.newest = max(g.newest, m.UserSeq)
 		if g.conn != nil {
-			ctx.Send(g.conn, &Push{User: g.user, Device: g.device, UserSeq: m.UserSeq, Entry: m.Entry})
+			ctx.Send(g.conn, &Push{User: g.user, Device: g.device, UserSeq: m.UserSeq, Entry: m.Entry, ConversationId: m.ConversationId, ConvSeq: m.ConvSeq})
 		}
 	case *AckDevice:
 		g.ack(ctx, m)
