@@ -28,9 +28,9 @@ type notifyTick struct{}
 // watchers and what it told them last.
 type readNotify struct {
 	watchers map[string]time.Time // user → end of the watch's lease
-	sent     uint64                // newest seq notified
-	last     time.Time             // when
-	timer    bool                  // a notifyTick is due
+	sent     uint64               // newest seq notified
+	last     time.Time            // when
+	timer    bool                 // a notifyTick is due
 }
 
 // watch records or forgets a watcher; only members of a read-fanout group
