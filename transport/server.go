@@ -438,7 +438,7 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 			}
 			return
 		}
-		if !c.limiter.Allow() {
+		if !c.limiter.AllowN(time.Now(), requestCost(&req, c.s.cfg.RequestBurst)) {
 			respond(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "request rate limit"}}})
 			continue
 		}
