@@ -1,6 +1,7 @@
 package actors_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -149,4 +150,57 @@ func TestReadFanoutNoticesCoalesce(t *testing.T) {
 	if notices > bound {
 		t.Fatalf("%d sends in %s gave %d notices, want at most %d", sends, took, notices, bound)
 	}
+}
+
+// TestHundredThousandMemberGroup: a group of 100,000 members (the member
+// cap) is created, fanned out to every member, sent to; a member's unread
+// count and an online member's notice follow.
+func TestHundredThousandMemberGroup(t *testing.T) {
+	if testing.Short() {
+		t.Skip("100k members: skipped with -short")
+	}
+	svc := start(t, actors.Config{Store: newStore(t), ReadFanoutNotifyInterval: 20 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	members := memberIDs("m", actors.DefaultLimits().MaxGroupSize)
+	_, ch := device(t, svc, members[1], "phone")
+	began := time.Now()
+	conv, err := svc.CreateGroup(ctx, "huge", members[0], "huge", members[1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("created in %s", time.Since(began))
+	info, err := svc.Conversation(ctx, members[0], conv)
+	if err != nil || !info.ReadFanout || len(info.Members) != len(members) {
+		t.Fatalf("group: %d members, read fanout %v, %v", len(info.GetMembers()), info.GetReadFanout(), err)
+	}
+	if err := svc.EnsureFanout(ctx, conv, info.LastSeq); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("created and fanned out to %d members in %s (%d events)", len(members), time.Since(began), info.LastSeq)
+	for _, u := range []string{members[1], members[len(members)-1]} {
+		if entries := readInbox(t, svc, u); len(entries) != 1 {
+			t.Fatalf("%s's inbox has %d entries, want the membership", u, len(entries))
+		}
+	}
+
+	r, err := svc.Send(ctx, actors.SendRequest{Conversation: conv, Sender: members[0], ClientMsgID: "hello", Body: []byte("hello, all")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader := members[len(members)-1]
+	list, err := svc.Conversations(ctx, reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := summaryOf(t, list, conv); s.Unread != 1 || s.LatestMessageSeq != r.Seq {
+		t.Fatalf("%s's line: unread %d, latest %d; want 1, %d", reader, s.Unread, s.LatestMessageSeq, r.Seq)
+	}
+	if waitConvPush(t, ch, conv, r.Seq, 10*time.Second) == nil {
+		sendUntilNotified(t, svc, conv, members[0], ch)
+	}
+	if _, err := svc.AddMember(ctx, members[0], conv, "one-too-many"); err == nil {
+		t.Fatal("a member beyond the cap was added")
+	}
+	t.Logf("whole test: %s", time.Since(began))
 }

@@ -83,8 +83,9 @@ type Service struct {
 	log     *slog.Logger
 	watch   *fanoutWatch
 	closing sync.Once
-	// users holds the PIDs of the user grains active on this member: Close
-	// stops them first so that they write their snapshots.
+	// users holds the PIDs of the user grains active on this member when
+	// there is a sync retention: Close stops them first so that they write
+	// their snapshots.
 	users sync.Map
 }
 

@@ -61,7 +61,11 @@ func (g *userGrain) Receive(ctx actor.Context) {
 			g.broken = true
 		}
 		g.idle.start(ctx, g.svc.cfg.PassivateAfter)
-		g.svc.users.Store(ctx.Self(), struct{}{})
+		if g.svc.cfg.SyncRetention > 0 {
+			// Entries may expire: Close stops this grain so that it
+			// writes its snapshot.
+			g.svc.users.Store(ctx.Self(), struct{}{})
+		}
 	case *actor.Stopped:
 		g.svc.users.Delete(ctx.Self())
 	case *appendDone:
