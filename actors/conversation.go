@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"fmt"
 	"sort"
 	"time"
 
@@ -416,4 +417,102 @@ func recipients(s *convState, seq uint64, ev proto.Message, lim Limits) map[stri
 		everyone(&eventspb.EditNotice{ConversationId: s.id, Seq: seq, EditedSeq: e.Seq, By: e.By, Body: e.Body})
 	}
 	return out
+}
+
+// snapshot renders the state as a ConvSnapshot (sharing nothing the state
+// mutates later). It holds per member their admin flag and joining seq,
+// per message its seq and sender (for unread counts and "is it a
+// message"), the recall/edit window, recalled seqs, edited bodies and the
+// client-id dedup window: everything decideConv and the readers need.
+func (s *convState) snapshot() *ConvSnapshot {
+	out := &ConvSnapshot{
+		Kind: s.kind, Name: s.name, Creator: s.creator,
+		LatestSeq: s.latestSeq, Latest: s.latest, LastActivity: s.lastActivity, Large: s.large,
+	}
+	out.Members = make([]string, 0, len(s.members))
+	for u := range s.members {
+		out.Members = append(out.Members, u)
+	}
+	sortStrings(out.Members)
+	out.Joined = make([]uint64, len(out.Members))
+	for i, u := range out.Members {
+		out.Joined[i] = s.joined[u]
+		if s.members[u] {
+			out.Admins = append(out.Admins, u)
+		}
+	}
+	senders := map[string]uint32{}
+	out.MsgSeqs = make([]uint64, len(s.msgs))
+	out.MsgSenders = make([]uint32, len(s.msgs))
+	for i, m := range s.msgs {
+		idx, ok := senders[m.sender]
+		if !ok {
+			idx = uint32(len(out.Senders))
+			senders[m.sender] = idx
+			out.Senders = append(out.Senders, m.sender)
+		}
+		out.MsgSeqs[i], out.MsgSenders[i] = m.seq, idx
+	}
+	for _, seq := range s.order {
+		if m := s.recent[seq]; m != nil {
+			out.Recent = append(out.Recent, &RecentMessage{Seq: seq, Sender: m.sender, AtUnixMs: m.at})
+		}
+	}
+	for seq := range s.recalled {
+		out.Recalled = append(out.Recalled, seq)
+	}
+	sort.Slice(out.Recalled, func(i, j int) bool { return out.Recalled[i] < out.Recalled[j] })
+	for seq, body := range s.edited {
+		out.Edited = append(out.Edited, &EditedBody{Seq: seq, Body: body})
+	}
+	sort.Slice(out.Edited, func(i, j int) bool { return out.Edited[i].Seq < out.Edited[j].Seq })
+	for _, k := range s.clientOrder {
+		out.ClientKeys = append(out.ClientKeys, k)
+		out.ClientSeqs = append(out.ClientSeqs, s.clientIDs[k])
+	}
+	return out
+}
+
+// convStateFromSnapshot is the state a snapshot covering lastSeq events
+// holds; it fails on a snapshot whose parallel lists do not match.
+func convStateFromSnapshot(id string, lastSeq uint64, snap *ConvSnapshot) (*convState, error) {
+	if len(snap.Joined) != len(snap.Members) || len(snap.MsgSenders) != len(snap.MsgSeqs) || len(snap.ClientSeqs) != len(snap.ClientKeys) {
+		return nil, fmt.Errorf("conversation snapshot of %s: lists of different lengths", id)
+	}
+	s := newConvState(id)
+	s.lastSeq = lastSeq
+	s.kind, s.name, s.creator = snap.Kind, snap.Name, snap.Creator
+	s.latestSeq, s.latest, s.lastActivity, s.large = snap.LatestSeq, snap.Latest, snap.LastActivity, snap.Large
+	for i, u := range snap.Members {
+		s.members[u] = false
+		s.joined[u] = snap.Joined[i]
+	}
+	for _, u := range snap.Admins {
+		if _, ok := s.members[u]; ok {
+			s.members[u] = true
+		}
+	}
+	s.msgs = make([]msgRef, len(snap.MsgSeqs))
+	for i, seq := range snap.MsgSeqs {
+		idx := snap.MsgSenders[i]
+		if int(idx) >= len(snap.Senders) {
+			return nil, fmt.Errorf("conversation snapshot of %s: sender %d of %d", id, idx, len(snap.Senders))
+		}
+		s.msgs[i] = msgRef{seq: seq, sender: snap.Senders[idx]}
+	}
+	for _, m := range snap.Recent {
+		s.recent[m.Seq] = &msgInfo{sender: m.Sender, at: m.AtUnixMs}
+		s.order = append(s.order, m.Seq)
+	}
+	for _, seq := range snap.Recalled {
+		s.recalled[seq] = true
+	}
+	for _, e := range snap.Edited {
+		s.edited[e.Seq] = e.Body
+	}
+	for i, k := range snap.ClientKeys {
+		s.clientIDs[k] = snap.ClientSeqs[i]
+		s.clientOrder = append(s.clientOrder, k)
+	}
+	return s, nil
 }

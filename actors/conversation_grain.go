@@ -42,6 +42,7 @@ type conversationGrain struct {
 	fanout  fanout
 	waiters []ensureWaiter
 	notify  readNotify
+	snap    snapshotMark
 }
 
 type fanoutItem struct {
@@ -109,6 +110,9 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 		busy := g.j == nil || !g.j.idle() || g.fanout.running || len(g.fanout.pending) > 0 || len(g.waiters) > 0 || g.notify.timer
 		if g.idle.expired(ctx, busy) {
 			g.writeCheckpoint(true)
+			if g.j != nil {
+				g.snapshot(g.j.durable-g.snap.covers >= snapshotMinAtStop)
+			}
 			ctx.Stop(ctx.Self())
 		}
 	case *actor.Stopping:
@@ -157,9 +161,30 @@ func (g *conversationGrain) load() error {
 		return err
 	}
 	lim := g.svc.cfg.Limits
-	s := newConvState(g.id)
+	stream := events.ConversationStream(g.id)
+	s, from := newConvState(g.id), uint64(0)
+	var snap ConvSnapshot
+	covers, err := readSnapshot(ctx, g.svc.store, stream, &snap)
+	switch {
+	case err == nil && covers <= cp:
+		// (A snapshot beyond the fanout checkpoint is not used: the events
+		// in between must be replayed to be fanned out again.)
+		st, err := convStateFromSnapshot(g.id, covers, &snap)
+		if err != nil {
+			g.svc.log.Warn("conversation snapshot unusable; replaying the stream", "conversation", g.id, "err", err)
+			break
+		}
+		s, from = st, covers
+	case err == nil:
+	case errors.Is(err, errNoSnapshot):
+		if err != errNoSnapshot {
+			g.svc.log.Warn("conversation snapshot unusable; replaying the stream", "conversation", g.id, "err", err)
+		}
+	default:
+		return err
+	}
 	var pending []fanoutItem
-	n, err := replay(ctx, g.svc.store, events.ConversationStream(g.id), func(n uint64, m proto.Message) {
+	n, err := replayFrom(ctx, g.svc.store, stream, from, func(n uint64, m proto.Message) {
 		evolveConv(s, n, m, lim)
 		if n > cp {
 			pending = append(pending, fanoutItem{seq: n, to: recipients(s, n, m, lim)})
@@ -169,9 +194,32 @@ func (g *conversationGrain) load() error {
 		return err
 	}
 	g.state = s
-	g.j = newJournal(g.svc.store, events.ConversationStream(g.id), n)
+	g.j = newJournal(g.svc.store, stream, n)
 	g.fanout = fanout{pending: pending, cursor: min(cp, n), checkpointed: cp}
+	g.snap = snapshotMark{covers: from}
 	return nil
+}
+
+// snapshot writes a snapshot of the state when one is due (see
+// snapshotMark.due) and the state is durable and fanned out; the fanout
+// checkpoint is written first, so that a load can use the snapshot. A
+// failed write only costs a longer replay at the next load.
+func (g *conversationGrain) snapshot(force bool) {
+	f := &g.fanout
+	if g.broken || g.state == nil || g.j == nil || !g.j.idle() || f.running || len(f.staged) > 0 || len(f.pending) > 0 ||
+		f.cursor != g.j.durable || !g.snap.due(g.j.durable, g.svc.cfg.SnapshotEvery, force) {
+		return
+	}
+	g.writeCheckpoint(true)
+	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	if err := writeSnapshot(ctx, g.svc.store, events.ConversationStream(g.id), g.j.durable, g.state.snapshot()); err != nil {
+		if !errors.Is(err, events.ErrClosed) {
+			g.svc.log.Warn("conversation snapshot not written", "conversation", g.id, "err", err)
+		}
+		return
+	}
+	g.snap = snapshotMark{covers: g.j.durable, at: time.Now()}
 }
 
 func (g *conversationGrain) write(ctx actor.Context, cmd proto.Message) {
@@ -326,6 +374,7 @@ func (g *conversationGrain) fanoutDone(ctx actor.Context, d *fanoutDone) {
 		g.writeCheckpoint(false)
 	}
 	g.startFanout(ctx)
+	g.snapshot(false)
 }
 
 // writeCheckpoint records the fanout cursor. Losing one only means
