@@ -1,6 +1,7 @@
 package actors_test
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -133,5 +134,86 @@ func TestSyncRetentionRecoversThroughList(t *testing.T) {
 	meta, err := store.GetStreamMetadata(ctx, events.InboxStream("bob"))
 	if err != nil || meta.MaxAge != cfg.SyncRetention {
 		t.Fatalf("inbox-bob metadata %+v %v, want $maxAge %s", meta, err, cfg.SyncRetention)
+	}
+}
+
+// TestInboxMaxCountKeepsList: an inbox with a $maxCount keeps only its
+// latest entries; the user grain snapshots often enough that after a crash
+// the conversation list, read markers and history still work.
+func TestInboxMaxCountKeepsList(t *testing.T) {
+	store := newStore(t)
+	ctx := tctx(t)
+	if err := store.SetStreamMetadata(ctx, events.InboxStream("bob"), events.StreamMetadata{MaxCount: 3}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := actors.Config{Store: store}
+	dying := &dyingStore{Store: store}
+	svc1, err := actors.Start(actors.Config{Store: dying})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dm, err := svc1.OpenDirect(ctx, "ann", "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	group, err := svc1.CreateGroup(ctx, "trio", "ann", "trio", []string{"bob", "cat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dmSeqs []uint64
+	for i := range 6 {
+		r, err := svc1.Send(ctx, actors.SendRequest{Conversation: dm, Sender: "ann", ClientMsgID: fmt.Sprint(i), Body: []byte(fmt.Sprint("d", i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dmSeqs = append(dmSeqs, r.Seq)
+	}
+	if err := svc1.EnsureFanout(ctx, dm, dmSeqs[5]); err != nil {
+		t.Fatal(err)
+	}
+	r, err := svc1.Send(ctx, actors.SendRequest{Conversation: group, Sender: "ann", ClientMsgID: "g", Body: []byte("g")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc1.EnsureFanout(ctx, group, r.Seq); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc1.MarkRead(ctx, "bob", "phone", dm, dmSeqs[1]); err != nil {
+		t.Fatal(err)
+	}
+	before, err := svc1.Conversations(ctx, "bob") // also: the grain is done with its snapshot
+	if err != nil {
+		t.Fatal(err)
+	}
+	crash(svc1, dying)
+
+	svc2 := start(t, cfg)
+	page, err := svc2.Sync(ctx, "bob", 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page.FirstUserSeq <= 1 || len(page.Entries) != 3 || page.LastUserSeq != before.UserSeq {
+		t.Fatalf("sync from 0 with $maxCount 3: first %d, %d entries, last %d; want a gap, 3 entries, %d",
+			page.FirstUserSeq, len(page.Entries), page.LastUserSeq, before.UserSeq)
+	}
+	list, err := svc2.Conversations(ctx, "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Conversations) != 2 {
+		t.Fatalf("bob's list has %d conversations, want 2: %v", len(list.Conversations), list)
+	}
+	if d := summaryOf(t, list, dm); d.Unread != 4 || d.LastReadSeq != dmSeqs[1] {
+		t.Fatalf("dm: unread %d, read %d; want 4, %d", d.Unread, d.LastReadSeq, dmSeqs[1])
+	}
+	if g := summaryOf(t, list, group); g.Unread != 1 {
+		t.Fatalf("group: unread %d, want 1", g.Unread)
+	}
+	h, err := svc2.History(ctx, "bob", dm, actors.HistoryQuery{After: dmSeqs[1], Limit: 10})
+	if err != nil || len(h.Messages) != 4 {
+		t.Fatalf("history after the read marker: %v %v, want 4 messages", h, err)
+	}
+	if err := svc2.MarkRead(ctx, "bob", "phone", group, r.Seq); err != nil {
+		t.Fatalf("mark read: %v", err)
 	}
 }

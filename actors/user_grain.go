@@ -27,6 +27,11 @@ type userGrain struct {
 	broken  bool
 	devices map[string]bool // online devices
 	snap    snapshotMark
+	// retained: the inbox has a retention ($maxAge or $maxCount), so its
+	// entries must be covered by a snapshot before they go; snapEvery is
+	// then at most half the $maxCount.
+	retained  bool
+	snapEvery int
 	// watching: read-fanout groups asked to notify this user (see notify.go)
 	watching map[string]bool
 }
@@ -61,7 +66,7 @@ func (g *userGrain) Receive(ctx actor.Context) {
 			g.broken = true
 		}
 		g.idle.start(ctx, g.svc.cfg.PassivateAfter)
-		if g.svc.cfg.SyncRetention > 0 {
+		if g.retained {
 			// Entries may expire: Close stops this grain so that it
 			// writes its snapshot.
 			g.svc.users.Store(ctx.Self(), struct{}{})
@@ -92,7 +97,7 @@ func (g *userGrain) Receive(ctx actor.Context) {
 		// With a sync retention, entries not covered by a snapshot may
 		// expire before the user comes back; otherwise a snapshot only
 		// shortens the next load, and only pays off after a few entries.
-		g.snapshot(g.svc.cfg.SyncRetention > 0 || g.j != nil && g.j.durable-g.snap.covers >= snapshotMinAtStop)
+		g.snapshot(g.retained || g.j != nil && g.j.durable-g.snap.covers >= snapshotMinAtStop)
 	case *DevicePresence:
 		if m.Online {
 			g.devices[m.Device] = true
@@ -169,19 +174,25 @@ func (g *userGrain) load() error {
 	}
 	g.state, g.j = s, newJournal(g.svc.store, stream, n)
 	g.snap = snapshotMark{covers: covers, at: g.svc.cfg.Now()}
-	if r := g.svc.cfg.SyncRetention; r > 0 {
-		meta, err := g.svc.store.GetStreamMetadata(ctx, stream)
-		if err != nil {
+	meta, err := g.svc.store.GetStreamMetadata(ctx, stream)
+	if err != nil {
+		return err
+	}
+	r := g.svc.cfg.SyncRetention
+	g.retained = r > 0 || meta.MaxAge > 0 || meta.MaxCount > 0
+	g.snapEvery = g.svc.cfg.SnapshotEvery
+	if meta.MaxCount > 0 {
+		g.snapEvery = int(min(uint64(g.snapEvery), max(1, meta.MaxCount/2)))
+	}
+	if g.retained && n > g.snap.covers {
+		// Entries may go from now on: the state must not need them.
+		if err := writeSnapshot(ctx, g.svc.store, stream, n, s.snapshot()); err != nil {
 			return err
 		}
+		g.snap = snapshotMark{covers: n, at: g.svc.cfg.Now()}
+	}
+	if r > 0 {
 		if meta.MaxAge != r {
-			// Entries may expire from now on: the state must not need them.
-			if n > covers {
-				if err := writeSnapshot(ctx, g.svc.store, stream, n, s.snapshot()); err != nil {
-					return err
-				}
-				g.snap = snapshotMark{covers: n, at: g.svc.cfg.Now()}
-			}
 			meta.MaxAge = r
 			if err := g.svc.store.SetStreamMetadata(ctx, stream, meta); err != nil {
 				return err
@@ -195,7 +206,7 @@ func (g *userGrain) load() error {
 // holds nothing that is not durable yet. A failed write only costs a
 // longer replay at the next load.
 func (g *userGrain) snapshot(force bool) {
-	if g.broken || g.state == nil || g.j == nil || !g.j.idle() || !g.snap.due(g.j.durable, g.svc.cfg.SnapshotEvery, force) {
+	if g.broken || g.state == nil || g.j == nil || !g.j.idle() || !g.snap.due(g.j.durable, g.snapEvery, force) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
