@@ -217,3 +217,70 @@ func TestInboxMaxCountKeepsList(t *testing.T) {
 		t.Fatalf("mark read: %v", err)
 	}
 }
+
+// TestExpiredUncoveredInboxGoesOn: a user grain that died before any
+// snapshot covered its entries, which then all expired, finds its
+// timeline's end again and keeps its user seqs gapless from there.
+func TestExpiredUncoveredInboxGoesOn(t *testing.T) {
+	clock := newTestClock()
+	store, err := events.OpenInMemory(events.Options{Now: clock.now, ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	cfg := actors.Config{Store: store, Now: clock.now, SyncRetention: 24 * time.Hour}
+	ctx := tctx(t)
+	dying := &dyingStore{Store: store}
+	dcfg := cfg
+	dcfg.Store = dying
+	svc1, err := actors.Start(dcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dm, err := svc1.OpenDirect(ctx, "ann", "bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	for i := range 4 {
+		r, err := svc1.Send(ctx, actors.SendRequest{Conversation: dm, Sender: "ann", ClientMsgID: fmt.Sprint(i), Body: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = r.Seq
+	}
+	if err := svc1.EnsureFanout(ctx, dm, last); err != nil {
+		t.Fatal(err)
+	}
+	crash(svc1, dying) // bob's 5 entries: no snapshot covers them
+
+	clock.advance(48 * time.Hour)
+	svc2 := start(t, cfg)
+	r, err := svc2.Send(ctx, actors.SendRequest{Conversation: dm, Sender: "ann", ClientMsgID: "later", Body: []byte("later")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc2.EnsureFanout(ctx, dm, r.Seq); err != nil {
+		t.Fatalf("fanout to an inbox whose entries expired uncovered: %v", err)
+	}
+	// The timeline goes on at user seq 6. (The conversation, whose fanout
+	// checkpoint died with the process too, delivers its events again, and
+	// the user grain, which lost them, takes them again: the list is whole.)
+	page, err := svc2.Sync(ctx, "bob", 0, 100)
+	if err != nil || page.FirstUserSeq != 6 || len(page.Entries) == 0 {
+		t.Fatalf("bob's timeline: %v %v, want entries from 6 on", page, err)
+	}
+	for i, e := range page.Entries {
+		if e.UserSeq != 6+uint64(i) {
+			t.Fatalf("entry %d has user seq %d: a gap", i, e.UserSeq)
+		}
+	}
+	newest, err := events.Decode(page.Entries[len(page.Entries)-1].Type, page.Entries[len(page.Entries)-1].Data)
+	if p, ok := newest.(*eventspb.MessagePointer); err != nil || !ok || p.Seq != r.Seq {
+		t.Fatalf("bob's newest entry %v %v, want the pointer to %d", newest, err, r.Seq)
+	}
+	list, err := svc2.Conversations(ctx, "bob")
+	if err != nil || len(list.Conversations) != 1 {
+		t.Fatalf("bob's list %v %v, want the direct conversation", list, err)
+	}
+}

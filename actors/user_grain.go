@@ -32,6 +32,9 @@ type userGrain struct {
 	// then at most half the $maxCount.
 	retained  bool
 	snapEvery int
+	// floor: the inbox holds at least this many entries (learnt from a
+	// failed append), even if the oldest of them expired unread.
+	floor uint64
 	// watching: read-fanout groups asked to notify this user (see notify.go)
 	watching map[string]bool
 }
@@ -76,6 +79,10 @@ func (g *userGrain) Receive(ctx actor.Context) {
 	case *appendDone:
 		if err := g.j.done(ctx, m); err != nil {
 			g.svc.log.Warn("inbox append failed; rebuilding", "user", g.id, "err", err)
+			var wrong *events.WrongExpectedRevisionError
+			if errors.As(err, &wrong) && wrong.Exists {
+				g.floor = max(g.floor, uint64(wrong.Actual)+1)
+			}
 			g.broken = true
 			return
 		}
@@ -171,6 +178,14 @@ func (g *userGrain) load() error {
 	})
 	if err != nil {
 		return err
+	}
+	if n < g.floor {
+		// The newest entries expired before a snapshot covered them (a
+		// crash, then silence for longer than the retention): the state
+		// lacks them, but the timeline goes on after them.
+		g.svc.log.Error("inbox entries expired before a snapshot covered them", "user", g.id, "from", n+1, "to", g.floor)
+		n = g.floor
+		s.userSeq = n
 	}
 	g.state, g.j = s, newJournal(g.svc.store, stream, n)
 	g.snap = snapshotMark{covers: covers, at: g.svc.cfg.Now()}
