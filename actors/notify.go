@@ -16,9 +16,8 @@ import (
 // to its seq. The user grain passes it to its online devices as a Push
 // with conversation_id and conv_seq set.
 
-// watchLease is how long a watch lasts without renewal, in units of
-// Config.PassivateAfter (user grains renew at every idle check, twice per
-// PassivateAfter).
+// watchLeaseFactor: a watch lasts this many Config.PassivateAfter without
+// renewal (user grains renew at every idle check, twice per PassivateAfter).
 const watchLeaseFactor = 2
 
 // notifyTick is what a conversation's notify timer sends it.
