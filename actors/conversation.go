@@ -1,7 +1,7 @@
 package actors
 
 import (
-	"slices"
+	"fmt"
 	"sort"
 	"time"
 
@@ -213,11 +213,13 @@ func decideCreate(s *convState, c *CreateConversation, at int64, lim Limits) ([]
 		return nil, nil, err.(*Failure)
 	}
 	members := []string{c.Creator}
+	seen := map[string]bool{c.Creator: true}
 	for _, m := range c.Members {
 		if err := ValidateID("user", m); err != nil {
 			return nil, nil, err.(*Failure)
 		}
-		if !slices.Contains(members, m) {
+		if !seen[m] {
+			seen[m] = true
 			members = append(members, m)
 		}
 	}
@@ -251,8 +253,33 @@ func decideCreate(s *convState, c *CreateConversation, at int64, lim Limits) ([]
 	default:
 		return nil, nil, fail(Code_INVALID, "unknown conversation kind %v", c.Kind)
 	}
-	ev := &eventspb.ConversationCreated{ConversationId: s.id, Kind: c.Kind, Name: c.Name, Creator: c.Creator, Members: members, AtUnixMs: at}
-	return []proto.Message{ev}, &Written{Seq: 1, ConversationId: s.id}, nil
+	// A large group's member list takes several events (an event holds at
+	// most 1 MiB); the first one already holds more than the read-fanout
+	// threshold, so that every member learns the same fanout mode.
+	chunks := chunkMembers(members, lim.ReadFanoutThreshold+1, memberChunkBytes)
+	evs := []proto.Message{&eventspb.ConversationCreated{ConversationId: s.id, Kind: c.Kind, Name: c.Name, Creator: c.Creator, Members: chunks[0], AtUnixMs: at}}
+	for _, more := range chunks[1:] {
+		evs = append(evs, &eventspb.MembersJoined{Users: more, By: c.Creator, AtUnixMs: at})
+	}
+	return evs, &Written{Seq: uint64(len(evs)), ConversationId: s.id}, nil
+}
+
+// memberChunkBytes bounds the member ids of one creation event.
+const memberChunkBytes = 512 << 10
+
+// chunkMembers splits ids into chunks of at most maxBytes of ids each,
+// except that the first one holds at least minFirst of them.
+func chunkMembers(ids []string, minFirst, maxBytes int) [][]string {
+	var out [][]string
+	start, size := 0, 0
+	for i, id := range ids {
+		if i > start && size+len(id)+2 > maxBytes && (len(out) > 0 || i-start >= minFirst) {
+			out = append(out, ids[start:i])
+			start, size = i, 0
+		}
+		size += len(id) + 2
+	}
+	return append(out, ids[start:])
 }
 
 // checkAuthorOrAdmin allows the sender of message seq, or a group admin,
@@ -291,6 +318,15 @@ func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 	case *eventspb.MemberAdded:
 		s.members[e.User] = false
 		s.joined[e.User] = seq
+		s.checkLarge(lim)
+		s.lastActivity = e.AtUnixMs
+	case *eventspb.MembersJoined:
+		for _, u := range e.Users {
+			if _, ok := s.members[u]; !ok {
+				s.members[u] = false
+			}
+			s.joined[u] = seq
+		}
 		s.checkLarge(lim)
 		s.lastActivity = e.AtUnixMs
 	case *eventspb.MemberRemoved:
@@ -359,6 +395,10 @@ func recipients(s *convState, seq uint64, ev proto.Message, lim Limits) map[stri
 		for u := range s.members {
 			out[u] = item(membership(u, true, e.Creator))
 		}
+	case *eventspb.MembersJoined:
+		for _, u := range e.Users {
+			out[u] = item(membership(u, true, e.By))
+		}
 	case *eventspb.MemberAdded:
 		everyone(membership(e.User, true, e.By))
 	case *eventspb.MemberRemoved:
@@ -379,4 +419,102 @@ func recipients(s *convState, seq uint64, ev proto.Message, lim Limits) map[stri
 		everyone(&eventspb.EditNotice{ConversationId: s.id, Seq: seq, EditedSeq: e.Seq, By: e.By, Body: e.Body})
 	}
 	return out
+}
+
+// snapshot renders the state as a ConvSnapshot (sharing nothing the state
+// mutates later). It holds per member their admin flag and joining seq,
+// per message its seq and sender (for unread counts and "is it a
+// message"), the recall/edit window, recalled seqs, edited bodies and the
+// client-id dedup window: everything decideConv and the readers need.
+func (s *convState) snapshot() *ConvSnapshot {
+	out := &ConvSnapshot{
+		Kind: s.kind, Name: s.name, Creator: s.creator,
+		LatestSeq: s.latestSeq, Latest: s.latest, LastActivity: s.lastActivity, Large: s.large,
+	}
+	out.Members = make([]string, 0, len(s.members))
+	for u := range s.members {
+		out.Members = append(out.Members, u)
+	}
+	sortStrings(out.Members)
+	out.Joined = make([]uint64, len(out.Members))
+	for i, u := range out.Members {
+		out.Joined[i] = s.joined[u]
+		if s.members[u] {
+			out.Admins = append(out.Admins, u)
+		}
+	}
+	senders := map[string]uint32{}
+	out.MsgSeqs = make([]uint64, len(s.msgs))
+	out.MsgSenders = make([]uint32, len(s.msgs))
+	for i, m := range s.msgs {
+		idx, ok := senders[m.sender]
+		if !ok {
+			idx = uint32(len(out.Senders))
+			senders[m.sender] = idx
+			out.Senders = append(out.Senders, m.sender)
+		}
+		out.MsgSeqs[i], out.MsgSenders[i] = m.seq, idx
+	}
+	for _, seq := range s.order {
+		if m := s.recent[seq]; m != nil {
+			out.Recent = append(out.Recent, &RecentMessage{Seq: seq, Sender: m.sender, AtUnixMs: m.at})
+		}
+	}
+	for seq := range s.recalled {
+		out.Recalled = append(out.Recalled, seq)
+	}
+	sort.Slice(out.Recalled, func(i, j int) bool { return out.Recalled[i] < out.Recalled[j] })
+	for seq, body := range s.edited {
+		out.Edited = append(out.Edited, &EditedBody{Seq: seq, Body: body})
+	}
+	sort.Slice(out.Edited, func(i, j int) bool { return out.Edited[i].Seq < out.Edited[j].Seq })
+	for _, k := range s.clientOrder {
+		out.ClientKeys = append(out.ClientKeys, k)
+		out.ClientSeqs = append(out.ClientSeqs, s.clientIDs[k])
+	}
+	return out
+}
+
+// convStateFromSnapshot is the state a snapshot covering lastSeq events
+// holds; it fails on a snapshot whose parallel lists do not match.
+func convStateFromSnapshot(id string, lastSeq uint64, snap *ConvSnapshot) (*convState, error) {
+	if len(snap.Joined) != len(snap.Members) || len(snap.MsgSenders) != len(snap.MsgSeqs) || len(snap.ClientSeqs) != len(snap.ClientKeys) {
+		return nil, fmt.Errorf("conversation snapshot of %s: lists of different lengths", id)
+	}
+	s := newConvState(id)
+	s.lastSeq = lastSeq
+	s.kind, s.name, s.creator = snap.Kind, snap.Name, snap.Creator
+	s.latestSeq, s.latest, s.lastActivity, s.large = snap.LatestSeq, snap.Latest, snap.LastActivity, snap.Large
+	for i, u := range snap.Members {
+		s.members[u] = false
+		s.joined[u] = snap.Joined[i]
+	}
+	for _, u := range snap.Admins {
+		if _, ok := s.members[u]; ok {
+			s.members[u] = true
+		}
+	}
+	s.msgs = make([]msgRef, len(snap.MsgSeqs))
+	for i, seq := range snap.MsgSeqs {
+		idx := snap.MsgSenders[i]
+		if int(idx) >= len(snap.Senders) {
+			return nil, fmt.Errorf("conversation snapshot of %s: sender %d of %d", id, idx, len(snap.Senders))
+		}
+		s.msgs[i] = msgRef{seq: seq, sender: snap.Senders[idx]}
+	}
+	for _, m := range snap.Recent {
+		s.recent[m.Seq] = &msgInfo{sender: m.Sender, at: m.AtUnixMs}
+		s.order = append(s.order, m.Seq)
+	}
+	for _, seq := range snap.Recalled {
+		s.recalled[seq] = true
+	}
+	for _, e := range snap.Edited {
+		s.edited[e.Seq] = e.Body
+	}
+	for i, k := range snap.ClientKeys {
+		s.clientIDs[k] = snap.ClientSeqs[i]
+		s.clientOrder = append(s.clientOrder, k)
+	}
+	return s, nil
 }

@@ -41,6 +41,8 @@ type conversationGrain struct {
 	broken  bool // the journal failed: rebuild before the next command
 	fanout  fanout
 	waiters []ensureWaiter
+	notify  readNotify
+	snap    snapshotMark
 }
 
 type fanoutItem struct {
@@ -93,15 +95,24 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 		}
 		g.promoteDurable()
 		g.startFanout(ctx)
+		g.scheduleNotify(ctx)
+	case *WatchConversation:
+		g.watch(m)
+	case *notifyTick:
+		g.notify.timer = false
+		g.notifyWatchers(ctx)
 	case *fanoutDone:
 		g.fanoutDone(ctx, m)
 	case *fanoutRetry:
 		g.fanout.running = false
 		g.startFanout(ctx)
 	case *idleTick:
-		busy := g.j == nil || !g.j.idle() || g.fanout.running || len(g.fanout.pending) > 0 || len(g.waiters) > 0
+		busy := g.j == nil || !g.j.idle() || g.fanout.running || len(g.fanout.pending) > 0 || len(g.waiters) > 0 || g.notify.timer
 		if g.idle.expired(ctx, busy) {
 			g.writeCheckpoint(true)
+			if g.j != nil {
+				g.snapshot(g.j.durable-g.snap.covers >= snapshotMinAtStop)
+			}
 			ctx.Stop(ctx.Self())
 		}
 	case *actor.Stopping:
@@ -150,9 +161,30 @@ func (g *conversationGrain) load() error {
 		return err
 	}
 	lim := g.svc.cfg.Limits
-	s := newConvState(g.id)
+	stream := events.ConversationStream(g.id)
+	s, from := newConvState(g.id), uint64(0)
+	var snap ConvSnapshot
+	covers, err := readSnapshot(ctx, g.svc.store, stream, &snap)
+	switch {
+	case err == nil && covers <= cp:
+		// (A snapshot beyond the fanout checkpoint is not used: the events
+		// in between must be replayed to be fanned out again.)
+		st, err := convStateFromSnapshot(g.id, covers, &snap)
+		if err != nil {
+			g.svc.log.Warn("conversation snapshot unusable; replaying the stream", "conversation", g.id, "err", err)
+			break
+		}
+		s, from = st, covers
+	case err == nil:
+	case errors.Is(err, errNoSnapshot):
+		if err != errNoSnapshot {
+			g.svc.log.Warn("conversation snapshot unusable; replaying the stream", "conversation", g.id, "err", err)
+		}
+	default:
+		return err
+	}
 	var pending []fanoutItem
-	n, err := replay(ctx, g.svc.store, events.ConversationStream(g.id), func(n uint64, m proto.Message) {
+	n, err := replayFrom(ctx, g.svc.store, stream, from, func(n uint64, m proto.Message) {
 		evolveConv(s, n, m, lim)
 		if n > cp {
 			pending = append(pending, fanoutItem{seq: n, to: recipients(s, n, m, lim)})
@@ -162,9 +194,32 @@ func (g *conversationGrain) load() error {
 		return err
 	}
 	g.state = s
-	g.j = newJournal(g.svc.store, events.ConversationStream(g.id), n)
+	g.j = newJournal(g.svc.store, stream, n)
 	g.fanout = fanout{pending: pending, cursor: min(cp, n), checkpointed: cp}
+	g.snap = snapshotMark{covers: from}
 	return nil
+}
+
+// snapshot writes a snapshot of the state when one is due (see
+// snapshotMark.due) and the state is durable and fanned out; the fanout
+// checkpoint is written first, so that a load can use the snapshot. A
+// failed write only costs a longer replay at the next load.
+func (g *conversationGrain) snapshot(force bool) {
+	f := &g.fanout
+	if g.broken || g.state == nil || g.j == nil || !g.j.idle() || f.running || len(f.staged) > 0 || len(f.pending) > 0 ||
+		f.cursor != g.j.durable || !g.snap.due(g.j.durable, g.svc.cfg.SnapshotEvery, force) {
+		return
+	}
+	g.writeCheckpoint(true)
+	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	if err := writeSnapshot(ctx, g.svc.store, events.ConversationStream(g.id), g.j.durable, g.state.snapshot()); err != nil {
+		if !errors.Is(err, events.ErrClosed) {
+			g.svc.log.Warn("conversation snapshot not written", "conversation", g.id, "err", err)
+		}
+		return
+	}
+	g.snap = snapshotMark{covers: g.j.durable, at: time.Now()}
 }
 
 func (g *conversationGrain) write(ctx actor.Context, cmd proto.Message) {
@@ -174,16 +229,17 @@ func (g *conversationGrain) write(ctx actor.Context, cmd proto.Message) {
 		ctx.Respond(f)
 		return
 	}
-	for _, e := range evs {
-		seq := g.state.lastSeq + 1
-		evolveConv(g.state, seq, e, lim)
-		g.fanout.staged = append(g.fanout.staged, fanoutItem{seq: seq, to: recipients(g.state, seq, e, lim)})
-	}
+	// Encode first: an event the journal refuses must not reach the state.
 	if len(evs) > 0 {
 		if _, err := g.j.add(evs...); err != nil {
 			ctx.Respond(fail(Code_INVALID, "%v", err))
 			return
 		}
+	}
+	for _, e := range evs {
+		seq := g.state.lastSeq + 1
+		evolveConv(g.state, seq, e, lim)
+		g.fanout.staged = append(g.fanout.staged, fanoutItem{seq: seq, to: recipients(g.state, seq, e, lim)})
 	}
 	sender := ctx.Sender()
 	g.j.whenDurable(w.Seq, func(err error) {
@@ -207,9 +263,9 @@ func (g *conversationGrain) promoteDurable() {
 }
 
 // startFanout delivers the next batch of pending events, one Deliver per
-// recipient, all in parallel; the next batch starts when every recipient
-// has this one. A recipient thus always gets a conversation's entries in
-// seq order, which is what its dedup relies on.
+// recipient, up to fanoutParallel at a time; the next batch starts when
+// every recipient has this one. A recipient thus always gets a
+// conversation's entries in seq order, which is what its dedup relies on.
 func (g *conversationGrain) startFanout(ctx actor.Context) {
 	f := &g.fanout
 	if f.running || len(f.pending) == 0 {
@@ -224,35 +280,59 @@ func (g *conversationGrain) startFanout(ctx actor.Context) {
 		}
 	}
 	f.running = true
+	if len(per) == 0 {
+		g.fanoutDone(ctx, &fanoutDone{upTo: upTo})
+		return
+	}
+	users := make([]string, 0, len(per))
+	for u := range per {
+		users = append(users, u)
+	}
 	// Each delivery is a future whose answer comes back to this grain as a
-	// continuation (no goroutine per message); the batch is done when the
-	// last one answers.
-	outstanding := len(per)
+	// continuation (no goroutine per message); each answer starts the next
+	// delivery, and the batch is done when the last one answers. Bounding
+	// the deliveries in flight keeps a 100k-member creation from timing
+	// out on its own queue.
+	outstanding, next := len(users), 0
 	var firstErr error
+	var launch func()
 	finish := func(err error) {
 		firstErr = cmpErr(firstErr, err)
 		if outstanding--; outstanding == 0 {
 			g.fanoutDone(ctx, &fanoutDone{upTo: upTo, err: firstErr})
+			return
 		}
+		launch()
 	}
-	if outstanding == 0 {
-		g.fanoutDone(ctx, &fanoutDone{upTo: upTo})
-		return
-	}
-	for user, items := range per {
-		fut, err := g.svc.deliverFuture(g.id, user, items)
-		if err != nil {
-			finish(err)
-			continue
-		}
-		ctx.ReenterAfter(fut, func(res any, err error) {
-			if f, ok := res.(*Failure); ok && err == nil {
-				err = f
+	launch = func() {
+		for next < len(users) {
+			user := users[next]
+			next++
+			fut, err := g.svc.deliverFuture(g.id, user, per[user])
+			if err != nil {
+				firstErr = cmpErr(firstErr, err)
+				if outstanding--; outstanding == 0 {
+					g.fanoutDone(ctx, &fanoutDone{upTo: upTo, err: firstErr})
+					return
+				}
+				continue // this slot is free: the next user takes it
 			}
-			finish(err)
-		})
+			ctx.ReenterAfter(fut, func(res any, err error) {
+				if f, ok := res.(*Failure); ok && err == nil {
+					err = f
+				}
+				finish(err)
+			})
+			return
+		}
+	}
+	for range min(len(users), fanoutParallel) {
+		launch()
 	}
 }
+
+// fanoutParallel bounds the deliveries of one conversation in flight.
+const fanoutParallel = 1024
 
 func cmpErr(a, b error) error {
 	if a != nil {
@@ -294,6 +374,7 @@ func (g *conversationGrain) fanoutDone(ctx actor.Context, d *fanoutDone) {
 		g.writeCheckpoint(false)
 	}
 	g.startFanout(ctx)
+	g.snapshot(false)
 }
 
 // writeCheckpoint records the fanout cursor. Losing one only means

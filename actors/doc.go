@@ -41,11 +41,15 @@
 // conversations) are write-fanout: each event becomes one inbox entry per
 // member. Larger groups are read-fanout: members pull the conversation's
 // timeline; their conversation list asks the conversation for its latest
-// message and unread count. Fanout is recoverable: a conversation resumes it
+// message and unread count, and members with online devices get a
+// coalesced notice (a Push with ConversationId and ConvSeq) at most once
+// per Config.ReadFanoutNotifyInterval. Fanout is recoverable: a conversation resumes it
 // from its checkpoint (fanout-<id>) on activation, a watcher of $all
 // re-activates conversations whose fanout a crash interrupted, and user
 // grains drop entries they already have, so each entry lands exactly once.
 //
 // Grains passivate after Config.PassivateAfter of idleness and rebuild from
-// their streams on the next call.
+// their streams on the next call: user and conversation grains from their
+// latest snapshot (snap-<stream>) and the events after it, so that an
+// inbox with a retention (Config.SyncRetention) keeps its conversation list.
 package actors

@@ -1259,11 +1259,15 @@ func (x *DetachDevice) GetId() string {
 
 // From the user grain: the user's sync timeline grew to user_seq.
 type NotifyDevice struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UserSeq       uint64                 `protobuf:"varint,1,opt,name=user_seq,json=userSeq,proto3" json:"user_seq,omitempty"`
-	Entry         *eventspb.SyncEntry    `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"` // the newest entry, when small
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	UserSeq uint64                 `protobuf:"varint,1,opt,name=user_seq,json=userSeq,proto3" json:"user_seq,omitempty"`
+	Entry   *eventspb.SyncEntry    `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"` // the newest entry, when small
+	// Set for a read-fanout group: it changed, its newest seq is conv_seq
+	// (nothing was added to the sync timeline for it).
+	ConversationId string `protobuf:"bytes,3,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	ConvSeq        uint64 `protobuf:"varint,4,opt,name=conv_seq,json=convSeq,proto3" json:"conv_seq,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NotifyDevice) Reset() {
@@ -1308,6 +1312,20 @@ func (x *NotifyDevice) GetEntry() *eventspb.SyncEntry {
 		return x.Entry
 	}
 	return nil
+}
+
+func (x *NotifyDevice) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *NotifyDevice) GetConvSeq() uint64 {
+	if x != nil {
+		return x.ConvSeq
+	}
+	return 0
 }
 
 type AckDevice struct {
@@ -1410,13 +1428,18 @@ func (x *DeviceState) GetOnline() bool {
 // entry.user_seq == the device's last + 1, the device applies it; otherwise
 // it pulls from its last seq.
 type Push struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
-	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	UserSeq       uint64                 `protobuf:"varint,3,opt,name=user_seq,json=userSeq,proto3" json:"user_seq,omitempty"`
-	Entry         *eventspb.SyncEntry    `protobuf:"bytes,4,opt,name=entry,proto3" json:"entry,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	User    string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Device  string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	UserSeq uint64                 `protobuf:"varint,3,opt,name=user_seq,json=userSeq,proto3" json:"user_seq,omitempty"`
+	Entry   *eventspb.SyncEntry    `protobuf:"bytes,4,opt,name=entry,proto3" json:"entry,omitempty"`
+	// Set when a read-fanout group changed: its newest seq is conv_seq and
+	// the device pages that conversation's history; user_seq is then the
+	// newest user seq the device grain knows of, not a new entry.
+	ConversationId string `protobuf:"bytes,5,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	ConvSeq        uint64 `protobuf:"varint,6,opt,name=conv_seq,json=convSeq,proto3" json:"conv_seq,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Push) Reset() {
@@ -1477,6 +1500,20 @@ func (x *Push) GetEntry() *eventspb.SyncEntry {
 	return nil
 }
 
+func (x *Push) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *Push) GetConvSeq() uint64 {
+	if x != nil {
+		return x.ConvSeq
+	}
+	return 0
+}
+
 type Ok struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1511,6 +1548,648 @@ func (x *Ok) ProtoReflect() protoreflect.Message {
 // Deprecated: Use Ok.ProtoReflect.Descriptor instead.
 func (*Ok) Descriptor() ([]byte, []int) {
 	return file_imsync_actors_proto_rawDescGZIP(), []int{24}
+}
+
+// From a user grain with online devices to a read-fanout group it belongs
+// to: notify me of changes (watch) or stop (not watch). A watch lapses
+// unless renewed within the conversation's watch lease.
+type WatchConversation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Watch         bool                   `protobuf:"varint,2,opt,name=watch,proto3" json:"watch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchConversation) Reset() {
+	*x = WatchConversation{}
+	mi := &file_imsync_actors_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchConversation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchConversation) ProtoMessage() {}
+
+func (x *WatchConversation) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_actors_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchConversation.ProtoReflect.Descriptor instead.
+func (*WatchConversation) Descriptor() ([]byte, []int) {
+	return file_imsync_actors_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *WatchConversation) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *WatchConversation) GetWatch() bool {
+	if x != nil {
+		return x.Watch
+	}
+	return false
+}
+
+// From a read-fanout group to a watching user grain: the group's newest
+// seq is seq (coalesced: one notice stands for every change up to seq).
+type ConversationNotice struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	ConversationId string                 `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	Seq            uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ConversationNotice) Reset() {
+	*x = ConversationNotice{}
+	mi := &file_imsync_actors_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConversationNotice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConversationNotice) ProtoMessage() {}
+
+func (x *ConversationNotice) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_actors_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConversationNotice.ProtoReflect.Descriptor instead.
+func (*ConversationNotice) Descriptor() ([]byte, []int) {
+	return file_imsync_actors_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ConversationNotice) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *ConversationNotice) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// One part of a grain's snapshot. A snapshot is `parts` consecutive events
+// of the snapshot stream; the concatenated data is a UserSnapshot or a
+// ConvSnapshot of the grain's state after its first `covers` events.
+type SnapshotPart struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Covers        uint64                 `protobuf:"varint,1,opt,name=covers,proto3" json:"covers,omitempty"`
+	Part          uint32                 `protobuf:"varint,2,opt,name=part,proto3" json:"part,omitempty"`
+	Parts         uint32                 `protobuf:"varint,3,opt,name=parts,proto3" json:"parts,omitempty"`
+	Data          []byte                 `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotPart) Reset() {
+	*x = SnapshotPart{}
+	mi := &file_imsync_actors_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotPart) ProtoMessage() {}
+
+func (x *SnapshotPart) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_actors_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotPart.ProtoReflect.Descriptor instead.
+func (*SnapshotPart) Descriptor() ([]byte, []int) {
+	return file_imsync_actors_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SnapshotPart) GetCovers() uint64 {
+	if x != nil {
+		return x.Covers
+	}
+	return 0
+}
+
+func (x *SnapshotPart) GetPart() uint32 {
+	if x != nil {
+		return x.Part
+	}
+	return 0
+}
+
+func (x *SnapshotPart) GetParts() uint32 {
+	if x != nil {
+		return x.Parts
+	}
+	return 0
+}
+
+func (x *SnapshotPart) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// A user grain's state: the conversation list.
+type UserSnapshot struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Convs         []*ConvLine            `protobuf:"bytes,1,rep,name=convs,proto3" json:"convs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserSnapshot) Reset() {
+	*x = UserSnapshot{}
+	mi := &file_imsync_actors_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserSnapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserSnapshot) ProtoMessage() {}
+
+func (x *UserSnapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_actors_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserSnapshot.ProtoReflect.Descriptor instead.
+func (*UserSnapshot) Descriptor() ([]byte, []int) {
+	return file_imsync_actors_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *UserSnapshot) GetConvs() []*ConvLine {
+	if x != nil {
+		return x.Convs
+	}
+	return nil
+}
+
+type ConvLine struct {
+	state         protoimpl.MessageState    `protogen:"open.v1"`
+	Id            string                    `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Kind          eventspb.ConversationKind `protobuf:"varint,2,opt,name=kind,proto3,enum=imsync.events.v1.ConversationKind" json:"kind,omitempty"`
+	Name          string                    `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Member        bool                      `protobuf:"varint,4,opt,name=member,proto3" json:"member,omitempty"`
+	ReadFanout    bool                      `protobuf:"varint,5,opt,name=read_fanout,json=readFanout,proto3" json:"read_fanout,omitempty"`
+	LastConvSeq   uint64                    `protobuf:"varint,6,opt,name=last_conv_seq,json=lastConvSeq,proto3" json:"last_conv_seq,omitempty"`
+	LatestSeq     uint64                    `protobuf:"varint,7,opt,name=latest_seq,json=latestSeq,proto3" json:"latest_seq,omitempty"`
+	Latest        *eventspb.MessageSent     `protobuf:"bytes,8,opt,name=latest,proto3" json:"latest,omitempty"`
+	LastRead      uint64                    `protobuf:"varint,9,opt,name=last_read,json=lastRead,proto3" json:"last_read,omitempty"`
+	Unread        []uint64                  `protobuf:"varint,10,rep,packed,name=unread,proto3" json:"unread,omitempty"`
+	LastActivity  int64                     `protobuf:"varint,11,opt,name=last_activity,json=lastActivity,proto3" json:"last_activity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConvLine) Reset() {
+	*x = ConvLine{}
+	mi := &file_imsync_actors_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConvLine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConvLine) ProtoMessage() {}
+
+func (x *ConvLine) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_actors_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConvLine.ProtoReflect.Descriptor instead.
+func (*ConvLine) Descriptor() ([]byte, []int) {
+	return file_imsync_actors_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ConvLine) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ConvLine) GetKind() eventspb.ConversationKind {
+	if x != nil {
+		return x.Kind
+	}
+	return eventspb.ConversationKind(0)
+}
+
+func (x *ConvLine) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConvLine) GetMember() bool {
+	if x != nil {
+		return x.Member
+	}
+	return false
+}
+
+func (x *ConvLine) GetReadFanout() bool {
+	if x != nil {
+		return x.ReadFanout
+	}
+	return false
+}
+
+func (x *ConvLine) GetLastConvSeq() uint64 {
+	if x != nil {
+		return x.LastConvSeq
+	}
+	return 0
+}
+
+func (x *ConvLine) GetLatestSeq() uint64 {
+	if x != nil {
+		return x.LatestSeq
+	}
+	return 0
+}
+
+func (x *ConvLine) GetLatest() *eventspb.MessageSent {
+	if x != nil {
+		return x.Latest
+	}
+	return nil
+}
+
+func (x *ConvLine) GetLastRead() uint64 {
+	if x != nil {
+		return x.LastRead
+	}
+	return 0
+}
+
+func (x *ConvLine) GetUnread() []uint64 {
+	if x != nil {
+		return x.Unread
+	}
+	return nil
+}
+
+func (x *ConvLine) GetLastActivity() int64 {
+	if x != nil {
+		return x.LastActivity
+	}
+	return 0
+}
+
+// A conversation grain's state.
+type ConvSnapshot struct {
+	state         protoimpl.MessageState    `protogen:"open.v1"`
+	Kind          eventspb.ConversationKind `protobuf:"varint,1,opt,name=kind,proto3,enum=imsync.events.v1.ConversationKind" json:"kind,omitempty"`
+	Name          string                    `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Creator       string                    `protobuf:"bytes,3,opt,name=creator,proto3" json:"creator,omitempty"`
+	Members       []string                  `protobuf:"bytes,4,rep,name=members,proto3" json:"members,omitempty"`
+	Joined        []uint64                  `protobuf:"varint,5,rep,packed,name=joined,proto3" json:"joined,omitempty"` // per member, same order
+	Admins        []string                  `protobuf:"bytes,6,rep,name=admins,proto3" json:"admins,omitempty"`
+	LatestSeq     uint64                    `protobuf:"varint,7,opt,name=latest_seq,json=latestSeq,proto3" json:"latest_seq,omitempty"`
+	Latest        *eventspb.MessageSent     `protobuf:"bytes,8,opt,name=latest,proto3" json:"latest,omitempty"`
+	LastActivity  int64                     `protobuf:"varint,9,opt,name=last_activity,json=lastActivity,proto3" json:"last_activity,omitempty"`
+	Large         bool                      `protobuf:"varint,10,opt,name=large,proto3" json:"large,omitempty"`
+	Senders       []string                  `protobuf:"bytes,11,rep,name=senders,proto3" json:"senders,omitempty"`                                 // table of senders of msg_senders
+	MsgSeqs       []uint64                  `protobuf:"varint,12,rep,packed,name=msg_seqs,json=msgSeqs,proto3" json:"msg_seqs,omitempty"`          // every message's seq, ascending
+	MsgSenders    []uint32                  `protobuf:"varint,13,rep,packed,name=msg_senders,json=msgSenders,proto3" json:"msg_senders,omitempty"` // index into senders, per message
+	Recent        []*RecentMessage          `protobuf:"bytes,14,rep,name=recent,proto3" json:"recent,omitempty"`                                   // inside the recall/edit window
+	Recalled      []uint64                  `protobuf:"varint,15,rep,packed,name=recalled,proto3" json:"recalled,omitempty"`
+	Edited        []*EditedBody             `protobuf:"bytes,16,rep,name=edited,proto3" json:"edited,omitempty"`
+	ClientKeys    []string                  `protobuf:"bytes,17,rep,name=client_keys,json=clientKeys,proto3" json:"client_keys,omitempty"` // dedup window, oldest first
+	ClientSeqs    []uint64                  `protobuf:"varint,18,rep,packed,name=client_seqs,json=clientSeqs,proto3" json:"client_seqs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConvSnapshot) Reset() {
+	*x = ConvSnapshot{}
+	mi := &file_imsync_actors_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConvSnapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConvSnapshot) ProtoMessage() {}
+
+func (x *ConvSnapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_actors_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConvSnapshot.ProtoReflect.Descriptor instead.
+func (*ConvSnapshot) Descriptor() ([]byte, []int) {
+	return file_imsync_actors_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ConvSnapshot) GetKind() eventspb.ConversationKind {
+	if x != nil {
+		return x.Kind
+	}
+	return eventspb.ConversationKind(0)
+}
+
+func (x *ConvSnapshot) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConvSnapshot) GetCreator() string {
+	if x != nil {
+		return x.Creator
+	}
+	return ""
+}
+
+func (x *ConvSnapshot) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *ConvSnapshot) GetJoined() []uint64 {
+	if x != nil {
+		return x.Joined
+	}
+	return nil
+}
+
+func (x *ConvSnapshot) GetAdmins() []string {
+	if x != nil {
+		return x.Admins
+	}
+	return nil
+}
+
+func (x *ConvSnapshot) GetLatestSeq() uint64 {
+	if x != nil {
+		return x.LatestSeq
+	}
+	return 0
+}
+
+func (x *ConvSnapshot) GetLatest() *eventspb.MessageSent {
+	if x != nil {
+		return x.Latest
+	}
+	return nil
+}
+
+func (x *ConvSnapshot) GetLastActivity() int64 {
+	if x != nil {
+		return x.LastActivity
+	}
+	return 0
+}
+
+func (x *ConvSnapshot) GetLarge() bool {
+	if x != nil {
+		return x.Large
+	}
+	return false
+}
+
+func (x *ConvSnapshot) GetSenders() []string {
+	if x != nil {
+		return x.Senders
+	}
+	return nil
+}
+
+func (x *ConvSnapshot) GetMsgSeqs() []uint64 {
+	if x != nil {
+		return x.MsgSeqs
+	}
+	return nil
+}
+
+func (x *ConvSnapshot) GetMsgSenders() []uint32 {
+	if x != nil {
+		return x.MsgSenders
+	}
+	return nil
+}
+
+func (x *ConvSnapshot) GetRecent() []*RecentMessage {
+	if x != nil {
+		return x.Recent
+	}
+	return nil
+}
+
+func (x *ConvSnapshot) GetRecalled() []uint64 {
+	if x != nil {
+		return x.Recalled
+	}
+	return nil
+}
+
+func (x *ConvSnapshot) GetEdited() []*EditedBody {
+	if x != nil {
+		return x.Edited
+	}
+	return nil
+}
+
+func (x *ConvSnapshot) GetClientKeys() []string {
+	if x != nil {
+		return x.ClientKeys
+	}
+	return nil
+}
+
+func (x *ConvSnapshot) GetClientSeqs() []uint64 {
+	if x != nil {
+		return x.ClientSeqs
+	}
+	return nil
+}
+
+type RecentMessage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Sender        string                 `protobuf:"bytes,2,opt,name=sender,proto3" json:"sender,omitempty"`
+	AtUnixMs      int64                  `protobuf:"varint,3,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecentMessage) Reset() {
+	*x = RecentMessage{}
+	mi := &file_imsync_actors_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecentMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecentMessage) ProtoMessage() {}
+
+func (x *RecentMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_actors_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecentMessage.ProtoReflect.Descriptor instead.
+func (*RecentMessage) Descriptor() ([]byte, []int) {
+	return file_imsync_actors_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RecentMessage) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *RecentMessage) GetSender() string {
+	if x != nil {
+		return x.Sender
+	}
+	return ""
+}
+
+func (x *RecentMessage) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
+	}
+	return 0
+}
+
+type EditedBody struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Body          []byte                 `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EditedBody) Reset() {
+	*x = EditedBody{}
+	mi := &file_imsync_actors_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EditedBody) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EditedBody) ProtoMessage() {}
+
+func (x *EditedBody) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_actors_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EditedBody.ProtoReflect.Descriptor instead.
+func (*EditedBody) Descriptor() ([]byte, []int) {
+	return file_imsync_actors_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *EditedBody) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *EditedBody) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
 }
 
 var File_imsync_actors_proto protoreflect.FileDescriptor
@@ -1595,21 +2274,86 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"8\n" +
 	"\fDetachDevice\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\"\\\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\xa0\x01\n" +
 	"\fNotifyDevice\x12\x19\n" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\x121\n" +
-	"\x05entry\x18\x02 \x01(\v2\x1b.imsync.events.v1.SyncEntryR\x05entry\"&\n" +
+	"\x05entry\x18\x02 \x01(\v2\x1b.imsync.events.v1.SyncEntryR\x05entry\x12'\n" +
+	"\x0fconversation_id\x18\x03 \x01(\tR\x0econversationId\x12\x19\n" +
+	"\bconv_seq\x18\x04 \x01(\x04R\aconvSeq\"&\n" +
 	"\tAckDevice\x12\x19\n" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\"K\n" +
 	"\vDeviceState\x12$\n" +
 	"\x0eacked_user_seq\x18\x01 \x01(\x04R\fackedUserSeq\x12\x16\n" +
-	"\x06online\x18\x02 \x01(\bR\x06online\"\x80\x01\n" +
+	"\x06online\x18\x02 \x01(\bR\x06online\"\xc4\x01\n" +
 	"\x04Push\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x19\n" +
 	"\buser_seq\x18\x03 \x01(\x04R\auserSeq\x121\n" +
-	"\x05entry\x18\x04 \x01(\v2\x1b.imsync.events.v1.SyncEntryR\x05entry\"\x04\n" +
-	"\x02Ok*\x82\x01\n" +
+	"\x05entry\x18\x04 \x01(\v2\x1b.imsync.events.v1.SyncEntryR\x05entry\x12'\n" +
+	"\x0fconversation_id\x18\x05 \x01(\tR\x0econversationId\x12\x19\n" +
+	"\bconv_seq\x18\x06 \x01(\x04R\aconvSeq\"\x04\n" +
+	"\x02Ok\"=\n" +
+	"\x11WatchConversation\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x14\n" +
+	"\x05watch\x18\x02 \x01(\bR\x05watch\"O\n" +
+	"\x12ConversationNotice\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\"d\n" +
+	"\fSnapshotPart\x12\x16\n" +
+	"\x06covers\x18\x01 \x01(\x04R\x06covers\x12\x12\n" +
+	"\x04part\x18\x02 \x01(\rR\x04part\x12\x14\n" +
+	"\x05parts\x18\x03 \x01(\rR\x05parts\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\"@\n" +
+	"\fUserSnapshot\x120\n" +
+	"\x05convs\x18\x01 \x03(\v2\x1a.imsync.actors.v1.ConvLineR\x05convs\"\xf3\x02\n" +
+	"\bConvLine\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x16\n" +
+	"\x06member\x18\x04 \x01(\bR\x06member\x12\x1f\n" +
+	"\vread_fanout\x18\x05 \x01(\bR\n" +
+	"readFanout\x12\"\n" +
+	"\rlast_conv_seq\x18\x06 \x01(\x04R\vlastConvSeq\x12\x1d\n" +
+	"\n" +
+	"latest_seq\x18\a \x01(\x04R\tlatestSeq\x125\n" +
+	"\x06latest\x18\b \x01(\v2\x1d.imsync.events.v1.MessageSentR\x06latest\x12\x1b\n" +
+	"\tlast_read\x18\t \x01(\x04R\blastRead\x12\x16\n" +
+	"\x06unread\x18\n" +
+	" \x03(\x04R\x06unread\x12#\n" +
+	"\rlast_activity\x18\v \x01(\x03R\flastActivity\"\xf2\x04\n" +
+	"\fConvSnapshot\x126\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
+	"\acreator\x18\x03 \x01(\tR\acreator\x12\x18\n" +
+	"\amembers\x18\x04 \x03(\tR\amembers\x12\x16\n" +
+	"\x06joined\x18\x05 \x03(\x04R\x06joined\x12\x16\n" +
+	"\x06admins\x18\x06 \x03(\tR\x06admins\x12\x1d\n" +
+	"\n" +
+	"latest_seq\x18\a \x01(\x04R\tlatestSeq\x125\n" +
+	"\x06latest\x18\b \x01(\v2\x1d.imsync.events.v1.MessageSentR\x06latest\x12#\n" +
+	"\rlast_activity\x18\t \x01(\x03R\flastActivity\x12\x14\n" +
+	"\x05large\x18\n" +
+	" \x01(\bR\x05large\x12\x18\n" +
+	"\asenders\x18\v \x03(\tR\asenders\x12\x19\n" +
+	"\bmsg_seqs\x18\f \x03(\x04R\amsgSeqs\x12\x1f\n" +
+	"\vmsg_senders\x18\r \x03(\rR\n" +
+	"msgSenders\x127\n" +
+	"\x06recent\x18\x0e \x03(\v2\x1f.imsync.actors.v1.RecentMessageR\x06recent\x12\x1a\n" +
+	"\brecalled\x18\x0f \x03(\x04R\brecalled\x124\n" +
+	"\x06edited\x18\x10 \x03(\v2\x1c.imsync.actors.v1.EditedBodyR\x06edited\x12\x1f\n" +
+	"\vclient_keys\x18\x11 \x03(\tR\n" +
+	"clientKeys\x12\x1f\n" +
+	"\vclient_seqs\x18\x12 \x03(\x04R\n" +
+	"clientSeqs\"W\n" +
+	"\rRecentMessage\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06sender\x18\x02 \x01(\tR\x06sender\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x03 \x01(\x03R\batUnixMs\"2\n" +
+	"\n" +
+	"EditedBody\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04body\x18\x02 \x01(\fR\x04body*\x82\x01\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aINVALID\x10\x01\x12\r\n" +
@@ -1633,7 +2377,7 @@ func file_imsync_actors_proto_rawDescGZIP() []byte {
 }
 
 var file_imsync_actors_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imsync_actors_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_imsync_actors_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_imsync_actors_proto_goTypes = []any{
 	(Code)(0),                      // 0: imsync.actors.v1.Code
 	(*Failure)(nil),                // 1: imsync.actors.v1.Failure
@@ -1661,20 +2405,36 @@ var file_imsync_actors_proto_goTypes = []any{
 	(*DeviceState)(nil),            // 23: imsync.actors.v1.DeviceState
 	(*Push)(nil),                   // 24: imsync.actors.v1.Push
 	(*Ok)(nil),                     // 25: imsync.actors.v1.Ok
-	(eventspb.ConversationKind)(0), // 26: imsync.events.v1.ConversationKind
-	(*eventspb.SyncEntry)(nil),     // 27: imsync.events.v1.SyncEntry
+	(*WatchConversation)(nil),      // 26: imsync.actors.v1.WatchConversation
+	(*ConversationNotice)(nil),     // 27: imsync.actors.v1.ConversationNotice
+	(*SnapshotPart)(nil),           // 28: imsync.actors.v1.SnapshotPart
+	(*UserSnapshot)(nil),           // 29: imsync.actors.v1.UserSnapshot
+	(*ConvLine)(nil),               // 30: imsync.actors.v1.ConvLine
+	(*ConvSnapshot)(nil),           // 31: imsync.actors.v1.ConvSnapshot
+	(*RecentMessage)(nil),          // 32: imsync.actors.v1.RecentMessage
+	(*EditedBody)(nil),             // 33: imsync.actors.v1.EditedBody
+	(eventspb.ConversationKind)(0), // 34: imsync.events.v1.ConversationKind
+	(*eventspb.SyncEntry)(nil),     // 35: imsync.events.v1.SyncEntry
+	(*eventspb.MessageSent)(nil),   // 36: imsync.events.v1.MessageSent
 }
 var file_imsync_actors_proto_depIdxs = []int32{
 	0,  // 0: imsync.actors.v1.Failure.code:type_name -> imsync.actors.v1.Code
-	26, // 1: imsync.actors.v1.CreateConversation.kind:type_name -> imsync.events.v1.ConversationKind
+	34, // 1: imsync.actors.v1.CreateConversation.kind:type_name -> imsync.events.v1.ConversationKind
 	11, // 2: imsync.actors.v1.Deliver.items:type_name -> imsync.actors.v1.InboxItem
-	27, // 3: imsync.actors.v1.NotifyDevice.entry:type_name -> imsync.events.v1.SyncEntry
-	27, // 4: imsync.actors.v1.Push.entry:type_name -> imsync.events.v1.SyncEntry
-	5,  // [5:5] is the sub-list for method output_type
-	5,  // [5:5] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	35, // 3: imsync.actors.v1.NotifyDevice.entry:type_name -> imsync.events.v1.SyncEntry
+	35, // 4: imsync.actors.v1.Push.entry:type_name -> imsync.events.v1.SyncEntry
+	30, // 5: imsync.actors.v1.UserSnapshot.convs:type_name -> imsync.actors.v1.ConvLine
+	34, // 6: imsync.actors.v1.ConvLine.kind:type_name -> imsync.events.v1.ConversationKind
+	36, // 7: imsync.actors.v1.ConvLine.latest:type_name -> imsync.events.v1.MessageSent
+	34, // 8: imsync.actors.v1.ConvSnapshot.kind:type_name -> imsync.events.v1.ConversationKind
+	36, // 9: imsync.actors.v1.ConvSnapshot.latest:type_name -> imsync.events.v1.MessageSent
+	32, // 10: imsync.actors.v1.ConvSnapshot.recent:type_name -> imsync.actors.v1.RecentMessage
+	33, // 11: imsync.actors.v1.ConvSnapshot.edited:type_name -> imsync.actors.v1.EditedBody
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_imsync_actors_proto_init() }
@@ -1688,7 +2448,7 @@ func file_imsync_actors_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_actors_proto_rawDesc), len(file_imsync_actors_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

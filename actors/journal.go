@@ -12,8 +12,10 @@ import (
 	"github.com/imsync/imsync/events"
 )
 
-// journal is a grain's single writer to its stream. The grain decides and
-// evolves at once (optimistically) and hands the events to the journal,
+// journal is a grain's single writer to its stream. The grain decides,
+// hands the events to the journal (which encodes them, or refuses them and
+// changes nothing), and only then evolves its state (optimistically, before
+// the append is durable). The journal
 // which appends them with the exact expected revision — so a second
 // activation elsewhere can never fork the stream — and tells the grain,
 // through a message to itself, when they are durable. While one append is
@@ -46,15 +48,22 @@ func newJournal(store events.Store, stream string, durable uint64) *journal {
 	return &journal{store: store, stream: stream, applied: durable, durable: durable}
 }
 
-// add queues events and returns the revision count after them.
+// add encodes events and queues them, all or none: on an error nothing is
+// queued, so a grain that evolves only after add succeeded never holds
+// state its stream cannot have. It returns the revision count after them.
 func (j *journal) add(evs ...proto.Message) (uint64, error) {
+	enc := make([]events.EventData, 0, len(evs))
 	for _, m := range evs {
 		e, err := events.Encode([16]byte{}, m)
 		if err != nil {
 			return 0, err
 		}
-		j.queue = append(j.queue, e)
+		if size := len(e.Data) + len(e.Metadata); size > events.MaxEventSize {
+			return 0, fmt.Errorf("%s event of %d bytes exceeds %d", e.Type, size, events.MaxEventSize)
+		}
+		enc = append(enc, e)
 	}
+	j.queue = append(j.queue, enc...)
 	j.applied += uint64(len(evs))
 	return j.applied, nil
 }
@@ -74,8 +83,22 @@ func (j *journal) flush(ctx actor.Context) {
 	if j.flying > 0 || len(j.queue) == 0 {
 		return
 	}
-	batch := j.queue
-	j.queue = nil
+	// One append carries at most what the store accepts in one append; the
+	// rest follows when it is durable (done flushes again).
+	n, size := 0, 0
+	for n < len(j.queue) && n < events.MaxAppendEvents {
+		es := len(j.queue[n].Data) + len(j.queue[n].Metadata)
+		if n > 0 && size+es > events.MaxAppendSize {
+			break
+		}
+		size += es
+		n++
+	}
+	batch := j.queue[:n:n]
+	j.queue = j.queue[n:]
+	if len(j.queue) == 0 {
+		j.queue = nil
+	}
 	j.flying = len(batch)
 	expected := events.NoStream
 	if j.durable > 0 {
@@ -122,7 +145,13 @@ func (j *journal) idle() bool { return j.flying == 0 && len(j.queue) == 0 }
 // replay reads a whole stream in order, calling fn with each event's
 // revision count (revision+1) and decoded message.
 func replay(ctx context.Context, store events.Store, stream string, fn func(n uint64, m proto.Message)) (uint64, error) {
-	var n uint64
+	return replayFrom(ctx, store, stream, 0, fn)
+}
+
+// replayFrom is replay of the events after the first from ones; it returns
+// from when there are none.
+func replayFrom(ctx context.Context, store events.Store, stream string, from uint64, fn func(n uint64, m proto.Message)) (uint64, error) {
+	n := from
 	for {
 		page, err := store.ReadStream(ctx, stream, events.ReadStreamOptions{From: events.Revision(n), Limit: 1000})
 		if errors.Is(err, events.ErrStreamNotFound) {

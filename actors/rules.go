@@ -10,7 +10,7 @@ import (
 // Limits are the product rules that the pure cores enforce.
 type Limits struct {
 	MaxBodySize  int           // bytes of a message body (default 16 KiB)
-	MaxGroupSize int           // members of a group (default 10,000)
+	MaxGroupSize int           // members of a group (default 100,000)
 	MaxNameLen   int           // bytes of a group name (default 256)
 	RecallWindow time.Duration // how long after sending a message can be recalled (default 2 min)
 	EditWindow   time.Duration // how long after sending a message can be edited (default 15 min)
@@ -28,7 +28,7 @@ type Limits struct {
 func DefaultLimits() Limits {
 	return Limits{
 		MaxBodySize:         16 << 10,
-		MaxGroupSize:        10_000,
+		MaxGroupSize:        100_000,
 		MaxNameLen:          256,
 		RecallWindow:        2 * time.Minute,
 		EditWindow:          15 * time.Minute,

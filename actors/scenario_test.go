@@ -15,9 +15,7 @@ import (
 // pushSink records pushes.
 type pushSink chan *actors.Push
 
-func (ch pushSink) Push(userSeq uint64, e *eventspb.SyncEntry) {
-	ch <- &actors.Push{UserSeq: userSeq, Entry: e}
-}
+func (ch pushSink) Push(p *actors.Push) { ch <- p }
 
 // device is a stand-in for a connection: it records pushes.
 func device(t *testing.T, svc *actors.Service, user, dev string) (*actors.Attachment, chan *actors.Push) {

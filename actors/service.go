@@ -46,6 +46,22 @@ type Config struct {
 	// its grains re-activate elsewhere (default 20 s, protoactor-go's).
 	HeartbeatExpiration time.Duration
 
+	// SyncRetention, if positive, is the $maxAge of every inbox stream (the
+	// sync timeline): entries older than this are dropped; a device that was
+	// away longer sees a gap and recovers through the conversation list. User
+	// grains set it when they load. Zero leaves the inbox streams' metadata
+	// alone (entries are kept for ever unless set otherwise).
+	SyncRetention time.Duration
+	// SnapshotEvery: a user or conversation grain writes a snapshot of its
+	// state after this many new events (default 1000), besides when it
+	// passivates.
+	SnapshotEvery int
+
+	// ReadFanoutNotifyInterval: a read-fanout group tells its members with
+	// online devices that it changed at most once per this interval
+	// (default 250 ms), times one more for every 10,000 such members.
+	ReadFanoutNotifyInterval time.Duration
+
 	// BeforeDeliver, if set, is called before each fanout delivery; an
 	// error fails that delivery (it is retried). For tests of failures.
 	BeforeDeliver func(conversation, user string) error
@@ -67,6 +83,10 @@ type Service struct {
 	log     *slog.Logger
 	watch   *fanoutWatch
 	closing sync.Once
+	// users holds the PIDs of the user grains active on this member when
+	// there is a sync retention: Close stops them first so that they write
+	// their snapshots.
+	users sync.Map
 }
 
 // Start starts a cluster member with the conversation, user and device
@@ -81,6 +101,12 @@ func Start(cfg Config) (*Service, error) {
 	}
 	if cfg.PassivateAfter <= 0 {
 		cfg.PassivateAfter = 2 * time.Minute
+	}
+	if cfg.ReadFanoutNotifyInterval <= 0 {
+		cfg.ReadFanoutNotifyInterval = 250 * time.Millisecond
+	}
+	if cfg.SnapshotEvery <= 0 {
+		cfg.SnapshotEvery = 1000
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 10 * time.Second
@@ -124,6 +150,14 @@ func (s *Service) Close() error {
 	s.closing.Do(func() {
 		if s.watch != nil {
 			s.watch.stop()
+		}
+		var stopped []actor.Future
+		s.users.Range(func(pid, _ any) bool {
+			stopped = append(stopped, s.system.Root.PoisonFuture(pid.(*actor.PID)))
+			return true
+		})
+		for _, f := range stopped {
+			f.Wait()
 		}
 		// Graceful leaving hands identities over to other members (and sleeps
 		// two seconds for it); alone, there is no one to hand over to.
@@ -479,11 +513,12 @@ func (s *Service) Conversations(ctx context.Context, user string) (*eventspb.Con
 }
 
 // DeviceSink receives the pushes of one device connection: the user's sync
-// timeline reached userSeq, and entry is its newest entry when small (nil
-// otherwise: the device pulls). Push is called from one goroutine at a
-// time and must not block; the transport queues and coalesces.
+// timeline reached p.UserSeq, and p.Entry is its newest entry when small
+// (nil otherwise: the device pulls); or, with p.ConversationId set, a
+// read-fanout group reached p.ConvSeq. Push is called from one goroutine
+// at a time and must not block; the transport queues and coalesces.
 type DeviceSink interface {
-	Push(userSeq uint64, entry *eventspb.SyncEntry)
+	Push(p *Push)
 }
 
 // Attachment is one connection of a device, attached by AttachDevice.
@@ -511,7 +546,7 @@ func (s *Service) AttachDevice(ctx context.Context, user, device string, sink De
 	}
 	pid := s.system.Root.Spawn(actor.PropsFromFunc(func(actx actor.Context) {
 		if p, ok := actx.Message().(*Push); ok {
-			sink.Push(p.UserSeq, p.Entry)
+			sink.Push(p)
 		}
 	}))
 	st, err := call[*DeviceState](s, ctx, deviceIdentity(user, device), kindDevice, &AttachDevice{Address: pid.Address, Id: pid.Id})

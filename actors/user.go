@@ -182,3 +182,42 @@ func evolveDevice(s *deviceState, ev proto.Message) {
 		s.acked = e.UserSeq
 	}
 }
+
+// snapshot renders the state as a UserSnapshot (sharing nothing the state
+// mutates later).
+func (s *userState) snapshot() *UserSnapshot {
+	out := &UserSnapshot{}
+	for _, c := range s.convs {
+		out.Convs = append(out.Convs, &ConvLine{
+			Id: c.id, Kind: c.kind, Name: c.name, Member: c.member, ReadFanout: c.readFanout,
+			LastConvSeq: c.lastConvSeq, LatestSeq: c.latestSeq, Latest: c.latest,
+			LastRead: c.lastRead, Unread: slices.Clone(c.unread), LastActivity: c.lastActivity,
+		})
+	}
+	slices.SortFunc(out.Convs, func(a, b *ConvLine) int { return cmpString(a.Id, b.Id) })
+	return out
+}
+
+// userStateFromSnapshot is the state a snapshot covering userSeq entries holds.
+func userStateFromSnapshot(id string, userSeq uint64, snap *UserSnapshot) *userState {
+	s := newUserState(id)
+	s.userSeq = userSeq
+	for _, l := range snap.Convs {
+		s.convs[l.Id] = &convSummary{
+			id: l.Id, kind: l.Kind, name: l.Name, member: l.Member, readFanout: l.ReadFanout,
+			lastConvSeq: l.LastConvSeq, latestSeq: l.LatestSeq, latest: l.Latest,
+			lastRead: l.LastRead, unread: l.Unread, lastActivity: l.LastActivity,
+		}
+	}
+	return s
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

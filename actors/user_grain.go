@@ -26,6 +26,33 @@ type userGrain struct {
 	broken  bool
 	devices map[string]bool   // online devices
 	epochs  map[string]uint64 // newest DevicePresence.epoch per device
+	snap    snapshotMark
+	// retained: the inbox has a retention ($maxAge or $maxCount), so its
+	// entries must be covered by a snapshot before they go; snapEvery is
+	// then at most half the $maxCount.
+	retained  bool
+	snapEvery int
+	// floor: the inbox holds at least this many entries (learnt from a
+	// failed append), even if the oldest of them expired unread.
+	floor uint64
+	// watching: read-fanout groups asked to notify this user (see notify.go)
+	watching map[string]bool
+}
+
+// snapshotMark remembers the latest snapshot a grain wrote or loaded.
+type snapshotMark struct {
+	covers uint64
+	at     time.Time
+}
+
+// due says whether a grain whose stream holds durable events should write
+// a snapshot: every Config.SnapshotEvery events, or, when force (idle or
+// stopping), whenever it has anything new.
+func (m snapshotMark) due(durable uint64, every int, force bool) bool {
+	if durable <= m.covers {
+		return false
+	}
+	return force || durable-m.covers >= uint64(every)
 }
 
 func (g *userGrain) Receive(ctx actor.Context) {
@@ -36,23 +63,48 @@ func (g *userGrain) Receive(ctx actor.Context) {
 	case *cluster.ClusterInit:
 		g.id = m.Identity.Identity
 		g.devices, g.epochs = map[string]bool{}, map[string]uint64{}
+		g.watching = map[string]bool{}
 		if err := g.load(); err != nil {
 			g.svc.log.Error("user grain cannot load", "user", g.id, "err", err)
 			g.broken = true
 		}
 		g.idle.start(ctx, g.svc.cfg.PassivateAfter)
+		if g.retained {
+			// Entries may expire: Close stops this grain so that it
+			// writes its snapshot.
+			g.svc.users.Store(ctx.Self(), struct{}{})
+		}
+	case *actor.Stopped:
+		g.svc.users.Delete(ctx.Self())
 	case *appendDone:
 		if err := g.j.done(ctx, m); err != nil {
 			g.svc.log.Warn("inbox append failed; rebuilding", "user", g.id, "err", err)
+			var wrong *events.WrongExpectedRevisionError
+			if errors.As(err, &wrong) && wrong.Exists {
+				g.floor = max(g.floor, uint64(wrong.Actual)+1)
+			}
 			g.broken = true
+			return
 		}
+		g.snapshot(false)
 	case *idleTick:
 		// A user with devices online stays: it knows where to notify them.
 		if g.idle.expired(ctx, g.j == nil || !g.j.idle() || len(g.devices) > 0) {
 			ctx.Stop(ctx.Self())
+			return
+		}
+		if len(g.devices) > 0 {
+			g.setWatches(ctx, true) // renew the leases
+		}
+		if g.svc.cfg.Now().Sub(g.snap.at) >= snapshotIdleAge {
+			g.snapshot(true)
 		}
 	case *actor.Stopping:
 		g.idle.stop()
+		// With a sync retention, entries not covered by a snapshot may
+		// expire before the user comes back; otherwise a snapshot only
+		// shortens the next load, and only pays off after a few entries.
+		g.snapshot(g.retained || g.j != nil && g.j.durable-g.snap.covers >= snapshotMinAtStop)
 	case *DevicePresence:
 		if m.Epoch == 0 || m.Epoch > g.epochs[m.Device] {
 			g.epochs[m.Device] = m.Epoch
@@ -62,7 +114,10 @@ func (g *userGrain) Receive(ctx actor.Context) {
 				delete(g.devices, m.Device)
 			}
 		}
+		g.setWatches(ctx, false)
 		ctx.Respond(&Ok{})
+	case *ConversationNotice:
+		g.conversationNotice(ctx, m)
 	case *Deliver:
 		if g.ready(ctx) {
 			g.deliver(ctx, m)
@@ -88,16 +143,99 @@ func (g *userGrain) Receive(ctx actor.Context) {
 
 func (g *userGrain) ready(ctx actor.Context) bool { return rebuild(ctx, &g.broken, g.load) }
 
+// snapshotIdleAge: an active grain with something new writes a snapshot at
+// its idle check when its latest one is older than this, so that a grain
+// that never passivates (a user with devices online) is still covered long
+// before its oldest inbox entries expire.
+const snapshotIdleAge = 10 * time.Minute
+
+// snapshotMinAtStop: without a sync retention, a passivating grain writes a
+// snapshot only if it has at least this many events after the latest one.
+const snapshotMinAtStop = 64
+
+// load rebuilds the state from the latest snapshot of inbox-<user> and the
+// entries after it (the whole stream if there is no usable snapshot), then
+// applies the sync retention to the stream.
 func (g *userGrain) load() error {
 	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
 	defer cancel()
+	stream := events.InboxStream(g.id)
 	s := newUserState(g.id)
-	n, err := replay(ctx, g.svc.store, events.InboxStream(g.id), func(n uint64, m proto.Message) { evolveUser(s, n, m) })
+	var snap UserSnapshot
+	covers, err := readSnapshot(ctx, g.svc.store, stream, &snap)
+	switch {
+	case err == nil:
+		s = userStateFromSnapshot(g.id, covers, &snap)
+	case errors.Is(err, errNoSnapshot):
+		if err != errNoSnapshot {
+			g.svc.log.Warn("user snapshot unusable; replaying the inbox", "user", g.id, "err", err)
+		}
+	default:
+		return err
+	}
+	n, err := replayFrom(ctx, g.svc.store, stream, covers, func(n uint64, m proto.Message) {
+		if n > s.userSeq+1 {
+			g.svc.log.Error("inbox entries expired before a snapshot covered them", "user", g.id, "from", s.userSeq+1, "to", n-1)
+		}
+		evolveUser(s, n, m)
+	})
 	if err != nil {
 		return err
 	}
-	g.state, g.j = s, newJournal(g.svc.store, events.InboxStream(g.id), n)
+	if n < g.floor {
+		// The newest entries expired before a snapshot covered them (a
+		// crash, then silence for longer than the retention): the state
+		// lacks them, but the timeline goes on after them.
+		g.svc.log.Error("inbox entries expired before a snapshot covered them", "user", g.id, "from", n+1, "to", g.floor)
+		n = g.floor
+		s.userSeq = n
+	}
+	g.state, g.j = s, newJournal(g.svc.store, stream, n)
+	g.snap = snapshotMark{covers: covers, at: g.svc.cfg.Now()}
+	meta, err := g.svc.store.GetStreamMetadata(ctx, stream)
+	if err != nil {
+		return err
+	}
+	r := g.svc.cfg.SyncRetention
+	g.retained = r > 0 || meta.MaxAge > 0 || meta.MaxCount > 0
+	g.snapEvery = g.svc.cfg.SnapshotEvery
+	if meta.MaxCount > 0 {
+		g.snapEvery = int(min(uint64(g.snapEvery), max(1, meta.MaxCount/2)))
+	}
+	if g.retained && n > g.snap.covers {
+		// Entries may go from now on: the state must not need them.
+		if err := writeSnapshot(ctx, g.svc.store, stream, n, s.snapshot()); err != nil {
+			return err
+		}
+		g.snap = snapshotMark{covers: n, at: g.svc.cfg.Now()}
+	}
+	if r > 0 {
+		if meta.MaxAge != r {
+			meta.MaxAge = r
+			if err := g.svc.store.SetStreamMetadata(ctx, stream, meta); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
+}
+
+// snapshot writes a snapshot of the state when one is due and the state
+// holds nothing that is not durable yet. A failed write only costs a
+// longer replay at the next load.
+func (g *userGrain) snapshot(force bool) {
+	if g.broken || g.state == nil || g.j == nil || !g.j.idle() || !g.snap.due(g.j.durable, g.snapEvery, force) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	if err := writeSnapshot(ctx, g.svc.store, events.InboxStream(g.id), g.j.durable, g.state.snapshot()); err != nil {
+		if !errors.Is(err, events.ErrClosed) {
+			g.svc.log.Warn("user snapshot not written", "user", g.id, "err", err)
+		}
+		return
+	}
+	g.snap = snapshotMark{covers: g.j.durable, at: g.svc.cfg.Now()}
 }
 
 // deliver appends the new items of a conversation's fanout batch and
@@ -130,18 +268,22 @@ func (g *userGrain) markRead(ctx actor.Context, m *MarkRead) {
 	g.commit(ctx, msgs, &Written{ConversationId: m.ConversationId, Seq: marker})
 }
 
-// commit evolves, appends, and answers with reply (a *Delivered gets the
+// commit encodes, evolves, appends, and answers with reply (a *Delivered gets the
 // user seq) once everything up to the new entries is durable.
 func (g *userGrain) commit(ctx actor.Context, msgs []proto.Message, reply proto.Message) {
-	for _, m := range msgs {
-		evolveUser(g.state, g.state.userSeq+1, m)
-	}
 	upTo := g.j.applied
 	if len(msgs) > 0 {
+		// Encode first: an entry the journal refuses must not reach the state.
 		var err error
 		if upTo, err = g.j.add(msgs...); err != nil {
 			ctx.Respond(fail(Code_INVALID, "%v", err))
 			return
+		}
+	}
+	for _, m := range msgs {
+		evolveUser(g.state, g.state.userSeq+1, m)
+		if mc, ok := m.(*eventspb.MembershipChanged); ok {
+			g.setWatch(ctx, mc.ConversationId, false)
 		}
 	}
 	sender := ctx.Sender()
@@ -282,15 +424,13 @@ func (g *deviceGrain) Receive(ctx actor.Context) {
 				g.user, g.device = id[:i], id[i+1:]
 			}
 		}
-		c, cancel := context.WithTimeout(context.Background(), appendTimeout)
-		defer cancel()
-		n, err := replay(c, g.svc.store, events.DeviceStream(g.user, g.device), func(_ uint64, m proto.Message) { evolveDevice(&g.state, m) })
-		g.loadErr = err
-		g.j = newJournal(g.svc.store, events.DeviceStream(g.user, g.device), n)
+		g.loadErr = g.load()
 		g.idle.start(ctx, g.svc.cfg.PassivateAfter)
 	case *appendDone:
 		if err := g.j.done(ctx, m); err != nil {
-			g.loadErr = err // reload on the next activation; refuse until then
+			// Forget the unrecorded ack now; if the stream cannot be read
+			// either, the next ack tries again.
+			g.loadErr = g.load()
 		}
 	case *idleTick:
 		if g.idle.expired(ctx, len(g.conns) > 0 || !g.j.idle()) {
@@ -352,7 +492,7 @@ func (g *deviceGrain) remove(ctx actor.Context, pid *actor.PID) bool {
 // notifyConns pushes to every connection of the device.
 func (g *deviceGrain) notifyConns(ctx actor.Context, m *NotifyDevice) {
 	for _, pid := range g.conns {
-		ctx.Send(pid, &Push{User: g.user, Device: g.device, UserSeq: m.UserSeq, Entry: m.Entry})
+		ctx.Send(pid, &Push{User: g.user, Device: g.device, UserSeq: m.UserSeq, Entry: m.Entry, ConversationId: m.ConversationId, ConvSeq: m.ConvSeq})
 	}
 }
 
@@ -378,7 +518,26 @@ func (g *deviceGrain) presence(ctx actor.Context, online bool, reply *actor.PID)
 	}()
 }
 
+// load rebuilds the device's state from its stream.
+func (g *deviceGrain) load() error {
+	c, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	var st deviceState
+	n, err := replay(c, g.svc.store, events.DeviceStream(g.user, g.device), func(_ uint64, m proto.Message) { evolveDevice(&st, m) })
+	if err != nil {
+		if g.j == nil {
+			g.j = newJournal(g.svc.store, events.DeviceStream(g.user, g.device), 0)
+		}
+		return err
+	}
+	g.state, g.j = st, newJournal(g.svc.store, events.DeviceStream(g.user, g.device), n)
+	return nil
+}
+
 func (g *deviceGrain) ack(ctx actor.Context, a *AckDevice) {
+	if g.loadErr != nil && g.j.idle() {
+		g.loadErr = g.load() // a failed load or append: rebuild from the stream
+	}
 	if g.loadErr != nil {
 		ctx.Respond(unavailable(g.loadErr))
 		return
@@ -401,12 +560,12 @@ func (g *deviceGrain) ack(ctx actor.Context, a *AckDevice) {
 		ctx.Respond(g.stateReply())
 		return
 	}
-	evolveDevice(&g.state, ev)
 	upTo, err := g.j.add(ev)
 	if err != nil {
 		ctx.Respond(fail(Code_INVALID, "%v", err))
 		return
 	}
+	evolveDevice(&g.state, ev)
 	sender, st := ctx.Sender(), g.stateReply()
 	g.j.whenDurable(upTo, func(err error) {
 		if err != nil {

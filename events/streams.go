@@ -13,3 +13,10 @@ func ConversationStream(conversationID string) string { return ConversationPrefi
 
 // InboxStream names the sync timeline of a user.
 func InboxStream(userID string) string { return InboxPrefix + userID }
+
+// SnapshotPrefix names the snapshot streams of grains: snap-<stream> holds
+// snapshots of the state a grain derives from <stream>.
+const SnapshotPrefix = "snap-"
+
+// SnapshotStream names the snapshot stream of a grain's stream.
+func SnapshotStream(stream string) string { return SnapshotPrefix + stream }

@@ -14,6 +14,18 @@ import (
 // requestTimeout bounds one request on the server.
 const requestTimeout = 15 * time.Second
 
+// requestCost is what a request takes from its connection's rate limit:
+// one, plus one per member listed in a group's creation (each member's
+// inbox gets an entry). A member change names one member and costs one. A
+// cost above the burst takes the whole burst (more could never be allowed).
+func requestCost(req *wire.Request, burst int) int {
+	n := 1
+	if op, ok := req.Op.(*wire.Request_CreateGroup); ok {
+		n += len(op.CreateGroup.GetMembers())
+	}
+	return min(n, max(1, burst))
+}
+
 // handle runs one request as the connection's user and device.
 func (c *conn) handle(ctx context.Context, req *wire.Request) *wire.Response {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)

@@ -18,7 +18,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/imsync/imsync/actors"
-	"github.com/imsync/imsync/events/eventspb"
 	"github.com/imsync/imsync/transport/wire"
 )
 
@@ -445,8 +444,8 @@ func (s *Server) leave(c *conn) {
 }
 
 // Push is how the device's grain reaches this connection (actors.DeviceSink).
-func (c *conn) Push(userSeq uint64, entry *eventspb.SyncEntry) {
-	c.enqueue(&wire.Notify{UserSeq: userSeq, Entry: entry})
+func (c *conn) Push(p *actors.Push) {
+	c.enqueue(&wire.Notify{UserSeq: p.UserSeq, Entry: p.Entry, ConversationId: p.ConversationId, ConvSeq: p.ConvSeq})
 }
 
 var _ actors.DeviceSink = (*conn)(nil)
@@ -485,9 +484,16 @@ func (c *conn) writeControl(m proto.Message) error {
 func (c *conn) enqueue(n *wire.Notify) {
 	c.mu.Lock()
 	if len(c.queue) >= c.s.cfg.PushQueue {
+		// One "pull from here" (no entry) replaces the queue; dropped
+		// notices of read-fanout groups become "refresh your list".
+		pull := &wire.Notify{UserSeq: n.UserSeq, RefreshList: n.ConversationId != "" || n.RefreshList}
+		for _, q := range c.queue {
+			pull.UserSeq = max(pull.UserSeq, q.UserSeq)
+			pull.RefreshList = pull.RefreshList || q.ConversationId != "" || q.RefreshList
+		}
 		c.dropped += len(c.queue)
 		c.queue, c.queued = c.queue[:0], 0
-		n = &wire.Notify{UserSeq: n.UserSeq} // no entry: the device pulls
+		n = pull
 	}
 	c.queue = append(c.queue, n)
 	c.queued += proto.Size(n)
@@ -590,7 +596,7 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 			}
 			return
 		}
-		if !c.limiter.AllowN(c.s.cfg.Now(), 1) { // the configured clock, so that tests can drive it
+		if !c.limiter.AllowN(c.s.cfg.Now(), requestCost(&req, c.s.cfg.RequestBurst)) { // the configured clock, so that tests can drive it
 			respondSmall(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "request rate limit"}}})
 			continue
 		}

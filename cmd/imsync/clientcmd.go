@@ -349,6 +349,17 @@ func runClient(ctx context.Context, cmd string, args []string, out io.Writer) er
 				}
 				p.print(entryFields, entryRecord(e))
 				c.Ack(ctx, e.UserSeq)
+			case ch, ok := <-c.Changes():
+				if !ok {
+					return nil
+				}
+				// A read-fanout group changed (it writes no timeline entry
+				// per message): its history has the news.
+				if ch.Conversation == "" {
+					p.print([]string{"type", "refresh"}, map[string]any{"type": "ConversationsChanged", "refresh": "convs"})
+				} else {
+					p.print([]string{"type", "conversation", "seq"}, map[string]any{"type": "ConversationChanged", "conversation": ch.Conversation, "seq": ch.Seq})
+				}
 			case <-ctx.Done():
 				return nil // interrupted: the normal end of tail
 			}

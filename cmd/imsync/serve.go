@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/imsync/imsync/actors"
@@ -31,6 +33,13 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.BoolVar(&allow.store, "new-store", false, "create an empty event store in a data directory that a server used before")
 	fs.BoolVar(&allow.key, "new-key", false, "create a new token key when the data directory's is missing (every token must be reissued)")
 	fs.BoolVar(&allow.cert, "new-cert", false, "create a new self-signed certificate when the data directory's is missing (clients must pin it)")
+	retention := retentionFlag(30 * 24 * time.Hour)
+	if env := os.Getenv("IMSYNC_SYNC_RETENTION"); env != "" {
+		if err := retention.Set(env); err != nil {
+			return fmt.Errorf("%w: IMSYNC_SYNC_RETENTION: %v", errUsage, err)
+		}
+	}
+	fs.Var(&retention, "sync-retention", "how long sync-timeline entries are kept, e.g. 30d or 72h; 0 keeps them for ever (or IMSYNC_SYNC_RETENTION)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: serve: %v", errUsage, err)
 	}
@@ -59,7 +68,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 
-	st, err := startStack(*data, *listen, logger, tcfg)
+	st, err := startStackWith(*data, *listen, logger, tcfg, actors.Config{SyncRetention: time.Duration(retention)})
 	if err != nil {
 		return err
 	}
@@ -88,6 +97,12 @@ type stack struct {
 // datadir.go) and listens on listen. tcfg may set transport limits; its
 // Service, Key and TLS are filled in.
 func startStack(data, listen string, logger *slog.Logger, tcfg transport.Config) (*stack, error) {
+	return startStackWith(data, listen, logger, tcfg, actors.Config{})
+}
+
+// startStackWith is startStack with settings of the grains (acfg's Store
+// and Logger are filled in).
+func startStackWith(data, listen string, logger *slog.Logger, tcfg transport.Config, acfg actors.Config) (*stack, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -102,7 +117,8 @@ func startStack(data, listen string, logger *slog.Logger, tcfg transport.Config)
 	if st.store, err = events.Open(storeDir(data), events.Options{Logger: logger}); err != nil {
 		return nil, err
 	}
-	if st.svc, err = actors.Start(actors.Config{Store: st.store, Logger: logger}); err != nil {
+	acfg.Store, acfg.Logger = st.store, logger
+	if st.svc, err = actors.Start(acfg); err != nil {
 		st.close()
 		return nil, err
 	}
@@ -179,4 +195,32 @@ func runToken(args []string, out io.Writer) error {
 	}
 	_, err = fmt.Fprintln(out, tok)
 	return err
+}
+
+// retentionFlag is a duration that also takes whole days ("30d").
+type retentionFlag time.Duration
+
+func (r *retentionFlag) String() string {
+	d := time.Duration(*r)
+	if d > 0 && d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	}
+	return d.String()
+}
+
+func (r *retentionFlag) Set(s string) error {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 0 {
+			return fmt.Errorf("retention %q: want whole days (30d) or a duration (72h)", s)
+		}
+		*r = retentionFlag(time.Duration(n) * 24 * time.Hour)
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 || (d > 0 && d < time.Second) {
+		return fmt.Errorf("retention %q: want whole days (30d) or a duration of at least 1s (72h)", s)
+	}
+	*r = retentionFlag(d)
+	return nil
 }

@@ -1077,6 +1077,70 @@ func (x *WatchCheckpoint) GetPrepare() uint64 {
 	return 0
 }
 
+// The members of a group created with more members than fit in one event:
+// ConversationCreated holds the first of them, MembersJoined events right
+// after it (in the same append when they fit) the rest. They join as the
+// creation's members do.
+type MembersJoined struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Users         []string               `protobuf:"bytes,1,rep,name=users,proto3" json:"users,omitempty"`
+	By            string                 `protobuf:"bytes,2,opt,name=by,proto3" json:"by,omitempty"`
+	AtUnixMs      int64                  `protobuf:"varint,3,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MembersJoined) Reset() {
+	*x = MembersJoined{}
+	mi := &file_imsync_events_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MembersJoined) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MembersJoined) ProtoMessage() {}
+
+func (x *MembersJoined) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_events_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MembersJoined.ProtoReflect.Descriptor instead.
+func (*MembersJoined) Descriptor() ([]byte, []int) {
+	return file_imsync_events_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MembersJoined) GetUsers() []string {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+func (x *MembersJoined) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+func (x *MembersJoined) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
+	}
+	return 0
+}
+
 var File_imsync_events_proto protoreflect.FileDescriptor
 
 const file_imsync_events_proto_rawDesc = "" +
@@ -1162,7 +1226,12 @@ const file_imsync_events_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"C\n" +
 	"\x0fWatchCheckpoint\x12\x16\n" +
 	"\x06commit\x18\x01 \x01(\x04R\x06commit\x12\x18\n" +
-	"\aprepare\x18\x02 \x01(\x04R\aprepare*L\n" +
+	"\aprepare\x18\x02 \x01(\x04R\aprepare\"S\n" +
+	"\rMembersJoined\x12\x14\n" +
+	"\x05users\x18\x01 \x03(\tR\x05users\x12\x0e\n" +
+	"\x02by\x18\x02 \x01(\tR\x02by\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x03 \x01(\x03R\batUnixMs*L\n" +
 	"\x10ConversationKind\x12!\n" +
 	"\x1dCONVERSATION_KIND_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -1182,7 +1251,7 @@ func file_imsync_events_proto_rawDescGZIP() []byte {
 }
 
 var file_imsync_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imsync_events_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_imsync_events_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_imsync_events_proto_goTypes = []any{
 	(ConversationKind)(0),       // 0: imsync.events.v1.ConversationKind
 	(*ConversationCreated)(nil), // 1: imsync.events.v1.ConversationCreated
@@ -1200,6 +1269,7 @@ var file_imsync_events_proto_goTypes = []any{
 	(*DeviceAcked)(nil),         // 13: imsync.events.v1.DeviceAcked
 	(*FanoutCheckpoint)(nil),    // 14: imsync.events.v1.FanoutCheckpoint
 	(*WatchCheckpoint)(nil),     // 15: imsync.events.v1.WatchCheckpoint
+	(*MembersJoined)(nil),       // 16: imsync.events.v1.MembersJoined
 }
 var file_imsync_events_proto_depIdxs = []int32{
 	0, // 0: imsync.events.v1.ConversationCreated.kind:type_name -> imsync.events.v1.ConversationKind
@@ -1223,7 +1293,7 @@ func file_imsync_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_events_proto_rawDesc), len(file_imsync_events_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -98,10 +98,23 @@ type Entry struct {
 	Gap bool
 }
 
+// Change says that a read-fanout group the user belongs to (a group above
+// the server's write-fanout threshold, which writes no sync entry per
+// message) reached Seq: page its history or refresh its list line. An
+// empty Conversation means that such notices were coalesced away: refresh
+// the conversation list.
+type Change struct {
+	Conversation string
+	Seq          uint64
+}
+
 // Client is one device's connection. Its methods are safe for concurrent use.
 type Client struct {
 	cfg     Config
 	entries chan Entry
+	changes chan Change
+	chmu    sync.Mutex // a session's reader may still hear a notice while Close closes changes
+	chDone  bool
 	closed  chan struct{}
 	once    sync.Once
 	wg      sync.WaitGroup
@@ -142,6 +155,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{
 		cfg:     cfg,
 		entries: make(chan Entry, 256),
+		changes: make(chan Change, 64),
 		closed:  make(chan struct{}),
 		ready:   make(chan struct{}),
 		notify:  make(chan uint64, 1),
@@ -174,6 +188,24 @@ func (c *Client) Welcome() *wire.Welcome {
 // entry once. It is closed by Close.
 func (c *Client) Entries() <-chan Entry { return c.entries }
 
+// Changes delivers notices of read-fanout groups (see Change). They are
+// hints, not part of the timeline: when the channel is full a notice is
+// dropped, so a reader that comes back after a while should refresh its
+// conversation list. It is closed by Close.
+func (c *Client) Changes() <-chan Change { return c.changes }
+
+func (c *Client) change(ch Change) {
+	c.chmu.Lock()
+	defer c.chmu.Unlock()
+	if c.chDone {
+		return
+	}
+	select {
+	case c.changes <- ch:
+	default:
+	}
+}
+
 // LastUserSeq is the last user seq delivered on Entries.
 func (c *Client) LastUserSeq() uint64 { return c.last.Load() }
 
@@ -189,6 +221,10 @@ func (c *Client) Close() error {
 		}
 		c.wg.Wait()
 		close(c.entries)
+		c.chmu.Lock()
+		c.chDone = true
+		close(c.changes)
+		c.chmu.Unlock()
 	})
 	return nil
 }

@@ -82,7 +82,14 @@ func (s *session) readControl(rd *wire.Reader) {
 		switch {
 		case p.GetNotify() != nil:
 			n := p.GetNotify()
-			s.c.pending.Store(n)
+			switch {
+			case n.ConversationId != "":
+				s.c.change(Change{Conversation: n.ConversationId, Seq: n.ConvSeq})
+			case n.RefreshList:
+				s.c.change(Change{})
+			default:
+				s.c.pending.Store(n) // an entry to apply if it is the next one
+			}
 			s.c.hear(n.UserSeq)
 		case p.GetError() != nil:
 			s.c.cfg.Logger.Warn("server error", "err", p.GetError())

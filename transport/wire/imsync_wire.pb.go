@@ -301,9 +301,18 @@ func (*ServerPush_Notify) isServerPush_Push() {}
 func (*ServerPush_Error) isServerPush_Push() {}
 
 type Notify struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UserSeq       uint64                 `protobuf:"varint,1,opt,name=user_seq,json=userSeq,proto3" json:"user_seq,omitempty"`
-	Entry         *eventspb.SyncEntry    `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	UserSeq uint64                 `protobuf:"varint,1,opt,name=user_seq,json=userSeq,proto3" json:"user_seq,omitempty"`
+	Entry   *eventspb.SyncEntry    `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"`
+	// Set when a read-fanout group the user belongs to changed (such groups
+	// write no sync entry per message): its newest seq is conv_seq; the
+	// device pages its history or refreshes its list line. user_seq is then
+	// the newest the server knows of, not a new entry.
+	ConversationId string `protobuf:"bytes,3,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	ConvSeq        uint64 `protobuf:"varint,4,opt,name=conv_seq,json=convSeq,proto3" json:"conv_seq,omitempty"`
+	// Notices about read-fanout groups were coalesced away (a slow device):
+	// refresh the conversation list.
+	RefreshList   bool `protobuf:"varint,5,opt,name=refresh_list,json=refreshList,proto3" json:"refresh_list,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -350,6 +359,27 @@ func (x *Notify) GetEntry() *eventspb.SyncEntry {
 		return x.Entry
 	}
 	return nil
+}
+
+func (x *Notify) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *Notify) GetConvSeq() uint64 {
+	if x != nil {
+		return x.ConvSeq
+	}
+	return 0
+}
+
+func (x *Notify) GetRefreshList() bool {
+	if x != nil {
+		return x.RefreshList
+	}
+	return false
 }
 
 // Client → server on the control stream after Hello.
@@ -1864,10 +1894,13 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\awelcome\x18\x03 \x01(\v2\x17.imsync.wire.v1.WelcomeH\x00R\awelcome\x120\n" +
 	"\x06notify\x18\x01 \x01(\v2\x16.imsync.wire.v1.NotifyH\x00R\x06notify\x12-\n" +
 	"\x05error\x18\x02 \x01(\v2\x15.imsync.wire.v1.ErrorH\x00R\x05errorB\x06\n" +
-	"\x04push\"V\n" +
+	"\x04push\"\xbd\x01\n" +
 	"\x06Notify\x12\x19\n" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\x121\n" +
-	"\x05entry\x18\x02 \x01(\v2\x1b.imsync.events.v1.SyncEntryR\x05entry\"o\n" +
+	"\x05entry\x18\x02 \x01(\v2\x1b.imsync.events.v1.SyncEntryR\x05entry\x12'\n" +
+	"\x0fconversation_id\x18\x03 \x01(\tR\x0econversationId\x12\x19\n" +
+	"\bconv_seq\x18\x04 \x01(\x04R\aconvSeq\x12!\n" +
+	"\frefresh_list\x18\x05 \x01(\bR\vrefreshList\"o\n" +
 	"\rClientControl\x12'\n" +
 	"\x03ack\x18\x01 \x01(\v2\x13.imsync.wire.v1.AckH\x00R\x03ack\x12*\n" +
 	"\x04ping\x18\x02 \x01(\v2\x14.imsync.wire.v1.PingH\x00R\x04pingB\t\n" +
