@@ -439,15 +439,11 @@ func (g *conversationGrain) info(m *GetConversation) proto.Message {
 		LastActivityUnixMs: s.lastActivity,
 		ReadFanout:         s.readFanout(g.svc.cfg.Limits),
 		Unread:             s.unreadAfter(m.Reader, m.ReadSeq),
+		MemberCount:        uint64(len(s.members)),
 	}
-	for u, admin := range s.members {
-		info.Members = append(info.Members, u)
-		if admin {
-			info.Admins = append(info.Admins, u)
-		}
+	if !m.NoMembers {
+		info.Members, info.Admins, info.MoreMembers = memberPage(s.members, m.MembersAfter, int(m.MembersLimit))
 	}
-	sortStrings(info.Members)
-	sortStrings(info.Admins)
 	return info
 }
 

@@ -3,6 +3,7 @@ package actors_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -171,8 +172,16 @@ func TestHundredThousandMemberGroup(t *testing.T) {
 	}
 	t.Logf("created in %s", time.Since(began))
 	info, err := svc.Conversation(ctx, members[0], conv)
-	if err != nil || !info.ReadFanout || len(info.Members) != len(members) {
-		t.Fatalf("group: %d members, read fanout %v, %v", len(info.GetMembers()), info.GetReadFanout(), err)
+	if err != nil || !info.ReadFanout || info.MemberCount != uint64(len(members)) {
+		t.Fatalf("group: %d members, read fanout %v, %v", info.GetMemberCount(), info.GetReadFanout(), err)
+	}
+	// Members come in pages of 1,000 in id order (memberIDs are sorted).
+	if !slices.Equal(info.Members, members[:actors.MaxMembersLimit]) || !info.MoreMembers || !slices.Equal(info.Admins, members[:1]) {
+		t.Fatalf("first member page: %d members from %q, more %v, admins %v", len(info.Members), info.Members[0], info.MoreMembers, info.Admins)
+	}
+	last, err := svc.ConversationMembers(ctx, members[0], conv, members[len(members)-3], 0)
+	if err != nil || !slices.Equal(last.Members, members[len(members)-2:]) || last.MoreMembers {
+		t.Fatalf("last member page: %v more %v, %v", last.GetMembers(), last.GetMoreMembers(), err)
 	}
 	if err := svc.EnsureFanout(ctx, conv, info.LastSeq); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,8 +45,10 @@ func waitPush(t *testing.T, ch chan *actors.Push, userSeq uint64) *actors.Push {
 }
 
 func TestGroupLifecycle(t *testing.T) {
-	now := time.Date(2026, 5, 1, 9, 0, 0, 0, time.UTC)
-	clock := func() time.Time { return now }
+	// The grains read the clock from their own goroutines.
+	var now atomic.Int64
+	now.Store(time.Date(2026, 5, 1, 9, 0, 0, 0, time.UTC).UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()) }
 	svc := start(t, actors.Config{Store: newStore(t), Now: clock, PassivateAfter: 300 * time.Millisecond})
 	ctx := tctx(t)
 
@@ -160,7 +163,7 @@ func TestGroupLifecycle(t *testing.T) {
 
 	// The recall window closes.
 	s3, _ := svc.Send(ctx, actors.SendRequest{Conversation: g, Sender: "bob", ClientMsgID: "b2", Body: []byte("late")})
-	now = now.Add(3 * time.Minute)
+	now.Add(int64(3 * time.Minute))
 	if _, err := svc.Recall(ctx, "bob", g, s3.Seq); !errors.Is(err, actors.ErrExpired) {
 		t.Fatalf("recall after the window: %v", err)
 	}

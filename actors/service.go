@@ -399,12 +399,23 @@ func (s *Service) Edit(ctx context.Context, actorID, conv string, seq uint64, bo
 	return w.Seq, nil
 }
 
-// Conversation returns what a member sees of a conversation.
+// Conversation returns what a member sees of a conversation, with the
+// first page of its members (see ConversationMembers).
 func (s *Service) Conversation(ctx context.Context, reader, conv string) (*eventspb.ConversationInfo, error) {
+	return s.ConversationMembers(ctx, reader, conv, "", 0)
+}
+
+// ConversationMembers is Conversation with the page of at most limit
+// members (0: MaxMembersLimit) whose ids follow after; MoreMembers says
+// that another page follows the last one listed.
+func (s *Service) ConversationMembers(ctx context.Context, reader, conv, after string, limit int) (*eventspb.ConversationInfo, error) {
 	if err := validateConvID(conv); err != nil {
 		return nil, err
 	}
-	return call[*eventspb.ConversationInfo](s, ctx, conv, kindConversation, &GetConversation{Reader: reader})
+	if limit < 0 || limit > MaxMembersLimit {
+		return nil, fail(Code_INVALID, "member page limit must be 0..%d", MaxMembersLimit)
+	}
+	return call[*eventspb.ConversationInfo](s, ctx, conv, kindConversation, &GetConversation{Reader: reader, MembersAfter: after, MembersLimit: uint32(limit)})
 }
 
 // MarkRead moves the user's read marker in conv to seq (forward only) and

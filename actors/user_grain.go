@@ -373,7 +373,7 @@ func (g *userGrain) list(ctx actor.Context, q *ListConversations) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				res, err := svc.request(context.Background(), sum.ConversationId, kindConversation, &GetConversation{Reader: user, ReadSeq: sum.LastReadSeq})
+				res, err := svc.request(context.Background(), sum.ConversationId, kindConversation, &GetConversation{Reader: user, ReadSeq: sum.LastReadSeq, NoMembers: true})
 				if info, ok := res.(*eventspb.ConversationInfo); ok && err == nil {
 					mu.Lock()
 					infos[sum.ConversationId] = info

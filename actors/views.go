@@ -31,7 +31,32 @@ const (
 	MaxSyncLimit        = 1000
 	DefaultListLimit    = 200
 	MaxListLimit        = 1000
+	// A member page: 1,000 ids of at most 128 bytes fit a frame.
+	MaxMembersLimit = 1000
 )
+
+// memberPage lists, in id order, at most limit members after the id
+// after (limit 0 or above MaxMembersLimit: MaxMembersLimit), and says
+// whether more follow. Every admin is listed in admins, whatever the page.
+func memberPage(members map[string]bool, after string, limit int) (page, admins []string, more bool) {
+	if limit <= 0 || limit > MaxMembersLimit {
+		limit = MaxMembersLimit
+	}
+	for u, admin := range members {
+		if u > after {
+			page = append(page, u)
+		}
+		if admin {
+			admins = append(admins, u)
+		}
+	}
+	slices.Sort(page)
+	slices.Sort(admins)
+	if len(page) > limit {
+		page, more = page[:limit], true
+	}
+	return page, admins, more
+}
 
 // pageBudget counts a page's items against its count and byte limits.
 type pageBudget struct {

@@ -354,3 +354,34 @@ func TestListLinesChangedSince(t *testing.T) {
 		t.Errorf("unknown change seq: %v", got)
 	}
 }
+
+func TestMemberPage(t *testing.T) {
+	members := map[string]bool{"ann": true, "bob": false, "cat": false, "dan": true, "eve": false}
+	for _, tc := range []struct {
+		after      string
+		limit      int
+		page       []string
+		more       bool
+		wantAdmins []string
+	}{
+		{"", 0, []string{"ann", "bob", "cat", "dan", "eve"}, false, []string{"ann", "dan"}},
+		{"", 2, []string{"ann", "bob"}, true, []string{"ann", "dan"}},
+		{"bob", 2, []string{"cat", "dan"}, true, []string{"ann", "dan"}},
+		{"dan", 2, []string{"eve"}, false, []string{"ann", "dan"}},
+		{"eve", 2, nil, false, []string{"ann", "dan"}},
+		{"b", 1, []string{"bob"}, true, []string{"ann", "dan"}}, // after need not be a member
+		{"", MaxMembersLimit + 1, []string{"ann", "bob", "cat", "dan", "eve"}, false, []string{"ann", "dan"}},
+	} {
+		page, admins, more := memberPage(members, tc.after, tc.limit)
+		if !slices.Equal(page, tc.page) || more != tc.more || !slices.Equal(admins, tc.wantAdmins) {
+			t.Errorf("memberPage(after %q, limit %d) = %v %v more %v, want %v %v more %v", tc.after, tc.limit, page, admins, more, tc.page, tc.wantAdmins, tc.more)
+		}
+	}
+	big := map[string]bool{}
+	for i := range MaxMembersLimit + 5 {
+		big[fmt.Sprintf("u%05d", i)] = false
+	}
+	if page, _, more := memberPage(big, "", 0); len(page) != MaxMembersLimit || !more {
+		t.Errorf("a group above the page limit: %d members, more %v", len(page), more)
+	}
+}

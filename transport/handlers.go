@@ -122,7 +122,8 @@ func (c *conn) handle(ctx context.Context, req *wire.Request) *wire.Response {
 		err = e
 		res.Result = &wire.Response_Conversations{Conversations: l}
 	case *wire.Request_Conversation:
-		i, e := svc.Conversation(ctx, c.user, op.Conversation.Conversation)
+		q := op.Conversation
+		i, e := svc.ConversationMembers(ctx, c.user, q.Conversation, q.MembersAfter, int(min(q.MembersLimit, actors.MaxMembersLimit)))
 		err = e
 		res.Result = &wire.Response_Conversation{Conversation: i}
 	default:

@@ -37,8 +37,13 @@ type ConversationInfo struct {
 	LastActivityUnixMs int64                  `protobuf:"varint,9,opt,name=last_activity_unix_ms,json=lastActivityUnixMs,proto3" json:"last_activity_unix_ms,omitempty"`
 	ReadFanout         bool                   `protobuf:"varint,10,opt,name=read_fanout,json=readFanout,proto3" json:"read_fanout,omitempty"`
 	Unread             uint64                 `protobuf:"varint,11,opt,name=unread,proto3" json:"unread,omitempty"` // messages from others after the reader's given read seq
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// members holds a page of the members, in id order: member_count is how
+	// many there are, more_members says that the page after the last one
+	// listed holds more.
+	MemberCount   uint64 `protobuf:"varint,12,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
+	MoreMembers   bool   `protobuf:"varint,13,opt,name=more_members,json=moreMembers,proto3" json:"more_members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConversationInfo) Reset() {
@@ -146,6 +151,20 @@ func (x *ConversationInfo) GetUnread() uint64 {
 		return x.Unread
 	}
 	return 0
+}
+
+func (x *ConversationInfo) GetMemberCount() uint64 {
+	if x != nil {
+		return x.MemberCount
+	}
+	return 0
+}
+
+func (x *ConversationInfo) GetMoreMembers() bool {
+	if x != nil {
+		return x.MoreMembers
+	}
+	return false
 }
 
 type HistoryMessage struct {
@@ -598,7 +617,7 @@ var File_imsync_views_proto protoreflect.FileDescriptor
 
 const file_imsync_views_proto_rawDesc = "" +
 	"\n" +
-	"\x12imsync_views.proto\x12\x10imsync.events.v1\x1a\x13imsync_events.proto\"\xb4\x03\n" +
+	"\x12imsync_views.proto\x12\x10imsync.events.v1\x1a\x13imsync_events.proto\"\xfa\x03\n" +
 	"\x10ConversationInfo\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x126\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
@@ -612,7 +631,9 @@ const file_imsync_views_proto_rawDesc = "" +
 	"\vread_fanout\x18\n" +
 	" \x01(\bR\n" +
 	"readFanout\x12\x16\n" +
-	"\x06unread\x18\v \x01(\x04R\x06unread\"\x8f\x01\n" +
+	"\x06unread\x18\v \x01(\x04R\x06unread\x12!\n" +
+	"\fmember_count\x18\f \x01(\x04R\vmemberCount\x12!\n" +
+	"\fmore_members\x18\r \x01(\bR\vmoreMembers\"\x8f\x01\n" +
 	"\x0eHistoryMessage\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x127\n" +
 	"\amessage\x18\x02 \x01(\v2\x1d.imsync.events.v1.MessageSentR\amessage\x12\x1a\n" +

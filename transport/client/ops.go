@@ -245,7 +245,14 @@ func (c *Client) allPages(ctx context.Context, first *eventspb.ConversationList,
 
 // Conversation returns one conversation as the caller sees it.
 func (c *Client) Conversation(ctx context.Context, conv string) (*eventspb.ConversationInfo, error) {
-	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_Conversation{Conversation: &wire.GetConversation{Conversation: conv}}}, false)
+	return c.ConversationMembers(ctx, conv, "", 0)
+}
+
+// ConversationMembers is Conversation with the page of at most limit
+// members (0: the server's maximum, 1,000) whose ids follow after;
+// MoreMembers says that another page follows the last one listed.
+func (c *Client) ConversationMembers(ctx context.Context, conv, after string, limit int) (*eventspb.ConversationInfo, error) {
+	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_Conversation{Conversation: &wire.GetConversation{Conversation: conv, MembersAfter: after, MembersLimit: uint32(max(0, limit))}}}, false)
 	if err != nil {
 		return nil, err
 	}

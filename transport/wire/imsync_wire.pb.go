@@ -1419,6 +1419,8 @@ func (x *ListConversations) GetChangedAfterUserSeq() uint64 {
 type GetConversation struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Conversation  string                 `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"`
+	MembersAfter  string                 `protobuf:"bytes,2,opt,name=members_after,json=membersAfter,proto3" json:"members_after,omitempty"`  // the member page starts after this id
+	MembersLimit  uint32                 `protobuf:"varint,3,opt,name=members_limit,json=membersLimit,proto3" json:"members_limit,omitempty"` // members in the page (default and at most 1,000)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1458,6 +1460,20 @@ func (x *GetConversation) GetConversation() string {
 		return x.Conversation
 	}
 	return ""
+}
+
+func (x *GetConversation) GetMembersAfter() string {
+	if x != nil {
+		return x.MembersAfter
+	}
+	return ""
+}
+
+func (x *GetConversation) GetMembersLimit() uint32 {
+	if x != nil {
+		return x.MembersLimit
+	}
+	return 0
 }
 
 type Response struct {
@@ -1970,9 +1986,11 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\x11ListConversations\x12\x16\n" +
 	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x123\n" +
-	"\x16changed_after_user_seq\x18\x03 \x01(\x04R\x13changedAfterUserSeq\"5\n" +
+	"\x16changed_after_user_seq\x18\x03 \x01(\x04R\x13changedAfterUserSeq\"\x7f\n" +
 	"\x0fGetConversation\x12\"\n" +
-	"\fconversation\x18\x01 \x01(\tR\fconversation\"\x97\x04\n" +
+	"\fconversation\x18\x01 \x01(\tR\fconversation\x12#\n" +
+	"\rmembers_after\x18\x02 \x01(\tR\fmembersAfter\x12#\n" +
+	"\rmembers_limit\x18\x03 \x01(\rR\fmembersLimit\"\x97\x04\n" +
 	"\bResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12-\n" +
 	"\x05error\x18\x02 \x01(\v2\x15.imsync.wire.v1.ErrorH\x00R\x05error\x12*\n" +
