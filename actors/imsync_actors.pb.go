@@ -1812,6 +1812,7 @@ type ConvLine struct {
 	LastRead      uint64                    `protobuf:"varint,9,opt,name=last_read,json=lastRead,proto3" json:"last_read,omitempty"`
 	Unread        []uint64                  `protobuf:"varint,10,rep,packed,name=unread,proto3" json:"unread,omitempty"`
 	LastActivity  int64                     `protobuf:"varint,11,opt,name=last_activity,json=lastActivity,proto3" json:"last_activity,omitempty"`
+	ChangedAt     uint64                    `protobuf:"varint,12,opt,name=changed_at,json=changedAt,proto3" json:"changed_at,omitempty"` // user seq of the newest inbox entry about it
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1919,6 +1920,13 @@ func (x *ConvLine) GetUnread() []uint64 {
 func (x *ConvLine) GetLastActivity() int64 {
 	if x != nil {
 		return x.LastActivity
+	}
+	return 0
+}
+
+func (x *ConvLine) GetChangedAt() uint64 {
+	if x != nil {
+		return x.ChangedAt
 	}
 	return 0
 }
@@ -2333,7 +2341,7 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\x05parts\x18\x03 \x01(\rR\x05parts\x12\x12\n" +
 	"\x04data\x18\x04 \x01(\fR\x04data\"@\n" +
 	"\fUserSnapshot\x120\n" +
-	"\x05convs\x18\x01 \x03(\v2\x1a.imsync.actors.v1.ConvLineR\x05convs\"\xf3\x02\n" +
+	"\x05convs\x18\x01 \x03(\v2\x1a.imsync.actors.v1.ConvLineR\x05convs\"\x92\x03\n" +
 	"\bConvLine\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x126\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
@@ -2348,7 +2356,9 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\tlast_read\x18\t \x01(\x04R\blastRead\x12\x16\n" +
 	"\x06unread\x18\n" +
 	" \x03(\x04R\x06unread\x12#\n" +
-	"\rlast_activity\x18\v \x01(\x03R\flastActivity\"\xf2\x04\n" +
+	"\rlast_activity\x18\v \x01(\x03R\flastActivity\x12\x1d\n" +
+	"\n" +
+	"changed_at\x18\f \x01(\x04R\tchangedAt\"\xf2\x04\n" +
 	"\fConvSnapshot\x126\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +

@@ -192,6 +192,7 @@ func (s *userState) snapshot() *UserSnapshot {
 			Id: c.id, Kind: c.kind, Name: c.name, Member: c.member, ReadFanout: c.readFanout,
 			LastConvSeq: c.lastConvSeq, LatestSeq: c.latestSeq, Latest: c.latest,
 			LastRead: c.lastRead, Unread: slices.Clone(c.unread), LastActivity: c.lastActivity,
+			ChangedAt: c.changedAt,
 		})
 	}
 	slices.SortFunc(out.Convs, func(a, b *ConvLine) int { return cmpString(a.Id, b.Id) })
@@ -207,6 +208,7 @@ func userStateFromSnapshot(id string, userSeq uint64, snap *UserSnapshot) *userS
 			id: l.Id, kind: l.Kind, name: l.Name, member: l.Member, readFanout: l.ReadFanout,
 			lastConvSeq: l.LastConvSeq, latestSeq: l.LatestSeq, latest: l.Latest,
 			lastRead: l.LastRead, unread: l.Unread, lastActivity: l.LastActivity,
+			changedAt: l.ChangedAt,
 		}
 	}
 	return s
