@@ -33,6 +33,7 @@ const usage = `imsync — event-sourced chat backend
 
 Server:
   imsync serve --data DIR [--listen 127.0.0.1:7400] [--cert FILE --key FILE]
+               [--sync-retention 30d (0: for ever; or IMSYNC_SYNC_RETENTION)]
                [--new-store | --new-key | --new-cert: replace a missing piece on purpose]
   imsync token --data DIR --user USER --device DEVICE [--ttl 24h]
 
