@@ -2,6 +2,7 @@ package actors
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -170,9 +171,15 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 				return nil, nil, fail(Code_INVALID, "reply to %d: no such message", c.ReplyTo)
 			}
 		}
-		for _, m := range c.Mentions {
+		if len(c.Mentions) > lim.MaxMentions {
+			return nil, nil, fail(Code_TOO_LARGE, "%d mentions exceed %d", len(c.Mentions), lim.MaxMentions)
+		}
+		for i, m := range c.Mentions {
 			if !s.isMember(m) {
 				return nil, nil, fail(Code_INVALID, "mention of %q, who is not a member", m)
+			}
+			if slices.Contains(c.Mentions[:i], m) {
+				return nil, nil, fail(Code_INVALID, "%q is mentioned twice", m)
 			}
 		}
 		kind := c.Kind
@@ -400,9 +407,18 @@ func recipients(s *convState, seq uint64, ev proto.Message, lim Limits) map[stri
 			out[u] = item(membership(u, true, e.By))
 		}
 	case *eventspb.MemberAdded:
+		if s.readFanout(lim) {
+			// Telling every member of a large group of every change would
+			// cost members² entries: only the one concerned is told; the
+			// others see the members in the conversation's info.
+			out[e.User] = item(membership(e.User, true, e.By))
+			break
+		}
 		everyone(membership(e.User, true, e.By))
 	case *eventspb.MemberRemoved:
-		everyone(membership(e.User, false, e.By))
+		if !s.readFanout(lim) {
+			everyone(membership(e.User, false, e.By))
+		}
 		out[e.User] = item(membership(e.User, false, e.By)) // the one who left learns it too
 	case *eventspb.MessageSent:
 		if s.readFanout(lim) {

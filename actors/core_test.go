@@ -20,6 +20,7 @@ func testLimits() Limits {
 	l.MaxBodySize = 32
 	l.ReadFanoutThreshold = 3
 	l.InlineMaxSize = 8
+	l.MaxMentions = 2
 	return l
 }
 
@@ -103,6 +104,9 @@ func TestDecideConversation(t *testing.T) {
 		{"reply to a message", withMsg, &SendMessage{Sender: "ann", Body: []byte("re"), ReplyTo: 2}, 0, 0, 1, 3, false},
 		{"reply to a non-message", withMsg, &SendMessage{Sender: "ann", Body: []byte("re"), ReplyTo: 1}, 0, Code_INVALID, 0, 0, false},
 		{"mention a stranger", group, &SendMessage{Sender: "ann", Body: []byte("@eve"), Mentions: []string{"eve"}}, 0, Code_INVALID, 0, 0, false},
+		{"mention twice", group, &SendMessage{Sender: "ann", Body: []byte("@bob"), Mentions: []string{"bob", "bob"}}, 0, Code_INVALID, 0, 0, false},
+		{"too many mentions", group, &SendMessage{Sender: "ann", Body: []byte("@all"), Mentions: []string{"ann", "bob", "cat"}}, 0, Code_TOO_LARGE, 0, 0, false},
+		{"mentions within the limit", group, &SendMessage{Sender: "ann", Body: []byte("@bob"), Mentions: []string{"bob", "cat"}}, 0, 0, 1, 2, false},
 		{"sender recalls", withMsg, &RecallMessage{Actor: "bob", Seq: 2}, time.Minute, 0, 1, 3, false},
 		{"admin recalls", withMsg, &RecallMessage{Actor: "ann", Seq: 2}, time.Minute, 0, 1, 3, false},
 		{"other member recalls", withMsg, &RecallMessage{Actor: "cat", Seq: 2}, time.Minute, Code_FORBIDDEN, 0, 0, false},
@@ -227,6 +231,18 @@ func TestRecipients(t *testing.T) {
 	evolveConv(s, s.lastSeq+1, big, lim)
 	if got := recipients(s, s.lastSeq, big, lim); len(got) != 0 {
 		t.Fatalf("read-fanout group fanned a message out to %d inboxes", len(got))
+	}
+	// In a read-fanout group a membership change goes to the member it
+	// concerns only: telling everyone would cost members² entries.
+	joins := &eventspb.MemberAdded{User: "fay", By: "ann"}
+	evolveConv(s, s.lastSeq+1, joins, lim)
+	if got := recipients(s, s.lastSeq, joins, lim); len(got) != 1 || got["fay"] == nil {
+		t.Fatalf("an addition to a read-fanout group goes to %d inboxes, want the new member's only", len(got))
+	}
+	leaves := &eventspb.MemberRemoved{User: "dan", By: "dan"}
+	evolveConv(s, s.lastSeq+1, leaves, lim)
+	if got := recipients(s, s.lastSeq, leaves, lim); len(got) != 1 || got["dan"] == nil {
+		t.Fatalf("a removal from a read-fanout group goes to %d inboxes, want the removed member's only", len(got))
 	}
 }
 

@@ -22,6 +22,8 @@ type Limits struct {
 	InlineMaxSize int
 	// DedupWindow: client message ids remembered per conversation (default 100,000).
 	DedupWindow int
+	// MaxMentions: distinct members one message may mention (default 100).
+	MaxMentions int
 }
 
 // DefaultLimits are the limits used where none are configured.
@@ -35,6 +37,7 @@ func DefaultLimits() Limits {
 		ReadFanoutThreshold: 500,
 		InlineMaxSize:       1 << 10,
 		DedupWindow:         100_000,
+		MaxMentions:         100,
 	}
 }
 
@@ -63,6 +66,9 @@ func (l Limits) orDefaults() Limits {
 	}
 	if l.DedupWindow > 0 {
 		d.DedupWindow = l.DedupWindow
+	}
+	if l.MaxMentions > 0 {
+		d.MaxMentions = l.MaxMentions
 	}
 	return d
 }
