@@ -59,9 +59,9 @@ const Version = "24.10.0"
 // server accepts. The official client pings every 10 s by default.
 const keepAliveMinTime = 5 * time.Second
 
-// maxMessageSize bounds one gRPC message: one event of up to
-// events.MaxEventSize plus its envelope.
-const maxMessageSize = events.MaxEventSize + 64<<10
+// maxMessageSize bounds one gRPC message. Events up to the largest append
+// pass, so that the store refuses oversize ones with its own errors.
+const maxMessageSize = events.MaxAppendSize + 64<<10
 
 // Start opens the store (unless Options.Store is set), listens and serves
 // until Close. ctx bounds the start only.

@@ -48,6 +48,9 @@ func (h *streamsService) Append(srv api.Streams_AppendServer) error {
 			continue
 		}
 		size += len(pm.GetData()) + len(pm.GetCustomMetadata())
+		if pm.GetMetadata()[keyContentType] == contentJSON {
+			size += len(jsonMark) // stored with the custom metadata
+		}
 		if badEvent != nil || size > events.MaxAppendSize {
 			continue // keep draining; the answer is an error
 		}
