@@ -46,6 +46,7 @@ type Server struct {
 	served    chan struct{}
 	instance  uuid.UUID
 	meta      *metaStreams
+	marks     highWater
 
 	closeOnce sync.Once
 	closeErr  error
@@ -101,7 +102,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("testserver: listen: %w", err)
 	}
 	s.lis = &trackingListener{Listener: l, conns: map[*trackedConn]struct{}{}}
-	s.meta = newMetaStreams(s.store)
+	s.meta = newMetaStreams(s.store, &s.marks)
 	s.grpc = grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepAliveMinTime, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(maxMessageSize),

@@ -489,3 +489,35 @@ func TestErrorTrailers(t *testing.T) {
 		t.Errorf("refused append wrote something: %v", err)
 	}
 }
+
+// Writes without a position of their own (metadata, deleting a stream that
+// has no events) report one no earlier than any reported before, even when
+// the last events of $all were tombstoned.
+func TestReportedPositionsNeverGoBack(t *testing.T) {
+	_, c, ctx := setup(t)
+	appendEvents(t, ctx, c, "kept", esdb.NoStream{}, event("E", "a"))
+	last := appendEvents(t, ctx, c, "gone", esdb.NoStream{}, event("E", "b"), event("E", "c"))
+	tomb, err := c.TombstoneStream(ctx, "gone", esdb.TombstoneStreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tomb.Position.Commit < last.CommitPosition {
+		t.Fatalf("tombstone at %v, before the last append at %d", tomb.Position, last.CommitPosition)
+	}
+	var meta esdb.StreamMetadata
+	meta.SetMaxCount(5)
+	res, err := c.SetStreamMetadata(ctx, "kept", esdb.AppendToStreamOptions{}, meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.CommitPosition < tomb.Position.Commit {
+		t.Errorf("metadata write at %d, before the tombstone at %v", res.CommitPosition, tomb.Position)
+	}
+	del, err := c.DeleteStream(ctx, "never-written", esdb.DeleteStreamOptions{ExpectedRevision: esdb.NoStream{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if del.Position.Commit < res.CommitPosition {
+		t.Errorf("delete at %v, before the metadata write at %d", del.Position, res.CommitPosition)
+	}
+}
