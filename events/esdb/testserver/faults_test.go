@@ -2,13 +2,17 @@ package testserver_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
 	"github.com/google/uuid"
 
+	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/esdb/testserver"
 )
 
@@ -192,5 +196,70 @@ func TestRestartDuringAppendsAndSubscription(t *testing.T) {
 	}
 	if evs := readStream(t, ctx, reader, "s", esdb.ReadStreamOptions{}, 2*n); len(evs) != n {
 		t.Errorf("stream holds %d events after restart, want %d", len(evs), n)
+	}
+}
+
+// gatedStore holds appends to the stream "gated" until released.
+type gatedStore struct {
+	events.Store
+	entered, release chan struct{}
+}
+
+func (g *gatedStore) AppendToStream(ctx context.Context, stream string, expected events.ExpectedRevision, evs ...events.EventData) (events.WriteResult, error) {
+	if stream == "gated" {
+		g.entered <- struct{}{}
+		<-g.release
+	}
+	return g.Store.AppendToStream(ctx, stream, expected, evs...)
+}
+
+// DropConnections returns only once the calls of the connections it cut
+// have ended, so that a test knows no cut write lands afterwards.
+func TestDropConnectionsWaitsForCalls(t *testing.T) {
+	mem, err := events.OpenInMemory(events.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	store := &gatedStore{Store: mem, entered: make(chan struct{}), release: make(chan struct{})}
+	srv := startServer(t, testserver.Options{Store: store})
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(store.release) }) }
+	t.Cleanup(release) // runs before the server's Close, which waits for the call
+	c := newClient(t, srv.URL())
+	ctx := testContext(t)
+
+	appended := make(chan error, 1)
+	go func() {
+		_, err := c.AppendToStream(ctx, "gated", esdb.AppendToStreamOptions{}, event("E", "a"))
+		appended <- err
+	}()
+	select {
+	case <-store.entered:
+	case <-ctx.Done():
+		t.Fatal("the append never reached the store")
+	}
+	dropped := make(chan struct{})
+	go func() {
+		srv.DropConnections()
+		close(dropped)
+	}()
+	if err := <-appended; err == nil {
+		t.Error("append cut by DropConnections succeeded on the client")
+	}
+	select {
+	case <-dropped:
+		t.Fatal("DropConnections returned while a call of a cut connection was running")
+	case <-time.After(200 * time.Millisecond):
+	}
+	release()
+	select {
+	case <-dropped:
+	case <-ctx.Done():
+		t.Fatal("DropConnections did not return after the call ended")
+	}
+	// The cut call's context was cancelled: the store refused it.
+	if _, err := mem.ReadStream(ctx, "gated", events.ReadStreamOptions{Limit: 10}); !errors.Is(err, events.ErrStreamNotFound) {
+		t.Errorf("read of the cut append's stream: %v, want not found", err)
 	}
 }

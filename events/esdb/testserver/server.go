@@ -101,12 +101,14 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		}
 		return nil, fmt.Errorf("testserver: listen: %w", err)
 	}
-	s.lis = &trackingListener{Listener: l, conns: map[*trackedConn]struct{}{}}
+	s.lis = newTrackingListener(l)
 	s.meta = newMetaStreams(s.store, &s.marks)
 	s.grpc = grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepAliveMinTime, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(maxMessageSize),
 		grpc.WaitForHandlers(true),
+		grpc.UnaryInterceptor(s.lis.unaryCall),
+		grpc.StreamInterceptor(s.lis.streamCall),
 	)
 	api.RegisterStreamsServer(s.grpc, &streamsService{s: s})
 	gossip.RegisterGossipServer(s.grpc, &gossipService{s: s})
@@ -141,10 +143,11 @@ func (s *Server) URL() string { return "esdb://" + s.hostPort() + "?tls=false" }
 func (s *Server) DiscoverURL() string { return "esdb+discover://" + s.hostPort() + "?tls=false" }
 
 // DropConnections closes every client connection at once, as a network
-// failure would: streaming calls end with an error on the client side, and
-// the server goes on listening, so clients reconnect. Writes the store
-// acknowledged before stay; a write cut in flight either happened or not.
-func (s *Server) DropConnections() { s.lis.closeConns() }
+// failure would: calls in flight end with an error on the client side, and
+// the server goes on listening, so clients reconnect. It returns once every
+// call of those connections has ended on the server too, so a write cut in
+// flight has either happened by then or never will.
+func (s *Server) DropConnections() { s.lis.dropAll() }
 
 // Close stops listening, ends every call, waits for the handlers to return
 // and closes the store if the server opened it.
@@ -157,54 +160,6 @@ func (s *Server) Close() error {
 		}
 	})
 	return s.closeErr
-}
-
-// trackingListener remembers the connections it accepted so that they can
-// be cut while the listener stays open.
-type trackingListener struct {
-	net.Listener
-	mu    sync.Mutex
-	conns map[*trackedConn]struct{}
-}
-
-type trackedConn struct {
-	net.Conn
-	l    *trackingListener
-	once sync.Once
-}
-
-func (l *trackingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	tc := &trackedConn{Conn: c, l: l}
-	l.mu.Lock()
-	l.conns[tc] = struct{}{}
-	l.mu.Unlock()
-	return tc, nil
-}
-
-func (l *trackingListener) closeConns() {
-	l.mu.Lock()
-	conns := make([]*trackedConn, 0, len(l.conns))
-	for c := range l.conns {
-		conns = append(conns, c)
-	}
-	l.mu.Unlock()
-	for _, c := range conns {
-		c.Close()
-	}
-}
-
-func (c *trackedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() {
-		c.l.mu.Lock()
-		delete(c.l.conns, c)
-		c.l.mu.Unlock()
-	})
-	return err
 }
 
 // gossipService answers cluster discovery with one live leader: this node,
