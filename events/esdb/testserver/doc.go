@@ -17,7 +17,8 @@
 // Options.Dir keeps the events in an embedded store on disk: a server
 // closed and started again on the same directory and Listen address has
 // every event it acknowledged. DropConnections cuts every client
-// connection while the server keeps listening, for fault tests.
+// connection while the server keeps listening, for fault tests; it returns
+// once the calls of those connections have ended.
 // DiscoverURL goes through gossip (esdb+discover://).
 //
 // # What it serves
