@@ -464,6 +464,7 @@ func (g *conversationGrain) history(ctx actor.Context, m *GetHistory) {
 		ctx.Respond(&eventspb.History{LastSeq: g.j.durable})
 		return
 	}
+	opts.Limit = min(opts.Limit, readChunk)
 	store, conv := g.svc.store, g.id
 	v := newHistoryView(int(m.Limit), g.j.durable, cloneSet(s.recalled), cloneEdits(s.edited))
 	sender := ctx.Sender()

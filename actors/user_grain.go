@@ -336,12 +336,29 @@ func (g *userGrain) sync(ctx actor.Context, m *SyncRequest) {
 	go func() {
 		c, cancel := context.WithTimeout(context.Background(), appendTimeout)
 		defer cancel()
-		page, err := store.ReadStream(c, stream, events.ReadStreamOptions{From: events.Revision(m.AfterUserSeq), Limit: limit})
-		if err != nil && !errors.Is(err, events.ErrStreamNotFound) {
-			root.Send(sender, unavailable(err))
-			return
+		// Read in chunks until the page is full by count or bytes.
+		var read []events.RecordedEvent
+		size := 0
+		from := events.Revision(m.AfterUserSeq)
+		for len(read) < limit && size < MaxPageBytes && uint64(from) < newest {
+			page, err := store.ReadStream(c, stream, events.ReadStreamOptions{From: from, Limit: min(limit-len(read), readChunk)})
+			if errors.Is(err, events.ErrStreamNotFound) {
+				break
+			}
+			if err != nil {
+				root.Send(sender, unavailable(err))
+				return
+			}
+			if len(page) == 0 {
+				break
+			}
+			for _, e := range page {
+				size += len(e.Data)
+			}
+			read = append(read, page...)
+			from = page[len(page)-1].Revision + 1
 		}
-		root.Send(sender, syncView(page, m.AfterUserSeq, newest, limit))
+		root.Send(sender, syncView(read, m.AfterUserSeq, newest, limit))
 	}()
 }
 

@@ -33,6 +33,11 @@ const (
 	MaxListLimit        = 1000
 	// A member page: 1,000 ids of at most 128 bytes fit a frame.
 	MaxMembersLimit = 1000
+
+	// readChunk bounds one store read for a page: 32 events of at most
+	// about 17 KiB, so that building a page holds little more than
+	// MaxPageBytes however high its count limit.
+	readChunk = 32
 )
 
 // memberPage lists, in id order, at most limit members after the id
