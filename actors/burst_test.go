@@ -90,3 +90,60 @@ func TestBurstOfLargeSendsFitsAppends(t *testing.T) {
 		t.Fatalf("an append of %d bytes reached the store", got)
 	}
 }
+
+// readSizeStore records the most bytes one ReadStream call returned.
+type readSizeStore struct {
+	events.Store
+	largest atomic.Int64
+}
+
+func (r *readSizeStore) ReadStream(ctx context.Context, stream string, opts events.ReadStreamOptions) ([]events.RecordedEvent, error) {
+	page, err := r.Store.ReadStream(ctx, stream, opts)
+	size := 0
+	for _, e := range page {
+		size += len(e.Data)
+	}
+	for old := r.largest.Load(); int64(size) > old && !r.largest.CompareAndSwap(old, int64(size)); old = r.largest.Load() {
+	}
+	return page, err
+}
+
+// A history or sync page of 1,000 large items is built from bounded store
+// reads: one request cannot make the server hold 16 MB to answer 768 KiB.
+func TestPagesReadTheStoreInChunks(t *testing.T) {
+	store := &readSizeStore{Store: newStore(t)}
+	svc := start(t, actors.Config{Store: store})
+	ctx := tctx(t)
+	conv, err := svc.CreateGroup(ctx, "chunks", "ann", "chunks", []string{"bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(strings.Repeat("y", actors.DefaultLimits().MaxBodySize))
+	for i := range 200 {
+		r, err := svc.Send(ctx, actors.SendRequest{Conversation: conv, Sender: "ann", ClientMsgID: fmt.Sprint("c", i), Body: body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// an edit notice carries the whole body into every inbox
+		if _, err := svc.Edit(ctx, "ann", conv, r.Seq, body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const bound = 1 << 20 // 32 events of at most 16 KiB and their envelope
+	store.largest.Store(0)
+	h, err := svc.History(ctx, "bob", conv, actors.HistoryQuery{Limit: actors.MaxHistoryLimit})
+	if err != nil || len(h.Messages) == 0 || !h.More {
+		t.Fatalf("history: %d messages, more %v, %v", len(h.GetMessages()), h.GetMore(), err)
+	}
+	if got := store.largest.Load(); got > bound {
+		t.Fatalf("a history page read %d bytes from the store at once", got)
+	}
+	store.largest.Store(0)
+	p, err := svc.Sync(ctx, "bob", 0, actors.MaxSyncLimit)
+	if err != nil || len(p.Entries) == 0 || !p.More {
+		t.Fatalf("sync: %d entries, more %v, %v", len(p.GetEntries()), p.GetMore(), err)
+	}
+	if got := store.largest.Load(); got > bound {
+		t.Fatalf("a sync page read %d bytes from the store at once", got)
+	}
+}
