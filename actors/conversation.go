@@ -25,8 +25,9 @@ type convState struct {
 	lastSeq      uint64
 	latestSeq    uint64 // seq of the latest message
 	latest       *eventspb.MessageSent
-	lastActivity int64 // unix ms of the latest event
-	large        bool  // read-fanout since members first exceeded the threshold
+	lastActivity int64  // unix ms of the latest event
+	large        bool   // read-fanout since members first exceeded the threshold
+	largeSince   uint64 // the seq at which it became large
 
 	msgs     []msgRef            // every message, by seq: "is it a message", unread counts
 	recent   map[uint64]*msgInfo // messages still inside the recall/edit window
@@ -70,9 +71,9 @@ func (s *convState) isMember(u string) bool { _, ok := s.members[u]; return ok }
 // inbox while small, the conversation once large).
 func (s *convState) readFanout(Limits) bool { return s.large }
 
-func (s *convState) checkLarge(lim Limits) {
-	if s.kind == eventspb.ConversationKind_GROUP && len(s.members) > lim.ReadFanoutThreshold {
-		s.large = true
+func (s *convState) checkLarge(lim Limits, seq uint64) {
+	if !s.large && s.kind == eventspb.ConversationKind_GROUP && len(s.members) > lim.ReadFanoutThreshold {
+		s.large, s.largeSince = true, seq
 	}
 }
 
@@ -320,12 +321,12 @@ func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 			s.members[m] = m == e.Creator && e.Kind == eventspb.ConversationKind_GROUP
 			s.joined[m] = seq
 		}
-		s.checkLarge(lim)
+		s.checkLarge(lim, seq)
 		s.lastActivity = e.AtUnixMs
 	case *eventspb.MemberAdded:
 		s.members[e.User] = false
 		s.joined[e.User] = seq
-		s.checkLarge(lim)
+		s.checkLarge(lim, seq)
 		s.lastActivity = e.AtUnixMs
 	case *eventspb.MembersJoined:
 		for _, u := range e.Users {
@@ -334,7 +335,7 @@ func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 			}
 			s.joined[u] = seq
 		}
-		s.checkLarge(lim)
+		s.checkLarge(lim, seq)
 		s.lastActivity = e.AtUnixMs
 	case *eventspb.MemberRemoved:
 		delete(s.members, e.User)
@@ -407,7 +408,7 @@ func recipients(s *convState, seq uint64, ev proto.Message, lim Limits) map[stri
 			out[u] = item(membership(u, true, e.By))
 		}
 	case *eventspb.MemberAdded:
-		if s.readFanout(lim) {
+		if s.readFanout(lim) && s.largeSince < seq {
 			// Telling every member of a large group of every change would
 			// cost members² entries: only the one concerned is told; the
 			// others see the members in the conversation's info.
@@ -445,7 +446,7 @@ func recipients(s *convState, seq uint64, ev proto.Message, lim Limits) map[stri
 func (s *convState) snapshot() *ConvSnapshot {
 	out := &ConvSnapshot{
 		Kind: s.kind, Name: s.name, Creator: s.creator,
-		LatestSeq: s.latestSeq, Latest: s.latest, LastActivity: s.lastActivity, Large: s.large,
+		LatestSeq: s.latestSeq, Latest: s.latest, LastActivity: s.lastActivity, Large: s.large, LargeSince: s.largeSince,
 	}
 	out.Members = make([]string, 0, len(s.members))
 	for u := range s.members {
@@ -500,7 +501,7 @@ func convStateFromSnapshot(id string, lastSeq uint64, snap *ConvSnapshot) (*conv
 	s := newConvState(id)
 	s.lastSeq = lastSeq
 	s.kind, s.name, s.creator = snap.Kind, snap.Name, snap.Creator
-	s.latestSeq, s.latest, s.lastActivity, s.large = snap.LatestSeq, snap.Latest, snap.LastActivity, snap.Large
+	s.latestSeq, s.latest, s.lastActivity, s.large, s.largeSince = snap.LatestSeq, snap.Latest, snap.LastActivity, snap.Large, snap.LargeSince
 	for i, u := range snap.Members {
 		s.members[u] = false
 		s.joined[u] = snap.Joined[i]

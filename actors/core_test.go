@@ -226,6 +226,15 @@ func TestRecipients(t *testing.T) {
 	for _, u := range []string{"dan", "eve"} {
 		add := &eventspb.MemberAdded{User: u, By: "ann"}
 		evolveConv(s, s.lastSeq+1, add, lim)
+		if u == "eve" {
+			// The change that makes the group large goes to everyone:
+			// every member learns that it is read-fanout now.
+			got := recipients(s, s.lastSeq, add, lim)
+			var m eventspb.MembershipChanged
+			if len(got) != 4 || proto.Unmarshal(got["bob"].Data, &m) != nil || !m.ReadFanout {
+				t.Fatalf("the addition that makes the group large goes to %d inboxes (bob told %v), want all 4", len(got), &m)
+			}
+		}
 	}
 	big := &eventspb.MessageSent{Sender: "bob", Body: []byte("x")}
 	evolveConv(s, s.lastSeq+1, big, lim)

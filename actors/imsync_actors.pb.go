@@ -1952,6 +1952,7 @@ type ConvSnapshot struct {
 	Edited        []*EditedBody             `protobuf:"bytes,16,rep,name=edited,proto3" json:"edited,omitempty"`
 	ClientKeys    []string                  `protobuf:"bytes,17,rep,name=client_keys,json=clientKeys,proto3" json:"client_keys,omitempty"` // dedup window, oldest first
 	ClientSeqs    []uint64                  `protobuf:"varint,18,rep,packed,name=client_seqs,json=clientSeqs,proto3" json:"client_seqs,omitempty"`
+	LargeSince    uint64                    `protobuf:"varint,19,opt,name=large_since,json=largeSince,proto3" json:"large_since,omitempty"` // the seq at which the group became large
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2110,6 +2111,13 @@ func (x *ConvSnapshot) GetClientSeqs() []uint64 {
 		return x.ClientSeqs
 	}
 	return nil
+}
+
+func (x *ConvSnapshot) GetLargeSince() uint64 {
+	if x != nil {
+		return x.LargeSince
+	}
+	return 0
 }
 
 type RecentMessage struct {
@@ -2358,7 +2366,7 @@ const file_imsync_actors_proto_rawDesc = "" +
 	" \x03(\x04R\x06unread\x12#\n" +
 	"\rlast_activity\x18\v \x01(\x03R\flastActivity\x12\x1d\n" +
 	"\n" +
-	"changed_at\x18\f \x01(\x04R\tchangedAt\"\xf2\x04\n" +
+	"changed_at\x18\f \x01(\x04R\tchangedAt\"\x93\x05\n" +
 	"\fConvSnapshot\x126\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -2382,7 +2390,9 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\vclient_keys\x18\x11 \x03(\tR\n" +
 	"clientKeys\x12\x1f\n" +
 	"\vclient_seqs\x18\x12 \x03(\x04R\n" +
-	"clientSeqs\"W\n" +
+	"clientSeqs\x12\x1f\n" +
+	"\vlarge_since\x18\x13 \x01(\x04R\n" +
+	"largeSince\"W\n" +
 	"\rRecentMessage\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06sender\x18\x02 \x01(\tR\x06sender\x12\x1c\n" +
