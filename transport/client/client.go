@@ -20,6 +20,7 @@
 //		c.Ack(ctx, e.UserSeq)             // the server now knows this device's position
 //		save(e.UserSeq)                   // where to resume after a restart
 //	}
+//	err = c.Err() // why it ended, e.g. the token expired (code 102)
 //
 // It links only the wire protocol and the event schema, never server code.
 package client
