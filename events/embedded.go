@@ -98,7 +98,7 @@ type Embedded struct {
 	scavengeMu sync.Mutex       // one scavenge at a time
 	hw         *highWaterWriter // nil in memory
 	lost       Loss             // set by Recover
-	markLost   bool             // Recover: the high-water mark was missing or empty
+	markLost   bool             // Recover: the high-water mark was missing, empty or damaged
 
 	// writer-owned: only the writer goroutine touches these.
 	lastPos     uint64

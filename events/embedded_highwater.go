@@ -331,7 +331,7 @@ func Recover(dir string, opts Options) (*Embedded, Loss, error) {
 	if s.markLost {
 		// What the mark said is gone with it: the loss cannot be counted.
 		s.opts.Logger.Warn("event store recovered without its high-water mark; acknowledged events may be missing", "dir", dir)
-		line := fmt.Sprintf("%s recovered: the high-water mark was missing or empty; a new one starts at position %d (acknowledged events beyond it, if any, are not counted)\n",
+		line := fmt.Sprintf("%s recovered: the high-water mark was missing, empty or damaged; a new one starts at position %d (acknowledged events beyond it, if any, are not counted)\n",
 			s.opts.Now().UTC().Format(time.RFC3339), s.lastPos)
 		if err := appendFileSync(filepath.Join(dir, recoveryLog), line); err != nil {
 			s.Close()
