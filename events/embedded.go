@@ -55,8 +55,22 @@ func (o *Options) fill() {
 }
 
 // markerFile sits in every store directory so that Open never adopts (or
-// scribbles over) a directory that is something else.
+// scribbles over) a directory that is something else. Its first line is the
+// store format; a line markerTracksHighWater says that the store keeps a
+// high-water mark, so that a mark file that is missing or empty is damage
+// (stores created before the mark existed have no such line, and get it
+// once their mark is written).
 const markerFile = "IMSYNC-EVENTS"
+
+const markerTracksHighWater = "high-water-mark"
+
+// markerText is the content of a marker file.
+func markerText(tracksHighWater bool) []byte {
+	if tracksHighWater {
+		return []byte(storeFormat + "\n" + markerTracksHighWater + "\n")
+	}
+	return []byte(storeFormat + "\n")
+}
 
 // Embedded is the default Store: a single-process, durable store on local
 // disk (pebble underneath). Appends from many goroutines are grouped so that
@@ -84,6 +98,7 @@ type Embedded struct {
 	scavengeMu sync.Mutex       // one scavenge at a time
 	hw         *highWaterWriter // nil in memory
 	lost       Loss             // set by Recover
+	markLost   bool             // Recover: the high-water mark was missing, empty or damaged
 
 	// writer-owned: only the writer goroutine touches these.
 	lastPos     uint64
@@ -123,7 +138,7 @@ func Open(dir string, opts Options) (*Embedded, error) {
 	if dir == "" {
 		return nil, invalid("empty store directory")
 	}
-	fresh, err := inspectDir(dir)
+	fresh, tracked, err := inspectDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -138,23 +153,20 @@ func Open(dir string, opts Options) (*Embedded, error) {
 		// The marker goes in place only once the database is initialised; a
 		// crash before that leaves the temporary marker, which says "ours,
 		// unfinished" to the next Open.
-		if err := writeFileSync(filepath.Join(dir, markerFile+".tmp"), []byte(storeFormat+"\n")); err != nil {
+		if err := writeFileSync(filepath.Join(dir, markerFile+".tmp"), markerText(true)); err != nil {
 			lock.Close()
 			return nil, err
 		}
 	}
-	s, err := open(filepath.Join(dir, "db"), vfs.Default, !fresh, opts, false)
+	s, err := open(filepath.Join(dir, "db"), vfs.Default, !fresh, opts, openFlags{tracked: tracked})
 	if err != nil {
 		lock.Close()
 		return nil, err
 	}
-	if fresh {
-		if err := os.Rename(filepath.Join(dir, markerFile+".tmp"), filepath.Join(dir, markerFile)); err != nil {
-			s.Close()
-			lock.Close()
-			return nil, fmt.Errorf("events: %w", err)
-		}
-		if err := syncDir(dir); err != nil {
+	if fresh || !tracked {
+		// The mark file is durable by now (open wrote and synced it): from
+		// here on, a missing mark is damage.
+		if err := placeMarker(dir, fresh); err != nil {
 			s.Close()
 			lock.Close()
 			return nil, err
@@ -164,10 +176,26 @@ func Open(dir string, opts Options) (*Embedded, error) {
 	return s, nil
 }
 
+// placeMarker puts the marker saying that the store tracks its high-water
+// mark in place: the temporary one of a new store, or a new one replacing
+// the marker of a store created before the mark existed.
+func placeMarker(dir string, fresh bool) error {
+	tmp := filepath.Join(dir, markerFile+".tmp")
+	if !fresh {
+		if err := writeFileSync(tmp, markerText(true)); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, markerFile)); err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	return syncDir(dir)
+}
+
 // OpenInMemory returns a store that keeps everything in memory: the same
 // engine and semantics as Open without durability, for tests.
 func OpenInMemory(opts Options) (*Embedded, error) {
-	return open("", vfs.NewMem(), false, opts, false)
+	return open("", vfs.NewMem(), false, opts, openFlags{})
 }
 
 const lockFile = "LOCK"
@@ -202,13 +230,14 @@ func lockError(dir string, err error) error {
 
 // inspectDir tells a new store (missing or empty directory, or one whose
 // creation was cut short) from an existing one, and refuses anything else.
-func inspectDir(dir string) (fresh bool, err error) {
+// tracked: the marker says that the store keeps a high-water mark.
+func inspectDir(dir string) (fresh, tracked bool, err error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return true, nil
+		return true, false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("events: read store directory: %w", err)
+		return false, false, fmt.Errorf("events: read store directory: %w", err)
 	}
 	names := map[string]bool{}
 	for _, e := range entries {
@@ -217,21 +246,25 @@ func inspectDir(dir string) (fresh bool, err error) {
 	if names[markerFile] {
 		marker, err := os.ReadFile(filepath.Join(dir, markerFile))
 		if err != nil {
-			return false, fmt.Errorf("events: read %s: %w", markerFile, err)
+			return false, false, fmt.Errorf("events: read %s: %w", markerFile, err)
 		}
-		if got := string(bytes.TrimSpace(marker)); got != storeFormat {
-			return false, fmt.Errorf("%w: %s holds format %q, this build reads %q", ErrNotAStore, dir, got, storeFormat)
+		lines := strings.Split(string(bytes.TrimSpace(marker)), "\n")
+		if got := strings.TrimSpace(lines[0]); got != storeFormat {
+			return false, false, fmt.Errorf("%w: %s holds format %q, this build reads %q", ErrNotAStore, dir, got, storeFormat)
 		}
-		return false, nil
+		for _, l := range lines[1:] {
+			tracked = tracked || strings.TrimSpace(l) == markerTracksHighWater
+		}
+		return false, tracked, nil
 	}
 	delete(names, lockFile)
 	if names[markerFile+".tmp"] {
-		return true, nil // our own creation, cut short before it held data
+		return true, false, nil // our own creation, cut short before it held data
 	}
 	if len(names) > 0 {
-		return false, fmt.Errorf("%w: %s is not empty and has no %s file; refusing to use it", ErrNotAStore, dir, markerFile)
+		return false, false, fmt.Errorf("%w: %s is not empty and has no %s file; refusing to use it", ErrNotAStore, dir, markerFile)
 	}
-	return true, nil
+	return true, false, nil
 }
 
 func syncDir(dir string) error {
@@ -246,9 +279,18 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// open opens the pebble database in dir. acceptLoss opens a store whose
-// recovered state is behind its high-water mark (see Recover).
-func open(dir string, fs vfs.FS, mustExist bool, opts Options, acceptLoss bool) (s *Embedded, err error) {
+// openFlags say how open treats the high-water mark.
+type openFlags struct {
+	// tracked: the store's marker says it keeps a mark; a missing or
+	// empty mark file is then damage.
+	tracked bool
+	// acceptLoss opens a store whose recovered state is behind its mark,
+	// or whose mark is gone (see Recover).
+	acceptLoss bool
+}
+
+// open opens the pebble database in dir.
+func open(dir string, fs vfs.FS, mustExist bool, opts Options, flags openFlags) (s *Embedded, err error) {
 	opts.fill()
 	sink := &damageSink{logger: opts.Logger}
 	popts := &pebble.Options{
@@ -293,7 +335,7 @@ func open(dir string, fs vfs.FS, mustExist bool, opts Options, acceptLoss bool) 
 	}
 	sink.opened.Store(true)
 	if dir != "" {
-		if err := s.checkHighWater(fs, dir, acceptLoss); err != nil {
+		if err := s.checkHighWater(fs, dir, flags); err != nil {
 			if s.hw != nil {
 				s.hw.close()
 			}

@@ -247,12 +247,23 @@ func (s *Embedded) hwErr(err error) {
 }
 
 // checkHighWater refuses a store that recovered less than its mark says was
-// durable, unless acceptLoss; then it moves the counters up to the mark so
-// that no position or stream id is handed out a second time.
-func (s *Embedded) checkHighWater(fs vfs.FS, dir string, acceptLoss bool) error {
+// durable, or whose mark is missing or empty although its marker says it
+// keeps one, unless acceptLoss; then it moves the counters up to the mark
+// (if there is one) so that no position or stream id is handed out a
+// second time.
+func (s *Embedded) checkHighWater(fs vfs.FS, dir string, flags openFlags) error {
+	acceptLoss := flags.acceptLoss
 	h, slot, ok, err := readHighWater(fs, dir)
 	if err != nil && !(acceptLoss && errors.Is(err, ErrCorrupt)) {
 		return err
+	}
+	if !ok && flags.tracked {
+		if !acceptLoss {
+			return fmt.Errorf("%w: the high-water mark %s is missing or empty, but the store in %s keeps one: "+
+				"without it, acknowledged events lost from the write-ahead log would go unseen, "+
+				"so the store refuses to open; %s", ErrCorrupt, fs.PathJoin(dir, highWaterFile), dir, recoveryHint)
+		}
+		s.markLost = true
 	}
 	if s.hw, err = openHighWater(fs, dir, h, slot, ok, s.lastPos, s.nextSID); err != nil {
 		return err
@@ -300,7 +311,7 @@ func Recover(dir string, opts Options) (*Embedded, Loss, error) {
 	if dir == "" {
 		return nil, Loss{}, invalid("empty store directory")
 	}
-	fresh, err := inspectDir(dir)
+	fresh, tracked, err := inspectDir(dir)
 	if err != nil {
 		return nil, Loss{}, err
 	}
@@ -311,12 +322,28 @@ func Recover(dir string, opts Options) (*Embedded, Loss, error) {
 	if err != nil {
 		return nil, Loss{}, err
 	}
-	s, err := open(filepath.Join(dir, "db"), vfs.Default, true, opts, true)
+	s, err := open(filepath.Join(dir, "db"), vfs.Default, true, opts, openFlags{tracked: tracked, acceptLoss: true})
 	if err != nil {
 		lock.Close()
 		return nil, Loss{}, err
 	}
 	s.lock = lock
+	if s.markLost {
+		// What the mark said is gone with it: the loss cannot be counted.
+		s.opts.Logger.Warn("event store recovered without its high-water mark; acknowledged events may be missing", "dir", dir)
+		line := fmt.Sprintf("%s recovered: the high-water mark was missing, empty or damaged; a new one starts at position %d (acknowledged events beyond it, if any, are not counted)\n",
+			s.opts.Now().UTC().Format(time.RFC3339), s.lastPos)
+		if err := appendFileSync(filepath.Join(dir, recoveryLog), line); err != nil {
+			s.Close()
+			return nil, Loss{}, err
+		}
+	}
+	if !tracked {
+		if err := placeMarker(dir, false); err != nil {
+			s.Close()
+			return nil, Loss{}, err
+		}
+	}
 	if s.lost.AcknowledgedPosition > 0 {
 		s.opts.Logger.Warn("event store recovered with data loss",
 			"dir", dir, "found_position", s.lost.FoundPosition,

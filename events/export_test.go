@@ -5,7 +5,7 @@ import "github.com/cockroachdb/pebble/v2/vfs"
 // OpenOnFS opens a store on any pebble filesystem (tests use a crashable
 // in-memory one to simulate power loss).
 func OpenOnFS(fs vfs.FS, dir string, mustExist bool, opts Options) (*Embedded, error) {
-	return open(dir, fs, mustExist, opts, false)
+	return open(dir, fs, mustExist, opts, openFlags{})
 }
 
 // StoredEvents counts the event records of stream physically on disk,

@@ -149,3 +149,71 @@ func TestTokenExpiryEndsConnection(t *testing.T) {
 		t.Fatalf("send after expiry: %v", err)
 	}
 }
+
+// waitEntriesClosed reads c's entries until the channel closes.
+func waitEntriesClosed(t *testing.T, c *client.Client) {
+	t.Helper()
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case _, ok := <-c.Entries():
+			if !ok {
+				return
+			}
+		case <-deadline:
+			t.Fatal("Entries still open")
+		}
+	}
+}
+
+// A client whose token expires stops for good: Entries and Changes close,
+// and Err says why.
+func TestTokenExpiryClosesEntries(t *testing.T) {
+	ts := startServer(t, transport.Config{})
+	tok, err := ts.key.Mint("ann", "phone", 2*time.Second, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ann, err := client.Dial(ctx(t), client.Config{Addr: ts.addr, Token: tok, TLS: ts.tls})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ann.Close()
+	if err := ann.Err(); err != nil {
+		t.Fatalf("Err of a running client: %v", err)
+	}
+	waitEntriesClosed(t, ann)
+	if _, ok := <-ann.Changes(); ok {
+		t.Fatal("Changes still open after Entries closed")
+	}
+	var we *wire.Error
+	if err := ann.Err(); !errors.As(err, &we) || we.Code != wire.CodeUnauthorized || we.Message != "token expired" {
+		t.Fatalf("Err after expiry: %v, want code %d \"token expired\"", err, wire.CodeUnauthorized)
+	}
+}
+
+// A client that reconnects to a server with another key is refused (102)
+// and stops for good: Entries closes and Err says why.
+func TestRefusedReconnectClosesEntries(t *testing.T) {
+	ts := startServer(t, transport.Config{})
+	ann := ts.dial(t, "ann", "phone", 0)
+	cfg := ts.srv.Config()
+	ts.srv.Close()
+	other, err := transport.LoadOrCreateKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Key = other // the same service and address, another key
+	srv, err := transport.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(ts.addr); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	waitEntriesClosed(t, ann)
+	if err := ann.Err(); client.CodeOf(err) != wire.CodeUnauthorized {
+		t.Fatalf("Err after a refused reconnect: %v, want code %d", err, wire.CodeUnauthorized)
+	}
+}

@@ -441,10 +441,11 @@ func TestPreAuthLimits(t *testing.T) {
 	waitFor(t, 10*time.Second, "a login once a slot is free", func() bool { return dial() == nil })
 }
 
-// One address that opens connections and never logs in fills only its own
-// pre-login slots: a user from another address logs in meanwhile.
+// One network prefix whose connections never log in fills only its own
+// pre-login slots: an address of that /24 is refused, a user from another
+// /24 logs in meanwhile.
 func TestPreAuthPerAddress(t *testing.T) {
-	ts := startServer(t, transport.Config{MaxUnauthenticatedPerIP: 3, HandshakeTimeout: 30 * time.Second})
+	ts := startServer(t, transport.Config{MaxUnauthenticatedPerPrefix: 3, HandshakeTimeout: 30 * time.Second})
 	for range 3 {
 		qc := ts.rawDial(t)
 		st, err := qc.OpenStreamSync(ctx(t))
@@ -465,6 +466,10 @@ func TestPreAuthPerAddress(t *testing.T) {
 		var ae *quic.ApplicationError
 		return errors.As(err, &ae) && ae.ErrorCode == wire.CodeBusy
 	})
-	// 127.0.0.2 is another loopback address: its login is not delayed.
-	ts.rawLoginFrom(t, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}, "bob", "phone")
+	// 127.0.0.2 is in the same /24: refused too.
+	if code := stalledFrom(t, ts, net.IPv4(127, 0, 0, 2)).closedWith(t); code != wire.CodeBusy {
+		t.Fatalf("another address of the full /24: closed with %d, want %d", code, wire.CodeBusy)
+	}
+	// 127.0.1.1 is in another /24: its login is not delayed.
+	ts.rawLoginFrom(t, &net.UDPAddr{IP: net.IPv4(127, 0, 1, 1)}, "bob", "phone")
 }

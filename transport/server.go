@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -47,12 +48,18 @@ type Config struct {
 	Now               func() time.Time
 
 	// MaxUnauthenticated caps the connections that have not yet been
-	// welcomed, server-wide (default 256); more are closed with code 108.
+	// welcomed, server-wide (default 256). When they are all taken, a new
+	// connection takes the slot of the oldest such connection of the
+	// network prefix holding the most slots, if that prefix holds more
+	// than the new connection's own (the old one is closed with code 108);
+	// otherwise the new one is closed with code 108. So a login from a
+	// prefix that holds no slot is never kept out by others.
 	MaxUnauthenticated int
-	// MaxUnauthenticatedPerIP caps them per remote IP address (default 32),
-	// so that one source cannot take every slot and delay other users'
-	// logins. QUIC's handshake has proved the address by then.
-	MaxUnauthenticatedPerIP int
+	// MaxUnauthenticatedPerPrefix caps them per network prefix of the
+	// remote address, IPv4 /24 and IPv6 /64 (default 32), so that one
+	// source, which may own every address of its prefix, cannot take every
+	// slot. QUIC's handshake has proved the address by then.
+	MaxUnauthenticatedPerPrefix int
 	// ReadBudget bounds the bytes of one connection's requests, all streams
 	// together, from their first byte until they are answered (default and
 	// minimum: MaxFrameSize). A frame that would exceed it while being read
@@ -96,8 +103,8 @@ func (c *Config) fill() {
 	if c.MaxUnauthenticated <= 0 {
 		c.MaxUnauthenticated = 256
 	}
-	if c.MaxUnauthenticatedPerIP <= 0 {
-		c.MaxUnauthenticatedPerIP = 32
+	if c.MaxUnauthenticatedPerPrefix <= 0 {
+		c.MaxUnauthenticatedPerPrefix = 32
 	}
 	if c.ReadBudget <= 0 {
 		c.ReadBudget = c.MaxFrameSize
@@ -131,13 +138,14 @@ type Server struct {
 	tr  *quic.Transport
 	ln  *quic.Listener
 
-	mu      sync.Mutex
-	preauth int                // connections not yet welcomed
-	preIP   map[string]int     // the same, by remote IP
-	perUser map[string][]*conn // admitted connections, oldest first
-	conns   map[*quic.Conn]struct{}
-	closed  bool
-	wg      sync.WaitGroup
+	mu        sync.Mutex
+	preauth   int                         // connections not yet welcomed
+	prePrefix map[netip.Prefix][]*preSlot // the same, by remote prefix, oldest first
+	preSeq    uint64                      // orders preSlots by age
+	perUser   map[string][]*conn          // admitted connections, oldest first
+	conns     map[*quic.Conn]struct{}
+	closed    bool
+	wg        sync.WaitGroup
 
 	peak queuePeak // the most any connection has had queued (QueuePeak)
 }
@@ -152,7 +160,7 @@ func NewServer(cfg Config) (*Server, error) {
 	t.NextProtos = []string{ALPN}
 	t.MinVersion = tls.VersionTLS13
 	cfg.TLS = t
-	return &Server{cfg: cfg, perUser: map[string][]*conn{}, preIP: map[string]int{}, conns: map[*quic.Conn]struct{}{}}, nil
+	return &Server{cfg: cfg, perUser: map[string][]*conn{}, prePrefix: map[netip.Prefix][]*preSlot{}, conns: map[*quic.Conn]struct{}{}}, nil
 }
 
 // QUICConfig is the transport configuration shared by server and client.
@@ -272,12 +280,12 @@ type conn struct {
 
 func (s *Server) serveConn(qc *quic.Conn) {
 	ctx := qc.Context()
-	ip := remoteIP(qc.RemoteAddr())
-	if msg := s.enterPreauth(ip); msg != "" {
+	slot, msg := s.enterPreauth(qc)
+	if slot == nil {
 		qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeBusy), msg)
 		return
 	}
-	leavePreauth := sync.OnceFunc(func() { s.leavePreauth(ip) })
+	leavePreauth := sync.OnceFunc(func() { s.leavePreauth(slot) })
 	defer leavePreauth()
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	control, err := qc.AcceptStream(hctx)
@@ -372,36 +380,91 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	}
 }
 
-// enterPreauth takes a pre-login slot for a connection from ip; it
-// returns why not when the server-wide or the per-address cap is reached.
-func (s *Server) enterPreauth(ip string) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.preauth >= s.cfg.MaxUnauthenticated {
-		return fmt.Sprintf("server busy: more than %d connections logging in; retry", s.cfg.MaxUnauthenticated)
-	}
-	if s.preIP[ip] >= s.cfg.MaxUnauthenticatedPerIP {
-		return fmt.Sprintf("server busy: more than %d connections logging in from %s; retry", s.cfg.MaxUnauthenticatedPerIP, ip)
-	}
-	s.preauth++
-	s.preIP[ip]++
-	return ""
+// preSlot is a pre-login slot: a connection between its QUIC handshake
+// and its welcome.
+type preSlot struct {
+	qc     *quic.Conn
+	prefix netip.Prefix
+	seq    uint64 // lower: older
 }
 
-func (s *Server) leavePreauth(ip string) {
+// enterPreauth takes a pre-login slot for qc, or returns why not: its
+// prefix holds MaxUnauthenticatedPerPrefix slots, or every slot is taken
+// and no prefix holds more than qc's. When every slot is taken, the oldest
+// slot of the prefix holding the most (the oldest such slot when prefixes
+// tie) goes to qc, and its connection is closed with code 108.
+func (s *Server) enterPreauth(qc *quic.Conn) (*preSlot, string) {
+	p := remotePrefix(qc.RemoteAddr())
+	var victim *preSlot
+	defer func() {
+		if victim != nil {
+			s.cfg.Logger.Debug("pre-login connection evicted", "remote", victim.qc.RemoteAddr(), "by", qc.RemoteAddr())
+			victim.qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeBusy), "server busy: too many connections logging in from your network; retry")
+		}
+	}()
 	s.mu.Lock()
-	s.preauth--
-	if s.preIP[ip]--; s.preIP[ip] <= 0 {
-		delete(s.preIP, ip)
+	defer s.mu.Unlock()
+	mine := len(s.prePrefix[p])
+	if mine >= s.cfg.MaxUnauthenticatedPerPrefix {
+		return nil, fmt.Sprintf("server busy: more than %d connections logging in from %s; retry", s.cfg.MaxUnauthenticatedPerPrefix, p)
 	}
+	if s.preauth >= s.cfg.MaxUnauthenticated {
+		var most []*preSlot
+		for _, l := range s.prePrefix {
+			if len(l) > len(most) || (len(l) == len(most) && l[0].seq < most[0].seq) {
+				most = l
+			}
+		}
+		if len(most) <= mine {
+			return nil, fmt.Sprintf("server busy: more than %d connections logging in; retry", s.cfg.MaxUnauthenticated)
+		}
+		victim = most[0]
+		s.dropPreauth(victim)
+	}
+	s.preSeq++
+	slot := &preSlot{qc: qc, prefix: p, seq: s.preSeq}
+	s.prePrefix[p] = append(s.prePrefix[p], slot)
+	s.preauth++
+	return slot, ""
+}
+
+// leavePreauth frees slot (unless it was taken from it already).
+func (s *Server) leavePreauth(slot *preSlot) {
+	s.mu.Lock()
+	s.dropPreauth(slot)
 	s.mu.Unlock()
 }
 
-func remoteIP(a net.Addr) string {
-	if u, ok := a.(*net.UDPAddr); ok {
-		return u.IP.String()
+// dropPreauth frees slot if it is still held; s.mu is held.
+func (s *Server) dropPreauth(slot *preSlot) {
+	l := s.prePrefix[slot.prefix]
+	i := slices.Index(l, slot)
+	if i < 0 {
+		return
 	}
-	return a.String()
+	s.preauth--
+	if l = slices.Delete(l, i, i+1); len(l) == 0 {
+		delete(s.prePrefix, slot.prefix)
+		return
+	}
+	s.prePrefix[slot.prefix] = l
+}
+
+// remotePrefix is the network of a remote address that pre-login slots are
+// counted by: IPv4 /24, IPv6 /64 (an IPv4-mapped IPv6 address counts as
+// IPv4).
+func remotePrefix(a net.Addr) netip.Prefix {
+	u, ok := a.(*net.UDPAddr)
+	if !ok {
+		return netip.Prefix{}
+	}
+	ip := u.AddrPort().Addr().Unmap()
+	bits := 64
+	if ip.Is4() {
+		bits = 24
+	}
+	p, _ := ip.Prefix(bits)
+	return p
 }
 
 // admit counts c against its user's connection cap. At the cap, a new

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/imsync/imsync/events/eventspb"
 	"github.com/imsync/imsync/transport/client"
+	"github.com/imsync/imsync/transport/wire"
 )
 
 // clientFlags are the flags every client command shares.
@@ -345,13 +347,13 @@ func runClient(ctx context.Context, cmd string, args []string, out io.Writer) er
 			select {
 			case e, ok := <-c.Entries():
 				if !ok {
-					return nil
+					return tailEnded(c.Err())
 				}
 				p.print(entryFields, entryRecord(e))
 				c.Ack(ctx, e.UserSeq)
 			case ch, ok := <-c.Changes():
 				if !ok {
-					return nil
+					return tailEnded(c.Err())
 				}
 				// A read-fanout group changed (it writes no timeline entry
 				// per message): its history has the news.
@@ -379,6 +381,19 @@ func runClient(ctx context.Context, cmd string, args []string, out io.Writer) er
 		p.print([]string{"conversation", "seq", "recalled_seq"}, map[string]any{"conversation": *conv, "seq": s, "recalled_seq": *seq})
 	}
 	return nil
+}
+
+// tailEnded is the error tail ends with when the client stopped for good
+// (its channels closed): a refused or expired token says so.
+func tailEnded(err error) error {
+	var we *wire.Error
+	switch {
+	case errors.As(err, &we) && we.Code == wire.CodeUnauthorized:
+		return fmt.Errorf("tail: unauthorized (%d): %s; get a new token", we.Code, we.Message)
+	case err != nil:
+		return fmt.Errorf("tail: %w", err)
+	}
+	return errors.New("tail: the connection ended")
 }
 
 var entryFields = []string{"user_seq", "type", "conversation", "seq", "sender", "text", "user", "added", "recalled_seq", "read_seq"}

@@ -20,6 +20,7 @@
 //		c.Ack(ctx, e.UserSeq)             // the server now knows this device's position
 //		save(e.UserSeq)                   // where to resume after a restart
 //	}
+//	err = c.Err() // why it ended, e.g. the token expired (code 102)
 //
 // It links only the wire protocol and the event schema, never server code.
 package client
@@ -116,7 +117,9 @@ type Client struct {
 	chmu    sync.Mutex // a session's reader may still hear a notice while Close closes changes
 	chDone  bool
 	closed  chan struct{}
+	stopped chan struct{} // closed when the client stops for good (final is set)
 	once    sync.Once
+	endOnce sync.Once // closes entries and changes
 	wg      sync.WaitGroup
 
 	mu      sync.Mutex
@@ -157,6 +160,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		entries: make(chan Entry, 256),
 		changes: make(chan Change, 64),
 		closed:  make(chan struct{}),
+		stopped: make(chan struct{}),
 		ready:   make(chan struct{}),
 		notify:  make(chan uint64, 1),
 	}
@@ -172,6 +176,10 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	c.wg.Add(2)
 	go c.supervise(s)
 	go c.syncLoop()
+	go func() { // a client that stops for good closes its channels
+		c.wg.Wait()
+		c.end()
+	}()
 	return c, nil
 }
 
@@ -185,13 +193,33 @@ func (c *Client) Welcome() *wire.Welcome {
 }
 
 // Entries delivers the sync timeline after LastUserSeq, in order, each
-// entry once. It is closed by Close.
+// entry once. It is closed by Close, and when the client stops for good
+// (the server refused or expired its token, or the connection was lost
+// with NoReconnect): Err then says why.
 func (c *Client) Entries() <-chan Entry { return c.entries }
+
+// Err says why the client stopped for good: a *wire.Error with code 102
+// (wire.CodeUnauthorized) when the server refused the token or it
+// expired, the connection's error when it was lost with NoReconnect,
+// ErrClosed after Close, nil while the client runs or reconnects.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.final != nil {
+		return c.final
+	}
+	select {
+	case <-c.closed:
+		return ErrClosed
+	default:
+		return nil
+	}
+}
 
 // Changes delivers notices of read-fanout groups (see Change). They are
 // hints, not part of the timeline: when the channel is full a notice is
 // dropped, so a reader that comes back after a while should refresh its
-// conversation list. It is closed by Close.
+// conversation list. It is closed with Entries.
 func (c *Client) Changes() <-chan Change { return c.changes }
 
 func (c *Client) change(ch Change) {
@@ -220,13 +248,21 @@ func (c *Client) Close() error {
 			s.close(ErrClosed)
 		}
 		c.wg.Wait()
+		c.end()
+	})
+	return nil
+}
+
+// end closes Entries and Changes, once the goroutines that feed them are
+// gone.
+func (c *Client) end() {
+	c.endOnce.Do(func() {
 		close(c.entries)
 		c.chmu.Lock()
 		c.chDone = true
 		close(c.changes)
 		c.chmu.Unlock()
 	})
-	return nil
 }
 
 func (c *Client) install(s *session, w *wire.Welcome) {
@@ -253,7 +289,8 @@ func (c *Client) forget(s *session) {
 	}
 }
 
-// stop records why the client will not reconnect; waiting calls return it.
+// stop records why the client will not reconnect; waiting calls return it,
+// and the sync loop ends (then Entries closes).
 func (c *Client) stop(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -261,6 +298,7 @@ func (c *Client) stop(err error) {
 	if c.sess == nil {
 		close(c.ready)
 	}
+	close(c.stopped)
 }
 
 // finalError is the error that ends the client when a session ended with
@@ -366,6 +404,8 @@ func (c *Client) syncLoop() {
 		case seq = <-c.notify:
 		case <-c.closed:
 			return
+		case <-c.stopped:
+			return
 		}
 		push := c.pending.Swap(nil)
 		switch nextStep(c.last.Load(), push, seq) {
@@ -384,6 +424,8 @@ func (c *Client) syncLoop() {
 			if err != nil {
 				select {
 				case <-c.closed:
+					return
+				case <-c.stopped:
 					return
 				case <-time.After(200 * time.Millisecond):
 				}

@@ -26,7 +26,7 @@ const (
 	CodeShutdown     = 105 // the server is stopping
 	CodeInternal     = 106
 	CodeReplaced     = 107 // a newer connection of the same device took this one's place
-	CodeBusy         = 108 // too many connections logging in, server-wide: retry later
+	CodeBusy         = 108 // too many connections logging in (server-wide or from one network prefix): retry later
 )
 
 var (
