@@ -10,6 +10,7 @@ require (
 	github.com/klauspost/compress v1.18.0
 	github.com/quic-go/quic-go v0.65.0
 	golang.org/x/time v0.16.0
+	google.golang.org/grpc v1.77.0
 	google.golang.org/protobuf v1.36.12
 )
 
@@ -64,5 +65,4 @@ require (
 	golang.org/x/sys v0.47.0 // indirect
 	golang.org/x/text v0.40.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20251022142026-3a174f9686a8 // indirect
-	google.golang.org/grpc v1.77.0 // indirect
 )
