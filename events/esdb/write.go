@@ -3,6 +3,7 @@ package esdb
 import (
 	"bytes"
 	"context"
+	"errors"
 	"time"
 
 	client "github.com/EventStore/EventStore-Client-Go/v4/esdb"
@@ -135,8 +136,20 @@ func (s *Store) GetStreamMetadata(ctx context.Context, stream string) (events.St
 	return out, nil
 }
 
-// DeleteStream implements events.Store.
+// DeleteStream implements events.Store. EventStoreDB accepts the deletion
+// of a stream without events; the store's contract refuses it with
+// ErrStreamNotFound, so the stream is looked at first (unless an exact
+// revision makes the server refuse it anyway).
 func (s *Store) DeleteStream(ctx context.Context, stream string, expected events.ExpectedRevision) (events.DeleteResult, error) {
+	if err := events.ValidateStreamName(stream); err != nil {
+		return events.DeleteResult{}, err
+	}
+	if expected.Kind() != events.ExpectExact && events.ValidateExpected(expected) == nil {
+		_, err := s.ReadStream(ctx, stream, events.ReadStreamOptions{Direction: events.Backwards, From: events.RevisionEnd, Limit: 1})
+		if errors.Is(err, events.ErrStreamNotFound) {
+			return events.DeleteResult{}, err
+		}
+	}
 	return s.delete(ctx, "delete", stream, expected, func(ctx context.Context, c *client.Client) (*client.DeleteResult, error) {
 		return c.DeleteStream(ctx, stream, client.DeleteStreamOptions{ExpectedRevision: expectedOf(expected)})
 	})
