@@ -13,15 +13,18 @@ import (
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/esdb"
 	"github.com/imsync/imsync/transport"
 )
 
-// runServe runs the whole product in one process: embedded store, cluster
-// member with the grains, QUIC gateway. It stops cleanly on SIGINT/SIGTERM.
+// runServe runs the whole product in one process: the event store (embedded,
+// or an EventStoreDB/KurrentDB server with --store), a cluster member with
+// the grains, the QUIC gateway. It stops cleanly on SIGINT/SIGTERM.
 func runServe(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	data := fs.String("data", "", "data directory (created on first use)")
+	storeURL := fs.String("store", os.Getenv("IMSYNC_STORE"), "EventStoreDB connection string (esdb://HOST:2113?tls=false, esdb+discover://...) instead of the embedded store in DIR/events")
 	listen := fs.String("listen", "127.0.0.1:7400", "UDP address to listen on")
 	verbose := fs.Bool("v", false, "log connections")
 	certFile := fs.String("cert", "", "TLS certificate (PEM) to serve instead of the self-signed one")
@@ -49,7 +52,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	st, err := startStack(*data, *listen, logger, tcfg)
+	st, err := startStack(*data, *storeURL, *listen, logger, tcfg)
 	if err != nil {
 		return err
 	}
@@ -66,23 +69,25 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
-// stack is the whole product in one process: the embedded store, a
-// cluster member with the grains, and the QUIC gateway.
+// stack is the whole product in one process: the event store, a cluster
+// member with the grains, and the QUIC gateway.
 type stack struct {
-	store *events.Embedded
+	store events.Store
 	svc   *actors.Service
 	srv   *transport.Server
 }
 
 // startStack opens (or creates) everything in data and listens on listen.
-// tcfg may set transport limits; its Service, Key and TLS are filled in.
-func startStack(data, listen string, logger *slog.Logger, tcfg transport.Config) (*stack, error) {
+// storeURL, if set, names the EventStoreDB server that holds the events
+// instead of data. tcfg may set transport limits; its Service, Key and TLS
+// are filled in.
+func startStack(data, storeURL, listen string, logger *slog.Logger, tcfg transport.Config) (*stack, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	st := &stack{}
 	var err error
-	if st.store, err = events.Open(storeDir(data), events.Options{Logger: logger}); err != nil {
+	if st.store, err = openStore(data, storeURL, logger); err != nil {
 		return nil, err
 	}
 	if st.svc, err = actors.Start(actors.Config{Store: st.store, Logger: logger}); err != nil {
@@ -116,6 +121,21 @@ func startStack(data, listen string, logger *slog.Logger, tcfg transport.Config)
 		return nil, err
 	}
 	return st, nil
+}
+
+// openStore opens the embedded store in data, or the EventStoreDB backend
+// when storeURL is set.
+func openStore(data, storeURL string, logger *slog.Logger) (events.Store, error) {
+	if storeURL == "" {
+		return events.Open(storeDir(data), events.Options{Logger: logger})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := esdb.Open(ctx, storeURL, esdb.Options{Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("serve: --store: %w", err)
+	}
+	return s, nil
 }
 
 // close stops the gateway, then the grains, then the store.

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/esdb"
+	"github.com/imsync/imsync/events/teststore"
+)
+
+// testStores maps a data directory to the connection string of the
+// protocol server that holds its events (IMSYNC_TEST_STORE=esdb).
+var testStores sync.Map
+
+// storeFor is the --store of the server on data in tests: empty for the
+// embedded store; with IMSYNC_TEST_STORE=esdb a protocol server started on
+// first use for data (over an embedded store in data's parent, so that it
+// outlives restarts of the imsync server), stopped when the test ends.
+func storeFor(t testing.TB, data string) string {
+	t.Helper()
+	if !teststore.ESDB() {
+		return ""
+	}
+	if url, ok := testStores.Load(data); ok {
+		return url.(string)
+	}
+	url := teststore.StartServer(t, filepath.Join(filepath.Dir(data), filepath.Base(data)+"-esdb"))
+	t.Logf("events of %s: EventStoreDB backend, protocol server at %s", filepath.Base(data), url)
+	testStores.Store(data, url)
+	t.Cleanup(func() { testStores.Delete(data) })
+	return url
+}
+
+// serveArgs is `serve --data data [--store URL] more...`.
+func serveArgs(t testing.TB, data string, more ...string) []string {
+	t.Helper()
+	args := []string{"serve", "--data", data}
+	if url := storeFor(t, data); url != "" {
+		args = append(args, "--store", url)
+	}
+	return append(args, more...)
+}
+
+// storeEnv is what a child process running serve on data needs in its
+// environment: the store it uses.
+func storeEnv(t testing.TB, data string) []string {
+	t.Helper()
+	if url := storeFor(t, data); url != "" {
+		return []string{"IMSYNC_STORE=" + url}
+	}
+	return nil
+}
+
+// openStoreOf opens the events of the server on data, for checks.
+func openStoreOf(t testing.TB, data string) events.Store {
+	t.Helper()
+	if url := storeFor(t, data); url != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		s, err := esdb.Open(ctx, url, esdb.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s, err := events.Open(storeDir(data), events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
