@@ -25,6 +25,7 @@ const metadataEventType = "$metadata"
 // shows one event rebuilt from the store's settings.
 type metaStreams struct {
 	store events.Store
+	marks *highWater
 	mu    sync.Mutex
 	last  map[string]*metaEvent // by stream (without "$$")
 }
@@ -38,8 +39,8 @@ type metaEvent struct {
 	settings events.StreamMetadata
 }
 
-func newMetaStreams(store events.Store) *metaStreams {
-	return &metaStreams{store: store, last: map[string]*metaEvent{}}
+func newMetaStreams(store events.Store, marks *highWater) *metaStreams {
+	return &metaStreams{store: store, marks: marks, last: map[string]*metaEvent{}}
 }
 
 // current returns the last event of stream's metadata stream, nil when it
@@ -165,7 +166,7 @@ func (m *metaStreams) append(ctx context.Context, srv api.Streams_AppendServer, 
 	if err := m.store.SetStreamMetadata(ctx, stream, settings); err != nil {
 		return rpcError(ctx, err, metaName)
 	}
-	pos, err := headOf(ctx, m.store)
+	pos, err := m.marks.head(ctx, m.store)
 	if err != nil {
 		return rpcError(ctx, err, metaName)
 	}
@@ -225,15 +226,4 @@ func (m *metaStreams) read(r *reader, metaName, stream string, backwards bool, f
 		Position: cur.pos,
 		Created:  cur.created,
 	}, false)
-}
-
-// headOf is the position of the last event of $all (PositionStart when
-// empty): what metadata writes and deletes of streams without events
-// report, since the store gives them no position of their own.
-func headOf(ctx context.Context, store events.Store) (events.Position, error) {
-	last, err := store.ReadAll(ctx, events.ReadAllOptions{Direction: events.Backwards, From: events.PositionEnd, Limit: 1})
-	if err != nil || len(last) == 0 {
-		return events.PositionStart, err
-	}
-	return last[0].Position, nil
 }

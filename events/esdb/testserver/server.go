@@ -46,6 +46,7 @@ type Server struct {
 	served    chan struct{}
 	instance  uuid.UUID
 	meta      *metaStreams
+	marks     highWater
 
 	closeOnce sync.Once
 	closeErr  error
@@ -59,9 +60,9 @@ const Version = "24.10.0"
 // server accepts. The official client pings every 10 s by default.
 const keepAliveMinTime = 5 * time.Second
 
-// maxMessageSize bounds one gRPC message: one event of up to
-// events.MaxEventSize plus its envelope.
-const maxMessageSize = events.MaxEventSize + 64<<10
+// maxMessageSize bounds one gRPC message. Events up to the largest append
+// pass, so that the store refuses oversize ones with its own errors.
+const maxMessageSize = events.MaxAppendSize + 64<<10
 
 // Start opens the store (unless Options.Store is set), listens and serves
 // until Close. ctx bounds the start only.
@@ -101,7 +102,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("testserver: listen: %w", err)
 	}
 	s.lis = &trackingListener{Listener: l, conns: map[*trackedConn]struct{}{}}
-	s.meta = newMetaStreams(s.store)
+	s.meta = newMetaStreams(s.store, &s.marks)
 	s.grpc = grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepAliveMinTime, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(maxMessageSize),

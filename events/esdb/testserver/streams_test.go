@@ -2,6 +2,7 @@ package testserver_test
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +12,10 @@ import (
 	api "github.com/EventStore/EventStore-Client-Go/v4/protos/streams"
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/esdb/testserver"
@@ -380,5 +384,140 @@ func TestUnavailableStore(t *testing.T) {
 	_, err = c.AppendToStream(ctx, "s", esdb.AppendToStreamOptions{}, event("E", "b"))
 	if code := errCode(t, err); code != esdb.ErrorUnavailable {
 		t.Errorf("append to a closed store: %v, want Unavailable", err)
+	}
+}
+
+// An append without events only checks the expectation.
+func TestAppendWithoutEvents(t *testing.T) {
+	_, c, ctx := setup(t)
+	if _, err := c.AppendToStream(ctx, "s", esdb.AppendToStreamOptions{ExpectedRevision: esdb.NoStream{}}); err != nil {
+		t.Errorf("empty append expecting no stream to a missing stream: %v", err)
+	}
+	_, err := c.AppendToStream(ctx, "s", esdb.AppendToStreamOptions{ExpectedRevision: esdb.StreamExists{}})
+	if code := errCode(t, err); code != esdb.ErrorCodeWrongExpectedVersion {
+		t.Errorf("empty append expecting an existing stream to a missing one: %v", err)
+	}
+	appendEvents(t, ctx, c, "s", esdb.NoStream{}, event("E", "a"))
+	res, err := c.AppendToStream(ctx, "s", esdb.AppendToStreamOptions{ExpectedRevision: esdb.Revision(0)})
+	if err != nil || res.NextExpectedVersion != 0 {
+		t.Errorf("empty append at revision 0 = %+v, %v", res, err)
+	}
+	if got := readStream(t, ctx, c, "s", esdb.ReadStreamOptions{}, 10); len(got) != 1 {
+		t.Errorf("stream holds %d events after empty appends, want 1", len(got))
+	}
+}
+
+// The server has no system streams: they read as missing and refuse writes.
+func TestSystemStreams(t *testing.T) {
+	_, c, ctx := setup(t)
+	_, err := drain(c.ReadStream(ctx, "$et-Sent", esdb.ReadStreamOptions{}, 10))
+	if code := errCode(t, err); code != esdb.ErrorCodeResourceNotFound {
+		t.Errorf("read of a system stream: %v, want ResourceNotFound", err)
+	}
+	_, err = c.AppendToStream(ctx, "$system", esdb.AppendToStreamOptions{}, event("E", "a"))
+	if err == nil || !strings.Contains(err.Error(), "InvalidArgument") {
+		t.Errorf("append to a system stream: %v, want InvalidArgument", err)
+	}
+	if _, err := c.SetStreamMetadata(ctx, "s", esdb.AppendToStreamOptions{}, esdb.StreamMetadata{}); err != nil {
+		t.Errorf("empty metadata: %v", err)
+	}
+	if m, err := c.GetStreamMetadata(ctx, "s", esdb.ReadStreamOptions{}); err != nil || m.MaxCount() != nil || m.MaxAge() != nil {
+		t.Errorf("empty metadata read back = %+v, %v", m, err)
+	}
+	_, err = c.AppendToStream(ctx, "$$s", esdb.AppendToStreamOptions{}, event("NotMetadata", "{}"))
+	if err == nil || !strings.Contains(err.Error(), "InvalidArgument") {
+		t.Errorf("append of another event type to a metadata stream: %v, want InvalidArgument", err)
+	}
+}
+
+// Errors carry the trailers EventStoreDB sends, read here without the
+// official client's interpretation.
+func TestErrorTrailers(t *testing.T) {
+	srv, c, ctx := setup(t)
+	appendEvents(t, ctx, c, "gone", esdb.NoStream{}, event("E", "a"))
+	if _, err := c.TombstoneStream(ctx, "gone", esdb.TombstoneStreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(srv.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	streams := api.NewStreamsClient(conn)
+
+	var trailer metadata.MD
+	rc, err := streams.Read(ctx, &api.ReadReq{Options: &api.ReadReq_Options{
+		StreamOption: &api.ReadReq_Options_Stream{Stream: &api.ReadReq_Options_StreamOptions{
+			StreamIdentifier: &shared.StreamIdentifier{StreamName: []byte("gone")},
+			RevisionOption:   &api.ReadReq_Options_StreamOptions_Start{Start: &shared.Empty{}}}},
+		CountOption: &api.ReadReq_Options_Count{Count: 10},
+	}}, grpc.Trailer(&trailer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = rc.Recv()
+	if status.Code(err) != codes.FailedPrecondition || !slices.Equal(trailer.Get("exception"), []string{"stream-deleted"}) ||
+		!slices.Equal(trailer.Get("stream-name"), []string{"gone"}) {
+		t.Errorf("read of a tombstoned stream: %v, trailer %v", err, trailer)
+	}
+
+	ac, err := streams.Append(ctx, grpc.Trailer(&trailer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(m *api.AppendReq) {
+		if err := ac.Send(m); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+	send(&api.AppendReq{Content: &api.AppendReq_Options_{Options: &api.AppendReq_Options{
+		StreamIdentifier:       &shared.StreamIdentifier{StreamName: []byte("big")},
+		ExpectedStreamRevision: &api.AppendReq_Options_Any{Any: &shared.Empty{}}}}})
+	for i := 0; i < 5; i++ {
+		send(&api.AppendReq{Content: &api.AppendReq_ProposedMessage_{ProposedMessage: &api.AppendReq_ProposedMessage{
+			Id:       &shared.UUID{Value: &shared.UUID_String_{String_: uuid.NewString()}},
+			Metadata: map[string]string{"type": "E", "content-type": "application/octet-stream"},
+			Data:     make([]byte, 1<<20-100),
+		}}})
+	}
+	_, err = ac.CloseAndRecv()
+	if status.Code(err) != codes.InvalidArgument || !slices.Equal(trailer.Get("exception"), []string{"maximum-append-size-exceeded"}) ||
+		!slices.Equal(trailer.Get("maximum-append-size"), []string{strconv.Itoa(events.MaxAppendSize)}) {
+		t.Errorf("append of 5 MiB: %v, trailer %v", err, trailer)
+	}
+	if _, err := drain(c.ReadStream(ctx, "big", esdb.ReadStreamOptions{}, 10)); errCode(t, err) != esdb.ErrorCodeResourceNotFound {
+		t.Errorf("refused append wrote something: %v", err)
+	}
+}
+
+// Writes without a position of their own (metadata, deleting a stream that
+// has no events) report one no earlier than any reported before, even when
+// the last events of $all were tombstoned.
+func TestReportedPositionsNeverGoBack(t *testing.T) {
+	_, c, ctx := setup(t)
+	appendEvents(t, ctx, c, "kept", esdb.NoStream{}, event("E", "a"))
+	last := appendEvents(t, ctx, c, "gone", esdb.NoStream{}, event("E", "b"), event("E", "c"))
+	tomb, err := c.TombstoneStream(ctx, "gone", esdb.TombstoneStreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tomb.Position.Commit < last.CommitPosition {
+		t.Fatalf("tombstone at %v, before the last append at %d", tomb.Position, last.CommitPosition)
+	}
+	var meta esdb.StreamMetadata
+	meta.SetMaxCount(5)
+	res, err := c.SetStreamMetadata(ctx, "kept", esdb.AppendToStreamOptions{}, meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.CommitPosition < tomb.Position.Commit {
+		t.Errorf("metadata write at %d, before the tombstone at %v", res.CommitPosition, tomb.Position)
+	}
+	del, err := c.DeleteStream(ctx, "never-written", esdb.DeleteStreamOptions{ExpectedRevision: esdb.NoStream{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if del.Position.Commit < res.CommitPosition {
+		t.Errorf("delete at %v, before the metadata write at %d", del.Position, res.CommitPosition)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/protos/shared"
 	api "github.com/EventStore/EventStore-Client-Go/v4/protos/streams"
@@ -48,6 +49,9 @@ func (h *streamsService) Append(srv api.Streams_AppendServer) error {
 			continue
 		}
 		size += len(pm.GetData()) + len(pm.GetCustomMetadata())
+		if pm.GetMetadata()[keyContentType] == contentJSON {
+			size += len(jsonMark) // stored with the custom metadata
+		}
 		if badEvent != nil || size > events.MaxAppendSize {
 			continue // keep draining; the answer is an error
 		}
@@ -86,6 +90,7 @@ func (h *streamsService) Append(srv api.Streams_AppendServer) error {
 	if err != nil {
 		return rpcError(ctx, err, stream)
 	}
+	h.s.marks.note(res.Position)
 	return srv.SendAndClose(successResp(true, uint64(res.NextExpected), res.Position))
 }
 
@@ -178,11 +183,12 @@ func (h *streamsService) Delete(ctx context.Context, req *api.DeleteReq) (*api.D
 	expected := expectedFromProto(opts)
 	res, err := h.s.store.DeleteStream(ctx, stream, expected)
 	if errors.Is(err, events.ErrStreamNotFound) {
-		res.Position, err = headOf(ctx, h.s.store)
+		res.Position, err = h.s.marks.head(ctx, h.s.store)
 	}
 	if err != nil {
 		return nil, rpcError(ctx, err, stream)
 	}
+	h.s.marks.note(res.Position)
 	return &api.DeleteResp{PositionOption: &api.DeleteResp_Position_{Position: &api.DeleteResp_Position{
 		CommitPosition: res.Position.Commit, PreparePosition: res.Position.Prepare,
 	}}}, nil
@@ -203,7 +209,38 @@ func (h *streamsService) Tombstone(ctx context.Context, req *api.TombstoneReq) (
 	if err != nil {
 		return nil, rpcError(ctx, err, stream)
 	}
+	h.s.marks.note(res.Position)
 	return &api.TombstoneResp{PositionOption: &api.TombstoneResp_Position_{Position: &api.TombstoneResp_Position{
 		CommitPosition: res.Position.Commit, PreparePosition: res.Position.Prepare,
 	}}}, nil
+}
+
+// highWater is the highest $all position the server has reported. Writes
+// that get no position of their own from the store (metadata, deleting a
+// stream without events) report it, or the last event of $all if that is
+// later, so that reported positions never go back while the server runs.
+type highWater struct {
+	mu  sync.Mutex
+	pos events.Position
+}
+
+func (w *highWater) note(p events.Position) {
+	w.mu.Lock()
+	if w.pos.Less(p) {
+		w.pos = p
+	}
+	w.mu.Unlock()
+}
+
+func (w *highWater) head(ctx context.Context, store events.Store) (events.Position, error) {
+	last, err := store.ReadAll(ctx, events.ReadAllOptions{Direction: events.Backwards, From: events.PositionEnd, Limit: 1})
+	if err != nil {
+		return events.Position{}, err
+	}
+	if len(last) > 0 {
+		w.note(last[0].Position)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pos, nil
 }
