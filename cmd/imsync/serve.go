@@ -94,6 +94,10 @@ func startStack(data, storeURL, listen string, logger *slog.Logger, tcfg transpo
 		st.close()
 		return nil, err
 	}
+	if err = pingStore(st.store); err != nil {
+		st.close()
+		return nil, err
+	}
 	key, err := transport.LoadOrCreateKey(data)
 	if err != nil {
 		st.close()
@@ -129,13 +133,27 @@ func openStore(data, storeURL string, logger *slog.Logger) (events.Store, error)
 	if storeURL == "" {
 		return events.Open(storeDir(data), events.Options{Logger: logger})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	s, err := esdb.Open(ctx, storeURL, esdb.Options{Logger: logger})
+	// Lazy: nothing connects before the cluster member starts (which
+	// replaces gRPC's global logger); pingStore checks the server then.
+	s, err := esdb.Open(context.Background(), storeURL, esdb.Options{Logger: logger, Lazy: true})
 	if err != nil {
 		return nil, fmt.Errorf("serve: --store: %w", err)
 	}
 	return s, nil
+}
+
+// pingStore checks that a remote store answers.
+func pingStore(store events.Store) error {
+	p, ok := store.(interface{ Ping(context.Context) error })
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Ping(ctx); err != nil {
+		return fmt.Errorf("serve: --store: %w", err)
+	}
+	return nil
 }
 
 // close stops the gateway, then the grains, then the store.

@@ -19,6 +19,12 @@ type Options struct {
 	// Logger receives the client's own log lines, at debug level
 	// (default: discarded).
 	Logger *slog.Logger
+	// Lazy skips the check that the server answers: Open starts nothing,
+	// and the first call connects (see Ping). A process that starts a
+	// protoactor-go cluster member after opening the store needs it:
+	// starting the member replaces gRPC's global logger, which a client
+	// already connected may be reading.
+	Lazy bool
 }
 
 // Store is an events.Store on an EventStoreDB or KurrentDB server, through
@@ -56,12 +62,24 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	if s.client, err = s.newClient(); err != nil {
 		return nil, err
 	}
-	// Any answer, "stream not found" included, shows the server is there.
-	if _, err := s.ReadStream(ctx, "imsync-ping", events.ReadStreamOptions{Limit: 1}); err != nil && !errors.Is(err, events.ErrStreamNotFound) {
+	if opts.Lazy {
+		return s, nil
+	}
+	if err := s.Ping(ctx); err != nil {
 		s.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// Ping checks that the server answers.
+func (s *Store) Ping(ctx context.Context) error {
+	// Any answer, "stream not found" included, shows the server is there.
+	_, err := s.ReadStream(ctx, "imsync-ping", events.ReadStreamOptions{Limit: 1})
+	if err != nil && !errors.Is(err, events.ErrStreamNotFound) {
+		return err
+	}
+	return nil
 }
 
 func (s *Store) newClient() (*client.Client, error) {

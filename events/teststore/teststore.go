@@ -67,7 +67,8 @@ func dial(t testing.TB, url string) *esdb.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := esdb.Open(ctx, url, esdb.Options{})
+	// Lazy: the tests start cluster members after opening the store.
+	s, err := esdb.Open(ctx, url, esdb.Options{Lazy: true})
 	if err != nil {
 		t.Fatal(err)
 	}
