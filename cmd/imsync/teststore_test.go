@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -72,4 +73,22 @@ func openStoreOf(t testing.TB, data string) events.Store {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// TestServeStoreUnreachable: serve with --store naming no server, or not an
+// EventStoreDB connection string, fails with a typed error instead of
+// serving.
+func TestServeStoreUnreachable(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out syncBuffer
+	err := run(ctx, []string{"serve", "--data", data, "--listen", "127.0.0.1:0", "--store", "esdb://127.0.0.1:1?tls=false"}, &out)
+	if !errors.Is(err, events.ErrUnavailable) {
+		t.Fatalf("serve on an unreachable store: %v (printed %q)", err, out.String())
+	}
+	err = run(ctx, []string{"serve", "--data", data, "--listen", "127.0.0.1:0", "--store", "esdb://host:notaport"}, &out)
+	if !errors.Is(err, events.ErrInvalidArgument) {
+		t.Fatalf("serve on a bad connection string: %v", err)
+	}
 }
