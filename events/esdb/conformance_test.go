@@ -12,7 +12,7 @@ import (
 	"github.com/imsync/imsync/events/storetest"
 )
 
-func open(t *testing.T, url string) *esdb.Store {
+func open(t testing.TB, url string) *esdb.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
