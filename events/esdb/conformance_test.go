@@ -98,3 +98,20 @@ func TestConformanceRealServer(t *testing.T) {
 		},
 	})
 }
+
+// TestDiscoverURL: an esdb+discover:// connection string goes through the
+// server's gossip to the leader; the store works the same.
+func TestDiscoverURL(t *testing.T) {
+	srv := startServer(t, nil)
+	s := open(t, srv.DiscoverURL())
+	defer s.Close()
+	ctx := context.Background()
+	res, err := s.AppendToStream(ctx, "discover-1", events.NoStream, events.EventData{Type: "T", Data: []byte("x")})
+	if err != nil || res.NextExpected != 0 {
+		t.Fatalf("append: %+v, %v", res, err)
+	}
+	got, err := s.ReadStream(ctx, "discover-1", events.ReadStreamOptions{Limit: 10})
+	if err != nil || len(got) != 1 || string(got[0].Data) != "x" {
+		t.Fatalf("read: %v, %v", got, err)
+	}
+}
