@@ -3,6 +3,7 @@ package esdb
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -44,20 +45,20 @@ func (s *Store) SubscribeToStream(ctx context.Context, stream string, from event
 	if err := events.ValidateStreamName(stream); err != nil {
 		return nil, err
 	}
-	sub := s.newSubscription(stream, events.Filter{})
+	var after *events.Revision
 	switch kind, rev, _ := from.Start(); kind {
 	case events.StartAtStart:
 	case events.StartAfterRevision:
 		if rev == events.RevisionEnd {
 			return nil, invalidStart("subscribe after the end of a stream")
 		}
-		sub.afterRev = &rev
+		after = &rev
 	case events.StartAtEnd:
 		// Resolved now, so that a resubscription knows where "the end" was.
 		last, err := s.ReadStream(ctx, stream, events.ReadStreamOptions{Direction: events.Backwards, From: events.RevisionEnd, Limit: 1})
 		switch {
 		case err == nil && len(last) == 1:
-			sub.afterRev = &last[0].Revision
+			after = &last[0].Revision
 		case err == nil, errors.Is(err, events.ErrStreamNotFound), errors.Is(err, events.ErrStreamDeleted):
 		default:
 			return nil, err
@@ -65,20 +66,22 @@ func (s *Store) SubscribeToStream(ctx context.Context, stream string, from event
 	default:
 		return nil, invalidStart("a stream subscription starts at the start, the end or after a revision")
 	}
+	sub := s.newSubscription(stream, events.Filter{})
+	sub.afterRev = after
 	return s.start(ctx, sub)
 }
 
 // SubscribeToAll implements events.Store. Filtered subscriptions filter
 // on the server; the server's own events are dropped here.
 func (s *Store) SubscribeToAll(ctx context.Context, opts events.SubscribeAllOptions) (events.Subscription, error) {
-	sub := s.newSubscription("", opts.Filter)
+	var after *events.Position
 	switch kind, _, pos := opts.From.Start(); kind {
 	case events.StartAtStart:
 	case events.StartAfterPosition:
 		if pos == events.PositionEnd {
 			return nil, invalidStart("subscribe after the end of $all")
 		}
-		sub.afterPos = &pos
+		after = &pos
 	case events.StartAtEnd:
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -89,16 +92,18 @@ func (s *Store) SubscribeToAll(ctx context.Context, opts events.SubscribeAllOpti
 		}
 		if len(last) == 1 {
 			p := position(last[0].Position)
-			sub.afterPos = &p
+			after = &p
 		}
 	default:
 		return nil, invalidStart("a $all subscription starts at the start, the end or after a position")
 	}
+	sub := s.newSubscription("", opts.Filter)
+	sub.afterPos = after
 	return s.start(ctx, sub)
 }
 
 func invalidStart(msg string) error {
-	return errors.Join(events.ErrInvalidArgument, errors.New(msg))
+	return fmt.Errorf("%w: %s", events.ErrInvalidArgument, msg)
 }
 
 func (s *Store) newSubscription(stream string, filter events.Filter) *subscription {
@@ -243,9 +248,15 @@ func (sub *subscription) follow(es *client.Subscription) error {
 					return errTombstoned
 				}
 				rev := events.Revision(r.EventNumber)
+				if sub.afterRev != nil && rev <= *sub.afterRev {
+					continue // delivered already (never, from a server keeping to the protocol)
+				}
 				sub.afterRev = &rev
 			} else {
 				p := position(r.Position)
+				if sub.afterPos != nil && !sub.afterPos.Less(p) {
+					continue // as above
+				}
 				sub.afterPos = &p
 				if system(r) || !matches(sub.filter, r.StreamID) {
 					continue
