@@ -29,9 +29,12 @@
 //     events.Store, exclusive in EventStoreDB);
 //   - subscriptions that subscribe again after a dropped connection, from
 //     the last event received: no loss, no duplicate;
-//   - a new client when the old one gave up (it does for good once the
-//     server stayed away for all its discovery attempts), and calls that
-//     never outlive their context even where the client ignores it.
+//   - while the server is away, one check at a time that every call waits
+//     for, so that calls fail with events.ErrUnavailable instead of piling
+//     up inside the client; a new client when the old one gave up (it does
+//     for good once the server stayed away for all its discovery
+//     attempts); calls that never outlive their context, even where the
+//     client ignores it.
 //
 // docs/event-store.md lists every difference from the embedded store.
 //
