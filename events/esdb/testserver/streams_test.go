@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -519,5 +520,44 @@ func TestReportedPositionsNeverGoBack(t *testing.T) {
 	}
 	if del.Position.Commit < res.CommitPosition {
 		t.Errorf("delete at %v, before the metadata write at %d", del.Position, res.CommitPosition)
+	}
+}
+
+// A store given in Options is served as is: here with a clock the test
+// moves, so that created stamps and $maxAge follow it.
+func TestServesGivenStore(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC)
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	store, err := events.OpenInMemory(events.Options{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	srv := startServer(t, testserver.Options{Store: store})
+	c := newClient(t, srv.URL())
+	ctx := testContext(t)
+	appendEvents(t, ctx, c, "s", esdb.NoStream{}, event("E", "a"))
+	got := readStream(t, ctx, c, "s", esdb.ReadStreamOptions{}, 10)
+	if len(got) != 1 || !got[0].CreatedDate.Equal(now) {
+		t.Fatalf("read %v, want one event created at %v", got, now)
+	}
+	var meta esdb.StreamMetadata
+	meta.SetMaxAge(time.Minute)
+	if _, err := c.SetStreamMetadata(ctx, "s", esdb.AppendToStreamOptions{}, meta); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := store.GetStreamMetadata(ctx, "s"); err != nil || m.MaxAge != time.Minute {
+		t.Fatalf("store metadata = %+v, %v; want $maxAge 1m", m, err)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Minute)
+	mu.Unlock()
+	if got := readStream(t, ctx, c, "s", esdb.ReadStreamOptions{}, 10); len(got) != 0 {
+		t.Errorf("after $maxAge: %q, want no events", datas(got))
 	}
 }

@@ -155,3 +155,46 @@ func TestFilteredSubscriptionToAll(t *testing.T) {
 	defer byType.Close()
 	expectSub(t, byType, "checkpoint 7", "caught-up")
 }
+
+// Subscriptions opened while a writer appends switch from history to live
+// events without losing or repeating one.
+func TestSubscriptionSwitchUnderLoad(t *testing.T) {
+	_, c, ctx := setup(t)
+	const n = 600
+	written := make(chan error, 1)
+	go func() { written <- writeSequence(ctx, c, "load", n, nil) }()
+
+	// Open the subscriptions once the writer is under way.
+	eventually(t, "first events written", func() error {
+		_, err := drain(c.ReadStream(ctx, "load", esdb.ReadStreamOptions{From: esdb.Revision(50)}, 1))
+		return err
+	})
+	stream, err := c.SubscribeToStream(ctx, "load", esdb.SubscribeToStreamOptions{From: esdb.Start{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	all, err := c.SubscribeToAll(ctx, esdb.SubscribeToAllOptions{From: esdb.Start{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer all.Close()
+	for name, sub := range map[string]*esdb.Subscription{"stream": stream, "$all": all} {
+		var got []subEvent
+		caughtUp := false
+		for len(got) < n || !caughtUp {
+			switch e := next(sub); e.kind {
+			case "event":
+				got = append(got, e)
+			case "caught-up":
+				caughtUp = true
+			default:
+				t.Fatalf("%s subscription: %v after %d events", name, e, len(got))
+			}
+		}
+		checkSequence(t, got, n)
+	}
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+}
