@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"strconv"
 	"strings"
@@ -34,6 +35,10 @@ func (s *Store) mapErr(ctx context.Context, op, stream string, err error) error 
 	where := op
 	if stream != "" {
 		where = fmt.Sprintf("%s %q", op, stream)
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		// A request stream that broke under a send: the connection dropped.
+		return fmt.Errorf("%w: %s: %v", events.ErrUnavailable, where, err)
 	}
 	var e *client.Error
 	if errors.As(err, &e) {

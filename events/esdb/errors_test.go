@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -30,6 +31,7 @@ func TestMapErr(t *testing.T) {
 		{wrap(status.Error(codes.NotFound, "Event stream 'x' is not found.")), events.ErrStreamNotFound},
 		{wrap(status.Error(codes.FailedPrecondition, "Event stream 'x' is deleted.")), events.ErrStreamDeleted},
 		{status.Error(codes.InvalidArgument, "Maximum Append Size of 4194304 Exceeded."), events.ErrInvalidArgument},
+		{fmt.Errorf("could not send append request. Reason: %w", io.EOF), events.ErrUnavailable},
 	}
 	for _, c := range cases {
 		if got := s.mapErr(ctx, "op", "x", c.err); !errors.Is(got, c.want) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -276,6 +277,9 @@ func (s *Store) call(ctx context.Context, fn func(ctx context.Context, c *client
 
 // unreachable reports whether err says the server could not be reached.
 func unreachable(err error) bool {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true // a request stream broke under a send
+	}
 	var e *client.Error
 	if errors.As(err, &e) {
 		switch e.Code() {
