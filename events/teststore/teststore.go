@@ -50,6 +50,21 @@ func Open(t testing.TB) events.Store {
 	return s
 }
 
+// OpenESDB returns an empty store on the EventStoreDB backend whatever
+// IMSYNC_TEST_STORE says, and the protocol server under it, for fault
+// tests (Server.DropConnections). Both end with the test.
+func OpenESDB(t testing.TB) (events.Store, *testserver.Server) {
+	t.Helper()
+	srv, err := testserver.Start(context.Background(), testserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	s := dial(t, srv.URL())
+	t.Cleanup(func() { s.Close() })
+	return s, srv
+}
+
 // StartServer starts a protocol server over an embedded store in dir (in
 // memory if dir is empty), stopped when the test ends, and returns its
 // connection string.
