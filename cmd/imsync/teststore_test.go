@@ -36,24 +36,20 @@ func storeFor(t testing.TB, data string) string {
 	return url
 }
 
-// serveArgs is `serve --data data [--store URL] more...`.
+// serveArgs is `serve --data data --store URL more...`, the URL empty for
+// the embedded store (so that an IMSYNC_STORE in the environment is not
+// taken).
 func serveArgs(t testing.TB, data string, more ...string) []string {
 	t.Helper()
-	args := []string{"serve", "--data", data}
-	if url := storeFor(t, data); url != "" {
-		args = append(args, "--store", url)
-	}
-	return append(args, more...)
+	return append([]string{"serve", "--data", data, "--store", storeFor(t, data)}, more...)
 }
 
 // storeEnv is what a child process running serve on data needs in its
-// environment: the store it uses.
+// environment: the store it uses (IMSYNC_STORE, empty for the embedded
+// store).
 func storeEnv(t testing.TB, data string) []string {
 	t.Helper()
-	if url := storeFor(t, data); url != "" {
-		return []string{"IMSYNC_STORE=" + url}
-	}
-	return nil
+	return []string{"IMSYNC_STORE=" + storeFor(t, data)}
 }
 
 // openStoreOf opens the events of the server on data, for checks.

@@ -115,3 +115,26 @@ func TestDiscoverURL(t *testing.T) {
 		t.Fatalf("read: %v, %v", got, err)
 	}
 }
+
+// TestMaxAgeWholeSeconds: EventStoreDB keeps $maxAge in seconds; a
+// fraction is rounded up, never down (events are kept at least as long as
+// asked).
+func TestMaxAgeWholeSeconds(t *testing.T) {
+	s := open(t, startServer(t, nil).URL())
+	defer s.Close()
+	ctx := context.Background()
+	for in, want := range map[time.Duration]time.Duration{
+		time.Second:             time.Second,
+		1500 * time.Millisecond: 2 * time.Second,
+		time.Hour:               time.Hour,
+	} {
+		stream := "age-" + in.String()
+		if err := s.SetStreamMetadata(ctx, stream, events.StreamMetadata{MaxAge: in, MaxCount: 3}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.GetStreamMetadata(ctx, stream)
+		if err != nil || got != (events.StreamMetadata{MaxAge: want, MaxCount: 3}) {
+			t.Fatalf("$maxAge %s: read back %+v, %v; want %s", in, got, err, want)
+		}
+	}
+}
