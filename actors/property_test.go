@@ -16,6 +16,7 @@ import (
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/eventspb"
+	"github.com/imsync/imsync/events/teststore"
 )
 
 // TestRandomHistories drives the service with random interleavings of
@@ -308,17 +309,18 @@ func TestRandomHistories(t *testing.T) {
 	t.Logf("%d sends acknowledged, %d restarts", len(acked), h.restarts)
 }
 
-// harness owns a store on disk and the service over it, and restarts both.
+// harness owns durable store data and the service over it, and restarts
+// both (the store's client, on the EventStoreDB backend).
 type harness struct {
 	t        *testing.T
-	dir      string
-	store    *events.Embedded
+	data     *teststore.Durable
+	store    events.Store
 	svc      *actors.Service
 	restarts int
 }
 
 func newHarness(t *testing.T) *harness {
-	h := &harness{t: t, dir: filepath.Join(t.TempDir(), "store")}
+	h := &harness{t: t, data: teststore.NewDurable(t, filepath.Join(t.TempDir(), "store"))}
 	h.open()
 	t.Cleanup(func() {
 		h.svc.Close()
@@ -329,10 +331,7 @@ func newHarness(t *testing.T) *harness {
 
 func (h *harness) open() {
 	var err error
-	h.store, err = events.Open(h.dir, events.Options{ScavengeInterval: -1})
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	h.store = h.data.Open()
 	lim := actors.DefaultLimits()
 	lim.ReadFanoutThreshold = 4 // g2 crosses it as members come and go
 	h.svc, err = actors.Start(actors.Config{Store: h.store, Limits: lim, PassivateAfter: 100 * time.Millisecond})

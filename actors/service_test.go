@@ -8,16 +8,14 @@ import (
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/teststore"
 )
 
+// newStore opens an empty store: the embedded one, or the EventStoreDB
+// backend with IMSYNC_TEST_STORE=esdb (see events/teststore).
 func newStore(t testing.TB) events.Store {
 	t.Helper()
-	s, err := events.OpenInMemory(events.Options{ScavengeInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
+	return teststore.Open(t)
 }
 
 func start(t testing.TB, cfg actors.Config) *actors.Service {

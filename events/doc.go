@@ -54,5 +54,8 @@
 //
 // Open is the embedded store (pebble underneath, group commit: concurrent
 // appends share one fsync); OpenInMemory is the same engine without a disk,
-// for tests. Every backend passes the suite in package storetest.
+// for tests. Package events/esdb is the backend on an EventStoreDB or
+// KurrentDB server, through the official Go client; it adds ErrUnavailable
+// (the server could not be reached: repeat a write with the same event
+// ids). Every backend passes the suite in package storetest.
 package events

@@ -22,7 +22,10 @@ import (
 //
 // Errors callers decide on are typed: ErrInvalidArgument, ErrStreamNotFound,
 // ErrStreamDeleted, ErrWrongExpectedRevision (as *WrongExpectedRevisionError),
-// ErrClosed. A failed call changes nothing.
+// ErrClosed, and ErrUnavailable from backends behind a network. A failed
+// call changes nothing, except that an append, delete or metadata change
+// that fails with ErrUnavailable may have happened: repeating it with the
+// same event ids settles it without duplicates.
 type Store interface {
 	// AppendToStream appends events atomically at the end of stream, if the
 	// stream is where expected says. It returns after the events are durable.
@@ -316,6 +319,10 @@ var (
 	ErrWrongExpectedRevision = errors.New("events: wrong expected revision")
 	// ErrClosed: the store or subscription is closed.
 	ErrClosed = errors.New("events: closed")
+	// ErrUnavailable: a remote store could not be reached or did not answer
+	// in time. The outcome of a write is then unknown; retry it with the
+	// same event ids.
+	ErrUnavailable = errors.New("events: store unavailable")
 	// ErrCorrupt: stored data failed validation.
 	ErrCorrupt = errors.New("events: corrupt store")
 	// ErrNotAStore: the directory holds something other than an imsync store.

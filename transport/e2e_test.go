@@ -14,8 +14,8 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/imsync/imsync/actors"
-	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/eventspb"
+	"github.com/imsync/imsync/events/teststore"
 	"github.com/imsync/imsync/transport"
 	"github.com/imsync/imsync/transport/client"
 	"github.com/imsync/imsync/transport/wire"
@@ -32,11 +32,7 @@ type testServer struct {
 func startServer(t *testing.T, cfg transport.Config) *testServer {
 	t.Helper()
 	dir := t.TempDir()
-	store, err := events.OpenInMemory(events.Options{ScavengeInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store := teststore.Open(t) // IMSYNC_TEST_STORE=esdb: the EventStoreDB backend
 	svc, err := actors.Start(actors.Config{Store: store})
 	if err != nil {
 		t.Fatal(err)

@@ -147,7 +147,7 @@ func (b *bench) startServer() (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := startStack(dir, "127.0.0.1:0", nil, transport.Config{
+	st, err := startStack(dir, "", "127.0.0.1:0", nil, transport.Config{
 		RequestsPerSecond: 1e9, RequestBurst: 1 << 30, MaxConnsPerUser: 1 << 20, MaxUnauthenticatedPerPrefix: 1 << 20, // the load is the point: from one address
 	})
 	if err != nil {

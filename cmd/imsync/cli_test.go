@@ -40,7 +40,7 @@ func TestTour(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	var serverOut syncBuffer
 	served := make(chan error, 1)
-	go func() { served <- run(ctx, []string{"serve", "--data", data, "--listen", "127.0.0.1:0"}, &serverOut) }()
+	go func() { served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0"), &serverOut) }()
 	var addr string
 	deadline := time.Now().Add(15 * time.Second)
 	for addr == "" {
@@ -188,8 +188,8 @@ func TestServeWithGivenCertificate(t *testing.T) {
 	var out syncBuffer
 	served := make(chan error, 1)
 	go func() {
-		served <- run(ctx, []string{"serve", "--data", data, "--listen", "127.0.0.1:0",
-			"--cert", filepath.Join(certDir, "server.crt"), "--key", filepath.Join(certDir, "server.key")}, &out)
+		served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0",
+			"--cert", filepath.Join(certDir, "server.crt"), "--key", filepath.Join(certDir, "server.key")), &out)
 	}()
 	var addr string
 	for end := time.Now().Add(15 * time.Second); addr == ""; time.Sleep(20 * time.Millisecond) {

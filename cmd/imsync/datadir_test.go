@@ -18,7 +18,7 @@ import (
 func started(t *testing.T) string {
 	t.Helper()
 	data := filepath.Join(t.TempDir(), "data")
-	st, err := startStack(data, "127.0.0.1:0", nil, transport.Config{})
+	st, err := startStack(data, "", "127.0.0.1:0", nil, transport.Config{})
 	if err != nil {
 		t.Fatalf("first start: %v", err)
 	}
@@ -33,7 +33,7 @@ func started(t *testing.T) string {
 
 func restart(t *testing.T, data string) error {
 	t.Helper()
-	st, err := startStack(data, "127.0.0.1:0", nil, transport.Config{})
+	st, err := startStack(data, "", "127.0.0.1:0", nil, transport.Config{})
 	if err == nil {
 		st.close()
 	}

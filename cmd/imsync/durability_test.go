@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/eventspb"
 	"github.com/imsync/imsync/transport"
 	"github.com/imsync/imsync/transport/client"
@@ -43,7 +42,7 @@ func startChild(t *testing.T, data string) (*exec.Cmd, string) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe, "-test.run=^TestServeChild$")
-	cmd.Env = append(os.Environ(), serveChildEnv+"="+data)
+	cmd.Env = append(append(os.Environ(), serveChildEnv+"="+data), storeEnv(t, data)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -323,10 +322,7 @@ func TestKill9UnderLoad(t *testing.T) {
 	child.Wait()
 
 	// The conversations, read from the store after the last restart.
-	store, err := events.Open(storeDir(data), events.Options{ScavengeInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openStoreOf(t, data)
 	logs := h.checkConversations(t, store)
 	store.Close()
 
@@ -370,10 +366,7 @@ func TestKill9UnderLoad(t *testing.T) {
 
 	// The sync timelines, read from the store, against the conversations
 	// and against every device.
-	store, err = events.Open(storeDir(data), events.Options{ScavengeInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store = openStoreOf(t, data)
 	defer store.Close()
 	var all []*device
 	for _, u := range users {

@@ -1,7 +1,7 @@
 // Command imsync is the one binary of imsync: the server, a client for
 // every operation, and tools for the event store.
 //
-//	imsync serve --data DIR [--listen HOST:PORT]
+//	imsync serve --data DIR [--store esdb://HOST:2113?tls=false] [--listen HOST:PORT]
 //	imsync token --data DIR --user U --device D [--ttl 24h]
 //	imsync send (--to USER | --conv ID) [--id CLIENT_MSG_ID] TEXT
 //	imsync group create --name N --members a,b,c | group add|remove --conv ID USER
@@ -33,6 +33,8 @@ const usage = `imsync — event-sourced chat backend
 
 Server:
   imsync serve --data DIR [--listen 127.0.0.1:7400] [--cert FILE --key FILE]
+               [--store esdb://HOST:2113?tls=false]   (events in EventStoreDB/KurrentDB;
+                                                       DIR keeps keys and certificate)
                [--sync-retention 30d (0: for ever; or IMSYNC_SYNC_RETENTION)]
                [--new-store | --new-key | --new-cert: replace a missing piece on purpose]
   imsync token --data DIR --user USER --device DEVICE [--ttl 24h]

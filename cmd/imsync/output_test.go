@@ -19,7 +19,7 @@ func cliServer(t *testing.T) (addr, data string) {
 	ctx, stop := context.WithCancel(context.Background())
 	var out syncBuffer
 	served := make(chan error, 1)
-	go func() { served <- run(ctx, []string{"serve", "--data", data, "--listen", "127.0.0.1:0"}, &out) }()
+	go func() { served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0"), &out) }()
 	t.Cleanup(func() {
 		stop()
 		if err := <-served; err != nil {

@@ -24,7 +24,7 @@ func TestClientCommandsPage(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	var serverOut syncBuffer
 	served := make(chan error, 1)
-	go func() { served <- run(ctx, []string{"serve", "--data", data, "--listen", "127.0.0.1:0"}, &serverOut) }()
+	go func() { served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0"), &serverOut) }()
 	defer func() {
 		stop()
 		if err := <-served; err != nil {

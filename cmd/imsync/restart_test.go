@@ -43,7 +43,7 @@ func startServeAt(t *testing.T, data, addr string) (*exec.Cmd, string) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe, "-test.run=^TestRestartServeChild$")
-	cmd.Env = append(os.Environ(), restartChildEnv+"="+data+"|"+addr)
+	cmd.Env = append(append(os.Environ(), restartChildEnv+"="+data+"|"+addr), storeEnv(t, data)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -16,15 +16,18 @@ import (
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/esdb"
 	"github.com/imsync/imsync/transport"
 )
 
-// runServe runs the whole product in one process: embedded store, cluster
-// member with the grains, QUIC gateway. It stops cleanly on SIGINT/SIGTERM.
+// runServe runs the whole product in one process: the event store (embedded,
+// or an EventStoreDB/KurrentDB server with --store), a cluster member with
+// the grains, the QUIC gateway. It stops cleanly on SIGINT/SIGTERM.
 func runServe(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	data := fs.String("data", "", "data directory (created on first use)")
+	storeURL := fs.String("store", os.Getenv("IMSYNC_STORE"), "EventStoreDB connection string (esdb://HOST:2113?tls=false, esdb+discover://...) instead of the embedded store in DIR/events")
 	listen := fs.String("listen", "127.0.0.1:7400", "UDP address to listen on")
 	verbose := fs.Bool("v", false, "log connections")
 	certFile := fs.String("cert", "", "TLS certificate (PEM) to serve instead of the self-signed one")
@@ -68,7 +71,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 
-	st, err := startStackWith(*data, *listen, logger, tcfg, actors.Config{SyncRetention: time.Duration(retention)})
+	st, err := startStackWith(*data, *storeURL, *listen, logger, tcfg, actors.Config{SyncRetention: time.Duration(retention)})
 	if err != nil {
 		return err
 	}
@@ -85,24 +88,25 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
-// stack is the whole product in one process: the embedded store, a
-// cluster member with the grains, and the QUIC gateway.
+// stack is the whole product in one process: the event store, a cluster
+// member with the grains, and the QUIC gateway.
 type stack struct {
-	store *events.Embedded
+	store events.Store
 	svc   *actors.Service
 	srv   *transport.Server
 }
 
-// startStack opens everything in data (creating it on a first start; see
-// datadir.go) and listens on listen. tcfg may set transport limits; its
-// Service, Key and TLS are filled in.
-func startStack(data, listen string, logger *slog.Logger, tcfg transport.Config) (*stack, error) {
-	return startStackWith(data, listen, logger, tcfg, actors.Config{})
+// startStack opens (or creates) everything in data and listens on listen.
+// storeURL, if set, names the EventStoreDB server that holds the events
+// instead of data (see datadir.go for what a data directory must hold).
+// tcfg may set transport limits; its Service, Key and TLS are filled in.
+func startStack(data, storeURL, listen string, logger *slog.Logger, tcfg transport.Config) (*stack, error) {
+	return startStackWith(data, storeURL, listen, logger, tcfg, actors.Config{})
 }
 
 // startStackWith is startStack with settings of the grains (acfg's Store
 // and Logger are filled in).
-func startStackWith(data, listen string, logger *slog.Logger, tcfg transport.Config, acfg actors.Config) (*stack, error) {
+func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg transport.Config, acfg actors.Config) (*stack, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -110,15 +114,20 @@ func startStackWith(data, listen string, logger *slog.Logger, tcfg transport.Con
 	if err != nil {
 		return nil, err
 	}
+	dir.store = dir.store || storeURL != "" // the events live on the remote store
 	if err := dir.check(tcfg.TLS != nil); err != nil {
 		return nil, err
 	}
 	st := &stack{}
-	if st.store, err = events.Open(storeDir(data), events.Options{Logger: logger}); err != nil {
+	if st.store, err = openStore(data, storeURL, logger); err != nil {
 		return nil, err
 	}
 	acfg.Store, acfg.Logger = st.store, logger
 	if st.svc, err = actors.Start(acfg); err != nil {
+		st.close()
+		return nil, err
+	}
+	if err = pingStore(st.store); err != nil {
 		st.close()
 		return nil, err
 	}
@@ -153,6 +162,35 @@ func startStackWith(data, listen string, logger *slog.Logger, tcfg transport.Con
 		return nil, err
 	}
 	return st, nil
+}
+
+// openStore opens the embedded store in data, or the EventStoreDB backend
+// when storeURL is set.
+func openStore(data, storeURL string, logger *slog.Logger) (events.Store, error) {
+	if storeURL == "" {
+		return events.Open(storeDir(data), events.Options{Logger: logger})
+	}
+	// Lazy: nothing connects before the cluster member starts (which
+	// replaces gRPC's global logger); pingStore checks the server then.
+	s, err := esdb.Open(context.Background(), storeURL, esdb.Options{Logger: logger, Lazy: true})
+	if err != nil {
+		return nil, fmt.Errorf("serve: --store: %w", err)
+	}
+	return s, nil
+}
+
+// pingStore checks that a remote store answers.
+func pingStore(store events.Store) error {
+	p, ok := store.(interface{ Ping(context.Context) error })
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Ping(ctx); err != nil {
+		return fmt.Errorf("serve: --store: %w", err)
+	}
+	return nil
 }
 
 // close stops the gateway, then the grains, then the store.
