@@ -114,7 +114,11 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 	if err != nil {
 		return nil, err
 	}
-	dir.store = dir.store || storeURL != "" // the events live on the remote store
+	if storeURL != "" {
+		// The events live on the remote store: a directory a server has
+		// used (its marker) counts as having its store.
+		dir.store = dir.marker
+	}
 	if err := dir.check(tcfg.TLS != nil); err != nil {
 		return nil, err
 	}
