@@ -189,7 +189,7 @@ func placeMarker(dir string, fresh bool) error {
 	if err := os.Rename(tmp, filepath.Join(dir, markerFile)); err != nil {
 		return fmt.Errorf("events: %w", err)
 	}
-	return syncDir(dir)
+	return syncFSDir(vfs.Default, dir)
 }
 
 // OpenInMemory returns a store that keeps everything in memory: the same
@@ -265,18 +265,6 @@ func inspectDir(dir string) (fresh, tracked bool, err error) {
 		return false, false, fmt.Errorf("%w: %s is not empty and has no %s file; refusing to use it", ErrNotAStore, dir, markerFile)
 	}
 	return true, false, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("events: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("events: sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // openFlags say how open treats the high-water mark.
