@@ -11,6 +11,8 @@ import (
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/esdb"
+	"github.com/imsync/imsync/events/esdb/testserver"
 )
 
 // storeRate measures durable appends/s of ~200-byte events straight into the
@@ -84,9 +86,52 @@ func runSends(b *testing.B, svc *actors.Service, senders int, pick func(i int) (
 // conversation, every send durable, with write-fanout to both inboxes.
 // store-appends/s is the store alone with the same concurrency, same run.
 func BenchmarkSendDirect(b *testing.B) {
-	const senders = 256
 	svc, store := benchService(b)
-	convs := make([]string, senders)
+	base := storeRate(b, store, directSenders, time.Second)
+	rate := sendDirectRate(b, svc)
+	b.ReportMetric(rate, "sends/s")
+	b.ReportMetric(base, "store-appends/s")
+	b.ReportMetric(rate/base, "x-store")
+}
+
+// BenchmarkSendDirectESDB: the load of BenchmarkSendDirect on the
+// EventStoreDB backend (the official client against the protocol test
+// server, whose events are on disk), beside the embedded store on disk used
+// directly, same run.
+func BenchmarkSendDirectESDB(b *testing.B) {
+	srv, err := testserver.Start(context.Background(), testserver.Options{Dir: filepath.Join(b.TempDir(), "esdb")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { srv.Close() })
+	remote, err := esdb.Open(context.Background(), srv.URL(), esdb.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	onESDB, err := actors.Start(actors.Config{Store: remote})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		onESDB.Close()
+		remote.Close()
+	})
+	embedded, _ := benchService(b)
+	direct := sendDirectRate(b, embedded)
+	b.StartTimer()
+	rate := sendDirectRate(b, onESDB)
+	b.ReportMetric(rate, "sends/s")
+	b.ReportMetric(direct, "embedded-sends/s")
+	b.ReportMetric(rate/direct, "x-embedded")
+}
+
+const directSenders = 256
+
+// sendDirectRate runs b.N 1:1 sends from directSenders senders, each on
+// its own direct conversation, and returns sends/s (the timer stops).
+func sendDirectRate(b *testing.B, svc *actors.Service) float64 {
+	b.StopTimer()
+	convs := make([]string, directSenders)
 	for i := range convs {
 		c, err := svc.OpenDirect(context.Background(), fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i))
 		if err != nil {
@@ -94,13 +139,10 @@ func BenchmarkSendDirect(b *testing.B) {
 		}
 		convs[i] = c
 	}
-	base := storeRate(b, store, senders, time.Second)
-	elapsed := runSends(b, svc, senders, func(i int) (string, string) { return convs[i], fmt.Sprintf("a%d", i) })
-	rate := float64(b.N) / elapsed.Seconds()
+	b.StartTimer()
+	elapsed := runSends(b, svc, directSenders, func(i int) (string, string) { return convs[i], fmt.Sprintf("a%d", i) })
 	b.StopTimer()
-	b.ReportMetric(rate, "sends/s")
-	b.ReportMetric(base, "store-appends/s")
-	b.ReportMetric(rate/base, "x-store")
+	return float64(b.N) / elapsed.Seconds()
 }
 
 // BenchmarkSendGroup100: 64 members of one 100-member group send to it;
