@@ -423,7 +423,10 @@ func (s *Service) ConversationMembers(ctx context.Context, reader, conv, after s
 // further (an older read never moves it back). The user's other devices
 // learn it through the sync timeline.
 func (s *Service) MarkRead(ctx context.Context, user, device, conv string, seq uint64) (uint64, error) {
-	info, err := s.Conversation(ctx, user, conv)
+	if err := validateConvID(conv); err != nil {
+		return 0, err
+	}
+	info, err := call[*eventspb.ConversationInfo](s, ctx, conv, kindConversation, &GetConversation{Reader: user, NoMembers: true})
 	if err != nil {
 		return 0, err
 	}

@@ -238,10 +238,10 @@ func TestBadTokens(t *testing.T) {
 // TestBadFrames sends garbage on a raw QUIC connection: each bad stream gets
 // its error and the connection, and others, keep being served.
 func TestBadFrames(t *testing.T) {
-	ts := startServer(t, transport.Config{MaxFrameSize: 4096})
+	ts := startServer(t, transport.Config{})
 	qc, _, _ := ts.rawLogin(t, "eve", "raw")
 	cases := map[string][]byte{
-		"oversize":  {0xff, 0xff, 0x3f},
+		"oversize":  {0xff, 0xff, 0xff, 0x0f}, // 256 MiB announced
 		"malformed": {3, 0xff, 0xff, 0xff},
 		"unknown":   mustFrame(t, &wire.Request{Id: 9}),
 		"truncated": {10, 1, 2},

@@ -217,3 +217,48 @@ func TestRefusedReconnectClosesEntries(t *testing.T) {
 		t.Fatalf("Err after a refused reconnect: %v, want code %d", err, wire.CodeUnauthorized)
 	}
 }
+
+// A client that never reads its control stream while provoking error
+// frames on it (acks beyond its newest seq) loses its connection once a
+// write waits WriteTimeout; the server never blocks on it for good.
+func TestUnreadControlStreamEndsConnection(t *testing.T) {
+	ts := startServer(t, transport.Config{WriteTimeout: time.Second, RequestsPerSecond: 1e9, RequestBurst: 1 << 30})
+	tok, _ := ts.key.Mint("eve", "raw", time.Hour, time.Now())
+	tc := ts.tls.Clone()
+	tc.NextProtos = []string{transport.ALPN}
+	qc, err := quic.DialAddr(ctx(t), ts.addr, tc, &quic.Config{MaxIdleTimeout: time.Minute, KeepAlivePeriod: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { qc.CloseWithError(0, "") })
+	control, err := qc.OpenStreamSync(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire.WriteFrame(control, &wire.Hello{Token: tok})
+	var welcome wire.ServerPush
+	if err := wire.NewReader(control, 0).Read(&welcome); err != nil || welcome.GetWelcome() == nil {
+		t.Fatalf("welcome: %v %v", &welcome, err)
+	}
+	// Each ack beyond the newest seq gets an error frame that is never read.
+	go func() {
+		var b []byte
+		for range 1000 {
+			b, _ = wire.AppendFrame(b, &wire.ClientControl{Control: &wire.ClientControl_Ack{Ack: &wire.Ack{UserSeq: 1 << 40}}})
+		}
+		for qc.Context().Err() == nil {
+			if _, err := control.Write(b); err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case <-qc.Context().Done():
+		var ae *quic.ApplicationError
+		if err := context.Cause(qc.Context()); !errors.As(err, &ae) || ae.ErrorCode != wire.CodeBadFrame {
+			t.Fatalf("connection ended with %v, want the server's close for an unread control stream", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the server kept a connection whose control stream is never read")
+	}
+}

@@ -156,6 +156,10 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, errors.New("transport: Config needs Service, Key and TLS")
 	}
 	cfg.fill()
+	if cfg.MaxFrameSize < wire.DefaultMaxFrameSize {
+		// Pages are cut at actors.MaxPageBytes (768 KiB), which fits 1 MiB frames.
+		return nil, fmt.Errorf("transport: MaxFrameSize %d is below the %d bytes that pages need", cfg.MaxFrameSize, wire.DefaultMaxFrameSize)
+	}
 	t := cfg.TLS.Clone()
 	t.NextProtos = []string{ALPN}
 	t.MinVersion = tls.VersionTLS13
@@ -271,7 +275,8 @@ type conn struct {
 	reads   *byteBudget // partially read request frames
 	writes  *byteBudget // answers being computed or written
 
-	mu      sync.Mutex // guards queue and writes to control
+	cmu     sync.Mutex // writes to control
+	mu      sync.Mutex // guards queue
 	queue   []*wire.Notify
 	queued  int // bytes of the notifications in queue
 	wake    chan struct{}
@@ -535,10 +540,19 @@ func (c *conn) welcome(ctx context.Context, last uint64) (*wire.Welcome, error) 
 	}, nil
 }
 
+// writeControl writes one frame on the control stream. A client that does
+// not read it within WriteTimeout loses the connection: a write never
+// blocks for good, and never holds up the push queue.
 func (c *conn) writeControl(m proto.Message) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return wire.WriteFrame(c.control, m)
+	c.cmu.Lock()
+	defer c.cmu.Unlock()
+	c.control.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+	err := wire.WriteFrame(c.control, m)
+	c.control.SetWriteDeadline(time.Time{})
+	if err != nil {
+		c.qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeBadFrame), "control stream not read: "+err.Error())
+	}
+	return err
 }
 
 // enqueue adds a notification; a device that does not keep up gets one
@@ -604,6 +618,9 @@ func (c *conn) controlLoop(ctx context.Context, rd *wire.Reader) {
 			return
 		}
 		if ack := m.GetAck(); ack != nil {
+			if !c.limiter.AllowN(c.s.cfg.Now(), 1) {
+				continue // acks are only positions: a later one supersedes a refused one
+			}
 			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_, err := c.s.cfg.Service.AckDevice(actx, c.user, c.device, ack.UserSeq)
 			cancel()
@@ -719,6 +736,9 @@ func (c *conn) answer(ctx context.Context, req *wire.Request, reserve int, write
 	}
 	if len(b) > held { // a small answer that turned out large: wait for the rest
 		if err := c.writes.acquire(ctx, len(b)-held, c.s.cfg.WriteTimeout); err != nil {
+			// No room for it: the caller gets a small refusal, not silence.
+			b, _ = wire.AppendFrame(nil, &wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "connection busy: " + err.Error()}}})
+			write(b)
 			return
 		}
 		held = len(b)

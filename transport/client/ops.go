@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/imsync/imsync/events/eventspb"
 	"github.com/imsync/imsync/transport/wire"
@@ -214,7 +215,7 @@ func (c *Client) Conversations(ctx context.Context) (*eventspb.ConversationList,
 // the Welcome says there is more, the rest page by page.
 func (c *Client) Changed(ctx context.Context) (*eventspb.ConversationList, error) {
 	w := c.Welcome()
-	first := &eventspb.ConversationList{Conversations: w.Changed, UserSeq: w.UserSeq, More: w.MoreChanged, NextCursor: w.ChangedCursor}
+	first := &eventspb.ConversationList{Conversations: slices.Clone(w.Changed), UserSeq: w.UserSeq, More: w.MoreChanged, NextCursor: w.ChangedCursor}
 	return c.allPages(ctx, first, ListQuery{ChangedAfter: w.ChangedAfterUserSeq})
 }
 
