@@ -16,14 +16,28 @@ const requestTimeout = 15 * time.Second
 
 // requestCost is what a request takes from its connection's rate limit:
 // one, plus one per member listed in a group's creation (each member's
-// inbox gets an entry). A member change names one member and costs one. A
-// cost above the burst takes the whole burst (more could never be allowed).
-func requestCost(req *wire.Request, burst int) int {
+// inbox gets an entry). A member change names one member and costs one.
+func requestCost(req *wire.Request) int {
 	n := 1
 	if op, ok := req.Op.(*wire.Request_CreateGroup); ok {
 		n += len(op.CreateGroup.GetMembers())
 	}
-	return min(n, max(1, burst))
+	return n
+}
+
+// allow charges req to the connection's rate limit. A cost above the
+// burst passes when the bucket holds a whole burst and leaves the rest as
+// debt: the connection's next requests are refused until it is paid, so a
+// large creation costs its full size.
+func (c *conn) allow(req *wire.Request) bool {
+	now, cost, burst := c.s.cfg.Now(), requestCost(req), c.s.cfg.RequestBurst
+	if !c.limiter.AllowN(now, min(cost, burst)) {
+		return false
+	}
+	for rest := cost - burst; rest > 0; rest -= burst {
+		c.limiter.ReserveN(now, min(rest, burst))
+	}
+	return true
 }
 
 // handle runs one request as the connection's user and device.

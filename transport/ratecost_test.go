@@ -2,7 +2,9 @@ package transport_test
 
 import (
 	"fmt"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/imsync/imsync/transport"
 	"github.com/imsync/imsync/transport/client"
@@ -26,5 +28,35 @@ func TestGroupCreationChargedByMembers(t *testing.T) {
 	_, err := c.Send(ctx(t), client.Message{Conversation: "charged", ClientMsgID: "1", Text: "x"})
 	if client.CodeOf(err) != wire.CodeRateLimited {
 		t.Fatalf("send right after creating a 10-member group: %v, want rate limited", err)
+	}
+}
+
+// A creation that costs more than the burst passes on a full bucket and
+// leaves the rest as debt: the connection waits for all of it.
+func TestLargeGroupCreationLeavesDebt(t *testing.T) {
+	var now atomic.Int64
+	now.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	ts := startServer(t, transport.Config{RequestsPerSecond: 10, RequestBurst: 10, Now: clock})
+	c := ts.dial(t, "ann", "phone", 0)
+	var members []string
+	for i := range 29 {
+		members = append(members, fmt.Sprint("m-", i))
+	}
+	if _, err := c.CreateGroup(ctx(t), "debt", "debt", members); err != nil {
+		t.Fatal(err) // costs 30: a burst of 10 and 20 of debt
+	}
+	send := func(id string) error {
+		_, err := c.Send(ctx(t), client.Message{Conversation: "debt", ClientMsgID: id, Text: "x"})
+		return err
+	}
+	now.Add(int64(2500 * time.Millisecond)) // 25 tokens refilled: the debt of 20 plus 5
+	for i := range 5 {
+		if err := send(fmt.Sprint("a", i)); err != nil {
+			t.Fatalf("send %d once the debt is paid: %v", i, err)
+		}
+	}
+	if err := send("over"); client.CodeOf(err) != wire.CodeRateLimited {
+		t.Fatalf("a sixth send: %v, want rate limited (the debt was not charged)", err)
 	}
 }

@@ -676,7 +676,7 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 			}
 			return
 		}
-		if !c.limiter.AllowN(c.s.cfg.Now(), requestCost(&req, c.s.cfg.RequestBurst)) { // the configured clock, so that tests can drive it
+		if !c.allow(&req) { // on the configured clock, so that tests can drive it
 			respondSmall(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "request rate limit"}}})
 			continue
 		}
