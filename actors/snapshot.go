@@ -73,30 +73,54 @@ func writeSnapshot(ctx context.Context, store events.Store, stream string, cover
 // errNoSnapshot: no usable snapshot; the grain replays its whole stream.
 var errNoSnapshot = errors.New("no usable snapshot")
 
-// readSnapshot decodes the latest snapshot of stream into state and returns
-// how many events of the stream it covers. It returns errNoSnapshot (or
-// one wrapping a decoding problem) when there is no complete, decodable
+// readSnapshot decodes the latest complete snapshot of stream into state
+// and returns how many events of the stream it covers. A snapshot whose
+// writing was cut short (a failed append between its parts) is passed
+// over for the complete one before it. It returns errNoSnapshot (or one
+// wrapping a decoding problem) when there is no complete, decodable
 // snapshot, and other errors when the store cannot be read.
 func readSnapshot(ctx context.Context, store events.Store, stream string, state proto.Message) (uint64, error) {
 	snap := events.SnapshotStream(stream)
-	last, err := store.ReadStream(ctx, snap, events.ReadStreamOptions{Direction: events.Backwards, From: events.RevisionEnd, Limit: 1})
-	if errors.Is(err, events.ErrStreamNotFound) || (err == nil && len(last) == 0) {
+	tail, err := store.ReadStream(ctx, snap, events.ReadStreamOptions{Direction: events.Backwards, From: events.RevisionEnd, Limit: snapshotLookBack})
+	if errors.Is(err, events.ErrStreamNotFound) || (err == nil && len(tail) == 0) {
 		return 0, errNoSnapshot
 	}
 	if err != nil {
 		return 0, err
 	}
-	var tail SnapshotPart
-	if last[0].Type != snapshotPartType || proto.Unmarshal(last[0].Data, &tail) != nil {
-		return 0, fmt.Errorf("%w: %s ends with an unreadable event", errNoSnapshot, snap)
+	why := fmt.Errorf("%w: %s holds no complete snapshot", errNoSnapshot, snap)
+	for _, last := range tail {
+		var end SnapshotPart
+		if last.Type != snapshotPartType || proto.Unmarshal(last.Data, &end) != nil {
+			continue
+		}
+		parts := int(end.Parts)
+		if parts < 1 || int(end.Part) != parts-1 || uint64(last.Revision) < uint64(parts-1) {
+			continue // not the last part of a snapshot
+		}
+		covers, err := assembleSnapshot(ctx, store, snap, last, parts, end.Covers, state)
+		if err == nil {
+			return covers, nil
+		}
+		if !errors.Is(err, errNoSnapshot) {
+			return 0, err
+		}
+		why = err
 	}
-	parts := int(tail.Parts)
-	if parts < 1 || int(tail.Part) != parts-1 || uint64(last[0].Revision) < uint64(parts-1) {
-		return 0, fmt.Errorf("%w: %s ends with an incomplete snapshot", errNoSnapshot, snap)
-	}
-	recs := last
+	return 0, why
+}
+
+// snapshotLookBack bounds how far back readSnapshot looks for the end of
+// a complete snapshot: past at most one cut-short one.
+const snapshotLookBack = 64
+
+// assembleSnapshot reads the parts of the snapshot that ends with last and
+// decodes them into state.
+func assembleSnapshot(ctx context.Context, store events.Store, snap string, last events.RecordedEvent, parts int, covers uint64, state proto.Message) (uint64, error) {
+	recs := []events.RecordedEvent{last}
 	if parts > 1 {
-		recs, err = store.ReadStream(ctx, snap, events.ReadStreamOptions{From: last[0].Revision - events.Revision(parts-1), Limit: parts})
+		var err error
+		recs, err = store.ReadStream(ctx, snap, events.ReadStreamOptions{From: last.Revision - events.Revision(parts-1), Limit: parts})
 		if err != nil && !errors.Is(err, events.ErrStreamNotFound) {
 			return 0, err
 		}
@@ -107,7 +131,7 @@ func readSnapshot(ctx context.Context, store events.Store, stream string, state 
 	var data []byte
 	for i, r := range recs {
 		var p SnapshotPart
-		if r.Type != snapshotPartType || proto.Unmarshal(r.Data, &p) != nil || int(p.Part) != i || int(p.Parts) != parts || p.Covers != tail.Covers {
+		if r.Type != snapshotPartType || proto.Unmarshal(r.Data, &p) != nil || int(p.Part) != i || int(p.Parts) != parts || p.Covers != covers {
 			return 0, fmt.Errorf("%w: %s: part %d does not belong to the snapshot", errNoSnapshot, snap, i)
 		}
 		data = append(data, p.Data...)
@@ -115,5 +139,5 @@ func readSnapshot(ctx context.Context, store events.Store, stream string, state 
 	if err := proto.Unmarshal(data, state); err != nil {
 		return 0, fmt.Errorf("%w: %s: %v", errNoSnapshot, snap, err)
 	}
-	return tail.Covers, nil
+	return covers, nil
 }

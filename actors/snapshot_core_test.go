@@ -1,13 +1,16 @@
 package actors
 
 import (
+	"context"
 	"fmt"
 	"reflect"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/eventspb"
 )
 
@@ -176,5 +179,31 @@ func TestLargeCreationSplitsMembers(t *testing.T) {
 	}
 	if got := chunkMembers([]string{"a", "b", "c"}, 1, 4); len(got) != 3 {
 		t.Fatalf("chunks of 3 one-byte ids at 4 bytes each: %v", got)
+	}
+}
+
+// A snapshot whose writing was cut short between its appends is passed
+// over for the complete one before it, not for a full replay (which an
+// inbox past its retention could not do).
+func TestCutShortSnapshotFallsBackToTheComplete(t *testing.T) {
+	store, err := events.OpenInMemory(events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx := context.Background()
+	good := &UserSnapshot{Convs: []*ConvLine{{Id: "g", Member: true, LastRead: 7}}}
+	if err := writeSnapshot(ctx, store, "inbox-ann", 40, good); err != nil {
+		t.Fatal(err)
+	}
+	// The first part of a 3-part snapshot, then the append of the others failed.
+	part, _ := proto.Marshal(&SnapshotPart{Covers: 90, Part: 0, Parts: 3, Data: []byte("partial")})
+	if _, err := store.AppendToStream(ctx, events.SnapshotStream("inbox-ann"), events.Any, events.EventData{ID: uuid.New(), Type: snapshotPartType, Data: part}); err != nil {
+		t.Fatal(err)
+	}
+	var got UserSnapshot
+	covers, err := readSnapshot(ctx, store, "inbox-ann", &got)
+	if err != nil || covers != 40 || !proto.Equal(&got, good) {
+		t.Fatalf("readSnapshot after a cut-short one: covers %d, %v, %v; want the complete snapshot of 40", covers, &got, err)
 	}
 }
