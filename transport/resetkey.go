@@ -39,22 +39,10 @@ func LoadOrCreateResetKey(dir string) (*quic.StatelessResetKey, error) {
 		return nil, fmt.Errorf("transport: %w", err)
 	}
 	rand.Read(key[:])
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if errors.Is(err, os.ErrExist) {
+	if err := writeNewFile(path, key[:], 0o600); errors.Is(err, os.ErrExist) {
 		return LoadOrCreateResetKey(dir) // created meanwhile by another process
+	} else if err != nil {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("transport: %w", err)
-	}
-	if _, err := f.Write(key[:]); err != nil {
-		f.Close()
-		os.Remove(path)
-		return nil, fmt.Errorf("transport: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(path)
-		return nil, fmt.Errorf("transport: %w", err)
-	}
-	return &key, f.Close()
+	return &key, nil
 }

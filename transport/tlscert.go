@@ -125,6 +125,7 @@ func writeNewFile(path string, data []byte, mode os.FileMode) error {
 		err = cerr
 	}
 	if err != nil {
+		os.Remove(path) // a half-written key or certificate is worse than none
 		return fmt.Errorf("transport: write %s: %w", path, err)
 	}
 	return nil

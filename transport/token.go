@@ -78,22 +78,12 @@ func LoadOrCreateKey(dir string) (*Key, error) {
 	}
 	secret := make([]byte, 32)
 	rand.Read(secret)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if errors.Is(err, os.ErrExist) {
+	if err := writeNewFile(path, secret, 0o600); errors.Is(err, os.ErrExist) {
 		return LoadKey(dir) // created meanwhile by another process
+	} else if err != nil {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("transport: %w", err)
-	}
-	if _, err := f.Write(secret); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("transport: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("transport: %w", err)
-	}
-	return &Key{secret: secret}, f.Close()
+	return &Key{secret: secret}, nil
 }
 
 // NewKey returns a key from secret bytes (tests).
