@@ -26,46 +26,48 @@ const at = 1_700_000_000_123 // at_unix_ms of the hand-written events
 
 type fixture struct {
 	stream string
-	msg    proto.Message // nil: a raw "Text" event
+	msg    proto.Message // nil: a "Text" event (not a domain event) of raw
 	want   map[string]any
+	raw    []byte
 }
 
 // fixtures are events of every domain type with the columns each must
 // fill (values as in the JSONL line), besides stream, revision, position,
 // id, type and time, which every row is checked for.
 var fixtures = []fixture{
-	{"conv-c1", &pb.ConversationCreated{ConversationId: "c1", Kind: pb.ConversationKind_GROUP, Name: "team", Creator: "ann", Members: []string{"ann", "bob"}, AtUnixMs: at},
-		map[string]any{"conversation": "c1", "seq": 1.0, "conversation_kind": "GROUP", "name": "team", "by": "ann", "members": []any{"ann", "bob"}, "at": "2023-11-14T22:13:20.123Z"}},
-	{"conv-c1", &pb.MessageSent{Sender: "ann", SenderDevice: "phone", ClientMsgId: "m1", Kind: "text", Body: []byte("héllo\nworld"), Mentions: []string{"bob"}, AtUnixMs: at},
-		map[string]any{"conversation": "c1", "seq": 2.0, "sender": "ann", "device": "phone", "client_msg_id": "m1", "kind": "text", "text": "héllo\nworld", "mentions": []any{"bob"}, "at": "2023-11-14T22:13:20.123Z"}},
-	{"conv-c1", &pb.MessageSent{Sender: "bob", SenderDevice: "laptop", ClientMsgId: "m2", Kind: "text", Body: []byte{0xff, 0xfe}, ReplyTo: 2},
-		map[string]any{"conversation": "c1", "seq": 3.0, "sender": "bob", "device": "laptop", "client_msg_id": "m2", "kind": "text", "text_base64": "//4=", "reply_to": 2.0}},
-	{"conv-c1", &pb.MessageRecalled{Seq: 2, By: "ann", AtUnixMs: at},
-		map[string]any{"conversation": "c1", "seq": 4.0, "target_seq": 2.0, "by": "ann", "at": "2023-11-14T22:13:20.123Z"}},
-	{"conv-c1", &pb.MessageEdited{Seq: 3, By: "bob", Body: []byte("fixed")},
-		map[string]any{"conversation": "c1", "seq": 5.0, "target_seq": 3.0, "by": "bob", "text": "fixed"}},
-	{"conv-c1", &pb.MemberAdded{User: "carol", By: "ann"},
-		map[string]any{"conversation": "c1", "seq": 6.0, "user": "carol", "by": "ann"}},
-	{"conv-c1", &pb.MembersJoined{Users: []string{"dan", "eve"}, By: "ann"},
-		map[string]any{"conversation": "c1", "seq": 7.0, "members": []any{"dan", "eve"}, "by": "ann"}},
-	{"conv-c1", &pb.MemberRemoved{User: "dan", By: "dan"},
-		map[string]any{"conversation": "c1", "seq": 8.0, "user": "dan", "by": "dan"}},
-	{"inbox-bob", &pb.MessagePointer{ConversationId: "c1", Seq: 2, Sender: "ann", Message: &pb.MessageSent{Sender: "ann", SenderDevice: "phone", ClientMsgId: "m1", Kind: "text", Body: []byte("hi")}},
-		map[string]any{"user_seq": 1.0, "conversation": "c1", "seq": 2.0, "sender": "ann", "device": "phone", "client_msg_id": "m1", "kind": "text", "text": "hi"}},
-	{"inbox-bob", &pb.RecallNotice{ConversationId: "c1", Seq: 4, RecalledSeq: 2, By: "ann"},
-		map[string]any{"user_seq": 2.0, "conversation": "c1", "seq": 4.0, "target_seq": 2.0, "by": "ann"}},
-	{"inbox-bob", &pb.EditNotice{ConversationId: "c1", Seq: 5, EditedSeq: 3, By: "bob", Body: []byte("fixed")},
-		map[string]any{"user_seq": 3.0, "conversation": "c1", "seq": 5.0, "target_seq": 3.0, "by": "bob", "text": "fixed"}},
-	{"inbox-bob", &pb.MembershipChanged{ConversationId: "c1", Seq: 6, User: "carol", Added: true, By: "ann", Kind: pb.ConversationKind_GROUP, Name: "team"},
-		map[string]any{"user_seq": 4.0, "conversation": "c1", "seq": 6.0, "user": "carol", "added": true, "by": "ann", "conversation_kind": "GROUP", "name": "team", "read_fanout": false}},
-	{"inbox-bob", &pb.ConversationChanged{ConversationId: "c1", Seq: 8},
-		map[string]any{"user_seq": 5.0, "conversation": "c1", "seq": 8.0}},
-	{"inbox-bob", &pb.ReadMarkerMoved{ConversationId: "c1", ReadSeq: 3, Device: "phone"},
-		map[string]any{"user_seq": 6.0, "conversation": "c1", "read_seq": 3.0, "device": "phone"}},
-	{"device-bob/phone", &pb.DeviceAcked{UserSeq: 6}, map[string]any{"user_seq": 6.0}},
-	{"fanout-c1", &pb.FanoutCheckpoint{Seq: 8}, map[string]any{"conversation": "c1", "seq": 8.0}},
-	{"watch-fanout", &pb.WatchCheckpoint{Commit: 9, Prepare: 9}, map[string]any{}},
-	{"notes", nil, map[string]any{"data_base64": "cmF3IHRleHQ="}},
+	{stream: "conv-c1", msg: &pb.ConversationCreated{ConversationId: "c1", Kind: pb.ConversationKind_GROUP, Name: "team", Creator: "ann", Members: []string{"ann", "bob"}, AtUnixMs: at},
+		want: map[string]any{"conversation": "c1", "seq": 1.0, "conversation_kind": "GROUP", "name": "team", "by": "ann", "members": []any{"ann", "bob"}, "at": "2023-11-14T22:13:20.123Z"}},
+	{stream: "conv-c1", msg: &pb.MessageSent{Sender: "ann", SenderDevice: "phone", ClientMsgId: "m1", Kind: "text", Body: []byte("héllo\nworld"), Mentions: []string{"bob"}, AtUnixMs: at},
+		want: map[string]any{"conversation": "c1", "seq": 2.0, "sender": "ann", "device": "phone", "client_msg_id": "m1", "kind": "text", "text": "héllo\nworld", "mentions": []any{"bob"}, "at": "2023-11-14T22:13:20.123Z"}},
+	{stream: "conv-c1", msg: &pb.MessageSent{Sender: "bob", SenderDevice: "laptop", ClientMsgId: "m2", Kind: "text", Body: []byte{0xff, 0xfe}, ReplyTo: 2},
+		want: map[string]any{"conversation": "c1", "seq": 3.0, "sender": "bob", "device": "laptop", "client_msg_id": "m2", "kind": "text", "text_base64": "//4=", "reply_to": 2.0}},
+	{stream: "conv-c1", msg: &pb.MessageRecalled{Seq: 2, By: "ann", AtUnixMs: at},
+		want: map[string]any{"conversation": "c1", "seq": 4.0, "target_seq": 2.0, "by": "ann", "at": "2023-11-14T22:13:20.123Z"}},
+	{stream: "conv-c1", msg: &pb.MessageEdited{Seq: 3, By: "bob", Body: []byte("fixed")},
+		want: map[string]any{"conversation": "c1", "seq": 5.0, "target_seq": 3.0, "by": "bob", "text": "fixed"}},
+	{stream: "conv-c1", msg: &pb.MemberAdded{User: "carol", By: "ann"},
+		want: map[string]any{"conversation": "c1", "seq": 6.0, "user": "carol", "by": "ann"}},
+	{stream: "conv-c1", msg: &pb.MembersJoined{Users: []string{"dan", "eve"}, By: "ann"},
+		want: map[string]any{"conversation": "c1", "seq": 7.0, "members": []any{"dan", "eve"}, "by": "ann"}},
+	{stream: "conv-c1", msg: &pb.MemberRemoved{User: "dan", By: "dan"},
+		want: map[string]any{"conversation": "c1", "seq": 8.0, "user": "dan", "by": "dan"}},
+	{stream: "inbox-bob", msg: &pb.MessagePointer{ConversationId: "c1", Seq: 2, Sender: "ann", Message: &pb.MessageSent{Sender: "ann", SenderDevice: "phone", ClientMsgId: "m1", Kind: "text", Body: []byte("hi")}},
+		want: map[string]any{"user_seq": 1.0, "conversation": "c1", "seq": 2.0, "sender": "ann", "device": "phone", "client_msg_id": "m1", "kind": "text", "text": "hi"}},
+	{stream: "inbox-bob", msg: &pb.RecallNotice{ConversationId: "c1", Seq: 4, RecalledSeq: 2, By: "ann"},
+		want: map[string]any{"user_seq": 2.0, "conversation": "c1", "seq": 4.0, "target_seq": 2.0, "by": "ann"}},
+	{stream: "inbox-bob", msg: &pb.EditNotice{ConversationId: "c1", Seq: 5, EditedSeq: 3, By: "bob", Body: []byte("fixed")},
+		want: map[string]any{"user_seq": 3.0, "conversation": "c1", "seq": 5.0, "target_seq": 3.0, "by": "bob", "text": "fixed"}},
+	{stream: "inbox-bob", msg: &pb.MembershipChanged{ConversationId: "c1", Seq: 6, User: "carol", Added: true, By: "ann", Kind: pb.ConversationKind_GROUP, Name: "team"},
+		want: map[string]any{"user_seq": 4.0, "conversation": "c1", "seq": 6.0, "user": "carol", "added": true, "by": "ann", "conversation_kind": "GROUP", "name": "team", "read_fanout": false}},
+	{stream: "inbox-bob", msg: &pb.ConversationChanged{ConversationId: "c1", Seq: 8},
+		want: map[string]any{"user_seq": 5.0, "conversation": "c1", "seq": 8.0}},
+	{stream: "inbox-bob", msg: &pb.ReadMarkerMoved{ConversationId: "c1", ReadSeq: 3, Device: "phone"},
+		want: map[string]any{"user_seq": 6.0, "conversation": "c1", "read_seq": 3.0, "device": "phone"}},
+	{stream: "device-bob/phone", msg: &pb.DeviceAcked{UserSeq: 6}, want: map[string]any{"user_seq": 6.0}},
+	{stream: "fanout-c1", msg: &pb.FanoutCheckpoint{Seq: 8}, want: map[string]any{"conversation": "c1", "seq": 8.0}},
+	{stream: "watch-fanout", msg: &pb.WatchCheckpoint{Commit: 9, Prepare: 9}, want: map[string]any{}},
+	{stream: "notes", raw: []byte("raw text"), want: map[string]any{"text": "raw text"}},
+	{stream: "notes", raw: []byte{0, 0xff}, want: map[string]any{"text_base64": "AP8="}},
 }
 
 // bulk is how many generated messages follow the fixtures: more than one
@@ -81,7 +83,7 @@ func fill(t *testing.T) *events.Embedded {
 	t.Cleanup(func() { s.Close() })
 	ctx := context.Background()
 	for _, f := range fixtures {
-		e := events.EventData{Type: "Text", Data: []byte("raw text")}
+		e := events.EventData{Type: "Text", Data: f.raw}
 		if f.msg != nil {
 			if e, err = events.Encode(uuid.Nil, f.msg); err != nil {
 				t.Fatal(err)

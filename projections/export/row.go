@@ -35,8 +35,8 @@ type Row struct {
 	Device           *string    `json:"device,omitempty" parquet:"device,optional"`
 	ClientMsgID      *string    `json:"client_msg_id,omitempty" parquet:"client_msg_id,optional"`
 	Kind             *string    `json:"kind,omitempty" parquet:"kind,optional"`
-	Text             *string    `json:"text,omitempty" parquet:"text,optional"`
-	TextBase64       *string    `json:"text_base64,omitempty" parquet:"text_base64,optional"`
+	Text             *string    `json:"text,omitempty" parquet:"text,optional"`               // message body; the payload of an event that is not a domain event
+	TextBase64       *string    `json:"text_base64,omitempty" parquet:"text_base64,optional"` // the same when not valid UTF-8
 	ReplyTo          *uint64    `json:"reply_to,omitempty" parquet:"reply_to,optional"`
 	Mentions         []string   `json:"mentions,omitempty" parquet:"mentions,list"`
 	TargetSeq        *uint64    `json:"target_seq,omitempty" parquet:"target_seq,optional"`
@@ -53,8 +53,6 @@ type Row struct {
 	// Fields is the whole decoded event as JSON (protobuf field names),
 	// empty (null in Parquet) for events that are not domain events.
 	Fields string `json:"-" parquet:"fields,optional"`
-	// DataBase64 is the raw payload of an event that is not a domain event.
-	DataBase64 *string `json:"data_base64,omitempty" parquet:"data_base64,optional"`
 }
 
 // MarshalJSON writes Fields as a nested object.
@@ -94,8 +92,9 @@ func Flatten(e projections.Event) (Row, error) {
 		r.Conversation = ptr(strings.TrimPrefix(e.Stream, events.FanoutPrefix))
 	}
 	if e.Message == nil {
+		// Not a domain event: its payload, as text when it is UTF-8.
 		if len(e.Data) > 0 {
-			r.DataBase64 = ptr(base64.StdEncoding.EncodeToString(e.Data))
+			text(&r, e.Data)
 		}
 		return r, nil
 	}
