@@ -7,6 +7,7 @@
 //	imsync group create --name N --members a,b,c | group add|remove --conv ID USER
 //	imsync convs | history --conv ID | sync [--state FILE] | tail | read --conv ID --seq N | recall --conv ID --seq N
 //	imsync store append|read|log|scavenge|recover --data DIR ...
+//	imsync export --data DIR --format jsonl|parquet --out PATH [--from-position P] [--to-position P] [--streams PREFIX]
 //
 // Client commands take --server HOST:PORT --token T (or IMSYNC_SERVER,
 // IMSYNC_TOKEN) and --ca FILE or --insecure; --json prints one JSON object
@@ -56,10 +57,15 @@ Load generator (starts its own server unless --server/--data name one):
 
 Event store tools (the server must not be running on DIR):
   imsync store append   --data DIR --stream NAME [--type TYPE] [--expect any|no-stream|exists|REV] TEXT...
-  imsync store read     --data DIR --stream NAME [--from REV] [--limit N] [--backwards]
-  imsync store log      --data DIR [--from POS] [--limit N] [--prefix P]... [--follow]
+  imsync store read     --data DIR --stream NAME [--from REV] [--limit N] [--backwards] [--raw]
+  imsync store log      --data DIR [--from POS] [--limit N] [--prefix P]... [--follow] [--raw]
+                        (decoded events, the rows of export; --raw: payload as text or base64)
   imsync store scavenge --data DIR
   imsync store recover  --data DIR --accept-data-loss   (a store refused for missing acknowledged events)
+
+Export for analysts (the server must not be running on DIR; columns in docs/analysts.md):
+  imsync export --data DIR --format jsonl|parquet --out PATH|- [--from-position P] [--to-position P]
+                [--streams PREFIX]...
 `
 
 func main() {
@@ -90,6 +96,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return runToken(args, out)
 	case "store":
 		return runStore(ctx, args, out)
+	case "export":
+		return runExport(ctx, args, out)
 	case "bench":
 		return runBench(ctx, args, out)
 	case "bench-clients": // the child process of bench's idle measurement

@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/projections"
+	"github.com/imsync/imsync/projections/export"
 	// Keeps the protobuf registry from panicking once this binary links both
 	// protoactor-go's cluster and the EventStoreDB client.
 	_ "github.com/imsync/imsync/events/protoconflict"
@@ -36,6 +38,7 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 		backwards *bool
 		follow    *bool
 		accept    *bool
+		raw       *bool
 	)
 	switch cmd {
 	case "append":
@@ -45,11 +48,13 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 		from = fs.String("from", "", "first revision (default: start, or end with --backwards)")
 		limit = fs.Int("limit", 100, "events to read")
 		backwards = fs.Bool("backwards", false, "read newest first")
+		raw = fs.Bool("raw", false, "print the stored payload (text, or base64 bytes) instead of the decoded event")
 	case "log":
 		from = fs.String("from", "", "first global position (default: start)")
 		limit = fs.Int("limit", 100, "events to read (without --follow)")
 		fs.Var(&prefixes, "prefix", "only streams with this name prefix (repeatable)")
 		follow = fs.Bool("follow", false, "keep following new events until interrupted")
+		raw = fs.Bool("raw", false, "print the stored payload (text, or base64 bytes) instead of the decoded event")
 	case "scavenge":
 	case "recover":
 		accept = fs.Bool("accept-data-loss", false, "open a store whose newest acknowledged events are damaged, keeping what survived")
@@ -71,6 +76,10 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 	}
 	defer store.Close()
 	enc := json.NewEncoder(out)
+	show := decodedEvent
+	if raw != nil && *raw {
+		show = func(e events.RecordedEvent) any { return jsonEvent(e) }
+	}
 
 	switch cmd {
 	case "append":
@@ -106,7 +115,7 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return encodeAll(enc, evs)
+		return encodeAll(enc, evs, show)
 	case "log":
 		var pos events.Position
 		if *from != "" {
@@ -122,7 +131,7 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 			if err != nil {
 				return err
 			}
-			return encodeAll(enc, evs)
+			return encodeAll(enc, evs, show)
 		}
 		start := events.SubscribeFromStart()
 		if pos.Commit > 0 {
@@ -141,7 +150,7 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 			if err != nil {
 				return err
 			}
-			if err := enc.Encode(jsonEvent(e)); err != nil {
+			if err := enc.Encode(show(e)); err != nil {
 				return err
 			}
 		}
@@ -188,13 +197,32 @@ func parseExpected(s string) (events.ExpectedRevision, error) {
 	return events.Exactly(events.Revision(n)), nil
 }
 
-func encodeAll(enc *json.Encoder, evs []events.RecordedEvent) error {
+func encodeAll(enc *json.Encoder, evs []events.RecordedEvent, show func(events.RecordedEvent) any) error {
 	for _, e := range evs {
-		if err := enc.Encode(jsonEvent(e)); err != nil {
+		if err := enc.Encode(show(e)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// decodedEvent shows an event as export's JSONL row: its place in the
+// store and the fields of its domain event (message text as text). An
+// event that does not decode shows raw, with the reason.
+func decodedEvent(e events.RecordedEvent) any {
+	d, err := projections.Decode(e)
+	if err != nil {
+		m := jsonEvent(e)
+		m["decode_error"] = err.Error()
+		return m
+	}
+	row, err := export.Flatten(d)
+	if err != nil {
+		m := jsonEvent(e)
+		m["decode_error"] = err.Error()
+		return m
+	}
+	return row
 }
 
 // jsonEvent shows data as text when it is UTF-8, else as base64 bytes.
