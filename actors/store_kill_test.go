@@ -84,8 +84,10 @@ func startStoreServer(t *testing.T, dir, listen string) (*exec.Cmd, string) {
 // attempt's deadline) is repeated with the same client message id until
 // it is acknowledged. The store must then hold every acknowledged message
 // once, at its acknowledged seq, in gapless conversations; the fanout must
-// finish; and every member's sync timeline must be gapless and hold each
-// pointer its conversations owe it once, in order.
+// finish; every member's sync timeline must be gapless and hold each
+// pointer its conversations owe it once, in order; and each user's phone,
+// attached throughout, must be pushed up to the timeline's end, every
+// entry pushed being the one stored at its user seq.
 func TestGrainsSurviveStoreServerKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns processes")
@@ -144,6 +146,14 @@ func TestGrainsSurviveStoreServerKill9(t *testing.T) {
 	for _, u := range users {
 		retry("open direct "+u, func(c context.Context) error {
 			_, err := svc.OpenDirect(c, u, peer[u])
+			return err
+		})
+	}
+	phones := map[string]*pushLog{} // every user's phone, online throughout
+	for _, u := range users {
+		phones[u] = &pushLog{}
+		retry("attach "+u+"'s phone", func(c context.Context) error {
+			_, err := svc.AttachDevice(c, u, "phone", phones[u])
 			return err
 		})
 	}
@@ -289,7 +299,8 @@ func TestGrainsSurviveStoreServerKill9(t *testing.T) {
 	}
 	for _, u := range users {
 		got := map[string][]string{}
-		for _, ev := range readAll(t, ctx, store, events.InboxStream(u)) {
+		timeline := readAll(t, ctx, store, events.InboxStream(u))
+		for _, ev := range timeline {
 			switch e := ev.(type) {
 			case *eventspb.MessagePointer:
 				got[e.ConversationId] = append(got[e.ConversationId], fmt.Sprint("MessagePointer@", e.Seq))
@@ -302,6 +313,27 @@ func TestGrainsSurviveStoreServerKill9(t *testing.T) {
 		for id := range convs {
 			if want := owed[u][id]; !slices.Equal(got[id], want) {
 				t.Fatalf("%s's timeline from %s:\n got %v\nwant %v", u, id, got[id], want)
+			}
+		}
+		// The phone was told of the whole timeline, and every entry pushed
+		// is the one stored at its user seq.
+		end := time.Now().Add(15 * time.Second)
+		for phones[u].newest() < uint64(len(timeline)) {
+			if time.Now().After(end) {
+				t.Fatalf("%s's phone was pushed up to user seq %d; the timeline ends at %d", u, phones[u].newest(), len(timeline))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		for _, p := range phones[u].all() {
+			if p.UserSeq > uint64(len(timeline)) {
+				t.Fatalf("%s's phone was pushed user seq %d; the timeline ends at %d", u, p.UserSeq, len(timeline))
+			}
+			if p.Entry == nil {
+				continue
+			}
+			m, err := events.Decode(p.Entry.Type, p.Entry.Data)
+			if err != nil || p.Entry.UserSeq != p.UserSeq || !proto.Equal(m, timeline[p.UserSeq-1]) {
+				t.Fatalf("%s's phone was pushed %d: %v (%v); stored: %v", u, p.UserSeq, m, err, timeline[p.UserSeq-1])
 			}
 		}
 	}
@@ -343,4 +375,31 @@ func readAll(t *testing.T, ctx context.Context, store events.Store, stream strin
 			return out
 		}
 	}
+}
+
+// pushLog is a device connection that keeps every push.
+type pushLog struct {
+	mu     sync.Mutex
+	pushes []*actors.Push
+}
+
+func (l *pushLog) Push(p *actors.Push) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.pushes = append(l.pushes, p)
+}
+
+func (l *pushLog) all() []*actors.Push {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.pushes)
+}
+
+// newest is the highest user seq pushed.
+func (l *pushLog) newest() uint64 {
+	var n uint64
+	for _, p := range l.all() {
+		n = max(n, p.UserSeq)
+	}
+	return n
 }
