@@ -39,10 +39,11 @@ type Store struct {
 	ctx    context.Context // cancelled by Close: ends calls in flight
 	cancel context.CancelFunc
 	done   <-chan struct{} // ctx.Done()
-	calls  sync.WaitGroup  // calls running inside a client
 
 	mu      sync.Mutex
 	client  *client.Client
+	calls   *sync.WaitGroup // calls running inside client
+	gone    chan struct{}   // closed when client is replaced
 	closed  bool
 	healthy bool   // the last call reached the server
 	probe   *probe // the check running while !healthy
@@ -74,7 +75,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	cfg.Logger = func(level client.LogLevel, format string, args ...any) {
 		log.Debug("esdb client: "+fmt.Sprintf(format, args...), "level", string(level))
 	}
-	s := &Store{cfg: *cfg, log: log, subs: map[*subscription]struct{}{}}
+	s := &Store{cfg: *cfg, log: log, subs: map[*subscription]struct{}{}, calls: new(sync.WaitGroup), gone: make(chan struct{})}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.done = s.ctx.Done()
 	if s.client, err = s.newClient(); err != nil {
@@ -118,7 +119,7 @@ func (s *Store) Close() error {
 	s.closed = true
 	subs := s.subs
 	s.subs = nil
-	c := s.client
+	c, calls := s.client, s.calls
 	s.mu.Unlock()
 	s.cancel()
 	for sub := range subs {
@@ -126,9 +127,11 @@ func (s *Store) Close() error {
 	}
 	// The client must not be closed under a call that is about to hand it a
 	// request (it would panic): calls end quickly once s.ctx is cancelled.
+	// (Calls stuck in clients that gave up are not waited for: those
+	// clients are left open.)
 	drained := make(chan struct{})
 	go func() {
-		s.calls.Wait()
+		calls.Wait()
 		close(drained)
 	}()
 	select {
@@ -190,7 +193,7 @@ func (s *Store) runProbe(p *probe) {
 	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
 	defer cancel()
 	err := s.call(ctx, ping)
-	if hasCode(err, client.ErrorCodeConnectionClosed) {
+	if hasCode(err, client.ErrorCodeConnectionClosed) || errors.Is(err, errClientGone) {
 		err = s.call(ctx, ping) // with the client that replaced the one that gave up
 	}
 	s.mu.Lock()
@@ -229,22 +232,25 @@ func (s *Store) do(ctx context.Context, fn func(ctx context.Context, c *client.C
 }
 
 // call runs fn with the current client in its own goroutine and waits for
-// it, for ctx, or for Close. The client does not honour ctx everywhere
-// (finding the server, reporting a dropped connection); call keeps that
-// away from the caller. An error that says the server is away makes the
-// next calls check first (ready); a client that gave up is replaced.
+// it, for ctx, for Close, or for the client's replacement. The client does
+// not honour ctx everywhere (finding the server, reporting a dropped
+// connection), and a call waiting there when the client gives up stays
+// there for good; call keeps that away from the caller, who gets
+// errClientGone when the client is replaced. An error that says the server
+// is away makes the next calls check first (ready); a client that gave up
+// is replaced.
 func (s *Store) call(ctx context.Context, fn func(ctx context.Context, c *client.Client) error) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return events.ErrClosed
 	}
-	c := s.client
-	s.calls.Add(1)
+	c, calls, gone := s.client, s.calls, s.gone
+	calls.Add(1)
 	s.mu.Unlock()
 	done := make(chan error, 1)
 	go func() {
-		defer s.calls.Done()
+		defer calls.Done()
 		defer func() {
 			if r := recover(); r != nil {
 				done <- fmt.Errorf("%w: EventStoreDB client: %v", events.ErrUnavailable, r)
@@ -263,6 +269,12 @@ func (s *Store) call(ctx context.Context, fn func(ctx context.Context, c *client
 		return ctx.Err()
 	case <-s.done:
 		return events.ErrClosed
+	case <-gone:
+		select {
+		case err = <-done:
+		default:
+			return errClientGone
+		}
 	}
 	if err != nil && ctx.Err() == nil && unreachable(err) {
 		s.mu.Lock()
@@ -301,9 +313,15 @@ func (s *Store) replaceLocked() {
 	if err != nil {
 		return
 	}
-	s.client = next
+	s.client, s.calls = next, new(sync.WaitGroup)
+	close(s.gone)
+	s.gone = make(chan struct{})
 	s.log.Debug("esdb: new client after the previous one gave up")
 }
+
+// errClientGone answers a call still inside a client that gave up when it
+// was replaced: the call may or may not have reached the server.
+var errClientGone = fmt.Errorf("%w: the EventStoreDB client gave up with the call inside it", events.ErrUnavailable)
 
 func hasCode(err error, code client.ErrorCode) bool {
 	var e *client.Error
