@@ -1,16 +1,13 @@
 package actors_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,59 +18,19 @@ import (
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/esdb"
-	"github.com/imsync/imsync/events/esdb/testserver"
 	"github.com/imsync/imsync/events/eventspb"
+	"github.com/imsync/imsync/events/teststore"
 )
-
-const storeServerChildEnv = "IMSYNC_ACTORS_ESDB_SERVER_CHILD" // DIR|LISTEN
 
 // TestStoreServerChild is the protocol server process of
 // TestGrainsSurviveStoreServerKill9.
-func TestStoreServerChild(t *testing.T) {
-	dir, listen, ok := strings.Cut(os.Getenv(storeServerChildEnv), "|")
-	if !ok {
-		t.Skip("only runs as the child of TestGrainsSurviveStoreServerKill9")
-	}
-	srv, err := testserver.Start(context.Background(), testserver.Options{Dir: dir, Listen: listen})
-	if err != nil {
-		fmt.Println("start:", err)
-		os.Exit(2)
-	}
-	fmt.Println("serving", srv.URL())
-	select {} // until killed
-}
+func TestStoreServerChild(t *testing.T) { teststore.ServeAsChild(t) }
 
 // startStoreServer runs the protocol server in a child process on dir and
 // listen, and returns it once it serves, with its connection string.
 func startStoreServer(t *testing.T, dir, listen string) (*exec.Cmd, string) {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestStoreServerChild$")
-	cmd.Env = append(os.Environ(), storeServerChildEnv+"="+dir+"|"+listen)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		if m := regexp.MustCompile(`serving (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
-			go func() {
-				for sc.Scan() {
-				}
-			}()
-			return cmd, m[1]
-		}
-	}
-	t.Fatal("the server process ended before serving")
-	return nil, ""
+	return teststore.StartServerProcess(t, "TestStoreServerChild", dir, listen)
 }
 
 // TestGrainsSurviveStoreServerKill9 runs the grains on the EventStoreDB

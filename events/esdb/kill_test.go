@@ -1,14 +1,11 @@
 package esdb_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -17,57 +14,17 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/imsync/imsync/events"
-	"github.com/imsync/imsync/events/esdb/testserver"
+	"github.com/imsync/imsync/events/teststore"
 )
 
-const serverChildEnv = "IMSYNC_ESDB_SERVER_CHILD" // DIR|LISTEN
-
 // TestServerChild is the protocol server process of TestKill9ServerUnderLoad.
-func TestServerChild(t *testing.T) {
-	dir, listen, ok := strings.Cut(os.Getenv(serverChildEnv), "|")
-	if !ok {
-		t.Skip("only runs as the child of TestKill9ServerUnderLoad")
-	}
-	srv, err := testserver.Start(context.Background(), testserver.Options{Dir: dir, Listen: listen})
-	if err != nil {
-		fmt.Println("start:", err)
-		os.Exit(2)
-	}
-	fmt.Println("serving", srv.URL())
-	select {} // until killed
-}
+func TestServerChild(t *testing.T) { teststore.ServeAsChild(t) }
 
 // startServerProcess runs the protocol server in a child process on dir
 // and listen, and returns it once it serves, with its connection string.
 func startServerProcess(t *testing.T, dir, listen string) (*exec.Cmd, string) {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestServerChild$")
-	cmd.Env = append(os.Environ(), serverChildEnv+"="+dir+"|"+listen)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		if m := regexp.MustCompile(`serving (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
-			go func() {
-				for sc.Scan() {
-				}
-			}()
-			return cmd, m[1]
-		}
-	}
-	t.Fatal("the server process ended before serving")
-	return nil, ""
+	return teststore.StartServerProcess(t, "TestServerChild", dir, listen)
 }
 
 // TestKill9ServerUnderLoad kills the protocol server process with SIGKILL
