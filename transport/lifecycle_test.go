@@ -2,6 +2,7 @@ package transport_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"strings"
@@ -260,5 +261,28 @@ func TestUnreadControlStreamEndsConnection(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the server kept a connection whose control stream is never read")
+	}
+}
+
+// A request refused as too large is answered with its own id when its
+// first bytes name it, so that a client can match the refusal to its call.
+func TestOversizeFrameAnsweredWithItsID(t *testing.T) {
+	ts := startServer(t, transport.Config{})
+	qc, _, _ := ts.rawLogin(t, "eve", "raw")
+	st, err := qc.OpenStreamSync(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := binary.AppendUvarint(nil, 2<<20)   // announces 2 MiB
+	frame = append(frame, 0x08, 42)             // id = 42
+	frame = append(frame, make([]byte, 200)...) // the start of a body that never fits
+	st.Write(frame)
+	st.Close()
+	var res wire.Response
+	if err := wire.NewReader(st, 0).Read(&res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Id != 42 || res.GetError().GetCode() != wire.CodeBadFrame {
+		t.Fatalf("answer to an oversize request with id 42: %v", &res)
 	}
 }

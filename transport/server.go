@@ -671,7 +671,11 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 		var req wire.Request
 		if err := rd.Read(&req); err != nil {
 			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
-				respondSmall(&wire.Response{Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeBadFrame, Message: err.Error()}}})
+				var id uint64
+				if errors.Is(err, wire.ErrFrameTooLarge) {
+					id = rd.RefusedID() // the client can match the refusal to its call
+				}
+				respondSmall(&wire.Response{Id: id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeBadFrame, Message: err.Error()}}})
 				st.CancelRead(quic.StreamErrorCode(wire.CodeBadFrame))
 			}
 			return

@@ -171,6 +171,22 @@ func (r *Reader) Read(m proto.Message) error {
 	return err
 }
 
+// RefusedID is the request id at the start of a frame that Read refused
+// as too large, when its first bytes have arrived (0 otherwise): a
+// Request's id is its first field, so the refusal can name the request.
+// It only looks at bytes already buffered, never waits for more.
+func (r *Reader) RefusedID() uint64 {
+	b, _ := r.r.Peek(min(r.r.Buffered(), 1+binary.MaxVarintLen64))
+	if len(b) < 2 || b[0] != 0x08 { // field 1, varint
+		return 0
+	}
+	id, n := binary.Uvarint(b[1:])
+	if n <= 0 {
+		return 0
+	}
+	return id
+}
+
 func isTimeout(err error) bool {
 	var t interface{ Timeout() bool }
 	return errors.As(err, &t) && t.Timeout()
