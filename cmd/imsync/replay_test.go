@@ -121,3 +121,16 @@ func TestReplayRefusals(t *testing.T) {
 		}
 	}
 }
+
+func TestReplayTerminalBar(t *testing.T) {
+	data, _ := exportData(t, 5)
+	var prog bytes.Buffer
+	if _, err := replay(context.Background(), projections.NewStats(), replayOptions{data: data, progress: &prog, terminal: true}); err != nil {
+		t.Fatal(err)
+	}
+	s := prog.String()
+	if !strings.HasPrefix(s, "\rstats [") || !strings.Contains(s, "\rstats [##############################] 100% 10 events ") ||
+		!strings.HasSuffix(s, "\n") || strings.Count(s, "\n") != 1 {
+		t.Fatalf("terminal progress %q", s)
+	}
+}
