@@ -33,6 +33,7 @@
 //		Projection:  &counts{},
 //	}
 //	err := r.Run(ctx)     // from the checkpoint (or r.From), history then live, until ctx ends
+//	                      // (or, with r.Until set, until the event at that position)
 //	err = r.Rebuild(ctx)  // forget the checkpoint, reset, replay from r.From
 //
 // # Guarantees and the projection's duties
@@ -58,6 +59,10 @@
 //     (keyed by Stream and Revision), or they must store the checkpoint in
 //     the same transaction as their state, through their own
 //     CheckpointStore. Rebuild calls their Reset (Resetter).
+//
+// Stats is a built-in projection (messages per day, active users, fanout,
+// delivery lag); New and Names look projections up by name for
+// `imsync replay`.
 //
 // See docs/analysts.md for a guide and the export formats.
 package projections

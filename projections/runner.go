@@ -30,6 +30,16 @@ type Runner struct {
 	// SaveIdle saves the checkpoint once no event came for this long and
 	// some are unsaved (default one second).
 	SaveIdle time.Duration
+
+	// Until, when set, makes Run a bounded replay: it returns nil, with
+	// the checkpoint saved, once it has applied the event at Until (or
+	// found its checkpoint at or after Until). Until is the position of
+	// an event the projection's filter selects (a replay tool reads the
+	// last one before it starts); zero runs live until ctx ends.
+	Until events.Position
+	// Applied, when set, is called after each event the projection
+	// applied (progress reports). It must not block.
+	Applied func(Event)
 }
 
 func (r *Runner) saveEvery() int {
@@ -66,6 +76,15 @@ func (r *Runner) Run(ctx context.Context) error {
 	var state []byte
 	if ok {
 		start, state = events.SubscribeAfterPosition(cp.Position), cp.State
+	}
+	bounded := r.Until != (events.Position{})
+	if bounded && ok && !cp.Position.Less(r.Until) {
+		if s, isStateful := p.(Stateful); isStateful {
+			if err := s.Restore(state); err != nil {
+				return fmt.Errorf("projection %s: restore: %w", name, err)
+			}
+		}
+		return nil
 	}
 	if s, isStateful := p.(Stateful); isStateful {
 		if err := s.Restore(state); err != nil {
@@ -143,6 +162,12 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		last = re.Position
 		pending++
+		if r.Applied != nil {
+			r.Applied(e)
+		}
+		if bounded && !re.Position.Less(r.Until) {
+			return save(ctx)
+		}
 		if pending >= r.saveEvery() {
 			if err := save(ctx); err != nil {
 				return err

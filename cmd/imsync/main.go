@@ -8,6 +8,8 @@
 //	imsync convs | history --conv ID | sync [--state FILE] | tail | read --conv ID --seq N | recall --conv ID --seq N
 //	imsync store append|read|log|scavenge|recover --data DIR ...
 //	imsync export --data DIR --format jsonl|parquet --out PATH [--from-position P] [--to-position P] [--streams PREFIX]
+//	imsync replay --data DIR --projection NAME [--from-position P] [--rebuild]
+//	imsync stats --data DIR [--json]
 //
 // Client commands take --server HOST:PORT --token T (or IMSYNC_SERVER,
 // IMSYNC_TOKEN) and --ca FILE or --insecure; --json prints one JSON object
@@ -66,6 +68,9 @@ Event store tools (the server must not be running on DIR):
 Export for analysts (the server must not be running on DIR; columns in docs/analysts.md):
   imsync export --data DIR --format jsonl|parquet --out PATH|- [--from-position P] [--to-position P]
                 [--streams PREFIX]...
+  imsync replay --data DIR --projection NAME [--from-position P] [--rebuild]
+                (checkpoint in DIR/projections/NAME.checkpoint; progress on standard error)
+  imsync stats  --data DIR [--json]   (replays the stats projection, prints its table)
 `
 
 func main() {
@@ -98,6 +103,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return runStore(ctx, args, out)
 	case "export":
 		return runExport(ctx, args, out)
+	case "replay":
+		return runReplay(ctx, args, out)
+	case "stats":
+		return runStats(ctx, args, out)
 	case "bench":
 		return runBench(ctx, args, out)
 	case "bench-clients": // the child process of bench's idle measurement
