@@ -81,15 +81,7 @@ func fileSize(t *testing.T, path string) int64 {
 func TestWALFlipMidFileRefused(t *testing.T) {
 	for _, where := range []string{"middle", "last-record"} {
 		t.Run(where, func(t *testing.T) {
-			dir := t.TempDir()
-			s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			appendN(t, s, "conv-c1", 300)
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
+			dir := closedStore(t, 300)
 			wal := newestFile(t, dir, ".log")
 			size := fileSize(t, wal)
 			off := size / 2
@@ -183,15 +175,7 @@ func TestSSTableDamageInRead(t *testing.T) {
 // TestWALTornTailOpens: bytes after the last acknowledged record (a write
 // cut short by a crash) are dropped and the store opens with everything.
 func TestWALTornTailOpens(t *testing.T) {
-	dir := t.TempDir()
-	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	appendN(t, s, "conv-c1", 300)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	dir := closedStore(t, 300)
 	wal := newestFile(t, dir, ".log")
 	f, err := os.OpenFile(wal, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -202,7 +186,7 @@ func TestWALTornTailOpens(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	s, err = events.Open(dir, events.Options{ScavengeInterval: -1})
+	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
 	if err != nil {
 		t.Fatalf("open after a torn tail: %v", err)
 	}
@@ -271,13 +255,7 @@ func TestWALFlipAfterCrashRefused(t *testing.T) {
 // loss and never hands out an acknowledged position again; after it the
 // store opens normally.
 func TestRecoverAcceptsLoss(t *testing.T) {
-	dir := t.TempDir()
-	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	appendN(t, s, "conv-c1", 300)
-	s.Close()
+	dir := closedStore(t, 300)
 	wal := newestFile(t, dir, ".log")
 	flip(t, wal, fileSize(t, wal)/2, 4)
 	if _, err := events.Open(dir, events.Options{ScavengeInterval: -1}); !errors.Is(err, events.ErrCorrupt) {
@@ -301,7 +279,7 @@ func TestRecoverAcceptsLoss(t *testing.T) {
 		t.Fatalf("first append after recovery at position %d: an acknowledged position handed out again", res.Position.Commit)
 	}
 	r.Close()
-	s, err = events.Open(dir, events.Options{ScavengeInterval: -1})
+	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
 	if err != nil {
 		t.Fatalf("open after recovery: %v", err)
 	}
@@ -317,13 +295,7 @@ func TestRecoverAcceptsLoss(t *testing.T) {
 // TestHighWaterFileDamaged: a mark that cannot be read is damage, not "no
 // mark".
 func TestHighWaterFileDamaged(t *testing.T) {
-	dir := t.TempDir()
-	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	appendN(t, s, "conv-c1", 3)
-	s.Close()
+	dir := closedStore(t, 3)
 	mark := filepath.Join(dir, "db", "IMSYNC-HIGHWATER")
 	if err := os.WriteFile(mark, make([]byte, 64), 0o640); err != nil {
 		t.Fatal(err)
@@ -448,15 +420,9 @@ func TestSSTableDamageAtOpen(t *testing.T) {
 // the mark; the other keeps the store openable with every event.
 func TestHighWaterOneSlotTorn(t *testing.T) {
 	for slot := range 2 {
-		dir := t.TempDir()
-		s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		appendN(t, s, "conv-c1", 5)
-		s.Close()
+		dir := closedStore(t, 5)
 		flip(t, filepath.Join(dir, "db", "IMSYNC-HIGHWATER"), int64(slot*32+10), 4)
-		s, err = events.Open(dir, events.Options{ScavengeInterval: -1})
+		s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
 		if err != nil {
 			t.Fatalf("slot %d torn: %v", slot, err)
 		}
@@ -466,4 +432,20 @@ func TestHighWaterOneSlotTorn(t *testing.T) {
 			t.Fatalf("slot %d torn: read %d events, %v", slot, len(evs), err)
 		}
 	}
+}
+
+// closedStore is a store in a new directory holding n events of conv-c1,
+// closed cleanly: the starting point of the damage tests.
+func closedStore(t *testing.T, n int) string {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, s, "conv-c1", n)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

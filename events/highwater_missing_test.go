@@ -17,20 +17,13 @@ import (
 func TestHighWaterFileMissingRefused(t *testing.T) {
 	for _, damage := range []string{"deleted", "emptied"} {
 		t.Run(damage, func(t *testing.T) {
-			dir := t.TempDir()
-			s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			appendN(t, s, "conv-c1", 20)
-			if err := s.Close(); err != nil {
-				t.Fatal(err)
-			}
+			dir := closedStore(t, 20)
 			wal := newestFile(t, dir, ".log")
 			if err := os.Truncate(wal, fileSize(t, wal)/2); err != nil {
 				t.Fatal(err)
 			}
 			mark := filepath.Join(dir, "db", "IMSYNC-HIGHWATER")
+			var err error
 			if damage == "deleted" {
 				err = os.Remove(mark)
 			} else {
@@ -51,7 +44,7 @@ func TestHighWaterFileMissingRefused(t *testing.T) {
 			if rec, err := os.ReadFile(filepath.Join(dir, "RECOVERIES")); err != nil || !strings.Contains(string(rec), "high-water mark was missing") {
 				t.Fatalf("recovery record: %q %v", rec, err)
 			}
-			s, err = events.Open(dir, events.Options{ScavengeInterval: -1})
+			s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
 			if err != nil {
 				t.Fatalf("open after recovery: %v", err)
 			}
@@ -64,13 +57,7 @@ func TestHighWaterFileMissingRefused(t *testing.T) {
 // mark (no tracking line, no mark file) opens, and from then on a missing
 // mark is refused.
 func TestHighWaterTrackingStartsOnOldStores(t *testing.T) {
-	dir := t.TempDir()
-	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	appendN(t, s, "conv-c1", 5)
-	s.Close()
+	dir := closedStore(t, 5)
 	marker := filepath.Join(dir, "IMSYNC-EVENTS")
 	mark := filepath.Join(dir, "db", "IMSYNC-HIGHWATER")
 	if err := os.WriteFile(marker, []byte("imsync-events/1\n"), 0o640); err != nil {
@@ -79,7 +66,7 @@ func TestHighWaterTrackingStartsOnOldStores(t *testing.T) {
 	if err := os.Remove(mark); err != nil {
 		t.Fatal(err)
 	}
-	s, err = events.Open(dir, events.Options{ScavengeInterval: -1})
+	s, err := events.Open(dir, events.Options{ScavengeInterval: -1})
 	if err != nil {
 		t.Fatalf("open of a store from before the mark: %v", err)
 	}
