@@ -295,14 +295,21 @@ func (g *conversationGrain) startFanout(ctx actor.Context) {
 	// out on its own queue.
 	outstanding, next := len(users), 0
 	var firstErr error
-	var launch func()
-	finish := func(err error) {
+	// settle counts one delivery as answered (or as failed to start) and
+	// says whether that ended the batch.
+	settle := func(err error) bool {
 		firstErr = cmpErr(firstErr, err)
 		if outstanding--; outstanding == 0 {
 			g.fanoutDone(ctx, &fanoutDone{upTo: upTo, err: firstErr})
-			return
+			return true
 		}
-		launch()
+		return false
+	}
+	var launch func()
+	finish := func(err error) {
+		if !settle(err) {
+			launch()
+		}
 	}
 	launch = func() {
 		for next < len(users) {
@@ -310,9 +317,7 @@ func (g *conversationGrain) startFanout(ctx actor.Context) {
 			next++
 			fut, err := g.svc.deliverFuture(g.id, user, per[user])
 			if err != nil {
-				firstErr = cmpErr(firstErr, err)
-				if outstanding--; outstanding == 0 {
-					g.fanoutDone(ctx, &fanoutDone{upTo: upTo, err: firstErr})
+				if settle(err) {
 					return
 				}
 				continue // this slot is free: the next user takes it

@@ -104,8 +104,7 @@ func (g *conversationGrain) notifyWatchers(ctx actor.Context) {
 // setWatch makes the user grain watch conv exactly when the user has an
 // online device and is a member of conv, a read-fanout group.
 func (g *userGrain) setWatch(ctx actor.Context, conv string, renew bool) {
-	c := g.state.convs[conv]
-	want := len(g.devices) > 0 && c != nil && c.member && c.readFanout
+	want := g.wantsWatch(g.state.convs[conv])
 	if want == g.watching[conv] && !(want && renew) {
 		return
 	}
@@ -117,6 +116,12 @@ func (g *userGrain) setWatch(ctx actor.Context, conv string, renew bool) {
 	g.sendWatches(ctx, map[string]bool{conv: want})
 }
 
+// wantsWatch: the user has an online device and is a member of c, a
+// read-fanout group.
+func (g *userGrain) wantsWatch(c *convSummary) bool {
+	return len(g.devices) > 0 && c != nil && c.member && c.readFanout
+}
+
 // setWatches is setWatch for every conversation of the user; renew sends
 // the watches that hold again (a lease renewal).
 func (g *userGrain) setWatches(ctx actor.Context, renew bool) {
@@ -125,7 +130,7 @@ func (g *userGrain) setWatches(ctx actor.Context, renew bool) {
 	}
 	changes := map[string]bool{}
 	for id, c := range g.state.convs {
-		want := len(g.devices) > 0 && c.member && c.readFanout
+		want := g.wantsWatch(c)
 		if want != g.watching[id] || (want && renew) {
 			changes[id] = want
 		}
