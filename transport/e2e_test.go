@@ -74,7 +74,13 @@ func ctx(t *testing.T) context.Context {
 
 func (ts *testServer) dial(t *testing.T, user, device string, last uint64) *client.Client {
 	t.Helper()
-	tok, err := ts.key.Mint(user, device, time.Hour, time.Now())
+	return ts.dialTTL(t, user, device, time.Hour, last)
+}
+
+// dialTTL is dial with a token that expires after ttl.
+func (ts *testServer) dialTTL(t *testing.T, user, device string, ttl time.Duration, last uint64) *client.Client {
+	t.Helper()
+	tok, err := ts.key.Mint(user, device, ttl, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

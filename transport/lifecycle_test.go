@@ -119,15 +119,7 @@ func TestOversizeSendKeepsSession(t *testing.T) {
 // expiry instead of reconnecting.
 func TestTokenExpiryEndsConnection(t *testing.T) {
 	ts := startServer(t, transport.Config{})
-	tok, err := ts.key.Mint("ann", "phone", 3*time.Second, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ann, err := client.Dial(ctx(t), client.Config{Addr: ts.addr, Token: tok, TLS: ts.tls})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ann.Close()
+	ann := ts.dialTTL(t, "ann", "phone", 3*time.Second, 0)
 	if _, err := ann.Conversations(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -171,15 +163,7 @@ func waitEntriesClosed(t *testing.T, c *client.Client) {
 // and Err says why.
 func TestTokenExpiryClosesEntries(t *testing.T) {
 	ts := startServer(t, transport.Config{})
-	tok, err := ts.key.Mint("ann", "phone", 2*time.Second, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ann, err := client.Dial(ctx(t), client.Config{Addr: ts.addr, Token: tok, TLS: ts.tls})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ann.Close()
+	ann := ts.dialTTL(t, "ann", "phone", 2*time.Second, 0)
 	if err := ann.Err(); err != nil {
 		t.Fatalf("Err of a running client: %v", err)
 	}
