@@ -410,6 +410,8 @@ func TestPreAuthLimits(t *testing.T) {
 	if err := wire.NewReader(control, 0).Read(&p); err != nil || p.GetError().GetCode() != wire.CodeBadFrame {
 		t.Fatalf("a 5 KiB Hello: %v, %v", &p, err)
 	}
+	// its slot is freed when the server closes it, a moment after the answer
+	waitFor(t, 10*time.Second, "the refused Hello's slot freed", func() bool { return ts.srv.Preauth() == 0 })
 	// three connections that never say Hello fill the pre-login slots
 	var silent []*quic.Conn
 	for range 3 {
@@ -421,6 +423,7 @@ func TestPreAuthLimits(t *testing.T) {
 		st.Write([]byte{0x10}) // a Hello of 16 bytes, never finished
 		silent = append(silent, qc)
 	}
+	waitFor(t, 10*time.Second, "3 pre-login slots", func() bool { return ts.srv.Preauth() == 3 })
 	tok, err := ts.key.Mint("ann", "phone", time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
