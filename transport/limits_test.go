@@ -43,11 +43,17 @@ func liveHeap() uint64 {
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, total time.Duration, what string, cond func() bool) {
+// waitFor polls cond until it holds; on timeout it fails, showing what the
+// optional last functions return (the last value seen, for example).
+func waitFor(t *testing.T, total time.Duration, what string, cond func() bool, last ...func() any) {
 	t.Helper()
 	for end := time.Now().Add(total); !cond(); {
 		if time.Now().After(end) {
-			t.Fatalf("timed out waiting for %s", what)
+			var seen []any
+			for _, f := range last {
+				seen = append(seen, f())
+			}
+			t.Fatalf("timed out waiting for %s (last seen: %v)", what, seen)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -435,11 +441,12 @@ func TestPreAuthLimits(t *testing.T) {
 		}
 		return err
 	}
+	var last error
 	waitFor(t, 10*time.Second, "a refusal while the slots are full", func() bool {
 		var ae *quic.ApplicationError
-		err := dial()
-		return errors.As(err, &ae) && ae.ErrorCode == wire.CodeBusy
-	})
+		last = dial()
+		return errors.As(last, &ae) && ae.ErrorCode == wire.CodeBusy
+	}, func() any { return last })
 	silent[0].CloseWithError(0, "")
 	waitFor(t, 10*time.Second, "a login once a slot is free", func() bool { return dial() == nil })
 }
@@ -457,18 +464,21 @@ func TestPreAuthPerAddress(t *testing.T) {
 		}
 		st.Write([]byte{0x10}) // a Hello of 16 bytes, never finished
 	}
+	waitFor(t, 10*time.Second, "3 pre-login slots", func() bool { return ts.srv.Preauth() == 3 })
 	tok, err := ts.key.Mint("ann", "phone", time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
+	var last error
 	waitFor(t, 10*time.Second, "a refusal from the address that filled its slots", func() bool {
 		c, err := client.Dial(ctx(t), client.Config{Addr: ts.addr, Token: tok, TLS: ts.tls, NoReconnect: true})
 		if err == nil {
 			c.Close()
 		}
+		last = err
 		var ae *quic.ApplicationError
 		return errors.As(err, &ae) && ae.ErrorCode == wire.CodeBusy
-	})
+	}, func() any { return last })
 	// 127.0.0.2 is in the same /24: refused too.
 	if code := stalledFrom(t, ts, net.IPv4(127, 0, 0, 2)).closedWith(t); code != wire.CodeBusy {
 		t.Fatalf("another address of the full /24: closed with %d, want %d", code, wire.CodeBusy)
