@@ -303,3 +303,25 @@ func TestReauthOtherDeviceRefused(t *testing.T) {
 		t.Fatalf("reauth with a later token: %v (old expiry %d)", r, expires)
 	}
 }
+
+// A token in the v1 format that earlier releases minted with the data
+// directory's key still logs in (until it expires); one of another key
+// does not.
+func TestV1TokenStillLogsIn(t *testing.T) {
+	ts := startServer(t, transport.Config{})
+	old := transport.MintV1(ts.key, "ann", "phone", time.Hour, time.Now())
+	c, err := dialToken(t, ts, old)
+	if err != nil {
+		t.Fatalf("a v1 token of the data directory's key: %v", err)
+	}
+	if w := c.Welcome(); w.User != "ann" || w.Device != "phone" {
+		t.Fatalf("welcome: %v", w)
+	}
+	other, err := transport.LoadOrCreateKey(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dialToken(t, ts, transport.MintV1(other, "ann", "phone", time.Hour, time.Now())); !errors.Is(err, client.ErrBadToken) {
+		t.Fatalf("a v1 token of another key: %v", err)
+	}
+}
