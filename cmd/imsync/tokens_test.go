@@ -372,3 +372,65 @@ func TestTokenPrintJWKS(t *testing.T) {
 		t.Fatalf("--print-jwks --key: %v\n%s", err, jwksOut)
 	}
 }
+
+// The recipe of docs/tokens.md, run as written: an openssl key, its JWKS
+// from `imsync token --print-jwks --key`, a server with --jwks and the
+// aud/iss rules, and a token minted by the doc's dependency-free Node
+// script logs in.
+func TestDocsTokenRecipe(t *testing.T) {
+	for _, tool := range []string{"openssl", "node"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "tokens.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)```js\n(// mint\\.mjs\n.*?)```").FindSubmatch(doc)
+	if m == nil {
+		t.Fatal("no mint.mjs block in docs/tokens.md")
+	}
+	dir := t.TempDir()
+	script, pemPath := filepath.Join(dir, "mint.mjs"), filepath.Join(dir, "backend-2026-12.pem")
+	os.WriteFile(script, m[1], 0o644)
+	if out, err := exec.Command("openssl", "genpkey", "-algorithm", "ed25519", "-out", pemPath).CombinedOutput(); err != nil {
+		t.Fatalf("openssl: %v %s", err, out)
+	}
+	jwks, err := runCmd(t, "token", "--print-jwks", "--key", pemPath, "--kid", "backend-2026-12")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwksPath := filepath.Join(dir, "jwks.json")
+	os.WriteFile(jwksPath, []byte(jwks), 0o644)
+	data := filepath.Join(dir, "data")
+	addr, _, _ := serveInProcess(t, serveArgs(t, data, "--listen", "127.0.0.1:0", "--jwks", jwksPath, "--jwt-audience", "chat", "--jwt-issuer", "https://app.example")...)
+	tok, err := exec.Command("node", script, pemPath, "backend-2026-12", "ann", "phone").Output()
+	if err != nil {
+		t.Fatalf("node mint.mjs: %v", err)
+	}
+	pemBytes, _ := os.ReadFile(filepath.Join(data, transport.CertFile))
+	pinned, _ := client.PinnedTLS(pemBytes)
+	c, err := client.Dial(context.Background(), client.Config{Addr: addr, Token: strings.TrimSpace(string(tok)), TLS: pinned, NoReconnect: true})
+	if err != nil {
+		t.Fatalf("the token of the documented Node script: %v", err)
+	}
+	defer c.Close()
+	if w := c.Welcome(); w.User != "ann" || w.Device != "phone" {
+		t.Fatalf("welcome %v", w)
+	}
+	// The development key's tokens need the same aud/iss.
+	dev, err := runCmd(t, "token", "--data", data, "--user", "ann", "--device", "cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Dial(context.Background(), client.Config{Addr: addr, Token: strings.TrimSpace(dev), TLS: pinned, NoReconnect: true}); !errors.Is(err, client.ErrBadToken) {
+		t.Fatalf("a dev token without aud/iss: %v", err)
+	}
+	dev, _ = runCmd(t, "token", "--data", data, "--user", "ann", "--device", "cli", "--jwt-audience", "chat", "--jwt-issuer", "https://app.example")
+	c2, err := client.Dial(context.Background(), client.Config{Addr: addr, Token: strings.TrimSpace(dev), TLS: pinned, NoReconnect: true})
+	if err != nil {
+		t.Fatalf("a dev token with aud/iss: %v", err)
+	}
+	c2.Close()
+}
