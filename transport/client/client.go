@@ -20,7 +20,11 @@
 //		c.Ack(ctx, e.UserSeq)             // the server now knows this device's position
 //		save(e.UserSeq)                   // where to resume after a restart
 //	}
-//	err = c.Err() // why it ended, e.g. the token expired (code 102)
+//	err = c.Err() // why it ended, e.g. the token expired: errors.Is(err, client.ErrBadToken)
+//
+// With Config.TokenSource instead of Token, the client asks the app for a
+// fresh token before each one expires and re-authenticates on the open
+// connection, so a session outlives its tokens.
 //
 // It links only the wire protocol and the event schema, never server code.
 package client
