@@ -55,7 +55,7 @@ const ALPN = "imsync/1"
 // Config configures a Client.
 type Config struct {
 	Addr  string // host:port of the server (UDP)
-	Token string // a device token (docs/tokens.md); optional with TokenSource
+	Token string // a device token (docs/tokens.md); unused when TokenSource is set
 	// TokenSource, when set, returns a current token (typically from the
 	// app's backend): the client calls it for every login, the first one
 	// included, and before the connection's token expires, to
