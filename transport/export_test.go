@@ -6,3 +6,6 @@ func (s *Server) Preauth() int {
 	defer s.mu.Unlock()
 	return s.preauth
 }
+
+// MintV1 makes a token in the HMAC format of earlier releases.
+var MintV1 = mintV1

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
@@ -26,11 +27,19 @@ import (
 // does not offer it is refused by TLS itself.
 const ALPN = "imsync/1"
 
-// Config configures a Server. Service, Key and TLS are required.
+// Config configures a Server. Service, TLS and Key or JWKS are required.
 type Config struct {
 	Service *actors.Service
-	Key     *Key
-	TLS     *tls.Config // the server certificate; ALPN and TLS 1.3 are set here
+	// Key is the data directory's development key: its JWTs (and its v1
+	// tokens of earlier releases) are accepted.
+	Key *Key
+	// JWKS holds the public keys of the app backend that mints device
+	// tokens (optional); a token picks its key by kid. Reload it for key
+	// rotation.
+	JWKS *JWKS
+	// TokenRules are the aud and iss claims every JWT must carry.
+	TokenRules TokenRules
+	TLS        *tls.Config // the server certificate; ALPN and TLS 1.3 are set here
 
 	MaxFrameSize      int           // default wire.DefaultMaxFrameSize
 	RequestsPerSecond float64       // per connection (default 2,000)
@@ -152,8 +161,8 @@ type Server struct {
 
 // NewServer checks cfg and returns a server ready to Listen.
 func NewServer(cfg Config) (*Server, error) {
-	if cfg.Service == nil || cfg.Key == nil || cfg.TLS == nil {
-		return nil, errors.New("transport: Config needs Service, Key and TLS")
+	if cfg.Service == nil || (cfg.Key == nil && cfg.JWKS == nil) || cfg.TLS == nil {
+		return nil, errors.New("transport: Config needs Service, TLS and Key or JWKS")
 	}
 	cfg.fill()
 	if cfg.MaxFrameSize < wire.DefaultMaxFrameSize {
@@ -271,7 +280,9 @@ type conn struct {
 	control *quic.Stream
 	limiter *rate.Limiter
 	sem     chan struct{}
+	emu     sync.Mutex
 	expires time.Time   // the token's expiry: the connection ends then
+	expiry  *time.Timer // closes the connection at expires
 	reads   *byteBudget // partially read request frames
 	writes  *byteBudget // answers being computed or written
 
@@ -315,8 +326,9 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	}
 	control.SetReadDeadline(time.Time{})
 	rd.WithFrameTimeout(s.cfg.FrameTimeout)
-	claims, err := s.cfg.Key.Verify(hello.Token, s.cfg.Now())
+	claims, err := s.verifyToken(hello.Token)
 	if err != nil {
+		s.cfg.Logger.Info("login refused", "remote", qc.RemoteAddr(), "reason", err)
 		refuse(wire.CodeUnauthorized, err.Error())
 		return
 	}
@@ -334,12 +346,16 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		return
 	}
 	defer s.leave(c)
-	// The connection ends when its token does: a device keeps only the
-	// access its current token grants.
-	expiry := time.AfterFunc(c.expires.Sub(s.cfg.Now()), func() {
+	// The connection ends when its token does, unless the client
+	// re-authenticates first: a device keeps only the access its current
+	// token grants.
+	c.emu.Lock()
+	c.expiry = time.AfterFunc(c.expires.Sub(s.cfg.Now()), func() {
+		s.cfg.Logger.Debug("token expired", "user", c.user, "device", c.device, "remote", qc.RemoteAddr())
 		qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeUnauthorized), "token expired")
 	})
-	defer expiry.Stop()
+	c.emu.Unlock()
+	defer c.expiry.Stop()
 
 	svc := s.cfg.Service
 	att, err := svc.AttachDevice(ctx, c.user, c.device, c)
@@ -357,6 +373,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		refuse(codeOf(err), err.Error())
 		return
 	}
+	welcome.TokenExpires = claims.Expires
 	if err := c.writeControl(&wire.ServerPush{Push: &wire.ServerPush_Welcome{Welcome: welcome}}); err != nil {
 		return
 	}
@@ -617,6 +634,13 @@ func (c *conn) controlLoop(ctx context.Context, rd *wire.Reader) {
 			}
 			return
 		}
+		if ra := m.GetReauth(); ra != nil {
+			if !c.limiter.AllowN(c.s.cfg.Now(), 1) {
+				c.writeControl(&wire.ServerPush{Push: &wire.ServerPush_Reauth{Reauth: &wire.ReauthResult{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "request rate limit"}}}})
+				continue
+			}
+			c.reauth(ra.Token)
+		}
 		if ack := m.GetAck(); ack != nil {
 			if !c.limiter.AllowN(c.s.cfg.Now(), 1) {
 				continue // acks are only positions: a later one supersedes a refused one
@@ -629,6 +653,50 @@ func (c *conn) controlLoop(ctx context.Context, rd *wire.Reader) {
 			}
 		}
 	}
+}
+
+// verifyToken checks a token against the development key and the JWKS: a
+// JWT with the configured rules, or a v1 token of the development key.
+func (s *Server) verifyToken(token string) (Claims, error) {
+	now := s.cfg.Now()
+	if isV1(token) {
+		if s.cfg.Key == nil {
+			return Claims{}, fmt.Errorf("%w: v1 tokens need the development key", ErrBadToken)
+		}
+		return s.cfg.Key.verifyV1(token, now)
+	}
+	return verifyJWT(token, now, s.publicKey, s.cfg.TokenRules)
+}
+
+// publicKey is the key of kid: from the JWKS, else the development key.
+func (s *Server) publicKey(kid string) ed25519.PublicKey {
+	if s.cfg.JWKS != nil {
+		if k := s.cfg.JWKS.key(kid); k != nil {
+			return k
+		}
+	}
+	return s.cfg.Key.public(kid)
+}
+
+// reauth moves the connection's expiry to that of a fresh token of the
+// same user and device; a refused token leaves the old expiry.
+func (c *conn) reauth(token string) {
+	claims, err := c.s.verifyToken(token)
+	if err == nil && (claims.User != c.user || claims.Device != c.device) {
+		err = fmt.Errorf("%w: the token is for user %q device %q, not this connection's", ErrBadToken, claims.User, claims.Device)
+	}
+	if err != nil {
+		c.s.cfg.Logger.Info("re-authentication refused", "user", c.user, "device", c.device, "remote", c.qc.RemoteAddr(), "reason", err)
+		c.writeControl(&wire.ServerPush{Push: &wire.ServerPush_Reauth{Reauth: &wire.ReauthResult{Error: &wire.Error{Code: wire.CodeUnauthorized, Message: err.Error()}}}})
+		return
+	}
+	c.emu.Lock()
+	if c.expiry.Stop() { // not fired yet: the connection lives on
+		c.expires = time.Unix(claims.Expires, 0)
+		c.expiry.Reset(c.expires.Sub(c.s.cfg.Now()))
+	}
+	c.emu.Unlock()
+	c.writeControl(&wire.ServerPush{Push: &wire.ServerPush_Reauth{Reauth: &wire.ReauthResult{TokenExpires: claims.Expires}}})
 }
 
 // serveRequests reads requests from one stream and answers each, in any

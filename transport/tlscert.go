@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 )
 
@@ -130,3 +131,72 @@ func writeNewFile(path string, data []byte, mode os.FileMode) error {
 	}
 	return nil
 }
+
+// MissingNames lists the hosts (DNS names or IP addresses) that cert is not
+// valid for.
+func MissingNames(cert tls.Certificate, hosts []string) ([]string, error) {
+	if len(cert.Certificate) == 0 {
+		return nil, errors.New("transport: empty certificate")
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("transport: %w", err)
+	}
+	var missing []string
+	for _, h := range hosts {
+		if leaf.VerifyHostname(h) != nil {
+			missing = append(missing, h)
+		}
+	}
+	return missing, nil
+}
+
+// ReplaceCert moves the self-signed certificate of dir aside (to
+// server.crt.old and server.key.old, replacing earlier ones) and creates a
+// new one for localhost, the loopback addresses and hosts. Clients that
+// pinned the old certificate must pin the new one.
+func ReplaceCert(dir string, hosts ...string) (tls.Certificate, error) {
+	for _, name := range []string{CertFile, certKey} {
+		path := filepath.Join(dir, name)
+		if err := os.Rename(path, path+".old"); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return tls.Certificate{}, fmt.Errorf("transport: %w", err)
+		}
+	}
+	return LoadOrCreateCert(dir, hosts...)
+}
+
+// CertFiles is a certificate and its key read from PEM files, served
+// through tls.Config.GetCertificate so that Reload replaces it for new
+// connections while open ones go on. Safe for concurrent use.
+type CertFiles struct {
+	crt, key string
+	cur      atomic.Pointer[tls.Certificate]
+}
+
+// LoadCertFiles reads the certificate crt and its private key key.
+func LoadCertFiles(crt, key string) (*CertFiles, error) {
+	c := &CertFiles{crt: crt, key: key}
+	if err := c.Reload(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Reload reads the files again; on any error the certificate loaded before
+// stays in use and the error says why.
+func (c *CertFiles) Reload() error {
+	cert, err := tls.LoadX509KeyPair(c.crt, c.key)
+	if err != nil {
+		return fmt.Errorf("transport: certificate %s, key %s: %w", c.crt, c.key, err)
+	}
+	c.cur.Store(&cert)
+	return nil
+}
+
+// GetCertificate is for tls.Config.GetCertificate.
+func (c *CertFiles) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return c.cur.Load(), nil
+}
+
+// TLSConfig serves the current certificate.
+func (c *CertFiles) TLSConfig() *tls.Config { return &tls.Config{GetCertificate: c.GetCertificate} }

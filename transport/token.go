@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -17,24 +18,50 @@ import (
 )
 
 // Tokens say who a connection is: a user and one of their devices, until
-// an expiry, signed with the server's key (HMAC-SHA256). Format:
+// an expiry. They are JWTs (see jwt.go). The data directory's token.key
+// holds the development key that `imsync token` mints with: 32 random
+// bytes from which an Ed25519 key is derived (its public key is accepted
+// next to the --jwks keys). Before JWTs, the same bytes signed tokens with
+// HMAC-SHA256 in the format
 //
 //	v1.<base64url(JSON claims)>.<base64url(HMAC of "v1."+claims part)>
+//
+// which is still accepted until such tokens expire, and no longer minted.
 
 // Claims are what a token asserts.
 type Claims struct {
-	User    string `json:"u"`
-	Device  string `json:"d"`
-	Expires int64  `json:"exp"` // unix seconds
-	Issued  int64  `json:"iat"`
+	User     string   `json:"u"`
+	Device   string   `json:"d"`
+	Expires  int64    `json:"exp"` // unix seconds
+	Issued   int64    `json:"iat"`
+	Issuer   string   `json:"-"` // JWT iss
+	Audience []string `json:"-"` // JWT aud
 }
 
 // ErrBadToken covers every refused token: malformed, forged, signed with
 // another key, or expired.
 var ErrBadToken = errors.New("bad token")
 
-// Key signs and checks tokens.
-type Key struct{ secret []byte }
+// Key is the development token key of a data directory: it mints JWTs
+// with an Ed25519 key derived from its secret, and checks them (and the
+// v1 tokens of earlier releases).
+type Key struct {
+	secret []byte
+	dev    ed25519.PrivateKey
+	kid    string
+}
+
+// devSeedLabel separates the Ed25519 seed from the v1 HMAC use of the
+// same secret: seed = HMAC-SHA256(secret, label).
+const devSeedLabel = "imsync development token key: Ed25519 seed v1"
+
+func newKey(secret []byte) *Key {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(devSeedLabel))
+	dev := ed25519.NewKeyFromSeed(m.Sum(nil))
+	pub := dev.Public().(ed25519.PublicKey)
+	return &Key{secret: secret, dev: dev, kid: "dev-" + thumbprint(base64.RawURLEncoding.EncodeToString(pub))[:16]}
+}
 
 const keyFile = "token.key"
 
@@ -55,7 +82,7 @@ func LoadKey(dir string) (*Key, error) {
 	if len(b) < 32 {
 		return nil, fmt.Errorf("transport: %s is too short to be a key", path)
 	}
-	return &Key{secret: b}, nil
+	return newKey(b), nil
 }
 
 // KeyExists says whether dir holds a token key file.
@@ -83,26 +110,43 @@ func LoadOrCreateKey(dir string) (*Key, error) {
 	} else if err != nil {
 		return nil, err
 	}
-	return &Key{secret: secret}, nil
+	return newKey(secret), nil
 }
 
 // NewKey returns a key from secret bytes (tests).
-func NewKey(secret []byte) *Key { return &Key{secret: append([]byte(nil), secret...)} }
+func NewKey(secret []byte) *Key { return newKey(append([]byte(nil), secret...)) }
 
-// Mint signs a token for user's device, valid for ttl from now.
+// Mint signs a JWT for user's device, valid for ttl from now.
 func (k *Key) Mint(user, device string, ttl time.Duration, now time.Time) (string, error) {
-	if err := actors.ValidateID("user", user); err != nil {
-		return "", err
+	return k.MintFor(user, device, ttl, now, TokenRules{})
+}
+
+// MintFor is Mint with the aud and iss claims that rules name.
+func (k *Key) MintFor(user, device string, ttl time.Duration, now time.Time, rules TokenRules) (string, error) {
+	return mintJWT(k.dev, k.kid, user, device, ttl, now, rules)
+}
+
+// KID is the key id of the development key (the JWT header's kid).
+func (k *Key) KID() string { return k.kid }
+
+// PublicJWK is the development key's public key as a JWK.
+func (k *Key) PublicJWK() JWK { return PublicJWK(k.dev.Public().(ed25519.PublicKey), k.kid) }
+
+// public returns the development key's public key if kid is its id.
+func (k *Key) public(kid string) ed25519.PublicKey {
+	if k == nil || kid != k.kid {
+		return nil
 	}
-	if err := actors.ValidateID("device", device); err != nil {
-		return "", err
+	return k.dev.Public().(ed25519.PublicKey)
+}
+
+// Verify checks a token of this key: a JWT signed with the development key
+// (no aud/iss rules) or a v1 token.
+func (k *Key) Verify(token string, now time.Time) (Claims, error) {
+	if isV1(token) {
+		return k.verifyV1(token, now)
 	}
-	if ttl <= 0 {
-		return "", fmt.Errorf("transport: token lifetime must be positive, not %s", ttl)
-	}
-	claims, _ := json.Marshal(Claims{User: user, Device: device, Expires: now.Add(ttl).Unix(), Issued: now.Unix()})
-	body := "v1." + base64.RawURLEncoding.EncodeToString(claims)
-	return body + "." + base64.RawURLEncoding.EncodeToString(k.sign(body)), nil
+	return verifyJWT(token, now, k.public, TokenRules{})
 }
 
 func (k *Key) sign(body string) []byte {
@@ -111,14 +155,14 @@ func (k *Key) sign(body string) []byte {
 	return m.Sum(nil)
 }
 
-// Verify checks a token's signature, then its claims and expiry.
-func (k *Key) Verify(token string, now time.Time) (Claims, error) {
+// verifyV1 checks a v1 token's signature, then its claims and expiry.
+func (k *Key) verifyV1(token string, now time.Time) (Claims, error) {
 	var c Claims
 	if len(token) > 1024 {
 		return c, fmt.Errorf("%w: too long", ErrBadToken)
 	}
 	i := strings.LastIndexByte(token, '.')
-	if i < 0 || !strings.HasPrefix(token, "v1.") {
+	if i < 0 || !isV1(token) {
 		return c, fmt.Errorf("%w: not a v1 token", ErrBadToken)
 	}
 	body, sig := token[:i], token[i+1:]

@@ -2,7 +2,7 @@
 // every operation, and tools for the event store.
 //
 //	imsync serve --data DIR [--store esdb://HOST:2113?tls=false] [--listen HOST:PORT]
-//	imsync token --data DIR --user U --device D [--ttl 24h]
+//	imsync token --data DIR --user U --device D [--ttl 24h] | token --print-jwks (--data DIR | --key FILE.pem...)
 //	imsync send (--to USER | --conv ID) [--id CLIENT_MSG_ID] TEXT
 //	imsync group create --name N --members a,b,c | group add|remove --conv ID USER
 //	imsync convs | history --conv ID | sync [--state FILE] | tail | read --conv ID --seq N | recall --conv ID --seq N
@@ -40,7 +40,11 @@ Server:
                                                        DIR keeps keys and certificate)
                [--sync-retention 30d (0: for ever; or IMSYNC_SYNC_RETENTION)]
                [--new-store | --new-key | --new-cert: replace a missing piece on purpose]
-  imsync token --data DIR --user USER --device DEVICE [--ttl 24h]
+               [--hostname NAME[,NAME...]   (self-signed certificate names besides localhost)]
+               [--jwks FILE [--jwt-audience AUD] [--jwt-issuer ISS]]   (device tokens: docs/tokens.md)
+               (SIGHUP reloads --cert/--key and --jwks)
+  imsync token --data DIR --user USER --device DEVICE [--ttl 24h] [--jwt-audience AUD] [--jwt-issuer ISS]
+  imsync token --print-jwks (--data DIR | --key FILE.pem... [--kid ID])
 
 Client (--server HOST:PORT --token TOKEN, or IMSYNC_SERVER / IMSYNC_TOKEN;
         --ca DIR/server.crt or --insecure; --json for JSON lines):

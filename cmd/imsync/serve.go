@@ -3,15 +3,16 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/imsync/imsync/actors"
@@ -22,8 +23,13 @@ import (
 
 // runServe runs the whole product in one process: the event store (embedded,
 // or an EventStoreDB/KurrentDB server with --store), a cluster member with
-// the grains, the QUIC gateway. It stops cleanly on SIGINT/SIGTERM.
+// the grains, the QUIC gateway. It stops cleanly on SIGINT/SIGTERM and
+// reloads --cert/--key and --jwks on SIGHUP.
 func runServe(ctx context.Context, args []string, out io.Writer) error {
+	// Caught from the start: a SIGHUP must never kill a starting server.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	data := fs.String("data", "", "data directory (created on first use)")
@@ -32,6 +38,10 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	verbose := fs.Bool("v", false, "log connections")
 	certFile := fs.String("cert", "", "TLS certificate (PEM) to serve instead of the self-signed one")
 	keyFile := fs.String("key", "", "its private key (PEM)")
+	jwksFile := fs.String("jwks", "", "JSON Web Key Set file: the Ed25519 public keys device tokens may be signed with (reloaded on SIGHUP; docs/tokens.md)")
+	jwtAudience := fs.String("jwt-audience", "", "the aud claim every device token must carry")
+	jwtIssuer := fs.String("jwt-issuer", "", "the iss claim every device token must carry")
+	hostname := fs.String("hostname", "", "DNS names and IP addresses, comma-separated, for the self-signed certificate besides localhost")
 	var allow dataDirAllow
 	fs.BoolVar(&allow.store, "new-store", false, "create an empty event store in a data directory that a server used before")
 	fs.BoolVar(&allow.key, "new-key", false, "create a new token key when the data directory's is missing (every token must be reissued)")
@@ -52,14 +62,27 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	if (*certFile == "") != (*keyFile == "") {
 		return fmt.Errorf("%w: serve takes --cert and --key together", errUsage)
 	}
+	hosts, err := parseHostnames(*hostname)
+	if err != nil {
+		return fmt.Errorf("%w: serve: --hostname: %v", errUsage, err)
+	}
+	if len(hosts) > 0 && *certFile != "" {
+		return fmt.Errorf("%w: serve: --hostname names the self-signed certificate; a --cert brings its own names", errUsage)
+	}
 	var tcfg transport.Config
+	var certs *transport.CertFiles
 	if *certFile != "" {
-		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
-		if err != nil {
+		if certs, err = transport.LoadCertFiles(*certFile, *keyFile); err != nil {
 			return fmt.Errorf("serve: %w", err)
 		}
-		tcfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+		tcfg.TLS = certs.TLSConfig()
 	}
+	if *jwksFile != "" {
+		if tcfg.JWKS, err = transport.LoadJWKS(*jwksFile); err != nil {
+			return fmt.Errorf("serve: --jwks: %w", err)
+		}
+	}
+	tcfg.TokenRules = transport.TokenRules{Audience: *jwtAudience, Issuer: *jwtIssuer}
 	level := slog.LevelWarn
 	if *verbose {
 		level = slog.LevelDebug
@@ -71,7 +94,13 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 
-	st, err := startStackWith(*data, *storeURL, *listen, logger, tcfg, actors.Config{SyncRetention: time.Duration(retention)})
+	if len(hosts) > 0 {
+		if err := certForHosts(*data, hosts, allow.cert, logger); err != nil {
+			return err
+		}
+	}
+
+	st, err := startStackWith(*data, *storeURL, *listen, logger, tcfg, actors.Config{SyncRetention: time.Duration(retention)}, hosts...)
 	if err != nil {
 		return err
 	}
@@ -83,7 +112,17 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		certPath = filepath.Join(abs, transport.CertFile)
 	}
 	fmt.Fprintf(out, "imsync listening on %s (QUIC, ALPN %s)\ncertificate: %s\n", srv.Addr(), transport.ALPN, certPath)
-	<-ctx.Done()
+	if tcfg.JWKS != nil {
+		fmt.Fprintf(out, "jwks: %s (kids: %s)\n", tcfg.JWKS.Path(), strings.Join(tcfg.JWKS.Kids(), ", "))
+	}
+	for done := false; !done; {
+		select {
+		case <-hup:
+			reload(certs, tcfg.JWKS, out, logger)
+		case <-ctx.Done():
+			done = true
+		}
+	}
 	fmt.Fprintln(out, "imsync stopping")
 	return nil
 }
@@ -105,8 +144,9 @@ func startStack(data, storeURL, listen string, logger *slog.Logger, tcfg transpo
 }
 
 // startStackWith is startStack with settings of the grains (acfg's Store
-// and Logger are filled in).
-func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg transport.Config, acfg actors.Config) (*stack, error) {
+// and Logger are filled in); a self-signed certificate it creates covers
+// certHosts too.
+func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg transport.Config, acfg actors.Config, certHosts ...string) (*stack, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -141,7 +181,7 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 		return nil, err
 	}
 	if tcfg.TLS == nil {
-		cert, err := transport.LoadOrCreateCert(data)
+		cert, err := transport.LoadOrCreateCert(data, certHosts...)
 		if err != nil {
 			st.close()
 			return nil, err
@@ -208,35 +248,6 @@ func (st *stack) close() {
 	if st.store != nil {
 		st.store.Close()
 	}
-}
-
-// runToken mints a device token with the server's key.
-func runToken(args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("token", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	data := fs.String("data", "", "data directory of the server")
-	user := fs.String("user", "", "user id")
-	device := fs.String("device", "", "device id")
-	ttl := fs.Duration("ttl", 24*time.Hour, "lifetime")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: token: %v", errUsage, err)
-	}
-	if *data == "" || *user == "" || *device == "" {
-		return fmt.Errorf("%w: token needs --data, --user and --device", errUsage)
-	}
-	key, err := transport.LoadKey(*data)
-	if errors.Is(err, transport.ErrNoKey) {
-		return fmt.Errorf("token: %s is not the data directory of a server that has started (%w); pass the --data the server runs with", *data, err)
-	}
-	if err != nil {
-		return err
-	}
-	tok, err := key.Mint(*user, *device, *ttl, time.Now())
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintln(out, tok)
-	return err
 }
 
 // retentionFlag is a duration that also takes whole days ("30d").

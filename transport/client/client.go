@@ -20,7 +20,11 @@
 //		c.Ack(ctx, e.UserSeq)             // the server now knows this device's position
 //		save(e.UserSeq)                   // where to resume after a restart
 //	}
-//	err = c.Err() // why it ended, e.g. the token expired (code 102)
+//	err = c.Err() // why it ended, e.g. the token expired: errors.Is(err, client.ErrBadToken)
+//
+// With Config.TokenSource instead of Token, the client asks the app for a
+// fresh token before each one expires and re-authenticates on the open
+// connection, so a session outlives its tokens.
 //
 // It links only the wire protocol and the event schema, never server code.
 package client
@@ -51,8 +55,17 @@ const ALPN = "imsync/1"
 // Config configures a Client.
 type Config struct {
 	Addr  string // host:port of the server (UDP)
-	Token string // from `imsync token`
-	TLS   *tls.Config
+	Token string // a device token (docs/tokens.md); unused when TokenSource is set
+	// TokenSource, when set, returns a current token (typically from the
+	// app's backend): the client calls it for every login, the first one
+	// included, and before the connection's token expires, to
+	// re-authenticate on the open connection; so the connection outlives
+	// each token. A call that fails is retried until the token expires;
+	// the server then closes the connection and the client logs in again
+	// with the source's next token. A token the server refuses at login
+	// ends the client with an error matching ErrBadToken.
+	TokenSource func(ctx context.Context) (string, error)
+	TLS         *tls.Config
 	// LastUserSeq is the device's position in its sync timeline, as the app
 	// saved it; entries after it are delivered.
 	LastUserSeq uint64
@@ -136,6 +149,11 @@ type Client struct {
 
 // ErrClosed is returned by calls on a closed client.
 var ErrClosed = errors.New("client: closed")
+
+// ErrBadToken matches (errors.Is) the error of a client whose token the
+// server refused or let expire (a *wire.Error with code 102): Dial returns
+// it, and Err and every call after the client stopped.
+var ErrBadToken = wire.ErrBadToken
 
 // Dial connects and authenticates; an error here (bad token, no server) is
 // returned as is. Afterwards the client reconnects by itself.
@@ -338,7 +356,7 @@ func (c *Client) supervise(s *session) {
 			return
 		}
 		c.cfg.Logger.Debug("connection lost", "err", s.err)
-		if err := finalError(s.err); err != nil {
+		if err := finalError(s.err); err != nil && c.cfg.TokenSource == nil {
 			c.stop(err) // a refused token will not get better
 			return
 		}
@@ -492,7 +510,13 @@ func (c *Client) connect(ctx context.Context) (*session, *wire.Welcome, error) {
 	if s.control, err = qc.OpenStreamSync(ctx); err != nil {
 		return fail(err)
 	}
-	if err := wire.WriteFrame(s.control, &wire.Hello{Token: c.cfg.Token, LastUserSeq: c.last.Load(), Client: c.cfg.Client}); err != nil {
+	token := c.cfg.Token
+	if c.cfg.TokenSource != nil {
+		if token, err = c.cfg.TokenSource(ctx); err != nil {
+			return fail(fmt.Errorf("client: token source: %w", err))
+		}
+	}
+	if err := wire.WriteFrame(s.control, &wire.Hello{Token: token, LastUserSeq: c.last.Load(), Client: c.cfg.Client}); err != nil {
 		return fail(err)
 	}
 	rd := wire.NewReader(s.control, wire.DefaultMaxFrameSize)

@@ -34,13 +34,15 @@ type session struct {
 	rmu  sync.Mutex
 	main *requests // long-lived request stream for small calls; replaced when it ends
 
+	reauthed chan *wire.ReauthResult // answers to Reauth
+
 	done   chan struct{}
 	err    error // why the session ended; read it after done is closed
 	closer sync.Once
 }
 
 func newSession(c *Client, qc *quic.Conn) *session {
-	return &session{c: c, qc: qc, done: make(chan struct{}), maxFrame: wire.DefaultMaxFrameSize}
+	return &session{c: c, qc: qc, done: make(chan struct{}), maxFrame: wire.DefaultMaxFrameSize, reauthed: make(chan *wire.ReauthResult, 1)}
 }
 
 // start runs the session's background work once it is logged in.
@@ -49,6 +51,72 @@ func (s *session) start(w *wire.Welcome) {
 		s.maxFrame = int(w.MaxFrameSize)
 	}
 	go s.keepAlive(s.c.cfg.KeepAlive)
+	if s.c.cfg.TokenSource != nil && w.TokenExpires > 0 {
+		go s.refresh(time.Unix(w.TokenExpires, 0))
+	}
+}
+
+// refreshLead is how long before its token expires a session
+// re-authenticates: a quarter of the remaining lifetime, at most a minute.
+func refreshLead(remaining time.Duration) time.Duration {
+	return min(remaining/4, time.Minute)
+}
+
+// refresh re-authenticates the session with a token from TokenSource
+// before each token expires. If no fresh token is accepted in time, the
+// server closes the connection at expiry and the client logs in again.
+func (s *session) refresh(expires time.Time) {
+	log := s.c.cfg.Logger
+	for {
+		remaining := time.Until(expires)
+		if remaining <= 0 {
+			return
+		}
+		select {
+		case <-s.done:
+			return
+		case <-time.After(remaining - refreshLead(remaining)):
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), expires)
+		next, err := s.reauth(ctx)
+		cancel()
+		if err != nil {
+			log.Warn("re-authentication failed", "err", err)
+			select { // try again, well before the expiry
+			case <-s.done:
+				return
+			case <-time.After(min(time.Until(expires)/4, 10*time.Second)):
+			}
+			continue
+		}
+		expires = next
+	}
+}
+
+// reauth sends a fresh token and waits for the server's answer.
+func (s *session) reauth(ctx context.Context) (time.Time, error) {
+	token, err := s.c.cfg.TokenSource(ctx)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("client: token source: %w", err)
+	}
+	select { // an answer to an earlier, timed-out attempt
+	case <-s.reauthed:
+	default:
+	}
+	if err := s.writeControl(&wire.ClientControl{Control: &wire.ClientControl_Reauth{Reauth: &wire.Reauth{Token: token}}}); err != nil {
+		return time.Time{}, err
+	}
+	select {
+	case r := <-s.reauthed:
+		if r.Error != nil {
+			return time.Time{}, r.Error
+		}
+		return time.Unix(r.TokenExpires, 0), nil
+	case <-s.done:
+		return time.Time{}, s.err
+	case <-ctx.Done():
+		return time.Time{}, ctx.Err()
+	}
 }
 
 func (s *session) close(cause error) {
@@ -91,6 +159,11 @@ func (s *session) readControl(rd *wire.Reader) {
 				s.c.pending.Store(n) // an entry to apply if it is the next one
 			}
 			s.c.hear(n.UserSeq)
+		case p.GetReauth() != nil:
+			select {
+			case s.reauthed <- p.GetReauth():
+			default:
+			}
 		case p.GetError() != nil:
 			s.c.cfg.Logger.Warn("server error", "err", p.GetError())
 		}

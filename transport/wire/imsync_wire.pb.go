@@ -30,7 +30,7 @@ const (
 // Client → server, first frame of the connection.
 type Hello struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`                                   // from `imsync token`: user, device, expiry, signed
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`                                   // a JWT (docs/tokens.md): user, device, expiry, signed
 	LastUserSeq   uint64                 `protobuf:"varint,2,opt,name=last_user_seq,json=lastUserSeq,proto3" json:"last_user_seq,omitempty"` // the device's applied position in its sync timeline
 	Client        string                 `protobuf:"bytes,3,opt,name=client,proto3" json:"client,omitempty"`                                 // free text, for logs ("imsync-cli/1")
 	unknownFields protoimpl.UnknownFields
@@ -106,8 +106,12 @@ type Welcome struct {
 	// The user seq that changed is relative to: Hello.last_user_seq, or 0
 	// when the device was ahead of the server (all conversations).
 	ChangedAfterUserSeq uint64 `protobuf:"varint,8,opt,name=changed_after_user_seq,json=changedAfterUserSeq,proto3" json:"changed_after_user_seq,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// When the token expires (unix seconds): the server closes the
+	// connection then (code 102, "token expired") unless the client
+	// re-authenticated with a newer token (ClientControl.reauth).
+	TokenExpires  int64 `protobuf:"varint,9,opt,name=token_expires,json=tokenExpires,proto3" json:"token_expires,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -196,6 +200,13 @@ func (x *Welcome) GetChangedAfterUserSeq() uint64 {
 	return 0
 }
 
+func (x *Welcome) GetTokenExpires() int64 {
+	if x != nil {
+		return x.TokenExpires
+	}
+	return 0
+}
+
 // Server → client. On the control stream: a welcome (or an error, after
 // which the server closes the connection), later errors. On the push
 // stream, which the server opens after the welcome: notifications.
@@ -206,6 +217,7 @@ type ServerPush struct {
 	//	*ServerPush_Welcome
 	//	*ServerPush_Notify
 	//	*ServerPush_Error
+	//	*ServerPush_Reauth
 	Push          isServerPush_Push `protobuf_oneof:"push"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -275,6 +287,15 @@ func (x *ServerPush) GetError() *Error {
 	return nil
 }
 
+func (x *ServerPush) GetReauth() *ReauthResult {
+	if x != nil {
+		if x, ok := x.Push.(*ServerPush_Reauth); ok {
+			return x.Reauth
+		}
+	}
+	return nil
+}
+
 type isServerPush_Push interface {
 	isServerPush_Push()
 }
@@ -294,11 +315,72 @@ type ServerPush_Error struct {
 	Error *Error `protobuf:"bytes,2,opt,name=error,proto3,oneof"` // the server closes the connection after it
 }
 
+type ServerPush_Reauth struct {
+	// On the control stream: the answer to ClientControl.reauth.
+	Reauth *ReauthResult `protobuf:"bytes,4,opt,name=reauth,proto3,oneof"`
+}
+
 func (*ServerPush_Welcome) isServerPush_Push() {}
 
 func (*ServerPush_Notify) isServerPush_Push() {}
 
 func (*ServerPush_Error) isServerPush_Push() {}
+
+func (*ServerPush_Reauth) isServerPush_Push() {}
+
+// The answer to a Reauth: the connection's new expiry, or why the token
+// was refused (code 102; the connection keeps its old expiry).
+type ReauthResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TokenExpires  int64                  `protobuf:"varint,1,opt,name=token_expires,json=tokenExpires,proto3" json:"token_expires,omitempty"`
+	Error         *Error                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReauthResult) Reset() {
+	*x = ReauthResult{}
+	mi := &file_imsync_wire_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReauthResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReauthResult) ProtoMessage() {}
+
+func (x *ReauthResult) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_wire_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReauthResult.ProtoReflect.Descriptor instead.
+func (*ReauthResult) Descriptor() ([]byte, []int) {
+	return file_imsync_wire_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ReauthResult) GetTokenExpires() int64 {
+	if x != nil {
+		return x.TokenExpires
+	}
+	return 0
+}
+
+func (x *ReauthResult) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
 
 type Notify struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -319,7 +401,7 @@ type Notify struct {
 
 func (x *Notify) Reset() {
 	*x = Notify{}
-	mi := &file_imsync_wire_proto_msgTypes[3]
+	mi := &file_imsync_wire_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -331,7 +413,7 @@ func (x *Notify) String() string {
 func (*Notify) ProtoMessage() {}
 
 func (x *Notify) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[3]
+	mi := &file_imsync_wire_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -344,7 +426,7 @@ func (x *Notify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Notify.ProtoReflect.Descriptor instead.
 func (*Notify) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{3}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Notify) GetUserSeq() uint64 {
@@ -389,6 +471,7 @@ type ClientControl struct {
 	//
 	//	*ClientControl_Ack
 	//	*ClientControl_Ping
+	//	*ClientControl_Reauth
 	Control       isClientControl_Control `protobuf_oneof:"control"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -396,7 +479,7 @@ type ClientControl struct {
 
 func (x *ClientControl) Reset() {
 	*x = ClientControl{}
-	mi := &file_imsync_wire_proto_msgTypes[4]
+	mi := &file_imsync_wire_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +491,7 @@ func (x *ClientControl) String() string {
 func (*ClientControl) ProtoMessage() {}
 
 func (x *ClientControl) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[4]
+	mi := &file_imsync_wire_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +504,7 @@ func (x *ClientControl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientControl.ProtoReflect.Descriptor instead.
 func (*ClientControl) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{4}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ClientControl) GetControl() isClientControl_Control {
@@ -449,6 +532,15 @@ func (x *ClientControl) GetPing() *Ping {
 	return nil
 }
 
+func (x *ClientControl) GetReauth() *Reauth {
+	if x != nil {
+		if x, ok := x.Control.(*ClientControl_Reauth); ok {
+			return x.Reauth
+		}
+	}
+	return nil
+}
+
 type isClientControl_Control interface {
 	isClientControl_Control()
 }
@@ -461,9 +553,61 @@ type ClientControl_Ping struct {
 	Ping *Ping `protobuf:"bytes,2,opt,name=ping,proto3,oneof"`
 }
 
+type ClientControl_Reauth struct {
+	// A fresh token for the same user and device: the connection lives
+	// until its expiry instead of the old token's.
+	Reauth *Reauth `protobuf:"bytes,3,opt,name=reauth,proto3,oneof"`
+}
+
 func (*ClientControl_Ack) isClientControl_Control() {}
 
 func (*ClientControl_Ping) isClientControl_Control() {}
+
+func (*ClientControl_Reauth) isClientControl_Control() {}
+
+type Reauth struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reauth) Reset() {
+	*x = Reauth{}
+	mi := &file_imsync_wire_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reauth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reauth) ProtoMessage() {}
+
+func (x *Reauth) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_wire_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reauth.ProtoReflect.Descriptor instead.
+func (*Reauth) Descriptor() ([]byte, []int) {
+	return file_imsync_wire_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Reauth) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
 
 type Ack struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -474,7 +618,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_imsync_wire_proto_msgTypes[5]
+	mi := &file_imsync_wire_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +630,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[5]
+	mi := &file_imsync_wire_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +643,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{5}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Ack) GetUserSeq() uint64 {
@@ -518,7 +662,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_imsync_wire_proto_msgTypes[6]
+	mi := &file_imsync_wire_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +674,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[6]
+	mi := &file_imsync_wire_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +687,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{6}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Ping) GetNonce() uint64 {
@@ -576,7 +720,7 @@ type Request struct {
 
 func (x *Request) Reset() {
 	*x = Request{}
-	mi := &file_imsync_wire_proto_msgTypes[7]
+	mi := &file_imsync_wire_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +732,7 @@ func (x *Request) String() string {
 func (*Request) ProtoMessage() {}
 
 func (x *Request) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[7]
+	mi := &file_imsync_wire_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +745,7 @@ func (x *Request) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Request.ProtoReflect.Descriptor instead.
 func (*Request) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{7}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Request) GetId() uint64 {
@@ -802,7 +946,7 @@ type Send struct {
 
 func (x *Send) Reset() {
 	*x = Send{}
-	mi := &file_imsync_wire_proto_msgTypes[8]
+	mi := &file_imsync_wire_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +958,7 @@ func (x *Send) String() string {
 func (*Send) ProtoMessage() {}
 
 func (x *Send) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[8]
+	mi := &file_imsync_wire_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +971,7 @@ func (x *Send) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Send.ProtoReflect.Descriptor instead.
 func (*Send) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{8}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Send) GetConversation() string {
@@ -890,7 +1034,7 @@ type CreateGroup struct {
 
 func (x *CreateGroup) Reset() {
 	*x = CreateGroup{}
-	mi := &file_imsync_wire_proto_msgTypes[9]
+	mi := &file_imsync_wire_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +1046,7 @@ func (x *CreateGroup) String() string {
 func (*CreateGroup) ProtoMessage() {}
 
 func (x *CreateGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[9]
+	mi := &file_imsync_wire_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +1059,7 @@ func (x *CreateGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateGroup.ProtoReflect.Descriptor instead.
 func (*CreateGroup) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{9}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateGroup) GetId() string {
@@ -948,7 +1092,7 @@ type OpenDirect struct {
 
 func (x *OpenDirect) Reset() {
 	*x = OpenDirect{}
-	mi := &file_imsync_wire_proto_msgTypes[10]
+	mi := &file_imsync_wire_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1104,7 @@ func (x *OpenDirect) String() string {
 func (*OpenDirect) ProtoMessage() {}
 
 func (x *OpenDirect) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[10]
+	mi := &file_imsync_wire_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1117,7 @@ func (x *OpenDirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenDirect.ProtoReflect.Descriptor instead.
 func (*OpenDirect) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{10}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *OpenDirect) GetUser() string {
@@ -994,7 +1138,7 @@ type ChangeMember struct {
 
 func (x *ChangeMember) Reset() {
 	*x = ChangeMember{}
-	mi := &file_imsync_wire_proto_msgTypes[11]
+	mi := &file_imsync_wire_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1150,7 @@ func (x *ChangeMember) String() string {
 func (*ChangeMember) ProtoMessage() {}
 
 func (x *ChangeMember) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[11]
+	mi := &file_imsync_wire_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1163,7 @@ func (x *ChangeMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChangeMember.ProtoReflect.Descriptor instead.
 func (*ChangeMember) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{11}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ChangeMember) GetConversation() string {
@@ -1053,7 +1197,7 @@ type Recall struct {
 
 func (x *Recall) Reset() {
 	*x = Recall{}
-	mi := &file_imsync_wire_proto_msgTypes[12]
+	mi := &file_imsync_wire_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1209,7 @@ func (x *Recall) String() string {
 func (*Recall) ProtoMessage() {}
 
 func (x *Recall) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[12]
+	mi := &file_imsync_wire_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1222,7 @@ func (x *Recall) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Recall.ProtoReflect.Descriptor instead.
 func (*Recall) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{12}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Recall) GetConversation() string {
@@ -1106,7 +1250,7 @@ type Edit struct {
 
 func (x *Edit) Reset() {
 	*x = Edit{}
-	mi := &file_imsync_wire_proto_msgTypes[13]
+	mi := &file_imsync_wire_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1262,7 @@ func (x *Edit) String() string {
 func (*Edit) ProtoMessage() {}
 
 func (x *Edit) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[13]
+	mi := &file_imsync_wire_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1275,7 @@ func (x *Edit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Edit.ProtoReflect.Descriptor instead.
 func (*Edit) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{13}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Edit) GetConversation() string {
@@ -1165,7 +1309,7 @@ type MarkRead struct {
 
 func (x *MarkRead) Reset() {
 	*x = MarkRead{}
-	mi := &file_imsync_wire_proto_msgTypes[14]
+	mi := &file_imsync_wire_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1321,7 @@ func (x *MarkRead) String() string {
 func (*MarkRead) ProtoMessage() {}
 
 func (x *MarkRead) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[14]
+	mi := &file_imsync_wire_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1334,7 @@ func (x *MarkRead) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkRead.ProtoReflect.Descriptor instead.
 func (*MarkRead) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{14}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MarkRead) GetConversation() string {
@@ -1220,7 +1364,7 @@ type SyncPull struct {
 
 func (x *SyncPull) Reset() {
 	*x = SyncPull{}
-	mi := &file_imsync_wire_proto_msgTypes[15]
+	mi := &file_imsync_wire_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1376,7 @@ func (x *SyncPull) String() string {
 func (*SyncPull) ProtoMessage() {}
 
 func (x *SyncPull) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[15]
+	mi := &file_imsync_wire_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1389,7 @@ func (x *SyncPull) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncPull.ProtoReflect.Descriptor instead.
 func (*SyncPull) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{15}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SyncPull) GetAfterUserSeq() uint64 {
@@ -1285,7 +1429,7 @@ type HistoryPage struct {
 
 func (x *HistoryPage) Reset() {
 	*x = HistoryPage{}
-	mi := &file_imsync_wire_proto_msgTypes[16]
+	mi := &file_imsync_wire_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1441,7 @@ func (x *HistoryPage) String() string {
 func (*HistoryPage) ProtoMessage() {}
 
 func (x *HistoryPage) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[16]
+	mi := &file_imsync_wire_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1454,7 @@ func (x *HistoryPage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryPage.ProtoReflect.Descriptor instead.
 func (*HistoryPage) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{16}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HistoryPage) GetConversation() string {
@@ -1367,7 +1511,7 @@ type ListConversations struct {
 
 func (x *ListConversations) Reset() {
 	*x = ListConversations{}
-	mi := &file_imsync_wire_proto_msgTypes[17]
+	mi := &file_imsync_wire_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1379,7 +1523,7 @@ func (x *ListConversations) String() string {
 func (*ListConversations) ProtoMessage() {}
 
 func (x *ListConversations) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[17]
+	mi := &file_imsync_wire_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1392,7 +1536,7 @@ func (x *ListConversations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversations.ProtoReflect.Descriptor instead.
 func (*ListConversations) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{17}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListConversations) GetCursor() string {
@@ -1427,7 +1571,7 @@ type GetConversation struct {
 
 func (x *GetConversation) Reset() {
 	*x = GetConversation{}
-	mi := &file_imsync_wire_proto_msgTypes[18]
+	mi := &file_imsync_wire_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1439,7 +1583,7 @@ func (x *GetConversation) String() string {
 func (*GetConversation) ProtoMessage() {}
 
 func (x *GetConversation) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[18]
+	mi := &file_imsync_wire_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1452,7 +1596,7 @@ func (x *GetConversation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConversation.ProtoReflect.Descriptor instead.
 func (*GetConversation) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{18}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetConversation) GetConversation() string {
@@ -1497,7 +1641,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_imsync_wire_proto_msgTypes[19]
+	mi := &file_imsync_wire_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1653,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[19]
+	mi := &file_imsync_wire_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1666,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{19}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Response) GetId() uint64 {
@@ -1690,7 +1834,7 @@ type Sent struct {
 
 func (x *Sent) Reset() {
 	*x = Sent{}
-	mi := &file_imsync_wire_proto_msgTypes[20]
+	mi := &file_imsync_wire_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +1846,7 @@ func (x *Sent) String() string {
 func (*Sent) ProtoMessage() {}
 
 func (x *Sent) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[20]
+	mi := &file_imsync_wire_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +1859,7 @@ func (x *Sent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sent.ProtoReflect.Descriptor instead.
 func (*Sent) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{20}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Sent) GetConversation() string {
@@ -1755,7 +1899,7 @@ type ConversationRef struct {
 
 func (x *ConversationRef) Reset() {
 	*x = ConversationRef{}
-	mi := &file_imsync_wire_proto_msgTypes[21]
+	mi := &file_imsync_wire_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1767,7 +1911,7 @@ func (x *ConversationRef) String() string {
 func (*ConversationRef) ProtoMessage() {}
 
 func (x *ConversationRef) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[21]
+	mi := &file_imsync_wire_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1780,7 +1924,7 @@ func (x *ConversationRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationRef.ProtoReflect.Descriptor instead.
 func (*ConversationRef) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{21}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ConversationRef) GetConversation() string {
@@ -1799,7 +1943,7 @@ type Done struct {
 
 func (x *Done) Reset() {
 	*x = Done{}
-	mi := &file_imsync_wire_proto_msgTypes[22]
+	mi := &file_imsync_wire_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1811,7 +1955,7 @@ func (x *Done) String() string {
 func (*Done) ProtoMessage() {}
 
 func (x *Done) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[22]
+	mi := &file_imsync_wire_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1824,7 +1968,7 @@ func (x *Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Done.ProtoReflect.Descriptor instead.
 func (*Done) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{22}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Done) GetSeq() uint64 {
@@ -1845,7 +1989,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_imsync_wire_proto_msgTypes[23]
+	mi := &file_imsync_wire_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +2001,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[23]
+	mi := &file_imsync_wire_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +2014,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{23}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Error) GetCode() uint32 {
@@ -1895,7 +2039,7 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\x05Hello\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\"\n" +
 	"\rlast_user_seq\x18\x02 \x01(\x04R\vlastUserSeq\x12\x16\n" +
-	"\x06client\x18\x03 \x01(\tR\x06client\"\xb6\x02\n" +
+	"\x06client\x18\x03 \x01(\tR\x06client\"\xdb\x02\n" +
 	"\aWelcome\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x19\n" +
@@ -1904,23 +2048,31 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\x0emax_frame_size\x18\x05 \x01(\rR\fmaxFrameSize\x12!\n" +
 	"\fmore_changed\x18\x06 \x01(\bR\vmoreChanged\x12%\n" +
 	"\x0echanged_cursor\x18\a \x01(\tR\rchangedCursor\x123\n" +
-	"\x16changed_after_user_seq\x18\b \x01(\x04R\x13changedAfterUserSeq\"\xaa\x01\n" +
+	"\x16changed_after_user_seq\x18\b \x01(\x04R\x13changedAfterUserSeq\x12#\n" +
+	"\rtoken_expires\x18\t \x01(\x03R\ftokenExpires\"\xe2\x01\n" +
 	"\n" +
 	"ServerPush\x123\n" +
 	"\awelcome\x18\x03 \x01(\v2\x17.imsync.wire.v1.WelcomeH\x00R\awelcome\x120\n" +
 	"\x06notify\x18\x01 \x01(\v2\x16.imsync.wire.v1.NotifyH\x00R\x06notify\x12-\n" +
-	"\x05error\x18\x02 \x01(\v2\x15.imsync.wire.v1.ErrorH\x00R\x05errorB\x06\n" +
-	"\x04push\"\xbd\x01\n" +
+	"\x05error\x18\x02 \x01(\v2\x15.imsync.wire.v1.ErrorH\x00R\x05error\x126\n" +
+	"\x06reauth\x18\x04 \x01(\v2\x1c.imsync.wire.v1.ReauthResultH\x00R\x06reauthB\x06\n" +
+	"\x04push\"`\n" +
+	"\fReauthResult\x12#\n" +
+	"\rtoken_expires\x18\x01 \x01(\x03R\ftokenExpires\x12+\n" +
+	"\x05error\x18\x02 \x01(\v2\x15.imsync.wire.v1.ErrorR\x05error\"\xbd\x01\n" +
 	"\x06Notify\x12\x19\n" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\x121\n" +
 	"\x05entry\x18\x02 \x01(\v2\x1b.imsync.events.v1.SyncEntryR\x05entry\x12'\n" +
 	"\x0fconversation_id\x18\x03 \x01(\tR\x0econversationId\x12\x19\n" +
 	"\bconv_seq\x18\x04 \x01(\x04R\aconvSeq\x12!\n" +
-	"\frefresh_list\x18\x05 \x01(\bR\vrefreshList\"o\n" +
+	"\frefresh_list\x18\x05 \x01(\bR\vrefreshList\"\xa1\x01\n" +
 	"\rClientControl\x12'\n" +
 	"\x03ack\x18\x01 \x01(\v2\x13.imsync.wire.v1.AckH\x00R\x03ack\x12*\n" +
-	"\x04ping\x18\x02 \x01(\v2\x14.imsync.wire.v1.PingH\x00R\x04pingB\t\n" +
-	"\acontrol\" \n" +
+	"\x04ping\x18\x02 \x01(\v2\x14.imsync.wire.v1.PingH\x00R\x04ping\x120\n" +
+	"\x06reauth\x18\x03 \x01(\v2\x16.imsync.wire.v1.ReauthH\x00R\x06reauthB\t\n" +
+	"\acontrol\"\x1e\n" +
+	"\x06Reauth\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\" \n" +
 	"\x03Ack\x12\x19\n" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\"\x1c\n" +
 	"\x04Ping\x12\x14\n" +
@@ -2029,71 +2181,76 @@ func file_imsync_wire_proto_rawDescGZIP() []byte {
 	return file_imsync_wire_proto_rawDescData
 }
 
-var file_imsync_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_imsync_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_imsync_wire_proto_goTypes = []any{
 	(*Hello)(nil),                        // 0: imsync.wire.v1.Hello
 	(*Welcome)(nil),                      // 1: imsync.wire.v1.Welcome
 	(*ServerPush)(nil),                   // 2: imsync.wire.v1.ServerPush
-	(*Notify)(nil),                       // 3: imsync.wire.v1.Notify
-	(*ClientControl)(nil),                // 4: imsync.wire.v1.ClientControl
-	(*Ack)(nil),                          // 5: imsync.wire.v1.Ack
-	(*Ping)(nil),                         // 6: imsync.wire.v1.Ping
-	(*Request)(nil),                      // 7: imsync.wire.v1.Request
-	(*Send)(nil),                         // 8: imsync.wire.v1.Send
-	(*CreateGroup)(nil),                  // 9: imsync.wire.v1.CreateGroup
-	(*OpenDirect)(nil),                   // 10: imsync.wire.v1.OpenDirect
-	(*ChangeMember)(nil),                 // 11: imsync.wire.v1.ChangeMember
-	(*Recall)(nil),                       // 12: imsync.wire.v1.Recall
-	(*Edit)(nil),                         // 13: imsync.wire.v1.Edit
-	(*MarkRead)(nil),                     // 14: imsync.wire.v1.MarkRead
-	(*SyncPull)(nil),                     // 15: imsync.wire.v1.SyncPull
-	(*HistoryPage)(nil),                  // 16: imsync.wire.v1.HistoryPage
-	(*ListConversations)(nil),            // 17: imsync.wire.v1.ListConversations
-	(*GetConversation)(nil),              // 18: imsync.wire.v1.GetConversation
-	(*Response)(nil),                     // 19: imsync.wire.v1.Response
-	(*Sent)(nil),                         // 20: imsync.wire.v1.Sent
-	(*ConversationRef)(nil),              // 21: imsync.wire.v1.ConversationRef
-	(*Done)(nil),                         // 22: imsync.wire.v1.Done
-	(*Error)(nil),                        // 23: imsync.wire.v1.Error
-	(*eventspb.ConversationSummary)(nil), // 24: imsync.events.v1.ConversationSummary
-	(*eventspb.SyncEntry)(nil),           // 25: imsync.events.v1.SyncEntry
-	(*eventspb.SyncPage)(nil),            // 26: imsync.events.v1.SyncPage
-	(*eventspb.History)(nil),             // 27: imsync.events.v1.History
-	(*eventspb.ConversationList)(nil),    // 28: imsync.events.v1.ConversationList
-	(*eventspb.ConversationInfo)(nil),    // 29: imsync.events.v1.ConversationInfo
+	(*ReauthResult)(nil),                 // 3: imsync.wire.v1.ReauthResult
+	(*Notify)(nil),                       // 4: imsync.wire.v1.Notify
+	(*ClientControl)(nil),                // 5: imsync.wire.v1.ClientControl
+	(*Reauth)(nil),                       // 6: imsync.wire.v1.Reauth
+	(*Ack)(nil),                          // 7: imsync.wire.v1.Ack
+	(*Ping)(nil),                         // 8: imsync.wire.v1.Ping
+	(*Request)(nil),                      // 9: imsync.wire.v1.Request
+	(*Send)(nil),                         // 10: imsync.wire.v1.Send
+	(*CreateGroup)(nil),                  // 11: imsync.wire.v1.CreateGroup
+	(*OpenDirect)(nil),                   // 12: imsync.wire.v1.OpenDirect
+	(*ChangeMember)(nil),                 // 13: imsync.wire.v1.ChangeMember
+	(*Recall)(nil),                       // 14: imsync.wire.v1.Recall
+	(*Edit)(nil),                         // 15: imsync.wire.v1.Edit
+	(*MarkRead)(nil),                     // 16: imsync.wire.v1.MarkRead
+	(*SyncPull)(nil),                     // 17: imsync.wire.v1.SyncPull
+	(*HistoryPage)(nil),                  // 18: imsync.wire.v1.HistoryPage
+	(*ListConversations)(nil),            // 19: imsync.wire.v1.ListConversations
+	(*GetConversation)(nil),              // 20: imsync.wire.v1.GetConversation
+	(*Response)(nil),                     // 21: imsync.wire.v1.Response
+	(*Sent)(nil),                         // 22: imsync.wire.v1.Sent
+	(*ConversationRef)(nil),              // 23: imsync.wire.v1.ConversationRef
+	(*Done)(nil),                         // 24: imsync.wire.v1.Done
+	(*Error)(nil),                        // 25: imsync.wire.v1.Error
+	(*eventspb.ConversationSummary)(nil), // 26: imsync.events.v1.ConversationSummary
+	(*eventspb.SyncEntry)(nil),           // 27: imsync.events.v1.SyncEntry
+	(*eventspb.SyncPage)(nil),            // 28: imsync.events.v1.SyncPage
+	(*eventspb.History)(nil),             // 29: imsync.events.v1.History
+	(*eventspb.ConversationList)(nil),    // 30: imsync.events.v1.ConversationList
+	(*eventspb.ConversationInfo)(nil),    // 31: imsync.events.v1.ConversationInfo
 }
 var file_imsync_wire_proto_depIdxs = []int32{
-	24, // 0: imsync.wire.v1.Welcome.changed:type_name -> imsync.events.v1.ConversationSummary
+	26, // 0: imsync.wire.v1.Welcome.changed:type_name -> imsync.events.v1.ConversationSummary
 	1,  // 1: imsync.wire.v1.ServerPush.welcome:type_name -> imsync.wire.v1.Welcome
-	3,  // 2: imsync.wire.v1.ServerPush.notify:type_name -> imsync.wire.v1.Notify
-	23, // 3: imsync.wire.v1.ServerPush.error:type_name -> imsync.wire.v1.Error
-	25, // 4: imsync.wire.v1.Notify.entry:type_name -> imsync.events.v1.SyncEntry
-	5,  // 5: imsync.wire.v1.ClientControl.ack:type_name -> imsync.wire.v1.Ack
-	6,  // 6: imsync.wire.v1.ClientControl.ping:type_name -> imsync.wire.v1.Ping
-	8,  // 7: imsync.wire.v1.Request.send:type_name -> imsync.wire.v1.Send
-	9,  // 8: imsync.wire.v1.Request.create_group:type_name -> imsync.wire.v1.CreateGroup
-	10, // 9: imsync.wire.v1.Request.open_direct:type_name -> imsync.wire.v1.OpenDirect
-	11, // 10: imsync.wire.v1.Request.change_member:type_name -> imsync.wire.v1.ChangeMember
-	12, // 11: imsync.wire.v1.Request.recall:type_name -> imsync.wire.v1.Recall
-	13, // 12: imsync.wire.v1.Request.edit:type_name -> imsync.wire.v1.Edit
-	14, // 13: imsync.wire.v1.Request.mark_read:type_name -> imsync.wire.v1.MarkRead
-	15, // 14: imsync.wire.v1.Request.sync:type_name -> imsync.wire.v1.SyncPull
-	16, // 15: imsync.wire.v1.Request.history:type_name -> imsync.wire.v1.HistoryPage
-	17, // 16: imsync.wire.v1.Request.conversations:type_name -> imsync.wire.v1.ListConversations
-	18, // 17: imsync.wire.v1.Request.conversation:type_name -> imsync.wire.v1.GetConversation
-	23, // 18: imsync.wire.v1.Response.error:type_name -> imsync.wire.v1.Error
-	20, // 19: imsync.wire.v1.Response.sent:type_name -> imsync.wire.v1.Sent
-	21, // 20: imsync.wire.v1.Response.conversation_ref:type_name -> imsync.wire.v1.ConversationRef
-	22, // 21: imsync.wire.v1.Response.done:type_name -> imsync.wire.v1.Done
-	26, // 22: imsync.wire.v1.Response.sync:type_name -> imsync.events.v1.SyncPage
-	27, // 23: imsync.wire.v1.Response.history:type_name -> imsync.events.v1.History
-	28, // 24: imsync.wire.v1.Response.conversations:type_name -> imsync.events.v1.ConversationList
-	29, // 25: imsync.wire.v1.Response.conversation:type_name -> imsync.events.v1.ConversationInfo
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	4,  // 2: imsync.wire.v1.ServerPush.notify:type_name -> imsync.wire.v1.Notify
+	25, // 3: imsync.wire.v1.ServerPush.error:type_name -> imsync.wire.v1.Error
+	3,  // 4: imsync.wire.v1.ServerPush.reauth:type_name -> imsync.wire.v1.ReauthResult
+	25, // 5: imsync.wire.v1.ReauthResult.error:type_name -> imsync.wire.v1.Error
+	27, // 6: imsync.wire.v1.Notify.entry:type_name -> imsync.events.v1.SyncEntry
+	7,  // 7: imsync.wire.v1.ClientControl.ack:type_name -> imsync.wire.v1.Ack
+	8,  // 8: imsync.wire.v1.ClientControl.ping:type_name -> imsync.wire.v1.Ping
+	6,  // 9: imsync.wire.v1.ClientControl.reauth:type_name -> imsync.wire.v1.Reauth
+	10, // 10: imsync.wire.v1.Request.send:type_name -> imsync.wire.v1.Send
+	11, // 11: imsync.wire.v1.Request.create_group:type_name -> imsync.wire.v1.CreateGroup
+	12, // 12: imsync.wire.v1.Request.open_direct:type_name -> imsync.wire.v1.OpenDirect
+	13, // 13: imsync.wire.v1.Request.change_member:type_name -> imsync.wire.v1.ChangeMember
+	14, // 14: imsync.wire.v1.Request.recall:type_name -> imsync.wire.v1.Recall
+	15, // 15: imsync.wire.v1.Request.edit:type_name -> imsync.wire.v1.Edit
+	16, // 16: imsync.wire.v1.Request.mark_read:type_name -> imsync.wire.v1.MarkRead
+	17, // 17: imsync.wire.v1.Request.sync:type_name -> imsync.wire.v1.SyncPull
+	18, // 18: imsync.wire.v1.Request.history:type_name -> imsync.wire.v1.HistoryPage
+	19, // 19: imsync.wire.v1.Request.conversations:type_name -> imsync.wire.v1.ListConversations
+	20, // 20: imsync.wire.v1.Request.conversation:type_name -> imsync.wire.v1.GetConversation
+	25, // 21: imsync.wire.v1.Response.error:type_name -> imsync.wire.v1.Error
+	22, // 22: imsync.wire.v1.Response.sent:type_name -> imsync.wire.v1.Sent
+	23, // 23: imsync.wire.v1.Response.conversation_ref:type_name -> imsync.wire.v1.ConversationRef
+	24, // 24: imsync.wire.v1.Response.done:type_name -> imsync.wire.v1.Done
+	28, // 25: imsync.wire.v1.Response.sync:type_name -> imsync.events.v1.SyncPage
+	29, // 26: imsync.wire.v1.Response.history:type_name -> imsync.events.v1.History
+	30, // 27: imsync.wire.v1.Response.conversations:type_name -> imsync.events.v1.ConversationList
+	31, // 28: imsync.wire.v1.Response.conversation:type_name -> imsync.events.v1.ConversationInfo
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_imsync_wire_proto_init() }
@@ -2105,12 +2262,14 @@ func file_imsync_wire_proto_init() {
 		(*ServerPush_Welcome)(nil),
 		(*ServerPush_Notify)(nil),
 		(*ServerPush_Error)(nil),
+		(*ServerPush_Reauth)(nil),
 	}
-	file_imsync_wire_proto_msgTypes[4].OneofWrappers = []any{
+	file_imsync_wire_proto_msgTypes[5].OneofWrappers = []any{
 		(*ClientControl_Ack)(nil),
 		(*ClientControl_Ping)(nil),
+		(*ClientControl_Reauth)(nil),
 	}
-	file_imsync_wire_proto_msgTypes[7].OneofWrappers = []any{
+	file_imsync_wire_proto_msgTypes[9].OneofWrappers = []any{
 		(*Request_Send)(nil),
 		(*Request_CreateGroup)(nil),
 		(*Request_OpenDirect)(nil),
@@ -2123,7 +2282,7 @@ func file_imsync_wire_proto_init() {
 		(*Request_Conversations)(nil),
 		(*Request_Conversation)(nil),
 	}
-	file_imsync_wire_proto_msgTypes[19].OneofWrappers = []any{
+	file_imsync_wire_proto_msgTypes[21].OneofWrappers = []any{
 		(*Response_Error)(nil),
 		(*Response_Sent)(nil),
 		(*Response_ConversationRef)(nil),
@@ -2140,7 +2299,7 @@ func file_imsync_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_wire_proto_rawDesc), len(file_imsync_wire_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
