@@ -51,12 +51,20 @@ func TestLargeGroupCreationLeavesDebt(t *testing.T) {
 		return err
 	}
 	now.Add(int64(2500 * time.Millisecond)) // 25 tokens refilled: the debt of 20 plus 5
-	for i := range 5 {
-		if err := send(fmt.Sprint("a", i)); err != nil {
-			t.Fatalf("send %d once the debt is paid: %v", i, err)
+	// The client's own syncs of its timeline may take one or two of
+	// the five (it runs in the background, refused while the debt lasts).
+	// Without the debt the bucket would be full again: 10 sends.
+	sent := 0
+	for ; sent < 10; sent++ {
+		err := send(fmt.Sprint("a", sent))
+		if client.CodeOf(err) == wire.CodeRateLimited {
+			break
+		}
+		if err != nil {
+			t.Fatalf("send %d once the debt is paid: %v", sent, err)
 		}
 	}
-	if err := send("over"); client.CodeOf(err) != wire.CodeRateLimited {
-		t.Fatalf("a sixth send: %v, want rate limited (the debt was not charged)", err)
+	if sent < 3 || sent > 5 {
+		t.Fatalf("%d sends passed once the debt was paid, want 5 (fewer if the client synced): the debt was not charged", sent)
 	}
 }
