@@ -55,7 +55,7 @@ type Config struct {
 
 	// From is where a sender without a checkpoint starts (default: the
 	// start of $all: every event ever committed).
-	From events.SubscribeFrom
+	From   events.SubscribeFrom
 	Logger *slog.Logger
 }
 
