@@ -76,6 +76,10 @@ type Config struct {
 	// WriteTimeout: an answer the client does not take within this ends
 	// its stream (default 10 s), freeing the answers waiting on it.
 	WriteTimeout time.Duration
+
+	// Revocations, if set, refuse tokens issued before a user's
+	// revocation (RevokeTokens, LoadRevocations).
+	Revocations *Revocations
 }
 
 func (c *Config) fill() {
@@ -316,6 +320,9 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	control.SetReadDeadline(time.Time{})
 	rd.WithFrameTimeout(s.cfg.FrameTimeout)
 	claims, err := s.cfg.Key.Verify(hello.Token, s.cfg.Now())
+	if err == nil {
+		err = s.checkRevoked(claims)
+	}
 	if err != nil {
 		refuse(wire.CodeUnauthorized, err.Error())
 		return
@@ -334,6 +341,10 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		return
 	}
 	defer s.leave(c)
+	if err := s.checkRevoked(claims); err != nil { // revoked while logging in
+		refuse(wire.CodeUnauthorized, err.Error())
+		return
+	}
 	// The connection ends when its token does: a device keeps only the
 	// access its current token grants.
 	expiry := time.AfterFunc(c.expires.Sub(s.cfg.Now()), func() {
