@@ -50,7 +50,7 @@ func TestDevicePendingFiresForOfflineDevicesBehind(t *testing.T) {
 	appendMsg(t, store, events.DeviceStream("bob", "phone"), &eventspb.DeviceAcked{UserSeq: 1})
 	appendMsg(t, store, events.DeviceStream("bob", "laptop"), &eventspb.DeviceAcked{UserSeq: 1})
 	appendMsg(t, store, events.DeviceStream("bob", "watch"), &eventspb.DeviceAcked{UserSeq: 1})
-	appendMsg(t, store, bob, pointer("dm-ann~bob", 2, "ann", "first")) // user seq 1, acked by all
+	appendMsg(t, store, bob, pointer("dm-ann~bob", 2, "ann", "first"))                           // user seq 1, acked by all
 	fired := appendMsg(t, store, bob, pointer("dm-ann~bob", 3, "ann", "hello bob, this is ann")) // user seq 2
 	appendMsg(t, store, bob, pointer("dm-ann~bob", 4, "bob", "my own message"))                  // user seq 3
 	devs := &onlineDevices{online: map[string]bool{"bob/laptop": true}}
