@@ -21,7 +21,9 @@ import (
 	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/projections/webhook"
 	"github.com/imsync/imsync/transport"
+	"github.com/imsync/imsync/transport/api"
 	"github.com/imsync/imsync/transport/client"
+	"github.com/imsync/imsync/transport/wire"
 )
 
 const webhookChildEnv = "IMSYNC_WEBHOOK_CHILD" // serve's arguments, separated by \x1f
@@ -201,8 +203,10 @@ func pollUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 // committed event reaches the receiver at least once, in order per
 // conversation, and only the events of the batch in flight twice. Then the
 // receiver is down for a while, and later blocks every request: sends
-// complete all the same, and everything arrives once it is back. The
-// server API of the same process sends too.
+// complete all the same, and everything arrives once it is back. On the
+// way: an offline device gets device.pending and a connected one does not;
+// the server API of the same process sends, reads device state and
+// revokes a user's tokens, which a restart keeps.
 func TestWebhookAcrossKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns processes")
@@ -220,9 +224,9 @@ func TestWebhookAcrossKill9(t *testing.T) {
 	rec := newHookReceiver(t, secret)
 	args := []string{"--data", data, "--listen", "127.0.0.1:0", "--webhook", rec.srv.URL, "--webhook-secret", secretFile, "--api", "127.0.0.1:0", "--api-key", apiKeyFile}
 
-	dial := func(addr, user string) *client.Client {
+	dialDevice := func(addr, user, device string) *client.Client {
 		t.Helper()
-		tok, _ := key.Mint(user, "phone", time.Hour, time.Now())
+		tok, _ := key.Mint(user, device, time.Hour, time.Now())
 		pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
 		if err != nil {
 			t.Fatal(err)
@@ -239,6 +243,7 @@ func TestWebhookAcrossKill9(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
+	dial := func(addr, user string) *client.Client { return dialDevice(addr, user, "phone") }
 	type ref struct {
 		conv string
 		seq  uint64
@@ -276,7 +281,7 @@ func TestWebhookAcrossKill9(t *testing.T) {
 	}
 
 	// 1. Sends arrive at the receiver.
-	child, addr, _ := startWebhookChild(t, data, args...)
+	child, addr, apiURL := startWebhookChild(t, data, args...)
 	ann, bob := dial(addr, "ann"), dial(addr, "bob")
 	err = withTimeout(20*time.Second, func(ctx context.Context) error {
 		_, err := ann.CreateGroup(ctx, "trip", "Trip", []string{"bob"})
@@ -284,6 +289,47 @@ func TestWebhookAcrossKill9(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Bob's phone and laptop each acknowledge the group's creation (so the
+	// store knows them); the laptop goes offline, the phone stays.
+	laptop := dialDevice(addr, "bob", "laptop")
+	for _, c := range []*client.Client{bob, laptop} {
+		err := withTimeout(20*time.Second, func(ctx context.Context) error {
+			select {
+			case e := <-c.Entries():
+				return c.Ack(ctx, e.UserSeq)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Acks are asynchronous: the server API says when they are recorded.
+	for _, dev := range []string{"phone", "laptop"} {
+		pollUntil(t, "bob's "+dev+" acknowledged", 30*time.Second, func() bool {
+			d := apiDevice(t, apiURL, "bob", dev)
+			return d.AckedUserSeq >= 1 && d.Online
+		})
+	}
+	laptop.Close()
+	pollUntil(t, "bob's laptop offline", 30*time.Second, func() bool { return !apiDevice(t, apiURL, "bob", "laptop").Online })
+	// ann's message wakes the laptop, never the phone, which is connected.
+	send(ann, client.Message{Conversation: "trip", ClientMsgID: "wake", Text: "wake up"})
+	var wake *webhook.Event
+	pollUntil(t, "device.pending for bob's laptop", 30*time.Second, func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		for _, e := range rec.got {
+			if e.Kind == webhook.KindDevicePending {
+				wake = &e
+			}
+		}
+		return wake != nil
+	})
+	if wake.User != "bob" || wake.Device != "laptop" || wake.Count != wake.UserSeq-1 || wake.Latest == nil || wake.Latest.Text != "wake up" || wake.Latest.Sender != "ann" || wake.Latest.Conversation != "trip" {
+		t.Fatalf("device.pending %+v, latest %+v", wake, wake.Latest)
 	}
 	sendSome(ann, bob, 20, "before")
 	pollUntil(t, "the first messages at the receiver", 30*time.Second, allArrived)
@@ -305,7 +351,7 @@ func TestWebhookAcrossKill9(t *testing.T) {
 
 	// 3. Restarted, with the receiver down: sends go on; nothing is lost.
 	rec.setDown(true)
-	child, addr, apiURL := startWebhookChild(t, data, args...)
+	child, addr, apiURL = startWebhookChild(t, data, args...)
 	if apiURL == "" {
 		t.Fatal("serve --api printed no address")
 	}
@@ -351,12 +397,29 @@ func TestWebhookAcrossKill9(t *testing.T) {
 		t.Fatalf("%d requests with a bad signature", bad)
 	}
 
+	// A revocation through the API closes bob's connection now and is
+	// kept across the restart below.
+	before := time.Now()
+	req, _ := http.NewRequest("POST", apiURL+"/v1/users/bob/revoke-tokens", nil)
+	req.Header.Set("Authorization", "Bearer api-key-for-the-test-0123")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var revoked api.Revoked
+	json.NewDecoder(res.Body).Decode(&revoked)
+	res.Body.Close()
+	if res.StatusCode != 200 || revoked.Closed != 1 {
+		t.Fatalf("revoke: %d %+v", res.StatusCode, revoked)
+	}
+
 	// 5. Against the store: every committed conversation event arrived, in
 	// order, and only the batch in flight at the kill twice.
 	child.Process.Kill()
 	child.Wait()
 	store := openStoreOf(t, data)
-	defer store.Close()
+	closeStore := sync.OnceFunc(func() { store.Close() })
+	defer closeStore()
 	var committed []events.RecordedEvent
 	from := events.PositionStart
 	for {
@@ -417,6 +480,47 @@ func TestWebhookAcrossKill9(t *testing.T) {
 		t.Fatalf("%d conversations, %d events for %d acknowledged messages", len(want), len(committed), len(acked))
 	}
 	t.Logf("%d committed events, %d deliveries, %d events in flight at the kill", len(committed), len(got), len(inflight))
+
+	// 6. Restarted, the server still refuses bob's tokens issued before
+	// the revocation, and takes one issued after it.
+	closeStore()
+	_, addr, _ = startWebhookChild(t, data, args...)
+	pem, _ := os.ReadFile(filepath.Join(data, transport.CertFile))
+	tlsConf, _ := client.PinnedTLS(pem)
+	for _, c := range []struct {
+		issued time.Time
+		ok     bool
+	}{{before, false}, {revoked.RevokedAt.Add(time.Second), true}} {
+		tok, _ := key.Mint("bob", "tablet", time.Hour, c.issued)
+		err := withTimeout(20*time.Second, func(ctx context.Context) error {
+			cl, err := client.Dial(ctx, client.Config{Addr: addr, Token: tok, TLS: tlsConf, NoReconnect: true})
+			if err == nil {
+				cl.Close()
+			}
+			return err
+		})
+		var we *wire.Error
+		if c.ok && err != nil || !c.ok && (!errors.As(err, &we) || we.Code != wire.CodeUnauthorized) {
+			t.Fatalf("after the restart, a token issued at %s: %v", c.issued, err)
+		}
+	}
+}
+
+// apiDevice reads a device's state through the server API.
+func apiDevice(t *testing.T, apiURL, user, device string) api.Device {
+	t.Helper()
+	req, _ := http.NewRequest("GET", apiURL+"/v1/users/"+user+"/devices/"+device, nil)
+	req.Header.Set("Authorization", "Bearer api-key-for-the-test-0123")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var d api.Device
+	if err := json.NewDecoder(res.Body).Decode(&d); err != nil || res.StatusCode != 200 {
+		t.Fatalf("device %s/%s: %d %v", user, device, res.StatusCode, err)
+	}
+	return d
 }
 
 func TestServeRefusesBadExtensionFlags(t *testing.T) {

@@ -240,6 +240,11 @@ func TestEveryEndpoint(t *testing.T) {
 		t.Fatalf("first page of one: %+v", list)
 	}
 
+	var dev api.Device
+	st.must(t, "GET", "/v1/users/bob/devices/phone", nil, &dev)
+	if dev.Online || dev.AckedUserSeq != 0 {
+		t.Fatalf("a device never connected: %+v", dev)
+	}
 	// disconnect and revoke-tokens: see their own tests; here, with no
 	// connection, they close nothing.
 	var d api.Disconnected
@@ -376,6 +381,11 @@ func TestDisconnectClosesTheDevicesConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var dev api.Device
+	st.must(t, "GET", "/v1/users/bob/devices/phone", nil, &dev)
+	if !dev.Online || dev.User != "bob" || dev.Device != "phone" {
+		t.Fatalf("device before the disconnect: %+v", dev)
+	}
 	var d api.Disconnected
 	st.must(t, "POST", "/v1/users/bob/devices/phone/disconnect", nil, &d)
 	if d.Closed != 1 {
@@ -385,6 +395,10 @@ func TestDisconnectClosesTheDevicesConnection(t *testing.T) {
 	if err := ended(t, phone); !errors.As(err, &app) || app.ErrorCode != wire.CodeDisconnected {
 		t.Fatalf("phone ended with %v, want code %d", err, wire.CodeDisconnected)
 	}
+	waitFor(t, "the phone offline", func() bool {
+		st.must(t, "GET", "/v1/users/bob/devices/phone", nil, &dev)
+		return !dev.Online
+	})
 	// The laptop is untouched, and the phone may log in again.
 	if err := laptop.Err(); err != nil {
 		t.Fatalf("laptop: %v", err)

@@ -31,6 +31,7 @@ func (a *API) routes() []route {
 		{"DELETE", "/v1/conversations/{conversation}/members/{user}", a.removeMember},
 		{"GET", "/v1/conversations/{conversation}/messages", a.history},
 		{"GET", "/v1/users/{user}/conversations", a.conversations},
+		{"GET", "/v1/users/{user}/devices/{device}", a.device},
 		{"POST", "/v1/users/{user}/devices/{device}/disconnect", a.disconnect},
 		{"POST", "/v1/users/{user}/revoke-tokens", a.revoke},
 	}
@@ -280,6 +281,24 @@ func (a *API) conversations(ctx context.Context, r *http.Request) (any, error) {
 		})
 	}
 	return out, nil
+}
+
+// Device is a device's state: the user seq it has acknowledged and
+// whether it is connected (to any node of the cluster).
+type Device struct {
+	User         string `json:"user"`
+	Device       string `json:"device"`
+	AckedUserSeq uint64 `json:"acked_user_seq"`
+	Online       bool   `json:"online"`
+}
+
+func (a *API) device(ctx context.Context, r *http.Request) (any, error) {
+	user, device := r.PathValue("user"), r.PathValue("device")
+	d, err := a.cfg.Service.Device(ctx, user, device)
+	if err != nil {
+		return nil, err
+	}
+	return Device{User: user, Device: device, AckedUserSeq: d.AckedUserSeq, Online: d.Online}, nil
 }
 
 // Disconnected answers a disconnect.
