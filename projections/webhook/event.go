@@ -55,6 +55,9 @@ type Event struct {
 	Seq          uint64          `json:"seq,omitempty"`
 	Data         json.RawMessage `json:"data,omitempty"`
 	Text         *string         `json:"text,omitempty"`
+	// Raw is the stored payload (base64) of an event that is not a known
+	// domain event, or does not decode: it is delivered all the same.
+	Raw []byte `json:"raw,omitempty"`
 
 	// Of KindDevicePending: whose device, how many entries it has not
 	// acknowledged (Count = UserSeq - the device's acknowledged seq), the
@@ -93,6 +96,9 @@ func conversationEvent(e projections.Event) Event {
 		if b, err := protojson.Marshal(e.Message); err == nil {
 			out.Data = b
 		}
+	}
+	if out.Data == nil {
+		out.Raw = e.Data
 	}
 	var body []byte
 	switch m := e.Message.(type) {

@@ -201,13 +201,22 @@ func TestDeliversEveryEventInOrderSigned(t *testing.T) {
 		conv := fmt.Sprintf("g%d", i%3)
 		want[conv] = append(want[conv], appendMsg(t, store, events.ConversationStream(conv), sent("ann", fmt.Sprintf("hello %d", i))))
 	}
+	// An event of a type this build does not know is delivered raw.
+	raw := events.EventData{ID: uuid.New(), Type: "SomethingNew", Data: []byte{1, 2, 3}}
+	if _, err := store.AppendToStream(context.Background(), events.ConversationStream("g0"), events.Any, raw); err != nil {
+		t.Fatal(err)
+	}
+	want["g0"] = append(want["g0"], raw.ID)
 	// Streams the webhook does not post.
 	appendMsg(t, store, events.FanoutStream("g0"), &eventspb.FanoutCheckpoint{Seq: 3})
 	run(t, webhook.Config{Store: store, Checkpoints: &projections.MemoryCheckpoints{}, URL: rec.srv.URL, MaxBatch: 7})
-	waitFor(t, "30 events", func() bool { return len(rec.events()) >= 30 })
+	waitFor(t, "31 events", func() bool { return len(rec.events()) >= 31 })
 	got := rec.events()
-	if len(got) != 30 {
-		t.Fatalf("got %d events, want 30", len(got))
+	if len(got) != 31 {
+		t.Fatalf("got %d events, want 31", len(got))
+	}
+	if last := got[len(got)-1]; last.Type != "SomethingNew" || string(last.Raw) != "\x01\x02\x03" || last.Data != nil {
+		t.Fatalf("unknown event delivered as %+v", last)
 	}
 	ids := checkOrder(t, got)
 	for conv, w := range want {
