@@ -150,7 +150,7 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 		return written(&eventspb.MemberRemoved{User: c.User, By: c.Actor, AtUnixMs: at})
 
 	case *SendMessage:
-		if !s.exists() || !s.isMember(c.Sender) {
+		if !s.exists() || (!c.System && !s.isMember(c.Sender)) {
 			return nil, nil, notFound(s.id)
 		}
 		if c.ClientMsgId != "" {

@@ -273,14 +273,17 @@ func (x *ChangeMember) GetAdd() bool {
 }
 
 type SendMessage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sender        string                 `protobuf:"bytes,1,opt,name=sender,proto3" json:"sender,omitempty"`
-	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	ClientMsgId   string                 `protobuf:"bytes,3,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
-	Kind          string                 `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
-	Body          []byte                 `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
-	ReplyTo       uint64                 `protobuf:"varint,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
-	Mentions      []string               `protobuf:"bytes,7,rep,name=mentions,proto3" json:"mentions,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Sender      string                 `protobuf:"bytes,1,opt,name=sender,proto3" json:"sender,omitempty"`
+	Device      string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	ClientMsgId string                 `protobuf:"bytes,3,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
+	Kind        string                 `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	Body        []byte                 `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	ReplyTo     uint64                 `protobuf:"varint,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	Mentions    []string               `protobuf:"bytes,7,rep,name=mentions,proto3" json:"mentions,omitempty"`
+	// The sender need not be a member: a system or bot message from the app
+	// backend (the server API only; devices never set it).
+	System        bool `protobuf:"varint,16,opt,name=system,proto3" json:"system,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -362,6 +365,13 @@ func (x *SendMessage) GetMentions() []string {
 		return x.Mentions
 	}
 	return nil
+}
+
+func (x *SendMessage) GetSystem() bool {
+	if x != nil {
+		return x.System
+	}
+	return false
 }
 
 type RecallMessage struct {
@@ -2248,7 +2258,7 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\fChangeMember\x12\x14\n" +
 	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x10\n" +
-	"\x03add\x18\x03 \x01(\bR\x03add\"\xc0\x01\n" +
+	"\x03add\x18\x03 \x01(\bR\x03add\"\xd8\x01\n" +
 	"\vSendMessage\x12\x16\n" +
 	"\x06sender\x18\x01 \x01(\tR\x06sender\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\"\n" +
@@ -2256,7 +2266,8 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04body\x18\x05 \x01(\fR\x04body\x12\x19\n" +
 	"\breply_to\x18\x06 \x01(\x04R\areplyTo\x12\x1a\n" +
-	"\bmentions\x18\a \x03(\tR\bmentions\"7\n" +
+	"\bmentions\x18\a \x03(\tR\bmentions\x12\x16\n" +
+	"\x06system\x18\x10 \x01(\bR\x06system\"7\n" +
 	"\rRecallMessage\x12\x14\n" +
 	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\"I\n" +

@@ -345,6 +345,9 @@ type SendRequest struct {
 	Body         []byte
 	ReplyTo      uint64
 	Mentions     []string
+	// System: the sender need not be a member (a system or bot message
+	// from the app backend). Only trusted callers set it.
+	System bool
 }
 
 // SendResult says where a message landed.
@@ -367,7 +370,7 @@ func (s *Service) Send(ctx context.Context, r SendRequest) (SendResult, error) {
 	}
 	w, err := call[*Written](s, ctx, r.Conversation, kindConversation, &SendMessage{
 		Sender: r.Sender, Device: r.Device, ClientMsgId: cid, Kind: r.Kind,
-		Body: r.Body, ReplyTo: r.ReplyTo, Mentions: r.Mentions,
+		Body: r.Body, ReplyTo: r.ReplyTo, Mentions: r.Mentions, System: r.System,
 	})
 	if err != nil {
 		return SendResult{}, err

@@ -85,6 +85,10 @@ type Config struct {
 	// WriteTimeout: an answer the client does not take within this ends
 	// its stream (default 10 s), freeing the answers waiting on it.
 	WriteTimeout time.Duration
+
+	// Revocations, if set, refuse tokens issued before a user's
+	// revocation (RevokeTokens, LoadRevocations).
+	Revocations *Revocations
 }
 
 func (c *Config) fill() {
@@ -327,6 +331,9 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	control.SetReadDeadline(time.Time{})
 	rd.WithFrameTimeout(s.cfg.FrameTimeout)
 	claims, err := s.verifyToken(hello.Token)
+	if err == nil {
+		err = s.checkRevoked(claims)
+	}
 	if err != nil {
 		s.cfg.Logger.Info("login refused", "remote", qc.RemoteAddr(), "reason", err)
 		refuse(wire.CodeUnauthorized, err.Error())
@@ -346,6 +353,10 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		return
 	}
 	defer s.leave(c)
+	if err := s.checkRevoked(claims); err != nil { // revoked while logging in
+		refuse(wire.CodeUnauthorized, err.Error())
+		return
+	}
 	// The connection ends when its token does, unless the client
 	// re-authenticates first: a device keeps only the access its current
 	// token grants.
@@ -682,6 +693,9 @@ func (s *Server) publicKey(kid string) ed25519.PublicKey {
 // same user and device; a refused token leaves the old expiry.
 func (c *conn) reauth(token string) {
 	claims, err := c.s.verifyToken(token)
+	if err == nil {
+		err = c.s.checkRevoked(claims)
+	}
 	if err == nil && (claims.User != c.user || claims.Device != c.device) {
 		err = fmt.Errorf("%w: the token is for user %q device %q, not this connection's", ErrBadToken, claims.User, claims.Device)
 	}

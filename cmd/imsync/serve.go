@@ -52,6 +52,11 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 			return fmt.Errorf("%w: IMSYNC_SYNC_RETENTION: %v", errUsage, err)
 		}
 	}
+	var ext extensionFlags
+	fs.StringVar(&ext.webhook, "webhook", os.Getenv("IMSYNC_WEBHOOK"), "URL that committed events are POSTed to, batched and signed (or IMSYNC_WEBHOOK)")
+	fs.StringVar(&ext.webhookSecret, "webhook-secret", os.Getenv("IMSYNC_WEBHOOK_SECRET"), "file holding the secret that signs webhook bodies (X-Imsync-Signature)")
+	fs.StringVar(&ext.api, "api", os.Getenv("IMSYNC_API"), "TCP address of the HTTP server API for the app backend (needs --api-key)")
+	fs.StringVar(&ext.apiKey, "api-key", os.Getenv("IMSYNC_API_KEY"), "file holding the server API's key (at least 16 bytes)")
 	fs.Var(&retention, "sync-retention", "how long sync-timeline entries are kept, e.g. 30d or 72h; 0 keeps them for ever (or IMSYNC_SYNC_RETENTION)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: serve: %v", errUsage, err)
@@ -68,6 +73,10 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if len(hosts) > 0 && *certFile != "" {
 		return fmt.Errorf("%w: serve: --hostname names the self-signed certificate; a --cert brings its own names", errUsage)
+	}
+	exts, err := ext.check()
+	if err != nil {
+		return err
 	}
 	var tcfg transport.Config
 	var certs *transport.CertFiles
@@ -105,6 +114,11 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer st.close()
+	stopExts, err := exts.start(st, *data, logger, out)
+	if err != nil {
+		return err
+	}
+	defer stopExts() // before the stack closes
 	srv := st.srv
 	certPath := *certFile
 	if certPath == "" {
@@ -195,6 +209,12 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 	if err := markDataDir(data); err != nil {
 		st.close()
 		return nil, err
+	}
+	if tcfg.Revocations == nil {
+		if tcfg.Revocations, err = transport.LoadRevocations(data); err != nil {
+			st.close()
+			return nil, err
+		}
 	}
 	tcfg.Service, tcfg.Key, tcfg.Logger = st.svc, key, logger
 	if st.srv, err = transport.NewServer(tcfg); err == nil {

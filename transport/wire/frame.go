@@ -27,6 +27,7 @@ const (
 	CodeInternal     = 106
 	CodeReplaced     = 107 // a newer connection of the same device took this one's place
 	CodeBusy         = 108 // too many connections logging in (server-wide or from one network prefix): retry later
+	CodeDisconnected = 109 // the app backend disconnected this device (server API)
 )
 
 var (
