@@ -43,8 +43,9 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	fs.Var(&retention, "sync-retention", "how long sync-timeline entries are kept, e.g. 30d or 72h; 0 keeps them for ever (or IMSYNC_SYNC_RETENTION)")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: serve: %v", errUsage, err)
+	limits := registerLimitFlags(fs)
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
 	}
 	if *data == "" {
 		return fmt.Errorf("%w: serve needs --data DIR", errUsage)
@@ -53,6 +54,10 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("%w: serve takes --cert and --key together", errUsage)
 	}
 	var tcfg transport.Config
+	acfg := actors.Config{SyncRetention: time.Duration(retention)}
+	if err := limits.apply(&tcfg, &acfg); err != nil {
+		return err
+	}
 	if *certFile != "" {
 		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
 		if err != nil {
@@ -71,7 +76,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 
-	st, err := startStackWith(*data, *storeURL, *listen, logger, tcfg, actors.Config{SyncRetention: time.Duration(retention)})
+	st, err := startStackWith(*data, *storeURL, *listen, logger, tcfg, acfg)
 	if err != nil {
 		return err
 	}
@@ -211,15 +216,15 @@ func (st *stack) close() {
 }
 
 // runToken mints a device token with the server's key.
-func runToken(args []string, out io.Writer) error {
+func runToken(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	data := fs.String("data", "", "data directory of the server")
 	user := fs.String("user", "", "user id")
 	device := fs.String("device", "", "device id")
 	ttl := fs.Duration("ttl", 24*time.Hour, "lifetime")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: token: %v", errUsage, err)
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
 	}
 	if *data == "" || *user == "" || *device == "" {
 		return fmt.Errorf("%w: token needs --data, --user and --device", errUsage)

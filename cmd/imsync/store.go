@@ -61,8 +61,8 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 	default:
 		return fmt.Errorf("%w: unknown store command %q", errUsage, cmd)
 	}
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %s: %v", errUsage, cmd, err)
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
 	}
 	if *data == "" {
 		return fmt.Errorf("%w: %s needs --data DIR", errUsage, cmd)

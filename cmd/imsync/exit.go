@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/imsync/imsync/transport"
+	"github.com/imsync/imsync/transport/client"
+	"github.com/imsync/imsync/transport/wire"
+)
+
+// Exit statuses of the imsync command (README, "Exit status").
+const (
+	exitError       = 1 // anything else
+	exitUsage       = 2 // bad command line: nothing was done
+	exitRefused     = 3 // the token or the permission was refused
+	exitNotFound    = 4 // no such conversation or message, or a missing file or key
+	exitUnavailable = 5 // the server is unreachable, stopping, busy or rate limiting: retry later
+)
+
+var (
+	errRefused     = errors.New("refused")
+	errUnavailable = errors.New("unavailable")
+)
+
+// exitCode is the exit status that err calls for.
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		return exitUsage
+	case errors.Is(err, errRefused):
+		return exitRefused
+	case errors.Is(err, errUnavailable):
+		return exitUnavailable
+	}
+	switch client.CodeOf(err) {
+	case wire.CodeUnauthorized, client.CodeForbidden:
+		return exitRefused
+	case client.CodeNotFound:
+		return exitNotFound
+	case client.CodeUnavailable, wire.CodeShutdown, wire.CodeBusy, wire.CodeRateLimited, wire.CodeTooMany:
+		return exitUnavailable
+	}
+	if errors.Is(err, transport.ErrNoKey) || errors.Is(err, os.ErrNotExist) {
+		return exitNotFound
+	}
+	return exitError
+}
+
+// explainDial turns a failed connection into an error that names the fix.
+func explainDial(err error, addr, ca string) error {
+	var we *wire.Error
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var verify *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &we) && we.Code == wire.CodeUnauthorized:
+		return fmt.Errorf("%w: the server at %s refused the token (%s): mint a new one with `imsync token --data DIR --user U --device D`", errRefused, addr, we.Message)
+	case errors.As(err, &we):
+		return err
+	case errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &verify), strings.Contains(err.Error(), "x509:"):
+		if ca != "" {
+			return fmt.Errorf("the server at %s does not present the certificate in --ca %s (%v): pass --ca DATA/server.crt from the data directory of that server", addr, ca, err)
+		}
+		return fmt.Errorf("the server at %s has a certificate this machine does not trust (%v): pass --ca DATA/server.crt, the certificate in the server's data directory (or IMSYNC_CA)", addr, err)
+	}
+	var netErr net.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) || strings.Contains(err.Error(), "no recent network activity") {
+		return fmt.Errorf("%w: server unreachable at %s: is `imsync serve` running, and listening there (--listen)? (%v)", errUnavailable, addr, err)
+	}
+	return err
+}
