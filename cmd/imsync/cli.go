@@ -392,6 +392,11 @@ func printCommandHelp(out io.Writer, c *command, fs *flag.FlagSet) {
 
 // runHelp is `imsync help [COMMAND]`.
 func runHelp(ctx context.Context, args []string, out io.Writer) error {
+	fs := newFlagSet("help")
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
+	}
+	args = fs.Args()
 	switch {
 	case len(args) == 0:
 		printOverview(out)

@@ -21,9 +21,13 @@ type buildInfo struct {
 }
 
 func readBuildInfo() buildInfo {
+	info, _ := debug.ReadBuildInfo()
+	return buildInfoFrom(info)
+}
+
+func buildInfoFrom(info *debug.BuildInfo) buildInfo {
 	bi := buildInfo{Module: "github.com/imsync/imsync", Version: "(unknown)"}
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
+	if info == nil {
 		return bi
 	}
 	bi.Go = info.GoVersion
@@ -59,6 +63,12 @@ func runVersion(ctx context.Context, args []string, out io.Writer) error {
 		_, err := fmt.Fprintln(out, string(b))
 		return err
 	}
+	_, err := fmt.Fprintln(out, bi.String())
+	return err
+}
+
+// String is the line `imsync version` prints.
+func (bi buildInfo) String() string {
 	line := []string{"imsync", bi.Version, bi.Module, bi.Go}
 	if bi.Revision != "" {
 		line = append(line, "revision "+bi.Revision, bi.Time)
@@ -67,6 +77,5 @@ func runVersion(ctx context.Context, args []string, out io.Writer) error {
 		line = append(line, "(modified)")
 	}
 	line = slices.DeleteFunc(line, func(s string) bool { return s == "" })
-	_, err := fmt.Fprintln(out, strings.Join(line, " "))
-	return err
+	return strings.Join(line, " ")
 }
