@@ -46,6 +46,7 @@ type invocation struct {
 	cmd      *command
 	out      io.Writer
 	stdin    io.Reader
+	stderr   io.Writer // nil: os.Stderr
 	describe bool          // only capture the flag set (help, completion)
 	fs       *flag.FlagSet // captured by parseFlags
 	done     bool          // help was printed or the flags captured: nothing else ran
@@ -413,6 +414,14 @@ func runHelp(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	return fmt.Errorf("%w: help: unknown command %q; commands: %s", errUsage, name, strings.Join(topNames(), ", "))
+}
+
+// stderrOf is where the command run with ctx reports progress.
+func stderrOf(ctx context.Context) io.Writer {
+	if inv := invocationOf(ctx); inv != nil && inv.stderr != nil {
+		return inv.stderr
+	}
+	return os.Stderr
 }
 
 // stdinOf is the standard input of the command run with ctx.

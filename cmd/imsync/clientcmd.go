@@ -590,6 +590,8 @@ func runTail(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer c.Close()
+	w := c.Welcome()
+	fmt.Fprintf(stderrOf(ctx), "imsync tail: following the sync timeline of %s/%s after user seq %d (interrupt to stop)\n", w.GetUser(), w.GetDevice(), w.GetUserSeq())
 	p := cf.printer(out)
 	for {
 		select {
