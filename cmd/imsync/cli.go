@@ -34,7 +34,7 @@ type command struct {
 
 const (
 	sectionServer  = "Server"
-	sectionClient  = "Client (--server HOST:PORT --token TOKEN --ca DATA/server.crt, or IMSYNC_SERVER, IMSYNC_TOKEN, IMSYNC_CA; --json for JSON lines)"
+	sectionClient  = "Client (--server HOST:PORT --token TOKEN --ca DATA/server.crt or IMSYNC_SERVER, IMSYNC_TOKEN,\nIMSYNC_CA; --json prints JSON lines)"
 	sectionStore   = "Event store tools (the server must not be running on DIR)"
 	sectionAnalyst = "Export for analysts (the server must not be running on DIR; columns in docs/analysts.md)"
 	sectionOther   = "Other"
@@ -46,7 +46,7 @@ type invocation struct {
 	cmd      *command
 	out      io.Writer
 	stdin    io.Reader
-	stderr   io.Writer // nil: os.Stderr
+	stderr   io.Writer     // nil: os.Stderr
 	describe bool          // only capture the flag set (help, completion)
 	fs       *flag.FlagSet // captured by parseFlags
 	done     bool          // help was printed or the flags captured: nothing else ran
@@ -343,7 +343,7 @@ func printOverview(out io.Writer) {
 		fmt.Fprintf(out, "\n%s:\n", s)
 		for _, c := range commands() {
 			if c.section == s && !c.hidden {
-				fmt.Fprintf(out, "  %-16s %s\n", c.name, c.summary)
+				fmt.Fprintf(out, "  imsync %-15s %s\n", c.name, c.summary)
 			}
 		}
 	}

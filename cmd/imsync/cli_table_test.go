@@ -72,7 +72,7 @@ func TestEveryCommandHelp(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, name := range topNames() {
-			if !strings.Contains(out, "  "+name) {
+			if !strings.Contains(out, "  imsync "+name+" ") {
 				t.Fatalf("%q: the overview lacks %s:\n%s", args, name, out)
 			}
 		}

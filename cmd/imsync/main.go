@@ -85,12 +85,6 @@ func commands() []command {
 			synopsis: "--conv ID --seq N",
 			summary:  "move your read marker (forward only; prints the marker that results)"},
 
-		{name: "bench", section: sectionOther, run: runBench, noEnv: []string{"server", "data"},
-			synopsis: "[--pairs 128] [--group 100] [--group-senders 16] [--duration 5s] [--idle 1000] [--server ADDR --data DIR]",
-			summary:  "load generator (starts its own server unless --server names one)"},
-		{name: "bench-clients", run: runBenchClients, hidden: true, // the child process of bench's idle measurement
-			summary: "idle clients for bench"},
-
 		{name: "store append", section: sectionStore, run: storeCmd("append"),
 			synopsis: "--data DIR --stream NAME [--type TYPE] [--expect any|no-stream|exists|REV] TEXT...",
 			summary:  "append events to a stream"},
@@ -102,7 +96,7 @@ func commands() []command {
 			summary:  "read the global log (decoded events, the rows of export)"},
 		{name: "store scavenge", section: sectionStore, run: storeCmd("scavenge"),
 			synopsis: "--data DIR",
-			summary:  "drop events past their streams' retention now"},
+			summary:  "delete from disk the events that retention or deletion hide"},
 		{name: "store recover", section: sectionStore, run: storeCmd("recover"),
 			synopsis: "--data DIR --accept-data-loss",
 			summary:  "open a store refused for missing acknowledged events, keeping what survived"},
@@ -116,6 +110,12 @@ func commands() []command {
 		{name: "stats", section: sectionAnalyst, run: runStats,
 			synopsis: "--data DIR [--json]",
 			summary:  "replay the stats projection and print its table"},
+
+		{name: "bench", section: sectionOther, run: runBench, noEnv: []string{"server", "data"},
+			synopsis: "[--pairs 128] [--group 100] [--group-senders 16] [--duration 5s] [--idle 1000] [--server ADDR --data DIR]",
+			summary:  "load generator (starts its own server unless --server names one)"},
+		{name: "bench-clients", run: runBenchClients, hidden: true, // the child process of bench's idle measurement
+			summary: "idle clients for bench"},
 
 		{name: "version", section: sectionOther, run: runVersion,
 			synopsis: "[--json]",
