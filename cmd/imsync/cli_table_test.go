@@ -391,3 +391,28 @@ func mintToken(t *testing.T, data, user, device string) string {
 	}
 	return strings.TrimSpace(out)
 }
+
+// TestServeRefusesBadLimits: a limit out of its range stops serve before
+// anything is created, with an error naming the flag and the range.
+func TestServeRefusesBadLimits(t *testing.T) {
+	for _, c := range [][2]string{
+		{"--request-rate", "0"}, {"--request-rate", "-5"}, {"--request-burst", "0"},
+		{"--max-conns-per-user", "0"}, {"--max-conns-per-user", "5000"},
+		{"--max-group-size", "1"}, {"--max-group-size", "2000000"},
+		{"--read-fanout-threshold", "0"}, {"--read-fanout-threshold", "200001"},
+		{"--recall-window", "0s"}, {"--edit-window", "-1m"},
+		{"--max-body-size", "0"}, {"--max-body-size", "300000"},
+	} {
+		data := filepath.Join(t.TempDir(), "data")
+		_, err := runCmd(t, "serve", "--data", data, "--max-group-size", "200000", c[0], c[1])
+		if c[0] == "--max-group-size" {
+			_, err = runCmd(t, "serve", "--data", data, c[0], c[1])
+		}
+		if exitCode(err) != exitUsage || !strings.Contains(err.Error(), c[0]+" ") || !strings.Contains(err.Error(), "want ") {
+			t.Fatalf("serve %s %s: %v", c[0], c[1], err)
+		}
+		if _, statErr := os.Stat(data); !os.IsNotExist(statErr) {
+			t.Fatalf("serve %s %s created %s", c[0], c[1], data)
+		}
+	}
+}
