@@ -169,7 +169,7 @@ func tailEnded(err error) error {
 	var we *wire.Error
 	switch {
 	case errors.As(err, &we) && we.Code == wire.CodeUnauthorized:
-		return fmt.Errorf("%w: tail: unauthorized (%d): %s; get a new token", errRefused, we.Code, we.Message)
+		return withStatus(exitRefused, "tail: unauthorized (%d): %s; get a new token", we.Code, we.Message)
 	case err != nil:
 		return fmt.Errorf("tail: %w", err)
 	}

@@ -24,10 +24,19 @@ const (
 	exitUnavailable = 5 // the server is unreachable, stopping, busy or rate limiting: retry later
 )
 
-var (
-	errRefused     = errors.New("refused")
-	errUnavailable = errors.New("unavailable")
-)
+// exitStatusError is an error that calls for its own exit status.
+type exitStatusError struct {
+	status int
+	err    error
+}
+
+func (e *exitStatusError) Error() string { return e.err.Error() }
+func (e *exitStatusError) Unwrap() error { return e.err }
+
+// withStatus formats an error (as fmt.Errorf) that exits with status.
+func withStatus(status int, format string, args ...any) error {
+	return &exitStatusError{status: status, err: fmt.Errorf(format, args...)}
+}
 
 // exitCode is the exit status that err calls for.
 func exitCode(err error) int {
@@ -36,10 +45,10 @@ func exitCode(err error) int {
 		return 0
 	case errors.Is(err, errUsage):
 		return exitUsage
-	case errors.Is(err, errRefused):
-		return exitRefused
-	case errors.Is(err, errUnavailable):
-		return exitUnavailable
+	}
+	var se *exitStatusError
+	if errors.As(err, &se) {
+		return se.status
 	}
 	switch client.CodeOf(err) {
 	case wire.CodeUnauthorized, client.CodeForbidden:
@@ -63,7 +72,7 @@ func explainDial(err error, addr, ca string) error {
 	var verify *tls.CertificateVerificationError
 	switch {
 	case errors.As(err, &we) && we.Code == wire.CodeUnauthorized:
-		return fmt.Errorf("%w: the server at %s refused the token (%s): mint a new one with `imsync token --data DIR --user U --device D`", errRefused, addr, we.Message)
+		return withStatus(exitRefused, "the server at %s refused the token (%w): mint a new one with `imsync token --data DIR --user U --device D`", addr, err)
 	case errors.As(err, &we):
 		return err
 	case errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &verify), strings.Contains(err.Error(), "x509:"):
@@ -74,7 +83,7 @@ func explainDial(err error, addr, ca string) error {
 	}
 	var netErr net.Error
 	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) || strings.Contains(err.Error(), "no recent network activity") {
-		return fmt.Errorf("%w: server unreachable at %s: is `imsync serve` running, and listening there (--listen)? (%v)", errUnavailable, addr, err)
+		return withStatus(exitUnavailable, "server unreachable at %s: is `imsync serve` running, and listening there (--listen)? (%w)", addr, err)
 	}
 	return err
 }
