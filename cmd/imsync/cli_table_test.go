@@ -416,3 +416,22 @@ func TestServeRefusesBadLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreToolsRefuseWrongData: the store tools that read do not create
+// an empty store in a --data that holds none; they name the directory.
+func TestStoreToolsRefuseWrongData(t *testing.T) {
+	for _, args := range [][]string{
+		{"store", "read", "--stream", "conv-1"},
+		{"store", "log"},
+		{"store", "scavenge"},
+	} {
+		data := filepath.Join(t.TempDir(), "not-the-data")
+		_, err := runCmd(t, append(args, "--data", data)...)
+		if err == nil || !strings.Contains(err.Error(), data+" holds no event store") {
+			t.Fatalf("%q on a wrong --data: %v", args, err)
+		}
+		if _, statErr := os.Stat(data); !os.IsNotExist(statErr) {
+			t.Fatalf("%q created %s", args, data)
+		}
+	}
+}

@@ -70,7 +70,15 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 	if cmd == "recover" {
 		return runRecover(*data, *accept, out)
 	}
-	store, err := events.Open(storeDir(*data), events.Options{ScavengeInterval: -1})
+	// Only append creates a store: the other tools refuse a --data
+	// that holds none.
+	var store *events.Embedded
+	var err error
+	if cmd == "append" {
+		store, err = events.Open(storeDir(*data), events.Options{ScavengeInterval: -1})
+	} else {
+		store, err = openToolStore(*data, "store "+cmd)
+	}
 	if err != nil {
 		return err
 	}
