@@ -139,8 +139,8 @@ func tourScript(steps []shellStep) string {
 			continue
 		}
 		// A quoted regular expression would match literally: it goes
-		// through a variable.
-		fmt.Fprintf(&b, "__re=%s; __end=$((SECONDS+10)); while :; do __out=$(%s); if [[ $__out =~ $__re ]] || [ $SECONDS -ge $__end ]; then break; fi; sleep 0.05; done\n",
+		// through a variable. The newline ends a trailing comment.
+		fmt.Fprintf(&b, "__re=%s; __end=$((SECONDS+10)); while :; do __out=$(%s\n); if [[ $__out =~ $__re ]] || [ $SECONDS -ge $__end ]; then break; fi; sleep 0.05; done\n",
 			bashQuote(outputERE(s.want)), s.cmd)
 		fmt.Fprintf(&b, "printf '@@OUT %d\\n%%s\\n@@END\\n' \"$__out\"\n", i)
 	}
