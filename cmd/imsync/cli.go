@@ -21,6 +21,10 @@ import (
 // --help, flags after positional arguments, values from IMSYNC_<FLAG>
 // environment variables and, for commands with config set, from --config
 // FILE. New flags are plain fs.String/fs.Int/... lines in the run function.
+//
+// A new command is a function run(ctx, args, out) that builds its flag set
+// (newFlagSet) and calls parseFlags before anything else, plus an entry in
+// commands(); TestEveryCommandHelp then checks its --help.
 type command struct {
 	name     string // "send", or "group create" for a subcommand
 	synopsis string // what follows "imsync NAME" in usage lines
