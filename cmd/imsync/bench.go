@@ -44,8 +44,8 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 	idle := fs.Int("idle", 1000, "idle devices for the memory measurement (0: skip)")
 	scenarios := fs.String("scenarios", "echo,direct,group,idle", "which to run")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: bench: %v", errUsage, err)
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
 	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)

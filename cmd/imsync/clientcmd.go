@@ -25,15 +25,27 @@ import (
 type clientFlags struct {
 	server, token, ca string
 	insecure, json    bool
+	timeout           time.Duration
 }
 
 func (f *clientFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.server, "server", os.Getenv("IMSYNC_SERVER"), "server HOST:PORT (or IMSYNC_SERVER)")
-	fs.StringVar(&f.token, "token", os.Getenv("IMSYNC_TOKEN"), "device token (or IMSYNC_TOKEN)")
-	fs.StringVar(&f.ca, "ca", os.Getenv("IMSYNC_CA"), "certificate to trust (the server's DIR/server.crt)")
+	fs.StringVar(&f.server, "server", "", "server `HOST:PORT`")
+	fs.StringVar(&f.token, "token", "", "device token (imsync token mints one)")
+	fs.StringVar(&f.ca, "ca", "", "certificate `FILE` to trust: the server's DATA/server.crt")
 	fs.BoolVar(&f.insecure, "insecure", false, "trust any server certificate")
 	fs.BoolVar(&f.json, "json", false, "print JSON, one object per line")
+	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "give up connecting after this long")
 }
+
+// newClientFlags is the flag set of a client command, with the shared flags.
+func newClientFlags(name string) (*flag.FlagSet, *clientFlags) {
+	fs := newFlagSet(name)
+	cf := &clientFlags{}
+	cf.register(fs)
+	return fs, cf
+}
+
+func (f *clientFlags) printer(out io.Writer) printer { return printer{out: out, json: f.json} }
 
 func (f *clientFlags) dial(ctx context.Context, last uint64, fromNewest bool) (*client.Client, error) {
 	if f.server == "" || f.token == "" {
@@ -46,17 +58,35 @@ func (f *clientFlags) dial(ctx context.Context, last uint64, fromNewest bool) (*
 	case f.ca != "":
 		pem, err := os.ReadFile(f.ca)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--ca: %w (the server's certificate is server.crt in its data directory)", err)
 		}
 		if t, err = client.PinnedTLS(pem); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--ca %s: %w", f.ca, err)
 		}
 	default:
 		t = &tls.Config{}
 	}
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	if f.timeout <= 0 {
+		return nil, fmt.Errorf("%w: --timeout must be positive", errUsage)
+	}
+	dctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	return client.Dial(dctx, client.Config{Addr: f.server, Token: f.token, TLS: t, LastUserSeq: last, FromNewest: fromNewest, Client: "imsync-cli/1"})
+	c, err := client.Dial(dctx, client.Config{Addr: f.server, Token: f.token, TLS: t, LastUserSeq: last, FromNewest: fromNewest, Client: "imsync-cli/1"})
+	if err != nil {
+		return nil, explainDial(err, f.server, f.ca)
+	}
+	return c, nil
+}
+
+// oneRequest connects for a command that makes one request and gives up
+// after a while: the client waits for a lost server to come back.
+func (f *clientFlags) oneRequest(ctx context.Context) (*client.Client, context.Context, func(), error) {
+	c, err := f.dial(ctx, 0, false)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	return c, ctx, func() { cancel(); c.Close() }, nil
 }
 
 // printer prints records as JSON lines or as key=value text.
@@ -99,6 +129,8 @@ func textValue(v any) string {
 		s = x
 	case []byte:
 		s = string(x)
+	case []string:
+		s = strings.Join(x, ",")
 	default:
 		return fmt.Sprint(v)
 	}
@@ -131,62 +163,363 @@ func jsonRecord(rec map[string]any) map[string]any {
 	return out
 }
 
-func runClient(ctx context.Context, cmd string, args []string, out io.Writer) error {
-	sub := ""
-	if cmd == "group" {
-		if len(args) == 0 {
-			return fmt.Errorf("%w: group needs create, add or remove", errUsage)
-		}
-		sub, args = args[0], args[1:]
+// tailEnded is the error tail ends with when the client stopped for good
+// (its channels closed): a refused or expired token says so.
+func tailEnded(err error) error {
+	var we *wire.Error
+	switch {
+	case errors.As(err, &we) && we.Code == wire.CodeUnauthorized:
+		return withStatus(exitRefused, "tail: unauthorized (%d): %s; get a new token", we.Code, we.Message)
+	case err != nil:
+		return fmt.Errorf("tail: %w", err)
 	}
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var cf clientFlags
-	cf.register(fs)
-	to := fs.String("to", "", "user to message directly")
-	conv := fs.String("conv", "", "conversation id")
-	id := fs.String("id", "", "client message id (default: a new one, printed)")
-	name := fs.String("name", "", "group name")
-	members := fs.String("members", "", "comma-separated members")
-	before := fs.Uint64("before", 0, "history before this seq")
-	after := fs.Uint64("after", 0, "history after this seq, oldest first (0: from the first message)")
+	return errors.New("tail: the connection ended")
+}
+
+var entryFields = []string{"user_seq", "type", "conversation", "seq", "sender", "text", "reply_to", "mentions", "user", "added", "recalled_seq", "edited_seq", "read_seq"}
+
+// entryRecord flattens a sync entry for printing.
+func entryRecord(e client.Entry) map[string]any {
+	r := map[string]any{"user_seq": e.UserSeq, "type": e.Type}
+	switch m := e.Message.(type) {
+	case *eventspb.MessagePointer:
+		r["conversation"], r["seq"], r["sender"] = m.ConversationId, m.Seq, m.Sender
+		if m.Message != nil {
+			r["text"], r["client_msg_id"] = m.Message.Body, m.Message.ClientMsgId
+			addReply(r, m.Message)
+		}
+	case *eventspb.MembershipChanged:
+		r["conversation"], r["seq"], r["user"], r["added"] = m.ConversationId, m.Seq, m.User, m.Added
+	case *eventspb.RecallNotice:
+		r["conversation"], r["seq"], r["recalled_seq"] = m.ConversationId, m.Seq, m.RecalledSeq
+	case *eventspb.EditNotice:
+		r["conversation"], r["seq"], r["edited_seq"], r["text"] = m.ConversationId, m.Seq, m.EditedSeq, m.Body
+	case *eventspb.ReadMarkerMoved:
+		r["conversation"], r["read_seq"] = m.ConversationId, m.ReadSeq
+	}
+	return r
+}
+
+// textArg is the message text a command was given: the argument itself,
+// or standard input when it is "-" (one final newline dropped, as echo
+// and editors add it).
+func textArg(ctx context.Context, arg string) (string, error) {
+	if arg != "-" {
+		return arg, nil
+	}
+	const maxStdin = 4 << 20 // far above any body size a server accepts
+	b, err := io.ReadAll(io.LimitReader(stdinOf(ctx), maxStdin+1))
+	if err != nil {
+		return "", fmt.Errorf("reading the text from standard input: %w", err)
+	}
+	if len(b) > maxStdin {
+		return "", fmt.Errorf("%w: the text on standard input is over %d bytes", errUsage, maxStdin)
+	}
+	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if s == "" {
+		return "", fmt.Errorf("%w: standard input held no text", errUsage)
+	}
+	return s, nil
+}
+
+// runSend is `imsync send`.
+func runSend(ctx context.Context, args []string, out io.Writer) error {
+	fs, cf := newClientFlags("send")
+	to := fs.String("to", "", "`USER` to message directly")
+	conv := fs.String("conv", "", "conversation `ID`")
+	id := fs.String("id", "", "client message `ID`: a retry with the same id is recognised, not duplicated (default: a new one, printed)")
+	replyTo := fs.Uint64("reply-to", 0, "`SEQ` of the message of the conversation this one replies to")
+	var mentions multiFlag
+	fs.Var(&mentions, "mention", "`USER` mentioned, a member of the conversation (repeatable)")
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 || (*to == "") == (*conv == "") {
+		return fmt.Errorf("%w: send (--to USER | --conv ID) TEXT|-", errUsage)
+	}
+	text, err := textArg(ctx, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	c, ctx, done, err := cf.oneRequest(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	cid := *id
+	if cid == "" {
+		cid = uuid.NewString()
+	}
+	r, err := c.Send(ctx, client.Message{To: *to, Conversation: *conv, ClientMsgID: cid, Text: text, ReplyTo: *replyTo, Mentions: mentions})
+	if err != nil {
+		return err
+	}
+	cf.printer(out).print([]string{"conversation", "seq", "client_msg_id", "duplicate"},
+		map[string]any{"conversation": r.Conversation, "seq": r.Seq, "client_msg_id": cid, "duplicate": r.Duplicate})
+	return nil
+}
+
+// runEdit is `imsync edit`.
+func runEdit(ctx context.Context, args []string, out io.Writer) error {
+	fs, cf := newClientFlags("edit")
+	conv := fs.String("conv", "", "conversation `ID`")
+	seq := fs.Uint64("seq", 0, "`SEQ` of your message to edit")
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
+	}
+	if *conv == "" || *seq == 0 || fs.NArg() != 1 {
+		return fmt.Errorf("%w: edit --conv ID --seq N TEXT|-", errUsage)
+	}
+	text, err := textArg(ctx, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	c, ctx, done, err := cf.oneRequest(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	s, err := c.Edit(ctx, *conv, *seq, []byte(text))
+	if err != nil {
+		return err
+	}
+	cf.printer(out).print([]string{"conversation", "seq", "edited_seq"}, map[string]any{"conversation": *conv, "seq": s, "edited_seq": *seq})
+	return nil
+}
+
+// convSeqFlags are the flags of the commands that name one message.
+func convSeqFlags(name, seqUsage string) (*flag.FlagSet, *clientFlags, *string, *uint64) {
+	fs, cf := newClientFlags(name)
+	conv := fs.String("conv", "", "conversation `ID`")
+	seq := fs.Uint64("seq", 0, seqUsage)
+	return fs, cf, conv, seq
+}
+
+// runRecall is `imsync recall`.
+func runRecall(ctx context.Context, args []string, out io.Writer) error {
+	fs, cf, conv, seq := convSeqFlags("recall", "`SEQ` of your message to recall")
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
+	}
+	if *conv == "" || *seq == 0 || fs.NArg() != 0 {
+		return fmt.Errorf("%w: recall --conv ID --seq N", errUsage)
+	}
+	c, ctx, done, err := cf.oneRequest(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	s, err := c.Recall(ctx, *conv, *seq)
+	if err != nil {
+		return err
+	}
+	cf.printer(out).print([]string{"conversation", "seq", "recalled_seq"}, map[string]any{"conversation": *conv, "seq": s, "recalled_seq": *seq})
+	return nil
+}
+
+// runRead is `imsync read`.
+func runRead(ctx context.Context, args []string, out io.Writer) error {
+	fs, cf, conv, seq := convSeqFlags("read", "`SEQ` read up to")
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
+	}
+	if *conv == "" || *seq == 0 || fs.NArg() != 0 {
+		return fmt.Errorf("%w: read --conv ID --seq N", errUsage)
+	}
+	c, ctx, done, err := cf.oneRequest(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	marker, err := c.MarkRead(ctx, *conv, *seq)
+	if err != nil {
+		return err
+	}
+	// The marker that results: an older seq leaves a further one in place.
+	cf.printer(out).print([]string{"conversation", "read_seq"}, map[string]any{"conversation": *conv, "read_seq": marker})
+	return nil
+}
+
+// runGroupCreate is `imsync group create`.
+func runGroupCreate(ctx context.Context, args []string, out io.Writer) error {
+	fs, cf := newClientFlags("group create")
+	name := fs.String("name", "", "group `NAME`")
+	members := fs.String("members", "", "comma-separated `USERS` besides you")
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
+	}
+	if *name == "" || fs.NArg() != 0 {
+		return fmt.Errorf("%w: group create --name NAME --members a,b,c", errUsage)
+	}
+	var ms []string
+	for _, m := range strings.Split(*members, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			ms = append(ms, m)
+		}
+	}
+	c, ctx, done, err := cf.oneRequest(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	g, err := c.CreateGroup(ctx, "", *name, ms)
+	if err != nil {
+		return err
+	}
+	cf.printer(out).print([]string{"conversation"}, map[string]any{"conversation": g})
+	return nil
+}
+
+// runGroupChange is `imsync group add` (add) or `group remove`.
+func runGroupChange(add bool) func(context.Context, []string, io.Writer) error {
+	name := "group remove"
+	if add {
+		name = "group add"
+	}
+	return func(ctx context.Context, args []string, out io.Writer) error {
+		fs, cf := newClientFlags(name)
+		conv := fs.String("conv", "", "group conversation `ID`")
+		if err := parseFlags(ctx, fs, args); err != nil {
+			return err
+		}
+		if *conv == "" || fs.NArg() != 1 {
+			return fmt.Errorf("%w: %s --conv ID USER", errUsage, name)
+		}
+		c, ctx, done, err := cf.oneRequest(ctx)
+		if err != nil {
+			return err
+		}
+		defer done()
+		var s uint64
+		if add {
+			s, err = c.AddMember(ctx, *conv, fs.Arg(0))
+		} else {
+			s, err = c.RemoveMember(ctx, *conv, fs.Arg(0))
+		}
+		if err != nil {
+			return err
+		}
+		cf.printer(out).print([]string{"conversation", "seq"}, map[string]any{"conversation": *conv, "seq": s})
+		return nil
+	}
+}
+
+// runConvs is `imsync convs`.
+func runConvs(ctx context.Context, args []string, out io.Writer) error {
+	fs, cf := newClientFlags("convs")
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("%w: convs takes no arguments", errUsage)
+	}
+	c, ctx, done, err := cf.oneRequest(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	l, err := c.Conversations(ctx)
+	if err != nil {
+		return err
+	}
+	p := cf.printer(out)
+	for _, s := range l.Conversations {
+		p.print([]string{"conversation", "name", "unread", "last_seq", "last_read_seq"}, map[string]any{
+			"conversation": s.ConversationId, "name": s.Name, "kind": strings.ToLower(s.Kind.String()),
+			"unread": s.Unread, "last_seq": s.LastSeq, "last_read_seq": s.LastReadSeq,
+		})
+	}
+	return nil
+}
+
+// runHistory is `imsync history`.
+func runHistory(ctx context.Context, args []string, out io.Writer) error {
+	fs, cf := newClientFlags("history")
+	conv := fs.String("conv", "", "conversation `ID`")
+	before := fs.Uint64("before", 0, "history before this `SEQ`")
+	after := fs.Uint64("after", 0, "history after this `SEQ`, oldest first (0: from the first message)")
 	unread := fs.Bool("unread", false, "history from the first unread message")
-	limit := fs.Int("limit", 50, "page size")
-	seq := fs.Uint64("seq", 0, "seq of a message")
-	state := fs.String("state", "", "file keeping this device's last user seq")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %s: %v", errUsage, cmd, err)
+	limit := fs.Int("limit", 50, "messages to print")
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
 	}
-	p := printer{out: out, json: cf.json}
-
-	switch cmd {
-	case "send":
-		if fs.NArg() != 1 || (*to == "") == (*conv == "") {
-			return fmt.Errorf("%w: send (--to USER | --conv ID) TEXT", errUsage)
+	if *conv == "" || fs.NArg() != 0 {
+		return fmt.Errorf("%w: history --conv ID", errUsage)
+	}
+	if *limit <= 0 {
+		return fmt.Errorf("%w: history --limit must be positive", errUsage)
+	}
+	afterSet := false
+	fs.Visit(func(f *flag.Flag) { afterSet = afterSet || f.Name == "after" })
+	c, ctx, done, err := cf.oneRequest(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	p := cf.printer(out)
+	// Pages stop at the server's page size in bytes: ask page after page
+	// until --limit messages or the end.
+	q := client.HistoryQuery{Before: *before, After: *after, FromStart: afterSet, Limit: *limit, FirstUnread: *unread}
+	printed := 0
+	for {
+		h, err := c.History(ctx, *conv, q)
+		if err != nil {
+			return err
 		}
-	case "group":
-		switch sub {
-		case "create":
-			if *name == "" {
-				return fmt.Errorf("%w: group create --name NAME --members a,b,c", errUsage)
+		for _, m := range h.Messages {
+			rec := map[string]any{
+				"conversation": *conv, "seq": m.Seq, "sender": m.Message.GetSender(), "client_msg_id": m.Message.GetClientMsgId(),
+				"text": m.Message.GetBody(), "recalled": m.Recalled, "edited": m.Edited,
 			}
-		case "add", "remove":
-			if *conv == "" || fs.NArg() != 1 {
-				return fmt.Errorf("%w: group %s --conv ID USER", errUsage, sub)
+			addReply(rec, m.Message)
+			p.print([]string{"seq", "sender", "text", "recalled", "edited", "reply_to", "mentions", "client_msg_id"}, rec)
+		}
+		printed += len(h.Messages)
+		if !h.More || len(h.Messages) == 0 {
+			return nil
+		}
+		oldestFirst := afterSet || *unread
+		edge := h.Messages[len(h.Messages)-1].Seq
+		if printed >= *limit {
+			// say where the rest starts
+			rec := map[string]any{"conversation": *conv, "more": true}
+			if oldestFirst {
+				rec["after"] = edge
+			} else {
+				rec["before"] = edge
 			}
-		default:
-			return fmt.Errorf("%w: unknown group command %q", errUsage, sub)
+			p.print([]string{"more", "before", "after"}, rec)
+			return nil
 		}
-	case "history":
-		if *conv == "" {
-			return fmt.Errorf("%w: history --conv ID", errUsage)
-		}
-	case "read", "recall":
-		if *conv == "" || *seq == 0 {
-			return fmt.Errorf("%w: %s --conv ID --seq N", errUsage, cmd)
+		q = client.HistoryQuery{Limit: *limit - printed}
+		if oldestFirst {
+			q.After, q.FromStart = edge, true
+		} else {
+			q.Before = edge
 		}
 	}
+}
 
+// addReply adds a message's reply_to and mentions to rec, when it has them.
+func addReply(rec map[string]any, m *eventspb.MessageSent) {
+	if m.GetReplyTo() != 0 {
+		rec["reply_to"] = m.GetReplyTo()
+	}
+	if len(m.GetMentions()) > 0 {
+		rec["mentions"] = m.GetMentions()
+	}
+}
+
+// runSync is `imsync sync`.
+func runSync(ctx context.Context, args []string, out io.Writer) error {
+	fs, cf := newClientFlags("sync")
+	state := fs.String("state", "", "`FILE` keeping this device's last user seq")
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("%w: sync takes no arguments", errUsage)
+	}
 	last := uint64(0)
 	if *state != "" {
 		b, err := os.ReadFile(*state)
@@ -198,11 +531,12 @@ func runClient(ctx context.Context, cmd string, args []string, out io.Writer) er
 			return err
 		}
 	}
-	c, err := cf.dial(ctx, last, cmd == "tail")
+	p := cf.printer(out)
+	c, err := cf.dial(ctx, last, false)
 	if err != nil {
 		return err
 	}
-	if newest := c.Welcome().GetUserSeq(); cmd == "sync" && last > newest {
+	if newest := c.Welcome().GetUserSeq(); last > newest {
 		// The saved position is beyond anything the server has (a state file
 		// from another server, or a store restored from an older backup):
 		// nothing would ever arrive after it. Say so, and sync again from
@@ -218,203 +552,68 @@ func runClient(ctx context.Context, cmd string, args []string, out io.Writer) er
 		}
 	}
 	defer c.Close()
-	if cmd != "tail" && cmd != "sync" {
-		// The client waits for a lost server to come back; a one-request
-		// command gives up after this long.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 20*time.Second)
-		defer cancel()
+	// Print what the timeline holds now, then remember where we are.
+	newest, printed := c.Welcome().UserSeq, last
+	for printed < newest {
+		select {
+		case e := <-c.Entries():
+			p.print(entryFields, entryRecord(e))
+			printed = e.UserSeq
+		case <-ctx.Done():
+			return nil
+		case <-time.After(10 * time.Second):
+			return fmt.Errorf("sync stalled at %d of %d", printed, newest)
+		}
 	}
-
-	switch cmd {
-	case "send":
-		cid := *id
-		if cid == "" {
-			cid = uuid.NewString()
-		}
-		r, err := c.Send(ctx, client.Message{To: *to, Conversation: *conv, ClientMsgID: cid, Text: fs.Arg(0)})
-		if err != nil {
+	if printed > last {
+		if err := c.Ack(ctx, printed); err != nil {
 			return err
 		}
-		p.print([]string{"conversation", "seq", "client_msg_id", "duplicate"},
-			map[string]any{"conversation": r.Conversation, "seq": r.Seq, "client_msg_id": cid, "duplicate": r.Duplicate})
-	case "group":
-		switch sub {
-		case "create":
-			var ms []string
-			for _, m := range strings.Split(*members, ",") {
-				if m = strings.TrimSpace(m); m != "" {
-					ms = append(ms, m)
-				}
-			}
-			g, err := c.CreateGroup(ctx, "", *name, ms)
-			if err != nil {
-				return err
-			}
-			p.print([]string{"conversation"}, map[string]any{"conversation": g})
-		case "add", "remove":
-			var s uint64
-			if sub == "add" {
-				s, err = c.AddMember(ctx, *conv, fs.Arg(0))
-			} else {
-				s, err = c.RemoveMember(ctx, *conv, fs.Arg(0))
-			}
-			if err != nil {
-				return err
-			}
-			p.print([]string{"conversation", "seq"}, map[string]any{"conversation": *conv, "seq": s})
-		}
-	case "convs":
-		l, err := c.Conversations(ctx)
-		if err != nil {
-			return err
-		}
-		for _, s := range l.Conversations {
-			p.print([]string{"conversation", "name", "unread", "last_seq", "last_read_seq"}, map[string]any{
-				"conversation": s.ConversationId, "name": s.Name, "kind": strings.ToLower(s.Kind.String()),
-				"unread": s.Unread, "last_seq": s.LastSeq, "last_read_seq": s.LastReadSeq,
-			})
-		}
-	case "history":
-		afterSet := false
-		fs.Visit(func(f *flag.Flag) { afterSet = afterSet || f.Name == "after" })
-		if *limit <= 0 {
-			return fmt.Errorf("%w: history --limit must be positive", errUsage)
-		}
-		// Pages stop at the server's page size in bytes: ask page after
-		// page until --limit messages or the end.
-		q := client.HistoryQuery{Before: *before, After: *after, FromStart: afterSet, Limit: *limit, FirstUnread: *unread}
-		printed := 0
-		for {
-			h, err := c.History(ctx, *conv, q)
-			if err != nil {
-				return err
-			}
-			for _, m := range h.Messages {
-				p.print([]string{"seq", "sender", "text", "recalled", "client_msg_id"}, map[string]any{
-					"conversation": *conv, "seq": m.Seq, "sender": m.Message.GetSender(), "client_msg_id": m.Message.GetClientMsgId(),
-					"text": m.Message.GetBody(), "recalled": m.Recalled,
-				})
-			}
-			printed += len(h.Messages)
-			if !h.More || len(h.Messages) == 0 {
-				break
-			}
-			oldestFirst := afterSet || *unread
-			edge := h.Messages[len(h.Messages)-1].Seq
-			if printed >= *limit {
-				// say where the rest starts
-				rec := map[string]any{"conversation": *conv, "more": true}
-				if oldestFirst {
-					rec["after"] = edge
-				} else {
-					rec["before"] = edge
-				}
-				p.print([]string{"more", "before", "after"}, rec)
-				break
-			}
-			q = client.HistoryQuery{Limit: *limit - printed}
-			if oldestFirst {
-				q.After, q.FromStart = edge, true
-			} else {
-				q.Before = edge
-			}
-		}
-	case "sync":
-		// Print what the timeline holds now, then remember where we are.
-		newest, printed := c.Welcome().UserSeq, last
-		for printed < newest {
-			select {
-			case e := <-c.Entries():
-				p.print(entryFields, entryRecord(e))
-				printed = e.UserSeq
-			case <-ctx.Done():
-				return nil
-			case <-time.After(10 * time.Second):
-				return fmt.Errorf("sync stalled at %d of %d", printed, newest)
-			}
-		}
-		if printed > last {
-			if err := c.Ack(ctx, printed); err != nil {
-				return err
-			}
-		}
-		if *state != "" {
-			return os.WriteFile(*state, []byte(strconv.FormatUint(printed, 10)+"\n"), 0o644)
-		}
-	case "tail":
-		for {
-			select {
-			case e, ok := <-c.Entries():
-				if !ok {
-					return tailEnded(c.Err())
-				}
-				p.print(entryFields, entryRecord(e))
-				c.Ack(ctx, e.UserSeq)
-			case ch, ok := <-c.Changes():
-				if !ok {
-					return tailEnded(c.Err())
-				}
-				// A read-fanout group changed (it writes no timeline entry
-				// per message): its history has the news.
-				if ch.Conversation == "" {
-					p.print([]string{"type", "refresh"}, map[string]any{"type": "ConversationsChanged", "refresh": "convs"})
-				} else {
-					p.print([]string{"type", "conversation", "seq"}, map[string]any{"type": "ConversationChanged", "conversation": ch.Conversation, "seq": ch.Seq})
-				}
-			case <-ctx.Done():
-				return nil // interrupted: the normal end of tail
-			}
-		}
-	case "read":
-		marker, err := c.MarkRead(ctx, *conv, *seq)
-		if err != nil {
-			return err
-		}
-		// The marker that results: an older seq leaves a further one in place.
-		p.print([]string{"conversation", "read_seq"}, map[string]any{"conversation": *conv, "read_seq": marker})
-	case "recall":
-		s, err := c.Recall(ctx, *conv, *seq)
-		if err != nil {
-			return err
-		}
-		p.print([]string{"conversation", "seq", "recalled_seq"}, map[string]any{"conversation": *conv, "seq": s, "recalled_seq": *seq})
+	}
+	if *state != "" {
+		return os.WriteFile(*state, []byte(strconv.FormatUint(printed, 10)+"\n"), 0o644)
 	}
 	return nil
 }
 
-// tailEnded is the error tail ends with when the client stopped for good
-// (its channels closed): a refused or expired token says so.
-func tailEnded(err error) error {
-	var we *wire.Error
-	switch {
-	case errors.As(err, &we) && we.Code == wire.CodeUnauthorized:
-		return fmt.Errorf("tail: unauthorized (%d): %s; get a new token", we.Code, we.Message)
-	case err != nil:
-		return fmt.Errorf("tail: %w", err)
+// runTail is `imsync tail`.
+func runTail(ctx context.Context, args []string, out io.Writer) error {
+	fs, cf := newClientFlags("tail")
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
 	}
-	return errors.New("tail: the connection ended")
-}
-
-var entryFields = []string{"user_seq", "type", "conversation", "seq", "sender", "text", "user", "added", "recalled_seq", "read_seq"}
-
-// entryRecord flattens a sync entry for printing.
-func entryRecord(e client.Entry) map[string]any {
-	r := map[string]any{"user_seq": e.UserSeq, "type": e.Type}
-	switch m := e.Message.(type) {
-	case *eventspb.MessagePointer:
-		r["conversation"], r["seq"], r["sender"] = m.ConversationId, m.Seq, m.Sender
-		if m.Message != nil {
-			r["text"], r["client_msg_id"] = m.Message.Body, m.Message.ClientMsgId
+	if fs.NArg() != 0 {
+		return fmt.Errorf("%w: tail takes no arguments", errUsage)
+	}
+	c, err := cf.dial(ctx, 0, true)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	w := c.Welcome()
+	fmt.Fprintf(stderrOf(ctx), "imsync tail: following the sync timeline of %s/%s after user seq %d (interrupt to stop)\n", w.GetUser(), w.GetDevice(), w.GetUserSeq())
+	p := cf.printer(out)
+	for {
+		select {
+		case e, ok := <-c.Entries():
+			if !ok {
+				return tailEnded(c.Err())
+			}
+			p.print(entryFields, entryRecord(e))
+			c.Ack(ctx, e.UserSeq)
+		case ch, ok := <-c.Changes():
+			if !ok {
+				return tailEnded(c.Err())
+			}
+			// A read-fanout group changed (it writes no timeline entry per
+			// message): its history has the news.
+			if ch.Conversation == "" {
+				p.print([]string{"type", "refresh"}, map[string]any{"type": "ConversationsChanged", "refresh": "convs"})
+			} else {
+				p.print([]string{"type", "conversation", "seq"}, map[string]any{"type": "ConversationChanged", "conversation": ch.Conversation, "seq": ch.Seq})
+			}
+		case <-ctx.Done():
+			return nil // interrupted: the normal end of tail
 		}
-	case *eventspb.MembershipChanged:
-		r["conversation"], r["seq"], r["user"], r["added"] = m.ConversationId, m.Seq, m.User, m.Added
-	case *eventspb.RecallNotice:
-		r["conversation"], r["seq"], r["recalled_seq"] = m.ConversationId, m.Seq, m.RecalledSeq
-	case *eventspb.EditNotice:
-		r["conversation"], r["seq"], r["text"] = m.ConversationId, m.Seq, m.Body
-	case *eventspb.ReadMarkerMoved:
-		r["conversation"], r["read_seq"] = m.ConversationId, m.ReadSeq
 	}
-	return r
 }

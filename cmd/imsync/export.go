@@ -27,8 +27,8 @@ func runExport(ctx context.Context, args []string, out io.Writer) error {
 	to := fs.String("to-position", "", "last global position exported (inclusive; default: the last event)")
 	var prefixes multiFlag
 	fs.Var(&prefixes, "streams", "only streams with this name prefix (repeatable)")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: export: %v", errUsage, err)
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
 	}
 	if *data == "" || *outPath == "" || fs.NArg() > 0 {
 		return fmt.Errorf("%w: export needs --data DIR and --out PATH, and no other arguments", errUsage)

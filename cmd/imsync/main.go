@@ -1,20 +1,23 @@
 // Command imsync is the one binary of imsync: the server, a client for
 // every operation, and tools for the event store.
 //
-//	imsync serve --data DIR [--store esdb://HOST:2113?tls=false] [--listen HOST:PORT]
+//	imsync serve --data DIR [--store esdb://HOST:2113?tls=false] [--listen HOST:PORT] [--config FILE] [limits...]
 //	imsync token --data DIR --user U --device D [--ttl 24h] | token --print-jwks (--data DIR | --key FILE.pem...)
-//	imsync send (--to USER | --conv ID) [--id CLIENT_MSG_ID] TEXT
+//	imsync send (--to USER | --conv ID) [--id ID] [--reply-to SEQ] [--mention USER]... TEXT|-
+//	imsync edit --conv ID --seq N TEXT|-
 //	imsync group create --name N --members a,b,c | group add|remove --conv ID USER
 //	imsync convs | history --conv ID | sync [--state FILE] | tail | read --conv ID --seq N | recall --conv ID --seq N
 //	imsync store append|read|log|scavenge|recover --data DIR ...
-//	imsync export --data DIR --format jsonl|parquet --out PATH [--from-position P] [--to-position P] [--streams PREFIX]
-//	imsync replay --data DIR --projection NAME [--from-position P] [--rebuild]
-//	imsync stats --data DIR [--json]
+//	imsync export | replay | stats --data DIR ...
+//	imsync version | completion bash|zsh|fish | help [COMMAND]
 //
-// Client commands take --server HOST:PORT --token T (or IMSYNC_SERVER,
-// IMSYNC_TOKEN) and --ca FILE or --insecure; --json prints one JSON object
-// per line (text that is not valid UTF-8 as text_base64). Text output quotes
-// values holding control characters, newlines, spaces or invalid UTF-8.
+// Every command is one entry of the table in commands; `imsync COMMAND
+// --help` prints its flags. Client commands take --server HOST:PORT --token
+// T and --ca FILE or --insecure; --json prints one JSON object per line
+// (text that is not valid UTF-8 as text_base64). Text output quotes values
+// holding control characters, newlines, spaces or invalid UTF-8. Every flag
+// can also come from the environment (IMSYNC_<FLAG>). Exit status: 0 ok,
+// 1 error, 2 usage, 3 refused, 4 not found, 5 unavailable.
 package main
 
 import (
@@ -32,50 +35,99 @@ import (
 	_ "github.com/imsync/imsync/events/protoconflict"
 )
 
-const usage = `imsync — event-sourced chat backend
+// commands is the command table: every command of the binary, in the
+// order of the overview.
+func commands() []command {
+	storeCmd := func(sub string) func(context.Context, []string, io.Writer) error {
+		return func(ctx context.Context, args []string, out io.Writer) error {
+			return runStore(ctx, append([]string{sub}, args...), out)
+		}
+	}
+	return []command{
+		{name: "serve", section: sectionServer, run: runServe, config: true,
+			synopsis: "--data DIR [--listen 127.0.0.1:7400] [--store esdb://HOST:2113?tls=false] [--config FILE] [flags]",
+			summary:  "run the server: event store, grains and QUIC gateway in one process"},
+		{name: "token", section: sectionServer, run: runToken,
+			synopsis: "--data DIR --user USER --device DEVICE [--ttl 24h] | --print-jwks (--data DIR | --key FILE.pem... [--kid ID])",
+			summary:  "mint a device token (a JWT) with the data directory's development key, or print a JWKS"},
 
-Server:
-  imsync serve --data DIR [--listen 127.0.0.1:7400] [--cert FILE --key FILE]
-               [--store esdb://HOST:2113?tls=false]   (events in EventStoreDB/KurrentDB;
-                                                       DIR keeps keys and certificate)
-               [--sync-retention 30d (0: for ever; or IMSYNC_SYNC_RETENTION)]
-               [--new-store | --new-key | --new-cert: replace a missing piece on purpose]
-               [--hostname NAME[,NAME...]   (self-signed certificate names besides localhost)]
-               [--jwks FILE [--jwt-audience AUD] [--jwt-issuer ISS]]   (device tokens: docs/tokens.md)
-               (SIGHUP reloads --cert/--key and --jwks)
-  imsync token --data DIR --user USER --device DEVICE [--ttl 24h] [--jwt-audience AUD] [--jwt-issuer ISS]
-  imsync token --print-jwks (--data DIR | --key FILE.pem... [--kid ID])
+		{name: "send", section: sectionClient, run: runSend,
+			synopsis: "(--to USER | --conv ID) [--id CLIENT_MSG_ID] [--reply-to SEQ] [--mention USER]... TEXT|-",
+			summary:  "send a message (TEXT, or standard input with -)"},
+		{name: "edit", section: sectionClient, run: runEdit,
+			synopsis: "--conv ID --seq N TEXT|-",
+			summary:  "replace the text of one of your messages (within the server's edit window)"},
+		{name: "recall", section: sectionClient, run: runRecall,
+			synopsis: "--conv ID --seq N",
+			summary:  "recall one of your messages (within the server's recall window)"},
+		{name: "group create", section: sectionClient, run: runGroupCreate,
+			synopsis: "--name NAME --members a,b,c",
+			summary:  "create a group with you as admin"},
+		{name: "group add", section: sectionClient, run: runGroupChange(true),
+			synopsis: "--conv ID USER",
+			summary:  "add a member to a group"},
+		{name: "group remove", section: sectionClient, run: runGroupChange(false),
+			synopsis: "--conv ID USER",
+			summary:  "remove a member from a group (or leave it)"},
+		{name: "convs", section: sectionClient, run: runConvs,
+			synopsis: "",
+			summary:  "list your conversations: last seq, unread count, read marker"},
+		{name: "history", section: sectionClient, run: runHistory,
+			synopsis: "--conv ID [--before SEQ | --after SEQ | --unread] [--limit N]",
+			summary:  "page a conversation's messages (newest first, or oldest first from --after/--unread)"},
+		{name: "sync", section: sectionClient, run: runSync,
+			synopsis: "[--state FILE]",
+			summary:  "print what your sync timeline holds after the saved position, and save the new one"},
+		{name: "tail", section: sectionClient, run: runTail,
+			synopsis: "",
+			summary:  "follow your sync timeline live until interrupted"},
+		{name: "read", section: sectionClient, run: runRead,
+			synopsis: "--conv ID --seq N",
+			summary:  "move your read marker (forward only; prints the marker that results)"},
 
-Client (--server HOST:PORT --token TOKEN, or IMSYNC_SERVER / IMSYNC_TOKEN;
-        --ca DIR/server.crt or --insecure; --json for JSON lines):
-  imsync send (--to USER | --conv ID) [--id CLIENT_MSG_ID] TEXT
-  imsync group create --name NAME --members a,b,c
-  imsync group add|remove --conv ID USER
-  imsync convs
-  imsync history --conv ID [--before SEQ | --after SEQ | --unread] [--limit N]
-  imsync sync [--state FILE]
-  imsync tail
-  imsync read --conv ID --seq N
-  imsync recall --conv ID --seq N
+		{name: "store append", section: sectionStore, run: storeCmd("append"),
+			synopsis: "--data DIR --stream NAME [--type TYPE] [--expect any|no-stream|exists|REV] TEXT...",
+			summary:  "append events to a stream"},
+		{name: "store read", section: sectionStore, run: storeCmd("read"),
+			synopsis: "--data DIR --stream NAME [--from REV] [--limit N] [--backwards] [--raw]",
+			summary:  "read a stream"},
+		{name: "store log", section: sectionStore, run: storeCmd("log"),
+			synopsis: "--data DIR [--from POS] [--limit N] [--prefix P]... [--follow] [--raw]",
+			summary:  "read the global log (decoded events, the rows of export)"},
+		{name: "store scavenge", section: sectionStore, run: storeCmd("scavenge"),
+			synopsis: "--data DIR",
+			summary:  "delete from disk the events that retention or deletion hide"},
+		{name: "store recover", section: sectionStore, run: storeCmd("recover"),
+			synopsis: "--data DIR --accept-data-loss",
+			summary:  "open a store refused for missing acknowledged events, keeping what survived"},
 
-Load generator (starts its own server unless --server/--data name one):
-  imsync bench [--pairs 128] [--group 100] [--group-senders 16] [--duration 5s] [--idle 1000]
+		{name: "export", section: sectionAnalyst, run: runExport,
+			synopsis: "--data DIR --format jsonl|parquet --out PATH|- [--from-position P] [--to-position P] [--streams PREFIX]...",
+			summary:  "export events as rows (JSONL or Parquet)"},
+		{name: "replay", section: sectionAnalyst, run: runReplay,
+			synopsis: "--data DIR --projection NAME [--from-position P] [--rebuild]",
+			summary:  "replay a projection from its checkpoint (DIR/projections/NAME.checkpoint)"},
+		{name: "stats", section: sectionAnalyst, run: runStats,
+			synopsis: "--data DIR [--json]",
+			summary:  "replay the stats projection and print its table"},
 
-Event store tools (the server must not be running on DIR):
-  imsync store append   --data DIR --stream NAME [--type TYPE] [--expect any|no-stream|exists|REV] TEXT...
-  imsync store read     --data DIR --stream NAME [--from REV] [--limit N] [--backwards] [--raw]
-  imsync store log      --data DIR [--from POS] [--limit N] [--prefix P]... [--follow] [--raw]
-                        (decoded events, the rows of export; --raw: payload as text or base64)
-  imsync store scavenge --data DIR
-  imsync store recover  --data DIR --accept-data-loss   (a store refused for missing acknowledged events)
+		{name: "bench", section: sectionOther, run: runBench, noEnv: []string{"server", "data"},
+			synopsis: "[--pairs 128] [--group 100] [--group-senders 16] [--duration 5s] [--idle 1000] [--server ADDR --data DIR]",
+			summary:  "load generator (starts its own server unless --server names one)"},
+		{name: "bench-clients", run: runBenchClients, hidden: true, // the child process of bench's idle measurement
+			summary: "idle clients for bench"},
 
-Export for analysts (the server must not be running on DIR; columns in docs/analysts.md):
-  imsync export --data DIR --format jsonl|parquet --out PATH|- [--from-position P] [--to-position P]
-                [--streams PREFIX]...
-  imsync replay --data DIR --projection NAME [--from-position P] [--rebuild]
-                (checkpoint in DIR/projections/NAME.checkpoint; progress on standard error)
-  imsync stats  --data DIR [--json]   (replays the stats projection, prints its table)
-`
+		{name: "version", section: sectionOther, run: runVersion,
+			synopsis: "[--json]",
+			summary:  "print the module version and the VCS revision it was built from"},
+		{name: "completion", section: sectionOther, run: runCompletion,
+			synopsis: "bash|zsh|fish",
+			summary:  "print a shell completion script"},
+		{name: "help", section: sectionOther, run: runHelp,
+			synopsis: "[COMMAND]",
+			summary:  "print the commands, or one command's synopsis and flags"},
+	}
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -83,43 +135,13 @@ func main() {
 	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "imsync:", err)
 		if errors.Is(err, errUsage) {
-			fmt.Fprint(os.Stderr, usage)
-			os.Exit(2)
+			fmt.Fprintln(os.Stderr, "(imsync help lists the commands; imsync COMMAND --help one command's flags)")
 		}
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }
 
 var errUsage = errors.New("bad usage")
-
-func run(ctx context.Context, args []string, out io.Writer) error {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprint(out, usage)
-		return nil
-	}
-	cmd, args := args[0], args[1:]
-	switch cmd {
-	case "serve":
-		return runServe(ctx, args, out)
-	case "token":
-		return runToken(args, out)
-	case "store":
-		return runStore(ctx, args, out)
-	case "export":
-		return runExport(ctx, args, out)
-	case "replay":
-		return runReplay(ctx, args, out)
-	case "stats":
-		return runStats(ctx, args, out)
-	case "bench":
-		return runBench(ctx, args, out)
-	case "bench-clients": // the child process of bench's idle measurement
-		return runBenchClients(ctx, args, out)
-	case "send", "group", "convs", "history", "sync", "tail", "read", "recall":
-		return runClient(ctx, cmd, args, out)
-	}
-	return fmt.Errorf("%w: unknown command %q", errUsage, cmd)
-}
 
 // storeDir is where the event store lives inside a data directory.
 func storeDir(data string) string { return filepath.Join(data, "events") }

@@ -15,11 +15,17 @@ import (
 // and data directory; it stops with the test.
 func cliServer(t *testing.T) (addr, data string) {
 	t.Helper()
+	return cliServerWith(t, "--listen", "127.0.0.1:0")
+}
+
+// cliServerWith is cliServer with these serve flags.
+func cliServerWith(t *testing.T, flags ...string) (addr, data string) {
+	t.Helper()
 	data = filepath.Join(t.TempDir(), "data")
 	ctx, stop := context.WithCancel(context.Background())
 	var out syncBuffer
 	served := make(chan error, 1)
-	go func() { served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0"), &out) }()
+	go func() { served <- run(ctx, serveArgs(t, data, flags...), &out) }()
 	t.Cleanup(func() {
 		stop()
 		if err := <-served; err != nil {

@@ -47,8 +47,8 @@ func runReplay(ctx context.Context, args []string, out io.Writer) error {
 	name := fs.String("projection", "", "registered projection: "+strings.Join(projections.Names(), ", "))
 	from := fs.String("from-position", "", "first global position replayed when there is no checkpoint (or with --rebuild)")
 	rebuild := fs.Bool("rebuild", false, "forget the checkpoint and replay from the start (or --from-position)")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: replay: %v", errUsage, err)
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
 	}
 	if *data == "" || *name == "" || fs.NArg() > 0 {
 		return fmt.Errorf("%w: replay needs --data DIR and --projection NAME, and no other arguments", errUsage)
@@ -211,8 +211,8 @@ func runStats(ctx context.Context, args []string, out io.Writer) error {
 	fs.SetOutput(io.Discard)
 	data := fs.String("data", "", "data directory of the server (its event store is DIR/events)")
 	asJSON := fs.Bool("json", false, "print the report as one JSON object")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: stats: %v", errUsage, err)
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
 	}
 	if *data == "" || fs.NArg() > 0 {
 		return fmt.Errorf("%w: stats needs --data DIR, and no other arguments", errUsage)

@@ -58,8 +58,9 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&ext.api, "api", os.Getenv("IMSYNC_API"), "TCP address of the HTTP server API for the app backend (needs --api-key)")
 	fs.StringVar(&ext.apiKey, "api-key", os.Getenv("IMSYNC_API_KEY"), "file holding the server API's key (at least 16 bytes)")
 	fs.Var(&retention, "sync-retention", "how long sync-timeline entries are kept, e.g. 30d or 72h; 0 keeps them for ever (or IMSYNC_SYNC_RETENTION)")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: serve: %v", errUsage, err)
+	limits := registerLimitFlags(fs)
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
 	}
 	if *data == "" {
 		return fmt.Errorf("%w: serve needs --data DIR", errUsage)
@@ -80,6 +81,10 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	}
 	var tcfg transport.Config
 	var certs *transport.CertFiles
+	acfg := actors.Config{SyncRetention: time.Duration(retention)}
+	if err := limits.apply(&tcfg, &acfg); err != nil {
+		return err
+	}
 	if *certFile != "" {
 		if certs, err = transport.LoadCertFiles(*certFile, *keyFile); err != nil {
 			return fmt.Errorf("serve: %w", err)
@@ -109,7 +114,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 
-	st, err := startStackWith(*data, *storeURL, *listen, logger, tcfg, actors.Config{SyncRetention: time.Duration(retention)}, hosts...)
+	st, err := startStackWith(*data, *storeURL, *listen, logger, tcfg, acfg, hosts...)
 	if err != nil {
 		return err
 	}

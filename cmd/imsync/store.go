@@ -61,8 +61,8 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 	default:
 		return fmt.Errorf("%w: unknown store command %q", errUsage, cmd)
 	}
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %s: %v", errUsage, cmd, err)
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
 	}
 	if *data == "" {
 		return fmt.Errorf("%w: %s needs --data DIR", errUsage, cmd)
@@ -70,7 +70,15 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 	if cmd == "recover" {
 		return runRecover(*data, *accept, out)
 	}
-	store, err := events.Open(storeDir(*data), events.Options{ScavengeInterval: -1})
+	// Only append creates a store: the other tools refuse a --data
+	// that holds none.
+	var store *events.Embedded
+	var err error
+	if cmd == "append" {
+		store, err = events.Open(storeDir(*data), events.Options{ScavengeInterval: -1})
+	} else {
+		store, err = openToolStore(*data, "store "+cmd)
+	}
 	if err != nil {
 		return err
 	}

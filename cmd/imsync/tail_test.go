@@ -25,7 +25,7 @@ func TestTailExitsWhenTokenExpires(t *testing.T) {
 	}()
 	select {
 	case err := <-ended:
-		if err == nil || !strings.Contains(err.Error(), "unauthorized") || !strings.Contains(err.Error(), "token expired") {
+		if err == nil || !strings.Contains(err.Error(), "unauthorized") || !strings.Contains(err.Error(), "token expired") || exitCode(err) != exitRefused {
 			t.Fatalf("tail ended with %v, want an error naming the expired token", err)
 		}
 	case <-time.After(15 * time.Second):

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,7 +23,7 @@ func (s *stringsFlag) Set(v string) error { *s = append(*s, v); return nil }
 // runToken mints a device token (a JWT) with the development key of a
 // server's data directory, or prints a JSON Web Key Set (--print-jwks):
 // of that key, or of the Ed25519 keys in PEM files (--key).
-func runToken(args []string, out io.Writer) error {
+func runToken(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	data := fs.String("data", "", "data directory of the server")
@@ -35,8 +36,8 @@ func runToken(args []string, out io.Writer) error {
 	var pemKeys stringsFlag
 	fs.Var(&pemKeys, "key", "with --print-jwks: an Ed25519 key in PEM (private or public; repeatable)")
 	kid := fs.String("kid", "", "with --print-jwks --key: the key id (default: the key's RFC 7638 thumbprint; one --key only)")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: token: %v", errUsage, err)
+	if err := parseFlags(ctx, fs, args); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: token takes no arguments, not %q", errUsage, fs.Args())

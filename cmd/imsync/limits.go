@@ -1,0 +1,83 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/imsync/imsync/actors"
+	"github.com/imsync/imsync/transport"
+)
+
+// Bounds of the limits serve accepts: past them the documented memory
+// bounds per connection and per user (docs/protocol.md, Limits) or the
+// grains' state no longer hold.
+const (
+	maxBodySizeCap   = 256 << 10 // a history page (768 KiB) still holds a few messages
+	maxGroupSizeCap  = 1_000_000
+	maxConnsPerUser  = 1024
+	maxRequestRate   = 1_000_000
+	minGroupSizeFlag = 2
+)
+
+// limitFlags are the serve flags of the limits users can reach
+// (actors.Limits and transport.Config).
+type limitFlags struct {
+	requestRate         *float64
+	requestBurst        *int
+	maxConnsPerUser     *int
+	maxGroupSize        *int
+	readFanoutThreshold *int
+	recallWindow        *time.Duration
+	editWindow          *time.Duration
+	maxBodySize         *int
+}
+
+func registerLimitFlags(fs *flag.FlagSet) *limitFlags {
+	d := actors.DefaultLimits()
+	return &limitFlags{
+		requestRate:         fs.Float64("request-rate", 2000, "requests per second allowed on one connection (beyond: error 103)"),
+		requestBurst:        fs.Int("request-burst", 500, "requests one connection may make at once above --request-rate"),
+		maxConnsPerUser:     fs.Int("max-conns-per-user", 16, "connections of one user at once (beyond: error 104, or the device's oldest is replaced)"),
+		maxGroupSize:        fs.Int("max-group-size", d.MaxGroupSize, "members of a group (beyond: error 5 TOO_LARGE)"),
+		readFanoutThreshold: fs.Int("read-fanout-threshold", d.ReadFanoutThreshold, "groups with more members than this are read-fanout: members pull the group's timeline instead of getting one sync entry per message"),
+		recallWindow:        fs.Duration("recall-window", d.RecallWindow, "how long after sending a message its sender may recall it"),
+		editWindow:          fs.Duration("edit-window", d.EditWindow, "how long after sending a message its sender may edit it"),
+		maxBodySize:         fs.Int("max-body-size", d.MaxBodySize, fmt.Sprintf("bytes of a message body, at most %d (beyond: error 5 TOO_LARGE)", maxBodySizeCap)),
+	}
+}
+
+// apply checks the limits and sets them in the gateway's and the grains'
+// configurations; a bad value is a usage error naming the flag.
+func (l *limitFlags) apply(tcfg *transport.Config, acfg *actors.Config) error {
+	bad := func(flagName string, v any, want string) error {
+		return fmt.Errorf("%w: serve: --%s %v: %s", errUsage, flagName, v, want)
+	}
+	switch {
+	case !(*l.requestRate > 0 && *l.requestRate <= maxRequestRate):
+		return bad("request-rate", *l.requestRate, fmt.Sprintf("want a rate above 0 and at most %d per second", maxRequestRate))
+	case *l.requestBurst < 1:
+		return bad("request-burst", *l.requestBurst, "want at least 1")
+	case *l.maxConnsPerUser < 1 || *l.maxConnsPerUser > maxConnsPerUser:
+		return bad("max-conns-per-user", *l.maxConnsPerUser, fmt.Sprintf("want 1 to %d", maxConnsPerUser))
+	case *l.maxGroupSize < minGroupSizeFlag || *l.maxGroupSize > maxGroupSizeCap:
+		return bad("max-group-size", *l.maxGroupSize, fmt.Sprintf("want %d to %d members", minGroupSizeFlag, maxGroupSizeCap))
+	case *l.readFanoutThreshold < 1 || *l.readFanoutThreshold > *l.maxGroupSize:
+		return bad("read-fanout-threshold", *l.readFanoutThreshold, fmt.Sprintf("want 1 to --max-group-size (%d) members", *l.maxGroupSize))
+	case *l.recallWindow <= 0:
+		return bad("recall-window", *l.recallWindow, "want a positive duration, e.g. 2m")
+	case *l.editWindow <= 0:
+		return bad("edit-window", *l.editWindow, "want a positive duration, e.g. 15m")
+	case *l.maxBodySize < 1 || *l.maxBodySize > maxBodySizeCap:
+		return bad("max-body-size", *l.maxBodySize, fmt.Sprintf("want 1 to %d bytes", maxBodySizeCap))
+	}
+	tcfg.RequestsPerSecond = *l.requestRate
+	tcfg.RequestBurst = *l.requestBurst
+	tcfg.MaxConnsPerUser = *l.maxConnsPerUser
+	acfg.Limits.MaxGroupSize = *l.maxGroupSize
+	acfg.Limits.ReadFanoutThreshold = *l.readFanoutThreshold
+	acfg.Limits.RecallWindow = *l.recallWindow
+	acfg.Limits.EditWindow = *l.editWindow
+	acfg.Limits.MaxBodySize = *l.maxBodySize
+	return nil
+}
