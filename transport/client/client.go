@@ -9,9 +9,10 @@
 //
 // # Usage
 //
+//	tlsConf, err := client.PinnedTLS(caPEM) // the server's certificate, e.g. DATA/server.crt
+//	if err != nil { ... }
 //	c, err := client.Dial(ctx, client.Config{
-//		Addr: "127.0.0.1:7400", Token: token,
-//		TLS: client.PinnedTLS(caPEM), LastUserSeq: saved})
+//		Addr: "127.0.0.1:7400", Token: token, TLS: tlsConf, LastUserSeq: saved})
 //	if err != nil { ... }
 //	defer c.Close()
 //	sent, err := c.Send(ctx, client.Message{To: "bob", ClientMsgID: "m-1", Text: "hi"})
@@ -25,6 +26,8 @@
 // With Config.TokenSource instead of Token, the client asks the app for a
 // fresh token before each one expires and re-authenticates on the open
 // connection, so a session outlives its tokens.
+//
+// A complete program is the package Example (example_test.go), run by the tests.
 //
 // It links only the wire protocol and the event schema, never server code.
 package client
