@@ -102,6 +102,12 @@ func (d *Draft) clone() *Draft {
 	return &c
 }
 
+// Sentinels of the extension codes, for errors.Is.
+var (
+	ErrRejected    = &Failure{Code: Code_REJECTED}
+	ErrCheckFailed = &Failure{Code: Code_CHECK_FAILED}
+)
+
 // Reject refuses a message from a Check: the sender gets code REJECTED,
 // Failure.Reason (the wire Error's reason) = reason — a short code the app
 // decides on, such as "profanity" — and the message.
