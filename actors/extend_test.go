@@ -350,24 +350,9 @@ func TestChecksConcurrent(t *testing.T) {
 	}
 }
 
-// reaction is the worked example of a custom kind.
-var reaction = actors.MessageKind{
-	Name: "reaction",
-	Validate: func(d actors.Draft) error {
-		if d.ReplyTo() == 0 {
-			return errors.New("a reaction replies to the message it reacts to")
-		}
-		if len(d.Body) > 32 {
-			return errors.New("a reaction is at most 32 bytes")
-		}
-		return nil
-	},
-	NotUnread: true, NoBump: true, NoPush: true,
-}
-
 func TestReactionKind(t *testing.T) {
 	svc := start(t, actors.Config{Store: newStore(t), Limits: actors.Limits{ReadFanoutThreshold: 3},
-		Extensions: actors.Extensions{Kinds: []actors.MessageKind{reaction}}})
+		Extensions: actors.Extensions{Kinds: []actors.MessageKind{Reaction}}})
 	ctx := tctx(t)
 	conv, _ := svc.OpenDirect(ctx, "ann", "bob")
 	att, pushes := device(t, svc, "bob", "phone")
