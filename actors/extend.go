@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -30,6 +31,38 @@ type Extensions struct {
 	// Reactors are called with every committed conversation event, after
 	// the commit, from their own checkpoint.
 	Reactors []Reactor
+}
+
+// With returns e followed by more: checks of more run after e's.
+func (e Extensions) With(more Extensions) Extensions {
+	return Extensions{
+		Checks:   append(slices.Clone(e.Checks), more.Checks...),
+		Kinds:    append(slices.Clone(e.Kinds), more.Kinds...),
+		Reactors: append(slices.Clone(e.Reactors), more.Reactors...),
+	}
+}
+
+var registered struct {
+	sync.Mutex
+	ext Extensions
+}
+
+// Register adds extensions for `imsync serve`: a plugin package calls it
+// from its init function, and a blank import of the package in a file of
+// cmd/imsync links it in (docs/extending.md). Programs with their own main
+// pass their extensions in Config.Extensions instead (or add Registered()).
+func Register(e Extensions) {
+	registered.Lock()
+	defer registered.Unlock()
+	registered.ext = registered.ext.With(e)
+}
+
+// Registered returns every extension registered so far, in the order
+// registered.
+func Registered() Extensions {
+	registered.Lock()
+	defer registered.Unlock()
+	return Extensions{}.With(registered.ext)
 }
 
 // DefaultCheckTimeout bounds a check that sets no Timeout.

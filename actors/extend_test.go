@@ -452,3 +452,24 @@ func TestExtensionsConfigRefused(t *testing.T) {
 		}
 	}
 }
+
+func TestRegisteredExtensions(t *testing.T) {
+	ok := func(context.Context, *actors.Draft) error { return nil }
+	before := actors.Registered()
+	actors.Register(actors.Extensions{Checks: []actors.Check{{Name: "plugin-a", Func: ok}}})
+	actors.Register(actors.Extensions{Checks: []actors.Check{{Name: "plugin-b", Func: ok}}, Kinds: []actors.MessageKind{{Name: "plugin-kind"}}})
+	reg := actors.Registered()
+	got := before.With(actors.Extensions{Checks: []actors.Check{{Name: "own", Func: ok}}}).With(reg)
+	var names []string
+	for _, c := range got.Checks {
+		names = append(names, c.Name)
+	}
+	if n := len(names); n < 3 || strings.Join(names[n-3:], ",") != "own,plugin-a,plugin-b" || got.Kinds[len(got.Kinds)-1].Name != "plugin-kind" {
+		t.Fatalf("checks %v, kinds %v", names, got.Kinds)
+	}
+	// Registered hands out copies.
+	reg.Checks[len(reg.Checks)-1].Name = "changed"
+	if again := actors.Registered(); again.Checks[len(again.Checks)-1].Name != "plugin-b" {
+		t.Fatal("Registered shares its slices")
+	}
+}
