@@ -2,7 +2,9 @@ package actors_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,6 +50,33 @@ func BenchmarkSendWithReactor(b *testing.B) {
 			b.ReportMetric(rate/none, "x-none")
 		}
 	})
+	// paired: the three services take turns, pairedTurn sends at a time,
+	// so that a machine whose load changes during the run slows all three
+	// alike; ns/op counts the three services' sends together.
+	b.Run("paired", func(b *testing.B) {
+		b.StopTimer()
+		none := newPairedService(b, actors.Extensions{})
+		reactor := newPairedService(b, actors.Extensions{Reactors: []actors.Reactor{{Name: "count",
+			React: func(context.Context, *actors.Service, actors.Committed) error { return nil }}}})
+		check := newPairedService(b, actors.Extensions{Checks: []actors.Check{{Name: "pass",
+			Func: func(context.Context, *actors.Draft) error { return nil }}}})
+		order := []*pairedService{none, reactor, check}
+		b.StartTimer()
+		for done := 0; done < b.N; done += pairedTurn {
+			n := min(pairedTurn, b.N-done)
+			for _, p := range order {
+				p.round(b, n)
+			}
+			order = append(order[1:], order[0]) // each goes first in turn
+		}
+		b.StopTimer()
+		rate := func(p *pairedService) float64 { return float64(b.N) / p.took.Seconds() }
+		b.ReportMetric(rate(none), "none-sends/s")
+		b.ReportMetric(rate(reactor), "reactor-sends/s")
+		b.ReportMetric(rate(check), "check-sends/s")
+		b.ReportMetric(rate(reactor)/rate(none), "reactor-x-none")
+		b.ReportMetric(rate(check)/rate(none), "check-x-none")
+	})
 	b.Run("check", func(b *testing.B) {
 		pass := actors.Check{Name: "pass", Func: func(context.Context, *actors.Draft) error { return nil }}
 		rate := sendDirectRate(b, benchServiceWith(b, actors.Extensions{Checks: []actors.Check{pass}}))
@@ -57,6 +86,53 @@ func BenchmarkSendWithReactor(b *testing.B) {
 		}
 	})
 }
+
+// pairedService is one service of the paired sub-benchmark, with
+// directSenders direct conversations and the time its sends took.
+type pairedService struct {
+	svc   *actors.Service
+	convs []string
+	next  []int // per sender: the next client message id
+	took  time.Duration
+}
+
+func newPairedService(b *testing.B, ext actors.Extensions) *pairedService {
+	p := &pairedService{svc: benchServiceWith(b, ext), convs: make([]string, directSenders), next: make([]int, directSenders)}
+	for i := range p.convs {
+		c, err := p.svc.OpenDirect(context.Background(), fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.convs[i] = c
+	}
+	return p
+}
+
+// round runs n sends spread over the service's conversations.
+func (p *pairedService) round(b *testing.B, n int) {
+	var left atomic.Int64
+	left.Store(int64(n))
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range p.convs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for left.Add(-1) >= 0 {
+				p.next[i]++
+				_, err := p.svc.Send(context.Background(), actors.SendRequest{Conversation: p.convs[i], Sender: fmt.Sprintf("a%d", i), ClientMsgID: fmt.Sprint(p.next[i]), Body: make([]byte, 100)})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	p.took += time.Since(start)
+}
+
+const pairedTurn = 1000
 
 func benchServiceWith(b *testing.B, ext actors.Extensions) *actors.Service {
 	store, err := events.Open(filepath.Join(b.TempDir(), "store"), events.Options{ScavengeInterval: -1})
