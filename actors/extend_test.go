@@ -473,3 +473,48 @@ func TestRegisteredExtensions(t *testing.T) {
 		t.Fatal("Registered shares its slices")
 	}
 }
+
+// A write that arrives while an earlier one is being checked is decided
+// after it, even when its own check finishes first.
+func TestChecksKeepArrivalOrder(t *testing.T) {
+	entered := make(chan string, 2)
+	release := make(chan struct{})
+	svc := start(t, actors.Config{Store: newStore(t), Extensions: actors.Extensions{Checks: []actors.Check{{
+		Name:    "gate",
+		Timeout: 10 * time.Second,
+		Func: func(_ context.Context, d *actors.Draft) error {
+			entered <- string(d.Body)
+			if string(d.Body) == "first" {
+				<-release
+			}
+			return nil
+		},
+	}}}})
+	ctx := tctx(t)
+	conv, _ := svc.OpenDirect(ctx, "ann", "bob")
+	results := make(chan actors.SendResult, 2)
+	sendAsync := func(sender, body string) {
+		go func() {
+			r, err := svc.Send(ctx, actors.SendRequest{Conversation: conv, Sender: sender, ClientMsgID: body, Body: []byte(body)})
+			if err != nil {
+				t.Error(err)
+			}
+			results <- r
+		}()
+	}
+	sendAsync("ann", "first")
+	if got := <-entered; got != "first" {
+		t.Fatalf("checked %q first", got)
+	}
+	sendAsync("bob", "second")
+	if got := <-entered; got != "second" {
+		t.Fatalf("checked %q second", got)
+	}
+	close(release) // the second's check is done already; the first's now
+	<-results
+	<-results
+	msgs := history(t, svc, "ann", conv)
+	if len(msgs) != 2 || string(msgs[0].Message.Body) != "first" || string(msgs[1].Message.Body) != "second" {
+		t.Fatalf("history %v, want first then second", msgs)
+	}
+}
