@@ -68,6 +68,11 @@ func Registered() Extensions {
 // DefaultCheckTimeout bounds a check that sets no Timeout.
 const DefaultCheckTimeout = 200 * time.Millisecond
 
+// MaxChecksTimeout bounds the sum of the checks' timeouts: a message is
+// checked well within one attempt of a service request (3 s), so that a
+// slow check is never mistaken for a lost request.
+const MaxChecksTimeout = 2 * time.Second
+
 // Check inspects (and may change) a message before the conversation
 // decides it: moderation, rewriting, metadata.
 //
@@ -187,6 +192,7 @@ type extensions struct {
 func (e Extensions) compile() (*extensions, error) {
 	out := &extensions{kinds: map[string]MessageKind{}}
 	names := map[string]bool{}
+	var total time.Duration
 	for i, c := range e.Checks {
 		if c.Name == "" || c.Func == nil {
 			return nil, fmt.Errorf("actors: Extensions.Checks[%d] needs a Name and a Func", i)
@@ -199,6 +205,10 @@ func (e Extensions) compile() (*extensions, error) {
 			c.Timeout = DefaultCheckTimeout
 		}
 		out.checks = append(out.checks, c)
+		total += c.Timeout
+	}
+	if total > MaxChecksTimeout {
+		return nil, fmt.Errorf("actors: the checks' timeouts add up to %s, more than %s", total, MaxChecksTimeout)
 	}
 	for i, k := range e.Kinds {
 		if k.Name == "" || len(k.Name) > maxIDLen || !utf8.ValidString(k.Name) {

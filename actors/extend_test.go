@@ -439,6 +439,7 @@ func TestExtensionsConfigRefused(t *testing.T) {
 		"check without name":  {Checks: []actors.Check{{Func: ok}}},
 		"check without func":  {Checks: []actors.Check{{Name: "x"}}},
 		"checks named twice":  {Checks: []actors.Check{{Name: "x", Func: ok}, {Name: "x", Func: ok}}},
+		"checks too slow":     {Checks: []actors.Check{{Name: "x", Func: ok, Timeout: time.Second}, {Name: "y", Func: ok, Timeout: 1500 * time.Millisecond}}},
 		"kind without name":   {Kinds: []actors.MessageKind{{}}},
 		"kind text":           {Kinds: []actors.MessageKind{{Name: "text"}}},
 		"kind twice":          {Kinds: []actors.MessageKind{{Name: "r"}, {Name: "r"}}},
@@ -481,7 +482,7 @@ func TestChecksKeepArrivalOrder(t *testing.T) {
 	release := make(chan struct{})
 	svc := start(t, actors.Config{Store: newStore(t), Extensions: actors.Extensions{Checks: []actors.Check{{
 		Name:    "gate",
-		Timeout: 10 * time.Second,
+		Timeout: actors.MaxChecksTimeout,
 		Func: func(_ context.Context, d *actors.Draft) error {
 			entered <- string(d.Body)
 			if string(d.Body) == "first" {
