@@ -235,13 +235,13 @@ func (g *conversationGrain) write(ctx actor.Context, sender *actor.PID, cmd prot
 	lim := g.svc.cfg.Limits
 	evs, w, f := decideConv(g.state, cmd, g.svc.cfg.Now(), lim)
 	if f != nil {
-		ctx.Send(sender, f)
+		answer(ctx, sender, f)
 		return
 	}
 	// Encode first: an event the journal refuses must not reach the state.
 	if len(evs) > 0 {
 		if _, err := g.j.add(evs...); err != nil {
-			ctx.Send(sender, fail(Code_INVALID, "%v", err))
+			answer(ctx, sender, fail(Code_INVALID, "%v", err))
 			return
 		}
 	}

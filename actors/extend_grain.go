@@ -71,12 +71,12 @@ func (g *conversationGrain) decideChecked(ctx actor.Context) {
 		g.checking[0] = nil
 		g.checking = g.checking[1:]
 		if w.failure != nil {
-			ctx.Send(w.sender, w.failure)
+			answer(ctx, w.sender, w.failure)
 			continue
 		}
 		if g.broken {
 			if err := g.load(); err != nil {
-				ctx.Send(w.sender, unavailable(err))
+				answer(ctx, w.sender, unavailable(err))
 				continue
 			}
 			g.broken = false
@@ -86,5 +86,13 @@ func (g *conversationGrain) decideChecked(ctx actor.Context) {
 	}
 	if len(g.checking) == 0 {
 		g.checking = nil
+	}
+}
+
+// answer replies to the requester of a write, if there is one (a write sent
+// without a sender has no one to answer; a nil PID must not reach protoactor).
+func answer(ctx actor.Context, to *actor.PID, msg proto.Message) {
+	if to != nil {
+		ctx.Send(to, msg)
 	}
 }
