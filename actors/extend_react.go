@@ -44,7 +44,17 @@ type Reactor struct {
 	// yet) it is given every conversation event in the store. By default it
 	// starts with the events committed after that first start.
 	FromStart bool
+	// State, if set, is the reactor's in-memory state (a counter): its
+	// Snapshot is saved with the checkpoint, in the same event, and Restore
+	// is called with it before the reactor resumes (with nil the first
+	// time). React then changes the state exactly once per event across
+	// restarts, although events come at least once. At most MaxReactorState
+	// bytes.
+	State projections.Stateful
 }
+
+// MaxReactorState bounds a reactor's saved state.
+const MaxReactorState = 900 << 10
 
 // Committed is one event a conversation stored.
 type Committed struct {
@@ -97,8 +107,13 @@ func runReactor(ctx context.Context, s *Service, r Reactor) {
 	for ctx.Err() == nil {
 		err := startReactorAt(ctx, s.store, cps, r)
 		if err == nil {
+			rp := &reactorProjection{r: r, svc: s}
+			var p projections.Projection = rp
+			if r.State != nil {
+				p = &statefulReactor{rp}
+			}
 			runner := &projections.Runner{
-				Store: s.store, Checkpoints: cps, Projection: &reactorProjection{r: r, svc: s},
+				Store: s.store, Checkpoints: cps, Projection: p,
 				SaveEvery: 256, SaveIdle: 500 * time.Millisecond,
 			}
 			err = runner.Run(ctx)
@@ -170,6 +185,22 @@ func (p *reactorProjection) Handle(ctx context.Context, e projections.Event) err
 	}
 }
 
+// statefulReactor is a reactor with State: the runner saves and restores
+// it with the checkpoint.
+type statefulReactor struct {
+	*reactorProjection
+}
+
+func (p *statefulReactor) Snapshot() ([]byte, error) {
+	b, err := p.r.State.Snapshot()
+	if err == nil && len(b) > MaxReactorState {
+		err = fmt.Errorf("state of %d bytes exceeds %d", len(b), MaxReactorState)
+	}
+	return b, err
+}
+
+func (p *statefulReactor) Restore(b []byte) error { return p.r.State.Restore(b) }
+
 func (p *reactorProjection) react(ctx context.Context, c Committed) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -180,8 +211,9 @@ func (p *reactorProjection) react(ctx context.Context, c Committed) (err error) 
 }
 
 // streamCheckpoints keeps reactor checkpoints in the event store itself
-// (stream <name>, the newest few WatchCheckpoint events), so that a
-// Service restarted on the same store resumes where it stopped.
+// (stream <name>, the newest few WatchCheckpoint events, each with the
+// reactor's state if it has one), so that a Service restarted on the same
+// store resumes where it stopped.
 type streamCheckpoints struct {
 	store events.Store
 }
@@ -204,11 +236,11 @@ func (c streamCheckpoints) Load(ctx context.Context, name string) (projections.C
 	if !ok {
 		return projections.Checkpoint{}, false, fmt.Errorf("%s holds %s", name, page[0].Type)
 	}
-	return projections.Checkpoint{Position: events.Position{Commit: cp.Commit, Prepare: cp.Prepare}}, true, nil
+	return projections.Checkpoint{Position: events.Position{Commit: cp.Commit, Prepare: cp.Prepare}, State: cp.State}, true, nil
 }
 
 func (c streamCheckpoints) Save(ctx context.Context, name string, cp projections.Checkpoint) error {
-	ev, err := events.Encode(uuid.New(), &eventspb.WatchCheckpoint{Commit: cp.Position.Commit, Prepare: cp.Position.Prepare})
+	ev, err := events.Encode(uuid.New(), &eventspb.WatchCheckpoint{Commit: cp.Position.Commit, Prepare: cp.Position.Prepare, State: cp.State})
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package actors_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -247,5 +248,73 @@ func TestEchoBot(t *testing.T) {
 	})
 	if msgs := history(t, svc, "ann", conv); len(msgs) != 4 {
 		t.Fatalf("after the replay the conversation holds %d messages, want 4", len(msgs))
+	}
+}
+
+// counts is a reactor's state: messages per conversation.
+type counts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *counts) Snapshot() ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return json.Marshal(c.n)
+}
+
+func (c *counts) Restore(b []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n = map[string]int{}
+	if b == nil {
+		return nil
+	}
+	return json.Unmarshal(b, &c.n)
+}
+
+func (c *counts) get(conv string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[conv]
+}
+
+func counter(state *counts) actors.Reactor {
+	return actors.Reactor{Name: "counter", State: state, React: func(_ context.Context, _ *actors.Service, e actors.Committed) error {
+		if _, ok := e.Event.(*eventspb.MessageSent); ok {
+			state.mu.Lock()
+			state.n[e.Conversation]++
+			state.mu.Unlock()
+		}
+		return nil
+	}}
+}
+
+// TestReactorState: a reactor's state is saved with its checkpoint and
+// restored by the next run, which counts on from there.
+func TestReactorState(t *testing.T) {
+	store := newStore(t)
+	first := &counts{}
+	svc := startReacting(t, store, counter(first))
+	conv, _ := svc.OpenDirect(tctx(t), "ann", "bob")
+	for i := range 30 {
+		if _, err := svc.Send(tctx(t), actors.SendRequest{Conversation: conv, Sender: "ann", ClientMsgID: fmt.Sprint(i), Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "30 counted", func() bool { return first.get(conv) == 30 })
+	svc.Close()
+
+	second := &counts{} // empty in memory: what it knows comes from the checkpoint
+	svc = startReacting(t, store, counter(second))
+	for i := range 10 {
+		if _, err := svc.Send(tctx(t), actors.SendRequest{Conversation: conv, Sender: "bob", ClientMsgID: fmt.Sprint(i), Body: []byte("y")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "40 counted", func() bool { return second.get(conv) == 40 })
+	svc.Close()
+	if n := second.get(conv); n != 40 {
+		t.Fatalf("counted %d, want 40", n)
 	}
 }

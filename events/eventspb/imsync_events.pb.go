@@ -1088,6 +1088,7 @@ type WatchCheckpoint struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Commit        uint64                 `protobuf:"varint,1,opt,name=commit,proto3" json:"commit,omitempty"` // global position of the last conversation event checked
 	Prepare       uint64                 `protobuf:"varint,2,opt,name=prepare,proto3" json:"prepare,omitempty"`
+	State         []byte                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"` // a reactor's state as of that position (actors.Reactor.State)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1134,6 +1135,13 @@ func (x *WatchCheckpoint) GetPrepare() uint64 {
 		return x.Prepare
 	}
 	return 0
+}
+
+func (x *WatchCheckpoint) GetState() []byte {
+	if x != nil {
+		return x.State
+	}
+	return nil
 }
 
 // The members of a group created with more members than fit in one event:
@@ -1295,10 +1303,11 @@ const file_imsync_events_proto_rawDesc = "" +
 	"\vDeviceAcked\x12\x19\n" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\"$\n" +
 	"\x10FanoutCheckpoint\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"C\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"Y\n" +
 	"\x0fWatchCheckpoint\x12\x16\n" +
 	"\x06commit\x18\x01 \x01(\x04R\x06commit\x12\x18\n" +
-	"\aprepare\x18\x02 \x01(\x04R\aprepare\"S\n" +
+	"\aprepare\x18\x02 \x01(\x04R\aprepare\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\fR\x05state\"S\n" +
 	"\rMembersJoined\x12\x14\n" +
 	"\x05users\x18\x01 \x03(\tR\x05users\x12\x0e\n" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12\x1c\n" +
