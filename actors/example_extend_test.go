@@ -110,7 +110,8 @@ func Example_echoBot() {
 
 	conv, _ := svc.OpenDirect(ctx, "ann", "echo")
 	svc.Send(ctx, actors.SendRequest{Conversation: conv, Sender: "ann", ClientMsgID: "1", Body: []byte("ping")})
-	for { // the answer comes after the commit, from the reactor
+	// The answer comes after the commit, from the reactor: poll for it.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		page, _ := svc.History(ctx, "ann", conv, actors.HistoryQuery{Limit: 10})
 		if len(page.Messages) == 2 {
 			for _, m := range page.Messages {
@@ -118,7 +119,6 @@ func Example_echoBot() {
 			}
 			break
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	// Output:
 	// 3 echo: echo: ping
