@@ -40,8 +40,9 @@ type convState struct {
 }
 
 type msgRef struct {
-	seq    uint64
-	sender string
+	seq       uint64
+	sender    string
+	uncounted bool // its kind does not count as unread
 }
 
 type msgInfo struct {
@@ -94,6 +95,9 @@ func (s *convState) unreadAfter(user string, after uint64) uint64 {
 	var n uint64
 	for i := len(s.msgs) - 1; i >= 0 && s.msgs[i].seq > after; i-- {
 		m := s.msgs[i]
+		if m.uncounted {
+			continue // neither unread nor a sign of having read
+		}
 		if m.sender == user {
 			break
 		}
@@ -183,13 +187,23 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 				return nil, nil, fail(Code_INVALID, "%q is mentioned twice", m)
 			}
 		}
+		if f := checkMetadata(c.Metadata); f != nil {
+			return nil, nil, f
+		}
 		kind := c.Kind
 		if kind == "" {
 			kind = "text"
 		}
+		rules, custom := lim.ext.kind(kind)
+		if custom {
+			if f := validateKind(rules, *draftOf(s.id, c)); f != nil {
+				return nil, nil, f
+			}
+		}
 		return written(&eventspb.MessageSent{
 			Sender: c.Sender, SenderDevice: c.Device, ClientMsgId: c.ClientMsgId, Kind: kind,
-			Body: c.Body, ReplyTo: c.ReplyTo, Mentions: c.Mentions, AtUnixMs: at,
+			Body: c.Body, ReplyTo: c.ReplyTo, Mentions: c.Mentions, AtUnixMs: at, Metadata: c.Metadata,
+			NotUnread: rules.NotUnread, NoBump: rules.NoBump, NoPush: rules.NoPush,
 		})
 
 	case *RecallMessage:
@@ -342,8 +356,10 @@ func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 		delete(s.joined, e.User)
 		s.lastActivity = e.AtUnixMs
 	case *eventspb.MessageSent:
-		s.msgs = append(s.msgs, msgRef{seq: seq, sender: e.Sender})
-		s.latestSeq, s.latest, s.lastActivity = seq, e, e.AtUnixMs
+		s.msgs = append(s.msgs, msgRef{seq: seq, sender: e.Sender, uncounted: e.NotUnread})
+		if !e.NoBump {
+			s.latestSeq, s.latest, s.lastActivity = seq, e, e.AtUnixMs
+		}
 		s.recent[seq] = &msgInfo{sender: e.Sender, at: e.AtUnixMs}
 		s.order = append(s.order, seq)
 		s.forgetOld(e.AtUnixMs, max(lim.RecallWindow, lim.EditWindow))
@@ -425,7 +441,7 @@ func recipients(s *convState, seq uint64, ev proto.Message, lim Limits) map[stri
 		if s.readFanout(lim) {
 			return out // members pull the timeline; the conversation list asks the grain
 		}
-		p := &eventspb.MessagePointer{ConversationId: s.id, Seq: seq, Sender: e.Sender}
+		p := &eventspb.MessagePointer{ConversationId: s.id, Seq: seq, Sender: e.Sender, NotUnread: e.NotUnread, NoBump: e.NoBump, NoPush: e.NoPush}
 		if len(e.Body) <= lim.InlineMaxSize {
 			p.Message = e
 		}
@@ -471,6 +487,9 @@ func (s *convState) snapshot() *ConvSnapshot {
 			out.Senders = append(out.Senders, m.sender)
 		}
 		out.MsgSeqs[i], out.MsgSenders[i] = m.seq, idx
+		if m.uncounted {
+			out.Uncounted = append(out.Uncounted, m.seq)
+		}
 	}
 	for _, seq := range s.order {
 		if m := s.recent[seq]; m != nil {
@@ -518,6 +537,12 @@ func convStateFromSnapshot(id string, lastSeq uint64, snap *ConvSnapshot) (*conv
 			return nil, fmt.Errorf("conversation snapshot of %s: sender %d of %d", id, idx, len(snap.Senders))
 		}
 		s.msgs[i] = msgRef{seq: seq, sender: snap.Senders[idx]}
+	}
+	for _, seq := range snap.Uncounted {
+		i := sort.Search(len(s.msgs), func(i int) bool { return s.msgs[i].seq >= seq })
+		if i < len(s.msgs) && s.msgs[i].seq == seq {
+			s.msgs[i].uncounted = true
+		}
 	}
 	for _, m := range snap.Recent {
 		s.recent[m.Seq] = &msgInfo{sender: m.Sender, at: m.AtUnixMs}

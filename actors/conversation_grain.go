@@ -43,6 +43,9 @@ type conversationGrain struct {
 	waiters []ensureWaiter
 	notify  readNotify
 	snap    snapshotMark
+	// checking holds the writes waiting for checks (Extensions.Checks), in
+	// arrival order; they are decided in that order once checked.
+	checking []*checkedWrite
 }
 
 type fanoutItem struct {
@@ -107,7 +110,7 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 		g.fanout.running = false
 		g.startFanout(ctx)
 	case *idleTick:
-		busy := g.j == nil || !g.j.idle() || g.fanout.running || len(g.fanout.pending) > 0 || len(g.waiters) > 0 || g.notify.timer
+		busy := g.j == nil || !g.j.idle() || g.fanout.running || len(g.fanout.pending) > 0 || len(g.waiters) > 0 || g.notify.timer || len(g.checking) > 0
 		if g.idle.expired(ctx, busy) {
 			g.writeCheckpoint(true)
 			if g.j != nil {
@@ -137,7 +140,13 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 		if !g.ensureReady(ctx) {
 			return
 		}
-		g.write(ctx, m.(proto.Message))
+		g.submit(ctx, m.(proto.Message))
+	case *checksDone:
+		m.w.done, m.w.failure = true, m.failure
+		if m.draft != nil {
+			m.w.cmd = withDraft(m.w.cmd, m.draft).(proto.Message)
+		}
+		g.decideChecked(ctx)
 	}
 }
 
@@ -222,17 +231,17 @@ func (g *conversationGrain) snapshot(force bool) {
 	g.snap = snapshotMark{covers: g.j.durable, at: time.Now()}
 }
 
-func (g *conversationGrain) write(ctx actor.Context, cmd proto.Message) {
+func (g *conversationGrain) write(ctx actor.Context, sender *actor.PID, cmd proto.Message) {
 	lim := g.svc.cfg.Limits
 	evs, w, f := decideConv(g.state, cmd, g.svc.cfg.Now(), lim)
 	if f != nil {
-		ctx.Respond(f)
+		answer(ctx, sender, f)
 		return
 	}
 	// Encode first: an event the journal refuses must not reach the state.
 	if len(evs) > 0 {
 		if _, err := g.j.add(evs...); err != nil {
-			ctx.Respond(fail(Code_INVALID, "%v", err))
+			answer(ctx, sender, fail(Code_INVALID, "%v", err))
 			return
 		}
 	}
@@ -241,7 +250,6 @@ func (g *conversationGrain) write(ctx actor.Context, cmd proto.Message) {
 		evolveConv(g.state, seq, e, lim)
 		g.fanout.staged = append(g.fanout.staged, fanoutItem{seq: seq, to: recipients(g.state, seq, e, lim)})
 	}
-	sender := ctx.Sender()
 	g.j.whenDurable(w.Seq, func(err error) {
 		if err != nil {
 			ctx.Send(sender, unavailable(err))

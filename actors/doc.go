@@ -52,4 +52,24 @@
 // their streams on the next call: user and conversation grains from their
 // latest snapshot (snap-<stream>) and the events after it, so that an
 // inbox with a retention (Config.SyncRetention) keeps its conversation list.
+//
+// # Extensions
+//
+// Config.Extensions adds behaviours without forking (docs/extending.md):
+// Checks see (and may refuse or rewrite) a message before its conversation
+// decides it; Kinds give message kinds their own validation and unread,
+// list and push rules; Reactors get every committed conversation event
+// after the commit, at least once and in order, from their checkpoint, and
+// act through the Service. None of them writes a stream.
+//
+//	svc, err := actors.Start(actors.Config{Store: store, Extensions: actors.Extensions{
+//		Checks:   []actors.Check{{Name: "filter", Func: func(ctx context.Context, d *actors.Draft) error {
+//			if bytes.Contains(d.Body, []byte("casino")) {
+//				return actors.Reject("blocked-word", "no casinos") // the sender gets REJECTED
+//			}
+//			return nil
+//		}}},
+//		Kinds:    []actors.MessageKind{{Name: "reaction", NotUnread: true, NoBump: true}},
+//		Reactors: []actors.Reactor{{Name: "echo-bot", React: echo}},
+//	}})
 package actors

@@ -39,6 +39,8 @@ const (
 	Code_TOO_LARGE        Code = 5 // body or group size limit
 	Code_EXPIRED          Code = 6 // recall/edit window passed
 	Code_UNAVAILABLE      Code = 7 // storage or cluster trouble; retry with the same ids
+	Code_REJECTED         Code = 8 // a check (Extensions.Checks) refused the message; reason says why
+	Code_CHECK_FAILED     Code = 9 // a fail-closed check panicked, failed or timed out; retrying may succeed
 )
 
 // Enum value maps for Code.
@@ -52,6 +54,8 @@ var (
 		5: "TOO_LARGE",
 		6: "EXPIRED",
 		7: "UNAVAILABLE",
+		8: "REJECTED",
+		9: "CHECK_FAILED",
 	}
 	Code_value = map[string]int32{
 		"CODE_UNSPECIFIED": 0,
@@ -62,6 +66,8 @@ var (
 		"TOO_LARGE":        5,
 		"EXPIRED":          6,
 		"UNAVAILABLE":      7,
+		"REJECTED":         8,
+		"CHECK_FAILED":     9,
 	}
 )
 
@@ -96,6 +102,7 @@ type Failure struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Code          Code                   `protobuf:"varint,1,opt,name=code,proto3,enum=imsync.actors.v1.Code" json:"code,omitempty"`
 	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"` // REJECTED: the check's reason code ("profanity"); CHECK_FAILED: the check's name
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -140,6 +147,13 @@ func (x *Failure) GetCode() Code {
 func (x *Failure) GetMessage() string {
 	if x != nil {
 		return x.Message
+	}
+	return ""
+}
+
+func (x *Failure) GetReason() string {
+	if x != nil {
+		return x.Reason
 	}
 	return ""
 }
@@ -281,6 +295,7 @@ type SendMessage struct {
 	Body        []byte                 `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
 	ReplyTo     uint64                 `protobuf:"varint,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
 	Mentions    []string               `protobuf:"bytes,7,rep,name=mentions,proto3" json:"mentions,omitempty"`
+	Metadata    map[string]string      `protobuf:"bytes,8,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The sender need not be a member: a system or bot message from the app
 	// backend (the server API only; devices never set it).
 	System        bool `protobuf:"varint,16,opt,name=system,proto3" json:"system,omitempty"`
@@ -363,6 +378,13 @@ func (x *SendMessage) GetReplyTo() uint64 {
 func (x *SendMessage) GetMentions() []string {
 	if x != nil {
 		return x.Mentions
+	}
+	return nil
+}
+
+func (x *SendMessage) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
 	}
 	return nil
 }
@@ -1963,6 +1985,7 @@ type ConvSnapshot struct {
 	ClientKeys    []string                  `protobuf:"bytes,17,rep,name=client_keys,json=clientKeys,proto3" json:"client_keys,omitempty"` // dedup window, oldest first
 	ClientSeqs    []uint64                  `protobuf:"varint,18,rep,packed,name=client_seqs,json=clientSeqs,proto3" json:"client_seqs,omitempty"`
 	LargeSince    uint64                    `protobuf:"varint,19,opt,name=large_since,json=largeSince,proto3" json:"large_since,omitempty"` // the seq at which the group became large
+	Uncounted     []uint64                  `protobuf:"varint,20,rep,packed,name=uncounted,proto3" json:"uncounted,omitempty"`              // seqs of messages that do not count as unread (their kind says so)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2130,6 +2153,13 @@ func (x *ConvSnapshot) GetLargeSince() uint64 {
 	return 0
 }
 
+func (x *ConvSnapshot) GetUncounted() []uint64 {
+	if x != nil {
+		return x.Uncounted
+	}
+	return nil
+}
+
 type RecentMessage struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -2246,10 +2276,11 @@ var File_imsync_actors_proto protoreflect.FileDescriptor
 
 const file_imsync_actors_proto_rawDesc = "" +
 	"\n" +
-	"\x13imsync_actors.proto\x12\x10imsync.actors.v1\x1a\x13imsync_events.proto\x1a\x12imsync_views.proto\"O\n" +
+	"\x13imsync_actors.proto\x12\x10imsync.actors.v1\x1a\x13imsync_events.proto\x1a\x12imsync_views.proto\"g\n" +
 	"\aFailure\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.imsync.actors.v1.CodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x94\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x94\x01\n" +
 	"\x12CreateConversation\x126\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -2258,7 +2289,7 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\fChangeMember\x12\x14\n" +
 	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x10\n" +
-	"\x03add\x18\x03 \x01(\bR\x03add\"\xd8\x01\n" +
+	"\x03add\x18\x03 \x01(\bR\x03add\"\xde\x02\n" +
 	"\vSendMessage\x12\x16\n" +
 	"\x06sender\x18\x01 \x01(\tR\x06sender\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\"\n" +
@@ -2266,8 +2297,12 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04body\x18\x05 \x01(\fR\x04body\x12\x19\n" +
 	"\breply_to\x18\x06 \x01(\x04R\areplyTo\x12\x1a\n" +
-	"\bmentions\x18\a \x03(\tR\bmentions\x12\x16\n" +
-	"\x06system\x18\x10 \x01(\bR\x06system\"7\n" +
+	"\bmentions\x18\a \x03(\tR\bmentions\x12G\n" +
+	"\bmetadata\x18\b \x03(\v2+.imsync.actors.v1.SendMessage.MetadataEntryR\bmetadata\x12\x16\n" +
+	"\x06system\x18\x10 \x01(\bR\x06system\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"7\n" +
 	"\rRecallMessage\x12\x14\n" +
 	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\"I\n" +
@@ -2377,7 +2412,7 @@ const file_imsync_actors_proto_rawDesc = "" +
 	" \x03(\x04R\x06unread\x12#\n" +
 	"\rlast_activity\x18\v \x01(\x03R\flastActivity\x12\x1d\n" +
 	"\n" +
-	"changed_at\x18\f \x01(\x04R\tchangedAt\"\x93\x05\n" +
+	"changed_at\x18\f \x01(\x04R\tchangedAt\"\xb1\x05\n" +
 	"\fConvSnapshot\x126\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -2403,7 +2438,8 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\vclient_seqs\x18\x12 \x03(\x04R\n" +
 	"clientSeqs\x12\x1f\n" +
 	"\vlarge_since\x18\x13 \x01(\x04R\n" +
-	"largeSince\"W\n" +
+	"largeSince\x12\x1c\n" +
+	"\tuncounted\x18\x14 \x03(\x04R\tuncounted\"W\n" +
 	"\rRecentMessage\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06sender\x18\x02 \x01(\tR\x06sender\x12\x1c\n" +
@@ -2412,7 +2448,7 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\n" +
 	"EditedBody\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
-	"\x04body\x18\x02 \x01(\fR\x04body*\x82\x01\n" +
+	"\x04body\x18\x02 \x01(\fR\x04body*\xa2\x01\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aINVALID\x10\x01\x12\r\n" +
@@ -2421,7 +2457,9 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\bCONFLICT\x10\x04\x12\r\n" +
 	"\tTOO_LARGE\x10\x05\x12\v\n" +
 	"\aEXPIRED\x10\x06\x12\x0f\n" +
-	"\vUNAVAILABLE\x10\aB!Z\x1fgithub.com/imsync/imsync/actorsb\x06proto3"
+	"\vUNAVAILABLE\x10\a\x12\f\n" +
+	"\bREJECTED\x10\b\x12\x10\n" +
+	"\fCHECK_FAILED\x10\tB!Z\x1fgithub.com/imsync/imsync/actorsb\x06proto3"
 
 var (
 	file_imsync_actors_proto_rawDescOnce sync.Once
@@ -2436,7 +2474,7 @@ func file_imsync_actors_proto_rawDescGZIP() []byte {
 }
 
 var file_imsync_actors_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imsync_actors_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_imsync_actors_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_imsync_actors_proto_goTypes = []any{
 	(Code)(0),                      // 0: imsync.actors.v1.Code
 	(*Failure)(nil),                // 1: imsync.actors.v1.Failure
@@ -2472,28 +2510,30 @@ var file_imsync_actors_proto_goTypes = []any{
 	(*ConvSnapshot)(nil),           // 31: imsync.actors.v1.ConvSnapshot
 	(*RecentMessage)(nil),          // 32: imsync.actors.v1.RecentMessage
 	(*EditedBody)(nil),             // 33: imsync.actors.v1.EditedBody
-	(eventspb.ConversationKind)(0), // 34: imsync.events.v1.ConversationKind
-	(*eventspb.SyncEntry)(nil),     // 35: imsync.events.v1.SyncEntry
-	(*eventspb.MessageSent)(nil),   // 36: imsync.events.v1.MessageSent
+	nil,                            // 34: imsync.actors.v1.SendMessage.MetadataEntry
+	(eventspb.ConversationKind)(0), // 35: imsync.events.v1.ConversationKind
+	(*eventspb.SyncEntry)(nil),     // 36: imsync.events.v1.SyncEntry
+	(*eventspb.MessageSent)(nil),   // 37: imsync.events.v1.MessageSent
 }
 var file_imsync_actors_proto_depIdxs = []int32{
 	0,  // 0: imsync.actors.v1.Failure.code:type_name -> imsync.actors.v1.Code
-	34, // 1: imsync.actors.v1.CreateConversation.kind:type_name -> imsync.events.v1.ConversationKind
-	11, // 2: imsync.actors.v1.Deliver.items:type_name -> imsync.actors.v1.InboxItem
-	35, // 3: imsync.actors.v1.NotifyDevice.entry:type_name -> imsync.events.v1.SyncEntry
-	35, // 4: imsync.actors.v1.Push.entry:type_name -> imsync.events.v1.SyncEntry
-	30, // 5: imsync.actors.v1.UserSnapshot.convs:type_name -> imsync.actors.v1.ConvLine
-	34, // 6: imsync.actors.v1.ConvLine.kind:type_name -> imsync.events.v1.ConversationKind
-	36, // 7: imsync.actors.v1.ConvLine.latest:type_name -> imsync.events.v1.MessageSent
-	34, // 8: imsync.actors.v1.ConvSnapshot.kind:type_name -> imsync.events.v1.ConversationKind
-	36, // 9: imsync.actors.v1.ConvSnapshot.latest:type_name -> imsync.events.v1.MessageSent
-	32, // 10: imsync.actors.v1.ConvSnapshot.recent:type_name -> imsync.actors.v1.RecentMessage
-	33, // 11: imsync.actors.v1.ConvSnapshot.edited:type_name -> imsync.actors.v1.EditedBody
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	35, // 1: imsync.actors.v1.CreateConversation.kind:type_name -> imsync.events.v1.ConversationKind
+	34, // 2: imsync.actors.v1.SendMessage.metadata:type_name -> imsync.actors.v1.SendMessage.MetadataEntry
+	11, // 3: imsync.actors.v1.Deliver.items:type_name -> imsync.actors.v1.InboxItem
+	36, // 4: imsync.actors.v1.NotifyDevice.entry:type_name -> imsync.events.v1.SyncEntry
+	36, // 5: imsync.actors.v1.Push.entry:type_name -> imsync.events.v1.SyncEntry
+	30, // 6: imsync.actors.v1.UserSnapshot.convs:type_name -> imsync.actors.v1.ConvLine
+	35, // 7: imsync.actors.v1.ConvLine.kind:type_name -> imsync.events.v1.ConversationKind
+	37, // 8: imsync.actors.v1.ConvLine.latest:type_name -> imsync.events.v1.MessageSent
+	35, // 9: imsync.actors.v1.ConvSnapshot.kind:type_name -> imsync.events.v1.ConversationKind
+	37, // 10: imsync.actors.v1.ConvSnapshot.latest:type_name -> imsync.events.v1.MessageSent
+	32, // 11: imsync.actors.v1.ConvSnapshot.recent:type_name -> imsync.actors.v1.RecentMessage
+	33, // 12: imsync.actors.v1.ConvSnapshot.edited:type_name -> imsync.actors.v1.EditedBody
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_imsync_actors_proto_init() }
@@ -2507,7 +2547,7 @@ func file_imsync_actors_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_actors_proto_rawDesc), len(file_imsync_actors_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -24,6 +24,8 @@ type Limits struct {
 	DedupWindow int
 	// MaxMentions: distinct members one message may mention (default 100).
 	MaxMentions int
+
+	ext *extensions // the message kinds of Config.Extensions (set by Start)
 }
 
 // DefaultLimits are the limits used where none are configured.
@@ -70,6 +72,7 @@ func (l Limits) orDefaults() Limits {
 	if l.MaxMentions > 0 {
 		d.MaxMentions = l.MaxMentions
 	}
+	d.ext = l.ext
 	return d
 }
 

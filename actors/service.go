@@ -68,6 +68,9 @@ type Config struct {
 	// NoFanoutWatch disables the $all watcher that re-drives unfinished
 	// fanout after a restart (tests that simulate a crash use it).
 	NoFanoutWatch bool
+	// Extensions: checks before a message is decided, custom message
+	// kinds, reactors after the commit (docs/extending.md).
+	Extensions Extensions
 }
 
 // Service is the API that the transport and the CLI call: every operation
@@ -87,6 +90,10 @@ type Service struct {
 	// there is a sync retention: Close stops them first so that they write
 	// their snapshots.
 	users sync.Map
+
+	// Config.Extensions, compiled (extend.go).
+	ext      *extensions
+	reactors *reactorSet
 }
 
 // Start starts a cluster member with the conversation, user and device
@@ -123,7 +130,12 @@ func Start(cfg Config) (*Service, error) {
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
 	}
-	s := &Service{cfg: cfg, store: cfg.Store, log: cfg.Logger}
+	ext, err := cfg.Extensions.compile()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Limits.ext = ext
+	s := &Service{cfg: cfg, store: cfg.Store, log: cfg.Logger, ext: ext}
 	s.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}))
@@ -142,12 +154,16 @@ func Start(cfg Config) (*Service, error) {
 	if !cfg.NoFanoutWatch {
 		s.watch = startFanoutWatch(s)
 	}
+	if len(ext.reactors) > 0 {
+		s.reactors = startReactors(s, ext.reactors)
+	}
 	return s, nil
 }
 
 // Close leaves the cluster; the store stays open (it is the caller's).
 func (s *Service) Close() error {
 	s.closing.Do(func() {
+		s.reactors.stop() // they act through the service: first
 		if s.watch != nil {
 			s.watch.stop()
 		}
@@ -348,6 +364,9 @@ type SendRequest struct {
 	// System: the sender need not be a member (a system or bot message
 	// from the app backend). Only trusted callers set it.
 	System bool
+	// Metadata: at most MaxMetadataKeys entries of MaxMetadataSize bytes in
+	// all, stored with the message (checks may add some).
+	Metadata map[string]string
 }
 
 // SendResult says where a message landed.
@@ -370,7 +389,7 @@ func (s *Service) Send(ctx context.Context, r SendRequest) (SendResult, error) {
 	}
 	w, err := call[*Written](s, ctx, r.Conversation, kindConversation, &SendMessage{
 		Sender: r.Sender, Device: r.Device, ClientMsgId: cid, Kind: r.Kind,
-		Body: r.Body, ReplyTo: r.ReplyTo, Mentions: r.Mentions, System: r.System,
+		Body: r.Body, ReplyTo: r.ReplyTo, Mentions: r.Mentions, System: r.System, Metadata: r.Metadata,
 	})
 	if err != nil {
 		return SendResult{}, err

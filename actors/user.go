@@ -102,14 +102,19 @@ func evolveUser(s *userState, userSeq uint64, ev proto.Message) {
 	case *eventspb.MessagePointer:
 		c := s.conv(e.ConversationId)
 		c.lastConvSeq = max(c.lastConvSeq, e.Seq)
-		c.latestSeq = e.Seq
-		c.latest = e.Message
-		if e.Message != nil {
-			c.lastActivity = e.Message.AtUnixMs
+		if !e.NoBump {
+			c.latestSeq = e.Seq
+			c.latest = e.Message
+			if e.Message != nil {
+				c.lastActivity = e.Message.AtUnixMs
+			}
 		}
-		if e.Sender == s.id {
+		switch {
+		case e.NotUnread:
+			// Neither unread nor a sign of having read (the conversation's rule too).
+		case e.Sender == s.id:
 			c.readUpTo(e.Seq) // sending implies having read what came before
-		} else if e.Seq > c.lastRead {
+		case e.Seq > c.lastRead:
 			c.unread = append(c.unread, e.Seq)
 		}
 	case *eventspb.RecallNotice:

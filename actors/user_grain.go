@@ -303,7 +303,7 @@ func (g *userGrain) commit(ctx actor.Context, msgs []proto.Message, reply proto.
 			d.UserSeq = upTo
 		}
 		ctx.Send(sender, reply)
-		if len(msgs) > 0 {
+		if pushes(msgs) {
 			g.notifyDevices(ctx, upTo, newest)
 		}
 	})

@@ -172,7 +172,17 @@ func toWireError(err error) *wire.Error {
 	if errors.As(err, &we) {
 		return we
 	}
-	return &wire.Error{Code: codeOf(err), Message: err.Error()}
+	return &wire.Error{Code: codeOf(err), Message: err.Error(), Reason: reasonOf(err)}
+}
+
+// reasonOf is the reason of a REJECTED or CHECK_FAILED failure (a check's
+// reason code, or the name of the check that failed).
+func reasonOf(err error) string {
+	var f *actors.Failure
+	if errors.As(err, &f) {
+		return f.Reason
+	}
+	return ""
 }
 
 func codeOf(err error) uint32 {

@@ -186,6 +186,7 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 		return nil, err
 	}
 	acfg.Store, acfg.Logger = st.store, logger
+	acfg.Extensions = acfg.Extensions.With(actors.Registered()) // plugin packages linked in (docs/extending.md)
 	if st.svc, err = actors.Start(acfg); err != nil {
 		st.close()
 		return nil, err

@@ -282,15 +282,21 @@ func (x *MemberRemoved) GetAtUnixMs() int64 {
 }
 
 type MessageSent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sender        string                 `protobuf:"bytes,1,opt,name=sender,proto3" json:"sender,omitempty"`
-	SenderDevice  string                 `protobuf:"bytes,2,opt,name=sender_device,json=senderDevice,proto3" json:"sender_device,omitempty"`
-	ClientMsgId   string                 `protobuf:"bytes,3,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"` // unique per sender; makes a retried send idempotent
-	Kind          string                 `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`                                    // "text" unless an extension says otherwise
-	Body          []byte                 `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
-	ReplyTo       uint64                 `protobuf:"varint,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"` // seq of the message replied to, 0 for none
-	Mentions      []string               `protobuf:"bytes,7,rep,name=mentions,proto3" json:"mentions,omitempty"`
-	AtUnixMs      int64                  `protobuf:"varint,8,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Sender       string                 `protobuf:"bytes,1,opt,name=sender,proto3" json:"sender,omitempty"`
+	SenderDevice string                 `protobuf:"bytes,2,opt,name=sender_device,json=senderDevice,proto3" json:"sender_device,omitempty"`
+	ClientMsgId  string                 `protobuf:"bytes,3,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"` // unique per sender; makes a retried send idempotent
+	Kind         string                 `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`                                    // "text" unless an extension says otherwise
+	Body         []byte                 `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	ReplyTo      uint64                 `protobuf:"varint,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"` // seq of the message replied to, 0 for none
+	Mentions     []string               `protobuf:"bytes,7,rep,name=mentions,proto3" json:"mentions,omitempty"`
+	AtUnixMs     int64                  `protobuf:"varint,8,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	Metadata     map[string]string      `protobuf:"bytes,9,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // from the sender or a check (docs/extending.md)
+	// The rules of the message's kind (actors.MessageKind), fixed when the
+	// message was decided:
+	NotUnread     bool `protobuf:"varint,10,opt,name=not_unread,json=notUnread,proto3" json:"not_unread,omitempty"` // does not count as unread
+	NoBump        bool `protobuf:"varint,11,opt,name=no_bump,json=noBump,proto3" json:"no_bump,omitempty"`          // does not become the latest message nor move the conversation up the list
+	NoPush        bool `protobuf:"varint,12,opt,name=no_push,json=noPush,proto3" json:"no_push,omitempty"`          // devices are not pushed for it; they see it at their next pull
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -379,6 +385,34 @@ func (x *MessageSent) GetAtUnixMs() int64 {
 		return x.AtUnixMs
 	}
 	return 0
+}
+
+func (x *MessageSent) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *MessageSent) GetNotUnread() bool {
+	if x != nil {
+		return x.NotUnread
+	}
+	return false
+}
+
+func (x *MessageSent) GetNoBump() bool {
+	if x != nil {
+		return x.NoBump
+	}
+	return false
+}
+
+func (x *MessageSent) GetNoPush() bool {
+	if x != nil {
+		return x.NoPush
+	}
+	return false
 }
 
 type MessageRecalled struct {
@@ -516,8 +550,12 @@ type MessagePointer struct {
 	Seq            uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
 	Message        *MessageSent           `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"` // absent when too large to inline
 	Sender         string                 `protobuf:"bytes,4,opt,name=sender,proto3" json:"sender,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The message's kind rules, as on MessageSent (also when it is not inline).
+	NotUnread     bool `protobuf:"varint,5,opt,name=not_unread,json=notUnread,proto3" json:"not_unread,omitempty"`
+	NoBump        bool `protobuf:"varint,6,opt,name=no_bump,json=noBump,proto3" json:"no_bump,omitempty"`
+	NoPush        bool `protobuf:"varint,7,opt,name=no_push,json=noPush,proto3" json:"no_push,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MessagePointer) Reset() {
@@ -576,6 +614,27 @@ func (x *MessagePointer) GetSender() string {
 		return x.Sender
 	}
 	return ""
+}
+
+func (x *MessagePointer) GetNotUnread() bool {
+	if x != nil {
+		return x.NotUnread
+	}
+	return false
+}
+
+func (x *MessagePointer) GetNoBump() bool {
+	if x != nil {
+		return x.NoBump
+	}
+	return false
+}
+
+func (x *MessagePointer) GetNoPush() bool {
+	if x != nil {
+		return x.NoPush
+	}
+	return false
 }
 
 type RecallNotice struct {
@@ -1029,6 +1088,7 @@ type WatchCheckpoint struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Commit        uint64                 `protobuf:"varint,1,opt,name=commit,proto3" json:"commit,omitempty"` // global position of the last conversation event checked
 	Prepare       uint64                 `protobuf:"varint,2,opt,name=prepare,proto3" json:"prepare,omitempty"`
+	State         []byte                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"` // a reactor's state as of that position (actors.Reactor.State)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1075,6 +1135,13 @@ func (x *WatchCheckpoint) GetPrepare() uint64 {
 		return x.Prepare
 	}
 	return 0
+}
+
+func (x *WatchCheckpoint) GetState() []byte {
+	if x != nil {
+		return x.State
+	}
+	return nil
 }
 
 // The members of a group created with more members than fit in one event:
@@ -1163,7 +1230,7 @@ const file_imsync_events_proto_rawDesc = "" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x0e\n" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12\x1c\n" +
 	"\n" +
-	"at_unix_ms\x18\x03 \x01(\x03R\batUnixMs\"\xeb\x01\n" +
+	"at_unix_ms\x18\x03 \x01(\x03R\batUnixMs\"\xc2\x03\n" +
 	"\vMessageSent\x12\x16\n" +
 	"\x06sender\x18\x01 \x01(\tR\x06sender\x12#\n" +
 	"\rsender_device\x18\x02 \x01(\tR\fsenderDevice\x12\"\n" +
@@ -1173,7 +1240,16 @@ const file_imsync_events_proto_rawDesc = "" +
 	"\breply_to\x18\x06 \x01(\x04R\areplyTo\x12\x1a\n" +
 	"\bmentions\x18\a \x03(\tR\bmentions\x12\x1c\n" +
 	"\n" +
-	"at_unix_ms\x18\b \x01(\x03R\batUnixMs\"Q\n" +
+	"at_unix_ms\x18\b \x01(\x03R\batUnixMs\x12G\n" +
+	"\bmetadata\x18\t \x03(\v2+.imsync.events.v1.MessageSent.MetadataEntryR\bmetadata\x12\x1d\n" +
+	"\n" +
+	"not_unread\x18\n" +
+	" \x01(\bR\tnotUnread\x12\x17\n" +
+	"\ano_bump\x18\v \x01(\bR\x06noBump\x12\x17\n" +
+	"\ano_push\x18\f \x01(\bR\x06noPush\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Q\n" +
 	"\x0fMessageRecalled\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x0e\n" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12\x1c\n" +
@@ -1184,12 +1260,16 @@ const file_imsync_events_proto_rawDesc = "" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12\x12\n" +
 	"\x04body\x18\x03 \x01(\fR\x04body\x12\x1c\n" +
 	"\n" +
-	"at_unix_ms\x18\x04 \x01(\x03R\batUnixMs\"\x9c\x01\n" +
+	"at_unix_ms\x18\x04 \x01(\x03R\batUnixMs\"\xed\x01\n" +
 	"\x0eMessagePointer\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x127\n" +
 	"\amessage\x18\x03 \x01(\v2\x1d.imsync.events.v1.MessageSentR\amessage\x12\x16\n" +
-	"\x06sender\x18\x04 \x01(\tR\x06sender\"|\n" +
+	"\x06sender\x18\x04 \x01(\tR\x06sender\x12\x1d\n" +
+	"\n" +
+	"not_unread\x18\x05 \x01(\bR\tnotUnread\x12\x17\n" +
+	"\ano_bump\x18\x06 \x01(\bR\x06noBump\x12\x17\n" +
+	"\ano_push\x18\a \x01(\bR\x06noPush\"|\n" +
 	"\fRecallNotice\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12!\n" +
@@ -1223,10 +1303,11 @@ const file_imsync_events_proto_rawDesc = "" +
 	"\vDeviceAcked\x12\x19\n" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\"$\n" +
 	"\x10FanoutCheckpoint\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"C\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"Y\n" +
 	"\x0fWatchCheckpoint\x12\x16\n" +
 	"\x06commit\x18\x01 \x01(\x04R\x06commit\x12\x18\n" +
-	"\aprepare\x18\x02 \x01(\x04R\aprepare\"S\n" +
+	"\aprepare\x18\x02 \x01(\x04R\aprepare\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\fR\x05state\"S\n" +
 	"\rMembersJoined\x12\x14\n" +
 	"\x05users\x18\x01 \x03(\tR\x05users\x12\x0e\n" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12\x1c\n" +
@@ -1251,7 +1332,7 @@ func file_imsync_events_proto_rawDescGZIP() []byte {
 }
 
 var file_imsync_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imsync_events_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_imsync_events_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_imsync_events_proto_goTypes = []any{
 	(ConversationKind)(0),       // 0: imsync.events.v1.ConversationKind
 	(*ConversationCreated)(nil), // 1: imsync.events.v1.ConversationCreated
@@ -1270,16 +1351,18 @@ var file_imsync_events_proto_goTypes = []any{
 	(*FanoutCheckpoint)(nil),    // 14: imsync.events.v1.FanoutCheckpoint
 	(*WatchCheckpoint)(nil),     // 15: imsync.events.v1.WatchCheckpoint
 	(*MembersJoined)(nil),       // 16: imsync.events.v1.MembersJoined
+	nil,                         // 17: imsync.events.v1.MessageSent.MetadataEntry
 }
 var file_imsync_events_proto_depIdxs = []int32{
-	0, // 0: imsync.events.v1.ConversationCreated.kind:type_name -> imsync.events.v1.ConversationKind
-	4, // 1: imsync.events.v1.MessagePointer.message:type_name -> imsync.events.v1.MessageSent
-	0, // 2: imsync.events.v1.MembershipChanged.kind:type_name -> imsync.events.v1.ConversationKind
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	0,  // 0: imsync.events.v1.ConversationCreated.kind:type_name -> imsync.events.v1.ConversationKind
+	17, // 1: imsync.events.v1.MessageSent.metadata:type_name -> imsync.events.v1.MessageSent.MetadataEntry
+	4,  // 2: imsync.events.v1.MessagePointer.message:type_name -> imsync.events.v1.MessageSent
+	0,  // 3: imsync.events.v1.MembershipChanged.kind:type_name -> imsync.events.v1.ConversationKind
+	4,  // [4:4] is the sub-list for method output_type
+	4,  // [4:4] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_imsync_events_proto_init() }
@@ -1293,7 +1376,7 @@ func file_imsync_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_events_proto_rawDesc), len(file_imsync_events_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

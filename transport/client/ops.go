@@ -20,7 +20,23 @@ const (
 	CodeTooLarge    = 5
 	CodeExpired     = 6
 	CodeUnavailable = 7
+	// CodeRejected: a check of the server refused the message; ReasonOf
+	// says why ("profanity"). Do not retry it unchanged.
+	CodeRejected = 8
+	// CodeCheckFailed: a check of the server failed (fail-closed); retrying
+	// with the same client message id may succeed.
+	CodeCheckFailed = 9
 )
+
+// ReasonOf returns the reason of a CodeRejected error (the check's reason
+// code) or of a CodeCheckFailed one (the check's name), or "".
+func ReasonOf(err error) string {
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return we.Reason
+	}
+	return ""
+}
 
 // CodeOf returns the protocol error code of err, or 0.
 func CodeOf(err error) uint32 {

@@ -1980,9 +1980,12 @@ func (x *Done) GetSeq() uint64 {
 
 // Error codes: the actors codes (1..7) plus protocol codes from 100.
 type Error struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Code          uint32                 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Code    uint32                 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// Code 8 REJECTED: the reason code the server's check gave ("profanity");
+	// code 9 CHECK_FAILED: the name of the check that failed.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2027,6 +2030,13 @@ func (x *Error) GetCode() uint32 {
 func (x *Error) GetMessage() string {
 	if x != nil {
 		return x.Message
+	}
+	return ""
+}
+
+func (x *Error) GetReason() string {
+	if x != nil {
+		return x.Reason
 	}
 	return ""
 }
@@ -2164,10 +2174,11 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\x0fConversationRef\x12\"\n" +
 	"\fconversation\x18\x01 \x01(\tR\fconversation\"\x18\n" +
 	"\x04Done\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\"5\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"M\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessageB)Z'github.com/imsync/imsync/transport/wireb\x06proto3"
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reasonB)Z'github.com/imsync/imsync/transport/wireb\x06proto3"
 
 var (
 	file_imsync_wire_proto_rawDescOnce sync.Once

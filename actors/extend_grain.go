@@ -1,0 +1,98 @@
+package actors
+
+import (
+	"github.com/asynkron/protoactor-go/actor"
+	"google.golang.org/protobuf/proto"
+)
+
+// checkedWrite is a write command waiting in a conversation grain for its
+// checks, or behind others that wait.
+type checkedWrite struct {
+	cmd     proto.Message
+	sender  *actor.PID
+	done    bool
+	failure *Failure // the checks refused it (or failed, fail-closed)
+}
+
+// checksDone comes back to the grain from the goroutine that ran a write's
+// checks: the draft they left, or the failure to answer.
+type checksDone struct {
+	w       *checkedWrite
+	draft   *Draft
+	failure *Failure
+}
+
+// submit decides a write now, or queues it behind the checks it needs.
+//
+// Checks run off the grain's goroutine (a slow check does not hold up the
+// conversation's other work: acknowledgements, fanout, reads), several at a
+// time, but writes are decided in the order they arrived: a write waits for
+// the checks of every write before it. The queue is only in use while
+// checks are running, so a conversation without checks pays nothing.
+func (g *conversationGrain) submit(ctx actor.Context, cmd proto.Message) {
+	checks := g.svc.ext.checks
+	draft := draftOf(g.id, cmd)
+	if len(g.checking) == 0 && (len(checks) == 0 || draft == nil) {
+		g.write(ctx, ctx.Sender(), cmd)
+		return
+	}
+	w := &checkedWrite{cmd: cmd, sender: ctx.Sender()}
+	g.checking = append(g.checking, w)
+	if draft == nil {
+		w.done = true
+		g.decideChecked(ctx)
+		return
+	}
+	// Checks see only what the rules would accept: a duplicate of a stored
+	// send, a stranger's message or an oversized one is answered by the
+	// rules alone, so a retried send never gets a second, different
+	// verdict. (The decision in order below stays the one that counts: it
+	// also sees the writes queued before this one.)
+	if _, written, f := decideConv(g.state, cmd, g.svc.cfg.Now(), g.svc.cfg.Limits); f != nil || written.Duplicate {
+		w.done = true
+		g.decideChecked(ctx)
+		return
+	}
+	root, self, log := ctx.ActorSystem().Root, ctx.Self(), g.svc.log
+	conv := g.id
+	go func() {
+		out, f := runChecks(checks, draft, func(name string, err error) {
+			log.Warn("check failed", "check", name, "conversation", conv, "err", err)
+		})
+		root.Send(self, &checksDone{w: w, draft: out, failure: f})
+	}()
+}
+
+// decideChecked decides the queued writes whose checks are done, in order,
+// up to the first one still being checked.
+func (g *conversationGrain) decideChecked(ctx actor.Context) {
+	for len(g.checking) > 0 && g.checking[0].done {
+		w := g.checking[0]
+		g.checking[0] = nil
+		g.checking = g.checking[1:]
+		if w.failure != nil {
+			answer(ctx, w.sender, w.failure)
+			continue
+		}
+		if g.broken {
+			if err := g.load(); err != nil {
+				answer(ctx, w.sender, unavailable(err))
+				continue
+			}
+			g.broken = false
+			g.startFanout(ctx)
+		}
+		g.write(ctx, w.sender, w.cmd)
+	}
+	if len(g.checking) == 0 {
+		g.checking = nil
+	}
+}
+
+// answer replies to the requester of a write, if there is one (a write sent
+// without a sender has no one to answer; a nil PID must not reach protoactor).
+func answer(ctx actor.Context, to *actor.PID, msg proto.Message) {
+	if to != nil {
+		ctx.Send(to, msg)
+	}
+}
