@@ -6,6 +6,7 @@
 //	imsync send (--to USER | --conv ID) [--id CLIENT_MSG_ID] TEXT
 //	imsync group create --name N --members a,b,c | group add|remove --conv ID USER
 //	imsync convs | history --conv ID | sync [--state FILE] | tail | read --conv ID --seq N | recall --conv ID --seq N
+//	imsync search [--conv ID] [--from USER] QUERY
 //	imsync store append|read|log|scavenge|recover --data DIR ...
 //	imsync export --data DIR --format jsonl|parquet --out PATH [--from-position P] [--to-position P] [--streams PREFIX]
 //	imsync replay --data DIR --projection NAME [--from-position P] [--rebuild]
@@ -53,6 +54,8 @@ Client (--server HOST:PORT --token TOKEN, or IMSYNC_SERVER / IMSYNC_TOKEN;
   imsync tail
   imsync read --conv ID --seq N
   imsync recall --conv ID --seq N
+  imsync search [--conv ID] [--from USER] [--kind K] [--since T] [--until T] [--limit 20] QUERY
+                (messages of your conversations holding every word of QUERY)
 
 Load generator (starts its own server unless --server/--data name one):
   imsync bench [--pairs 128] [--group 100] [--group-senders 16] [--duration 5s] [--idle 1000]
@@ -111,6 +114,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return runBench(ctx, args, out)
 	case "bench-clients": // the child process of bench's idle measurement
 		return runBenchClients(ctx, args, out)
+	case "search":
+		return runSearch(ctx, args, out)
 	case "send", "group", "convs", "history", "sync", "tail", "read", "recall":
 		return runClient(ctx, cmd, args, out)
 	}

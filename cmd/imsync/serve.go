@@ -42,6 +42,11 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 			return fmt.Errorf("%w: IMSYNC_SYNC_RETENTION: %v", errUsage, err)
 		}
 	}
+	searchOn, err := searchDefault()
+	if err != nil {
+		return err
+	}
+	fs.BoolVar(&searchOn, "search", searchOn, "keep the search index in DIR/projections/search live and answer search requests (or IMSYNC_SEARCH)")
 	fs.Var(&retention, "sync-retention", "how long sync-timeline entries are kept, e.g. 30d or 72h; 0 keeps them for ever (or IMSYNC_SYNC_RETENTION)")
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: serve: %v", errUsage, err)
@@ -76,6 +81,11 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer st.close()
+	if searchOn {
+		if err := st.search.start(*data, st.store, logger); err != nil {
+			return err
+		}
+	}
 	srv := st.srv
 	certPath := *certFile
 	if certPath == "" {
@@ -94,6 +104,8 @@ type stack struct {
 	store events.Store
 	svc   *actors.Service
 	srv   *transport.Server
+	// search answers search requests once started (runServe starts it).
+	search *liveSearch
 }
 
 // startStack opens (or creates) everything in data and listens on listen.
@@ -157,6 +169,8 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 		return nil, err
 	}
 	tcfg.Service, tcfg.Key, tcfg.Logger = st.svc, key, logger
+	st.search = &liveSearch{}
+	tcfg.Search = st.search
 	if st.srv, err = transport.NewServer(tcfg); err == nil {
 		err = st.srv.Listen(listen)
 	}
@@ -204,6 +218,9 @@ func (st *stack) close() {
 	}
 	if st.svc != nil {
 		st.svc.Close()
+	}
+	if st.search != nil {
+		st.search.close()
 	}
 	if st.store != nil {
 		st.store.Close()
