@@ -226,29 +226,32 @@ func indexMapping() mapping.IndexMapping {
 	}); err != nil {
 		panic(err) // a fixed, valid definition
 	}
+	// Every field is stored (hits carry them). Only the time keeps doc
+	// values (hits are sorted by it); no field keeps term vectors (no
+	// phrase queries or highlighting): both cost indexing time.
 	keywordField := func() *mapping.FieldMapping {
 		f := bleve.NewKeywordFieldMapping()
 		f.Analyzer = keyword.Name
-		f.IncludeInAll = false
+		f.IncludeInAll, f.IncludeTermVectors, f.DocValues = false, false, false
 		return f
 	}
-	numberField := func() *mapping.FieldMapping {
+	numberField := func(docValues bool) *mapping.FieldMapping {
 		f := bleve.NewNumericFieldMapping()
-		f.IncludeInAll = false
+		f.IncludeInAll, f.IncludeTermVectors, f.DocValues = false, false, docValues
 		return f
 	}
 	text := bleve.NewTextFieldMapping()
 	text.Analyzer = "message"
-	text.IncludeInAll = false
+	text.IncludeInAll, text.IncludeTermVectors, text.DocValues = false, false, false
 	edited := bleve.NewBooleanFieldMapping()
-	edited.IncludeInAll = false
+	edited.IncludeInAll, edited.IncludeTermVectors, edited.DocValues = false, false, false
 
 	dm := bleve.NewDocumentStaticMapping()
 	dm.AddFieldMappingsAt("conversation", keywordField())
 	dm.AddFieldMappingsAt("sender", keywordField())
 	dm.AddFieldMappingsAt("kind", keywordField())
-	dm.AddFieldMappingsAt("seq", numberField())
-	dm.AddFieldMappingsAt("at", numberField())
+	dm.AddFieldMappingsAt("seq", numberField(false))
+	dm.AddFieldMappingsAt("at", numberField(true))
 	dm.AddFieldMappingsAt("text", text)
 	dm.AddFieldMappingsAt("edited", edited)
 	m.DefaultMapping = dm
