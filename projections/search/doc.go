@@ -32,8 +32,7 @@
 // a restart resumes after it, neither skipping nor applying an event
 // twice. Searches see what has been saved. Loading the checkpoint drops
 // what was staged since (it is delivered again); Reset (a rebuild) empties
-// the index. Bleve writes batches to disk in the background; Close waits
-// for the last one.
+// the index. A save returns once bleve has written the batch to disk.
 //
 // The index lives in its own directory; `imsync serve` and `imsync replay
 // --projection search` use DATA/projections/search. Only one process may

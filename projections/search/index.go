@@ -57,15 +57,7 @@ type Index struct {
 	// of the same batch.
 	batch  *bleve.Batch
 	staged map[string]*doc
-	// persisted is closed once the last saved batch is on disk (bleve
-	// writes batches to disk in the background); Close waits for it.
-	persisted chan struct{}
 }
-
-// closeWait bounds how long Close waits for the last batch to reach the
-// disk. What does not is consistent anyway: the index on disk is always
-// some earlier batch with its own checkpoint.
-const closeWait = 10 * time.Second
 
 var (
 	_ projections.Projection       = (*Index)(nil)
@@ -140,12 +132,6 @@ func (x *Index) Close() error {
 	defer x.mu.Unlock()
 	if x.idx == nil {
 		return nil
-	}
-	if x.persisted != nil {
-		select {
-		case <-x.persisted:
-		case <-time.After(closeWait):
-		}
 	}
 	err := x.idx.Close()
 	x.idx = nil
@@ -395,7 +381,8 @@ func (c indexCheckpoints) Load(_ context.Context, name string) (projections.Chec
 }
 
 // Save implements projections.CheckpointStore: the staged changes and
-// the checkpoint go into the index in one batch.
+// the checkpoint go into the index in one batch, which bleve has written
+// to disk (fsynced) when Save returns.
 func (c indexCheckpoints) Save(_ context.Context, name string, cp projections.Checkpoint) error {
 	if err := c.check(name); err != nil {
 		return err
@@ -410,12 +397,9 @@ func (c indexCheckpoints) Save(_ context.Context, name string, cp projections.Ch
 		return err
 	}
 	c.x.batch.SetInternal(checkpointKey, b)
-	persisted := make(chan struct{})
-	c.x.batch.SetPersistedCallback(func(error) { close(persisted) })
 	if err := c.x.idx.Batch(c.x.batch); err != nil {
 		return fmt.Errorf("search: save batch at %s: %w", cp.Position, err)
 	}
-	c.x.persisted = persisted
 	c.x.clearStaged()
 	return nil
 }

@@ -392,6 +392,10 @@ func TestLiveAndReopen(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Searches run while the runner writes.
+		if _, err := x.Search(context.Background(), search.Query{Text: "common"}); err != nil {
+			t.Fatal(err)
+		}
 		if n == uint64(len(want)) {
 			break
 		}
