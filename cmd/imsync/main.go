@@ -41,6 +41,7 @@ Server:
                                                        DIR keeps keys and certificate)
                [--sync-retention 30d (0: for ever; or IMSYNC_SYNC_RETENTION)]
                [--new-store | --new-key | --new-cert: replace a missing piece on purpose]
+               [--search=false: no live search index in DIR/projections/search (or IMSYNC_SEARCH)]
   imsync token --data DIR --user USER --device DEVICE [--ttl 24h]
 
 Client (--server HOST:PORT --token TOKEN, or IMSYNC_SERVER / IMSYNC_TOKEN;
@@ -72,7 +73,8 @@ Export for analysts (the server must not be running on DIR; columns in docs/anal
   imsync export --data DIR --format jsonl|parquet --out PATH|- [--from-position P] [--to-position P]
                 [--streams PREFIX]...
   imsync replay --data DIR --projection NAME [--from-position P] [--rebuild]
-                (checkpoint in DIR/projections/NAME.checkpoint; progress on standard error)
+                (checkpoint in DIR/projections/NAME.checkpoint, the search index and its
+                checkpoint in DIR/projections/search; progress on standard error)
   imsync stats  --data DIR [--json]   (replays the stats projection, prints its table)
 `
 

@@ -151,7 +151,7 @@ func runSearch(ctx context.Context, args []string, out io.Writer) error {
 	kind := fs.String("kind", "", "only messages of this kind")
 	since := fs.String("since", "", "only messages sent at or after this time (RFC 3339)")
 	until := fs.String("until", "", "only messages sent before this time (RFC 3339)")
-	limit := fs.Int("limit", transport.DefaultSearchLimit, fmt.Sprintf("hits to print (1..%d a page; more pages are asked for)", transport.MaxSearchOffset))
+	limit := fs.Int("limit", transport.DefaultSearchLimit, fmt.Sprintf("hits to print (1..%d; asked for %d a page)", transport.MaxSearchOffset, transport.MaxSearchLimit))
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%w: search: %v", errUsage, err)
 	}
