@@ -422,3 +422,79 @@ func TestSearchConfirmsMembershipWithTheConversation(t *testing.T) {
 		t.Fatalf("bob searching the secret group: %v, want not found", err)
 	}
 }
+
+// serveOn runs `imsync serve` on data with more flags; stop ends it.
+func serveOn(t *testing.T, data string, more ...string) (addr string, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var serverOut syncBuffer
+	served := make(chan error, 1)
+	go func() { served <- run(ctx, serveArgs(t, data, append([]string{"--listen", "127.0.0.1:0"}, more...)...), &serverOut) }()
+	for end := time.Now().Add(15 * time.Second); addr == ""; time.Sleep(20 * time.Millisecond) {
+		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(serverOut.String()); m != nil {
+			addr = m[1]
+		} else if time.Now().After(end) {
+			cancel()
+			t.Fatalf("server did not start: %q", serverOut.String())
+		}
+	}
+	return addr, func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}
+}
+
+// TestSearchCatchesUpAtStart: messages sent while the server ran without
+// search (--search=false) are found once it runs with it: the index
+// resumes from its checkpoint and catches up at start.
+func TestSearchCatchesUpAtStart(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	ca := filepath.Join(data, "server.crt")
+	addr, stop := serveOn(t, data)
+	tok, err := runCmd(t, "token", "--data", data, "--user", "ann", "--device", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := func(addr string, args ...string) (string, error) {
+		full := append([]string{args[0], "--server", addr, "--token", strings.TrimSpace(tok), "--ca", ca, "--json"}, args[1:]...)
+		return runCmd(t, full...)
+	}
+	count := func(addr, word string) int {
+		out, err := cli(addr, "search", "--limit", "100", word)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(lines(t, out))
+	}
+	waitFor := func(addr, word string, n int) {
+		t.Helper()
+		for end := time.Now().Add(20 * time.Second); count(addr, word) != n; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("search %q: %d hits, want %d", word, count(addr, word), n)
+			}
+		}
+	}
+	if _, err := cli(addr, "send", "--to", "bob", "before the pause"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(addr, "pause", 1)
+	stop()
+
+	addr, stop = serveOn(t, data, "--search=false")
+	for i := range 3 {
+		if _, err := cli(addr, "send", "--to", "bob", fmt.Sprintf("during the pause %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cli(addr, "search", "pause"); err == nil || !strings.Contains(err.Error(), "not enabled") {
+		t.Fatalf("search on a server without it: %v", err)
+	}
+	stop()
+
+	addr, stop = serveOn(t, data)
+	defer stop()
+	waitFor(addr, "pause", 4)
+	waitFor(addr, "during", 3)
+}
