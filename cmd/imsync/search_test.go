@@ -429,7 +429,9 @@ func serveOn(t *testing.T, data string, more ...string) (addr string, stop func(
 	ctx, cancel := context.WithCancel(context.Background())
 	var serverOut syncBuffer
 	served := make(chan error, 1)
-	go func() { served <- run(ctx, serveArgs(t, data, append([]string{"--listen", "127.0.0.1:0"}, more...)...), &serverOut) }()
+	go func() {
+		served <- run(ctx, serveArgs(t, data, append([]string{"--listen", "127.0.0.1:0"}, more...)...), &serverOut)
+	}()
 	for end := time.Now().Add(15 * time.Second); addr == ""; time.Sleep(20 * time.Millisecond) {
 		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(serverOut.String()); m != nil {
 			addr = m[1]
