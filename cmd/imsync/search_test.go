@@ -30,23 +30,8 @@ import (
 func searchServer(t *testing.T) (data, addr string, dial func(user string) *client.Client, token func(user string) string) {
 	t.Helper()
 	data = filepath.Join(t.TempDir(), "data")
-	ctx, stop := context.WithCancel(context.Background())
-	var serverOut syncBuffer
-	served := make(chan error, 1)
-	go func() { served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0"), &serverOut) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	for end := time.Now().Add(15 * time.Second); addr == ""; time.Sleep(20 * time.Millisecond) {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(serverOut.String()); m != nil {
-			addr = m[1]
-		} else if time.Now().After(end) {
-			t.Fatalf("server did not start: %q", serverOut.String())
-		}
-	}
+	addr, stop := serveOn(t, data)
+	t.Cleanup(stop)
 	pem, err := os.ReadFile(filepath.Join(data, "server.crt"))
 	if err != nil {
 		t.Fatal(err)
@@ -269,18 +254,7 @@ func TestSearchEndToEnd(t *testing.T) {
 // directory's index.
 func TestSearchReplayRebuild(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
-	ctx, stop := context.WithCancel(context.Background())
-	var serverOut syncBuffer
-	served := make(chan error, 1)
-	go func() { served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0"), &serverOut) }()
-	var addr string
-	for end := time.Now().Add(15 * time.Second); addr == ""; time.Sleep(20 * time.Millisecond) {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(serverOut.String()); m != nil {
-			addr = m[1]
-		} else if time.Now().After(end) {
-			t.Fatalf("server did not start: %q", serverOut.String())
-		}
-	}
+	addr, stop := serveOn(t, data)
 	tok, err := runCmd(t, "token", "--data", data, "--user", "ann", "--device", "d")
 	if err != nil {
 		t.Fatal(err)
@@ -306,9 +280,6 @@ func TestSearchReplayRebuild(t *testing.T) {
 		}
 	}
 	stop()
-	if err := <-served; err != nil {
-		t.Fatal(err)
-	}
 
 	var res bytes.Buffer
 	if err := run(context.Background(), []string{"replay", "--data", data, "--projection", "search", "--rebuild"}, &res); err != nil {
