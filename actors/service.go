@@ -440,6 +440,21 @@ func (s *Service) ConversationMembers(ctx context.Context, reader, conv, after s
 	return call[*eventspb.ConversationInfo](s, ctx, conv, kindConversation, &GetConversation{Reader: reader, MembersAfter: after, MembersLimit: uint32(limit)})
 }
 
+// IsMember reports whether user is a member of conv now, as the
+// conversation itself knows it (its grain decides; a user's conversation
+// list learns of a removal a moment later). An unknown conversation is
+// not an error: the user is not a member of it.
+func (s *Service) IsMember(ctx context.Context, user, conv string) (bool, error) {
+	if err := validateConvID(conv); err != nil {
+		return false, err
+	}
+	_, err := call[*eventspb.ConversationInfo](s, ctx, conv, kindConversation, &GetConversation{Reader: user, NoMembers: true})
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // MarkRead moves the user's read marker in conv to seq (forward only) and
 // returns the marker that results: seq, or the marker already set if it was
 // further (an older read never moves it back). The user's other devices

@@ -140,6 +140,10 @@ func (c *conn) handle(ctx context.Context, req *wire.Request) *wire.Response {
 		i, e := svc.ConversationMembers(ctx, c.user, q.Conversation, q.MembersAfter, int(min(q.MembersLimit, actors.MaxMembersLimit)))
 		err = e
 		res.Result = &wire.Response_Conversation{Conversation: i}
+	case *wire.Request_Search:
+		var r *wire.SearchResult
+		r, err = c.search(ctx, op.Search)
+		res.Result = &wire.Response_Search{Search: r}
 	default:
 		err = &wire.Error{Code: wire.CodeUnknown, Message: "unknown or missing request type"}
 	}

@@ -55,6 +55,9 @@ type Config struct {
 	StatelessResetKey *quic.StatelessResetKey
 	Logger            *slog.Logger
 	Now               func() time.Time
+	// Search answers Search requests (see search.go); nil: they are
+	// refused as unavailable.
+	Search Searcher
 
 	// MaxUnauthenticated caps the connections that have not yet been
 	// welcomed, server-wide (default 256). When they are all taken, a new
@@ -776,7 +779,7 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 		// client that does not read its answers stops here.
 		reserve := smallReserve
 		switch req.Op.(type) {
-		case *wire.Request_Sync, *wire.Request_History, *wire.Request_Conversations, *wire.Request_Conversation:
+		case *wire.Request_Sync, *wire.Request_History, *wire.Request_Conversations, *wire.Request_Conversation, *wire.Request_Search:
 			reserve = answerReserve
 		}
 		if err := c.writes.acquire(ctx, reserve, c.s.cfg.WriteTimeout); err != nil {

@@ -7,6 +7,7 @@
 //	imsync edit --conv ID --seq N TEXT|-
 //	imsync group create --name N --members a,b,c | group add|remove --conv ID USER
 //	imsync convs | history --conv ID | sync [--state FILE] | tail | read --conv ID --seq N | recall --conv ID --seq N
+//	imsync search [--conv ID] [--from USER] QUERY
 //	imsync store append|read|log|scavenge|recover --data DIR ...
 //	imsync export | replay | stats --data DIR ...
 //	imsync version | completion bash|zsh|fish | help [COMMAND]
@@ -84,6 +85,9 @@ func commands() []command {
 		{name: "read", section: sectionClient, run: runRead,
 			synopsis: "--conv ID --seq N",
 			summary:  "move your read marker (forward only; prints the marker that results)"},
+		{name: "search", section: sectionClient, run: runSearch,
+			synopsis: "[--conv ID] [--from USER] [--kind K] [--since T] [--until T] [--limit 20] QUERY",
+			summary:  "search the messages of your conversations holding every word of QUERY"},
 
 		{name: "store append", section: sectionStore, run: storeCmd("append"),
 			synopsis: "--data DIR --stream NAME [--type TYPE] [--expect any|no-stream|exists|REV] TEXT...",

@@ -96,6 +96,17 @@ func replay(ctx context.Context, p projections.Projection, o replayOptions) (rep
 		Checkpoints: projections.FileCheckpoints{Dir: checkpointDir(o.data)},
 		Projection:  p,
 	}
+	// A projection with files of its own (the search index) lives in
+	// DIR/projections/NAME and may keep its checkpoint there.
+	if l, ok := p.(projections.Located); ok {
+		if err := l.Open(filepath.Join(checkpointDir(o.data), p.Name())); err != nil {
+			return res, fmt.Errorf("replay: %w", err)
+		}
+		defer l.Close()
+	}
+	if k, ok := p.(projections.CheckpointKeeper); ok {
+		r.Checkpoints = k.Checkpoints()
+	}
 	if o.from != (events.Position{}) {
 		r.From = events.SubscribeAfterPosition(events.Position{Commit: o.from.Commit - 1, Prepare: o.from.Prepare - 1})
 	}

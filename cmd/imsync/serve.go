@@ -57,6 +57,11 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&ext.webhookSecret, "webhook-secret", os.Getenv("IMSYNC_WEBHOOK_SECRET"), "file holding the secret that signs webhook bodies (X-Imsync-Signature)")
 	fs.StringVar(&ext.api, "api", os.Getenv("IMSYNC_API"), "TCP address of the HTTP server API for the app backend (needs --api-key)")
 	fs.StringVar(&ext.apiKey, "api-key", os.Getenv("IMSYNC_API_KEY"), "file holding the server API's key (at least 16 bytes)")
+	searchOn, err := searchDefault()
+	if err != nil {
+		return err
+	}
+	fs.BoolVar(&searchOn, "search", searchOn, "keep the search index in DIR/projections/search live and answer search requests (or IMSYNC_SEARCH)")
 	fs.Var(&retention, "sync-retention", "how long sync-timeline entries are kept, e.g. 30d or 72h; 0 keeps them for ever (or IMSYNC_SYNC_RETENTION)")
 	limits := registerLimitFlags(fs)
 	if err := parseFlags(ctx, fs, args); err != nil {
@@ -119,6 +124,11 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer st.close()
+	if searchOn {
+		if err := st.search.start(*data, st.store, logger); err != nil {
+			return err
+		}
+	}
 	stopExts, err := exts.start(st, *data, logger, out)
 	if err != nil {
 		return err
@@ -152,6 +162,8 @@ type stack struct {
 	store events.Store
 	svc   *actors.Service
 	srv   *transport.Server
+	// search answers search requests once started (runServe starts it).
+	search *liveSearch
 }
 
 // startStack opens (or creates) everything in data and listens on listen.
@@ -223,6 +235,8 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 		}
 	}
 	tcfg.Service, tcfg.Key, tcfg.Logger = st.svc, key, logger
+	st.search = &liveSearch{}
+	tcfg.Search = st.search
 	if st.srv, err = transport.NewServer(tcfg); err == nil {
 		err = st.srv.Listen(listen)
 	}
@@ -270,6 +284,9 @@ func (st *stack) close() {
 	}
 	if st.svc != nil {
 		st.svc.Close()
+	}
+	if st.search != nil {
+		st.search.close()
 	}
 	if st.store != nil {
 		st.store.Close()

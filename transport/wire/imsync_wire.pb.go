@@ -713,6 +713,7 @@ type Request struct {
 	//	*Request_History
 	//	*Request_Conversations
 	//	*Request_Conversation
+	//	*Request_Search
 	Op            isRequest_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -861,6 +862,15 @@ func (x *Request) GetConversation() *GetConversation {
 	return nil
 }
 
+func (x *Request) GetSearch() *Search {
+	if x != nil {
+		if x, ok := x.Op.(*Request_Search); ok {
+			return x.Search
+		}
+	}
+	return nil
+}
+
 type isRequest_Op interface {
 	isRequest_Op()
 }
@@ -909,6 +919,10 @@ type Request_Conversation struct {
 	Conversation *GetConversation `protobuf:"bytes,20,opt,name=conversation,proto3,oneof"`
 }
 
+type Request_Search struct {
+	Search *Search `protobuf:"bytes,30,opt,name=search,proto3,oneof"`
+}
+
 func (*Request_Send) isRequest_Op() {}
 
 func (*Request_CreateGroup) isRequest_Op() {}
@@ -930,6 +944,8 @@ func (*Request_History) isRequest_Op() {}
 func (*Request_Conversations) isRequest_Op() {}
 
 func (*Request_Conversation) isRequest_Op() {}
+
+func (*Request_Search) isRequest_Op() {}
 
 type Send struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1620,6 +1636,276 @@ func (x *GetConversation) GetMembersLimit() uint32 {
 	return 0
 }
 
+// Full-text search over the messages of the caller's conversations (the
+// server's search index; see docs/protocol.md, "Search").
+type Search struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Query         string                 `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`                                // words; a message must hold every one (case ignored). Required, at most 1 KiB
+	Conversation  string                 `protobuf:"bytes,2,opt,name=conversation,proto3" json:"conversation,omitempty"`                  // only this conversation (the caller must be a member)
+	Sender        string                 `protobuf:"bytes,3,opt,name=sender,proto3" json:"sender,omitempty"`                              // only messages of this user
+	Kind          string                 `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`                                  // only messages of this kind ("text", ...)
+	FromUnixMs    int64                  `protobuf:"varint,5,opt,name=from_unix_ms,json=fromUnixMs,proto3" json:"from_unix_ms,omitempty"` // only messages sent at or after this time (0: no bound)
+	ToUnixMs      int64                  `protobuf:"varint,6,opt,name=to_unix_ms,json=toUnixMs,proto3" json:"to_unix_ms,omitempty"`       // only messages sent before this time (0: no bound)
+	Limit         uint32                 `protobuf:"varint,7,opt,name=limit,proto3" json:"limit,omitempty"`                               // hits per page (0: 20; at most 100)
+	Offset        uint32                 `protobuf:"varint,8,opt,name=offset,proto3" json:"offset,omitempty"`                             // hits skipped: the next page starts at next_offset (at most 10,000)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Search) Reset() {
+	*x = Search{}
+	mi := &file_imsync_wire_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Search) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Search) ProtoMessage() {}
+
+func (x *Search) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_wire_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Search.ProtoReflect.Descriptor instead.
+func (*Search) Descriptor() ([]byte, []int) {
+	return file_imsync_wire_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Search) GetQuery() string {
+	if x != nil {
+		return x.Query
+	}
+	return ""
+}
+
+func (x *Search) GetConversation() string {
+	if x != nil {
+		return x.Conversation
+	}
+	return ""
+}
+
+func (x *Search) GetSender() string {
+	if x != nil {
+		return x.Sender
+	}
+	return ""
+}
+
+func (x *Search) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Search) GetFromUnixMs() int64 {
+	if x != nil {
+		return x.FromUnixMs
+	}
+	return 0
+}
+
+func (x *Search) GetToUnixMs() int64 {
+	if x != nil {
+		return x.ToUnixMs
+	}
+	return 0
+}
+
+func (x *Search) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *Search) GetOffset() uint32 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+type SearchHit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Conversation  string                 `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"`
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	Sender        string                 `protobuf:"bytes,3,opt,name=sender,proto3" json:"sender,omitempty"`
+	Kind          string                 `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	AtUnixMs      int64                  `protobuf:"varint,5,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	Text          string                 `protobuf:"bytes,6,opt,name=text,proto3" json:"text,omitempty"` // the message's current text (after edits)
+	Edited        bool                   `protobuf:"varint,7,opt,name=edited,proto3" json:"edited,omitempty"`
+	Score         float64                `protobuf:"fixed64,8,opt,name=score,proto3" json:"score,omitempty"` // relevance; hits come best first, newest first among equals
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SearchHit) Reset() {
+	*x = SearchHit{}
+	mi := &file_imsync_wire_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SearchHit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SearchHit) ProtoMessage() {}
+
+func (x *SearchHit) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_wire_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SearchHit.ProtoReflect.Descriptor instead.
+func (*SearchHit) Descriptor() ([]byte, []int) {
+	return file_imsync_wire_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SearchHit) GetConversation() string {
+	if x != nil {
+		return x.Conversation
+	}
+	return ""
+}
+
+func (x *SearchHit) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *SearchHit) GetSender() string {
+	if x != nil {
+		return x.Sender
+	}
+	return ""
+}
+
+func (x *SearchHit) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *SearchHit) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
+	}
+	return 0
+}
+
+func (x *SearchHit) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *SearchHit) GetEdited() bool {
+	if x != nil {
+		return x.Edited
+	}
+	return false
+}
+
+func (x *SearchHit) GetScore() float64 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+type SearchResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hits          []*SearchHit           `protobuf:"bytes,1,rep,name=hits,proto3" json:"hits,omitempty"`
+	Total         uint64                 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"` // messages matching, in all pages (an estimate while membership changes)
+	More          bool                   `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`   // more hits follow: ask again with offset = next_offset
+	NextOffset    uint32                 `protobuf:"varint,4,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SearchResult) Reset() {
+	*x = SearchResult{}
+	mi := &file_imsync_wire_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SearchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SearchResult) ProtoMessage() {}
+
+func (x *SearchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_wire_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SearchResult.ProtoReflect.Descriptor instead.
+func (*SearchResult) Descriptor() ([]byte, []int) {
+	return file_imsync_wire_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SearchResult) GetHits() []*SearchHit {
+	if x != nil {
+		return x.Hits
+	}
+	return nil
+}
+
+func (x *SearchResult) GetTotal() uint64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *SearchResult) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *SearchResult) GetNextOffset() uint32 {
+	if x != nil {
+		return x.NextOffset
+	}
+	return 0
+}
+
 type Response struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1634,6 +1920,7 @@ type Response struct {
 	//	*Response_History
 	//	*Response_Conversations
 	//	*Response_Conversation
+	//	*Response_Search
 	Result        isResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1641,7 +1928,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_imsync_wire_proto_msgTypes[21]
+	mi := &file_imsync_wire_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1940,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[21]
+	mi := &file_imsync_wire_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1953,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{21}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Response) GetId() uint64 {
@@ -1764,6 +2051,15 @@ func (x *Response) GetConversation() *eventspb.ConversationInfo {
 	return nil
 }
 
+func (x *Response) GetSearch() *SearchResult {
+	if x != nil {
+		if x, ok := x.Result.(*Response_Search); ok {
+			return x.Search
+		}
+	}
+	return nil
+}
+
 type isResponse_Result interface {
 	isResponse_Result()
 }
@@ -1804,6 +2100,10 @@ type Response_Conversation struct {
 	Conversation *eventspb.ConversationInfo `protobuf:"bytes,16,opt,name=conversation,proto3,oneof"`
 }
 
+type Response_Search struct {
+	Search *SearchResult `protobuf:"bytes,30,opt,name=search,proto3,oneof"`
+}
+
 func (*Response_Error) isResponse_Result() {}
 
 func (*Response_Sent) isResponse_Result() {}
@@ -1822,6 +2122,8 @@ func (*Response_Conversations) isResponse_Result() {}
 
 func (*Response_Conversation) isResponse_Result() {}
 
+func (*Response_Search) isResponse_Result() {}
+
 type Sent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Conversation  string                 `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"`
@@ -1834,7 +2136,7 @@ type Sent struct {
 
 func (x *Sent) Reset() {
 	*x = Sent{}
-	mi := &file_imsync_wire_proto_msgTypes[22]
+	mi := &file_imsync_wire_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +2148,7 @@ func (x *Sent) String() string {
 func (*Sent) ProtoMessage() {}
 
 func (x *Sent) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[22]
+	mi := &file_imsync_wire_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +2161,7 @@ func (x *Sent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sent.ProtoReflect.Descriptor instead.
 func (*Sent) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{22}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Sent) GetConversation() string {
@@ -1899,7 +2201,7 @@ type ConversationRef struct {
 
 func (x *ConversationRef) Reset() {
 	*x = ConversationRef{}
-	mi := &file_imsync_wire_proto_msgTypes[23]
+	mi := &file_imsync_wire_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1911,7 +2213,7 @@ func (x *ConversationRef) String() string {
 func (*ConversationRef) ProtoMessage() {}
 
 func (x *ConversationRef) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[23]
+	mi := &file_imsync_wire_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1924,7 +2226,7 @@ func (x *ConversationRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationRef.ProtoReflect.Descriptor instead.
 func (*ConversationRef) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{23}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ConversationRef) GetConversation() string {
@@ -1943,7 +2245,7 @@ type Done struct {
 
 func (x *Done) Reset() {
 	*x = Done{}
-	mi := &file_imsync_wire_proto_msgTypes[24]
+	mi := &file_imsync_wire_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2257,7 @@ func (x *Done) String() string {
 func (*Done) ProtoMessage() {}
 
 func (x *Done) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[24]
+	mi := &file_imsync_wire_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2270,7 @@ func (x *Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Done.ProtoReflect.Descriptor instead.
 func (*Done) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{24}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Done) GetSeq() uint64 {
@@ -1992,7 +2294,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_imsync_wire_proto_msgTypes[25]
+	mi := &file_imsync_wire_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2306,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_wire_proto_msgTypes[25]
+	mi := &file_imsync_wire_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2319,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_imsync_wire_proto_rawDescGZIP(), []int{25}
+	return file_imsync_wire_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Error) GetCode() uint32 {
@@ -2086,7 +2388,7 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\x03Ack\x12\x19\n" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\"\x1c\n" +
 	"\x04Ping\x12\x14\n" +
-	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\xa3\x05\n" +
+	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\xd5\x05\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12*\n" +
 	"\x04send\x18\n" +
@@ -2101,7 +2403,8 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\x04sync\x18\x11 \x01(\v2\x18.imsync.wire.v1.SyncPullH\x00R\x04sync\x127\n" +
 	"\ahistory\x18\x12 \x01(\v2\x1b.imsync.wire.v1.HistoryPageH\x00R\ahistory\x12I\n" +
 	"\rconversations\x18\x13 \x01(\v2!.imsync.wire.v1.ListConversationsH\x00R\rconversations\x12E\n" +
-	"\fconversation\x18\x14 \x01(\v2\x1f.imsync.wire.v1.GetConversationH\x00R\fconversationB\x04\n" +
+	"\fconversation\x18\x14 \x01(\v2\x1f.imsync.wire.v1.GetConversationH\x00R\fconversation\x120\n" +
+	"\x06search\x18\x1e \x01(\v2\x16.imsync.wire.v1.SearchH\x00R\x06searchB\x04\n" +
 	"\x02op\"\xc6\x01\n" +
 	"\x04Send\x12\"\n" +
 	"\fconversation\x18\x01 \x01(\tR\fconversation\x12\x17\n" +
@@ -2152,7 +2455,34 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\x0fGetConversation\x12\"\n" +
 	"\fconversation\x18\x01 \x01(\tR\fconversation\x12#\n" +
 	"\rmembers_after\x18\x02 \x01(\tR\fmembersAfter\x12#\n" +
-	"\rmembers_limit\x18\x03 \x01(\rR\fmembersLimit\"\x97\x04\n" +
+	"\rmembers_limit\x18\x03 \x01(\rR\fmembersLimit\"\xdc\x01\n" +
+	"\x06Search\x12\x14\n" +
+	"\x05query\x18\x01 \x01(\tR\x05query\x12\"\n" +
+	"\fconversation\x18\x02 \x01(\tR\fconversation\x12\x16\n" +
+	"\x06sender\x18\x03 \x01(\tR\x06sender\x12\x12\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\x12 \n" +
+	"\ffrom_unix_ms\x18\x05 \x01(\x03R\n" +
+	"fromUnixMs\x12\x1c\n" +
+	"\n" +
+	"to_unix_ms\x18\x06 \x01(\x03R\btoUnixMs\x12\x14\n" +
+	"\x05limit\x18\a \x01(\rR\x05limit\x12\x16\n" +
+	"\x06offset\x18\b \x01(\rR\x06offset\"\xcd\x01\n" +
+	"\tSearchHit\x12\"\n" +
+	"\fconversation\x18\x01 \x01(\tR\fconversation\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06sender\x18\x03 \x01(\tR\x06sender\x12\x12\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\x12\x12\n" +
+	"\x04text\x18\x06 \x01(\tR\x04text\x12\x16\n" +
+	"\x06edited\x18\a \x01(\bR\x06edited\x12\x14\n" +
+	"\x05score\x18\b \x01(\x01R\x05score\"\x88\x01\n" +
+	"\fSearchResult\x12-\n" +
+	"\x04hits\x18\x01 \x03(\v2\x19.imsync.wire.v1.SearchHitR\x04hits\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x04R\x05total\x12\x12\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\x12\x1f\n" +
+	"\vnext_offset\x18\x04 \x01(\rR\n" +
+	"nextOffset\"\xcf\x04\n" +
 	"\bResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12-\n" +
 	"\x05error\x18\x02 \x01(\v2\x15.imsync.wire.v1.ErrorH\x00R\x05error\x12*\n" +
@@ -2164,7 +2494,8 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\tsync_zstd\x18\x11 \x01(\fH\x00R\bsyncZstd\x125\n" +
 	"\ahistory\x18\x0e \x01(\v2\x19.imsync.events.v1.HistoryH\x00R\ahistory\x12J\n" +
 	"\rconversations\x18\x0f \x01(\v2\".imsync.events.v1.ConversationListH\x00R\rconversations\x12H\n" +
-	"\fconversation\x18\x10 \x01(\v2\".imsync.events.v1.ConversationInfoH\x00R\fconversationB\b\n" +
+	"\fconversation\x18\x10 \x01(\v2\".imsync.events.v1.ConversationInfoH\x00R\fconversation\x126\n" +
+	"\x06search\x18\x1e \x01(\v2\x1c.imsync.wire.v1.SearchResultH\x00R\x06searchB\b\n" +
 	"\x06result\"~\n" +
 	"\x04Sent\x12\"\n" +
 	"\fconversation\x18\x01 \x01(\tR\fconversation\x12\x10\n" +
@@ -2192,7 +2523,7 @@ func file_imsync_wire_proto_rawDescGZIP() []byte {
 	return file_imsync_wire_proto_rawDescData
 }
 
-var file_imsync_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_imsync_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_imsync_wire_proto_goTypes = []any{
 	(*Hello)(nil),                        // 0: imsync.wire.v1.Hello
 	(*Welcome)(nil),                      // 1: imsync.wire.v1.Welcome
@@ -2215,26 +2546,29 @@ var file_imsync_wire_proto_goTypes = []any{
 	(*HistoryPage)(nil),                  // 18: imsync.wire.v1.HistoryPage
 	(*ListConversations)(nil),            // 19: imsync.wire.v1.ListConversations
 	(*GetConversation)(nil),              // 20: imsync.wire.v1.GetConversation
-	(*Response)(nil),                     // 21: imsync.wire.v1.Response
-	(*Sent)(nil),                         // 22: imsync.wire.v1.Sent
-	(*ConversationRef)(nil),              // 23: imsync.wire.v1.ConversationRef
-	(*Done)(nil),                         // 24: imsync.wire.v1.Done
-	(*Error)(nil),                        // 25: imsync.wire.v1.Error
-	(*eventspb.ConversationSummary)(nil), // 26: imsync.events.v1.ConversationSummary
-	(*eventspb.SyncEntry)(nil),           // 27: imsync.events.v1.SyncEntry
-	(*eventspb.SyncPage)(nil),            // 28: imsync.events.v1.SyncPage
-	(*eventspb.History)(nil),             // 29: imsync.events.v1.History
-	(*eventspb.ConversationList)(nil),    // 30: imsync.events.v1.ConversationList
-	(*eventspb.ConversationInfo)(nil),    // 31: imsync.events.v1.ConversationInfo
+	(*Search)(nil),                       // 21: imsync.wire.v1.Search
+	(*SearchHit)(nil),                    // 22: imsync.wire.v1.SearchHit
+	(*SearchResult)(nil),                 // 23: imsync.wire.v1.SearchResult
+	(*Response)(nil),                     // 24: imsync.wire.v1.Response
+	(*Sent)(nil),                         // 25: imsync.wire.v1.Sent
+	(*ConversationRef)(nil),              // 26: imsync.wire.v1.ConversationRef
+	(*Done)(nil),                         // 27: imsync.wire.v1.Done
+	(*Error)(nil),                        // 28: imsync.wire.v1.Error
+	(*eventspb.ConversationSummary)(nil), // 29: imsync.events.v1.ConversationSummary
+	(*eventspb.SyncEntry)(nil),           // 30: imsync.events.v1.SyncEntry
+	(*eventspb.SyncPage)(nil),            // 31: imsync.events.v1.SyncPage
+	(*eventspb.History)(nil),             // 32: imsync.events.v1.History
+	(*eventspb.ConversationList)(nil),    // 33: imsync.events.v1.ConversationList
+	(*eventspb.ConversationInfo)(nil),    // 34: imsync.events.v1.ConversationInfo
 }
 var file_imsync_wire_proto_depIdxs = []int32{
-	26, // 0: imsync.wire.v1.Welcome.changed:type_name -> imsync.events.v1.ConversationSummary
+	29, // 0: imsync.wire.v1.Welcome.changed:type_name -> imsync.events.v1.ConversationSummary
 	1,  // 1: imsync.wire.v1.ServerPush.welcome:type_name -> imsync.wire.v1.Welcome
 	4,  // 2: imsync.wire.v1.ServerPush.notify:type_name -> imsync.wire.v1.Notify
-	25, // 3: imsync.wire.v1.ServerPush.error:type_name -> imsync.wire.v1.Error
+	28, // 3: imsync.wire.v1.ServerPush.error:type_name -> imsync.wire.v1.Error
 	3,  // 4: imsync.wire.v1.ServerPush.reauth:type_name -> imsync.wire.v1.ReauthResult
-	25, // 5: imsync.wire.v1.ReauthResult.error:type_name -> imsync.wire.v1.Error
-	27, // 6: imsync.wire.v1.Notify.entry:type_name -> imsync.events.v1.SyncEntry
+	28, // 5: imsync.wire.v1.ReauthResult.error:type_name -> imsync.wire.v1.Error
+	30, // 6: imsync.wire.v1.Notify.entry:type_name -> imsync.events.v1.SyncEntry
 	7,  // 7: imsync.wire.v1.ClientControl.ack:type_name -> imsync.wire.v1.Ack
 	8,  // 8: imsync.wire.v1.ClientControl.ping:type_name -> imsync.wire.v1.Ping
 	6,  // 9: imsync.wire.v1.ClientControl.reauth:type_name -> imsync.wire.v1.Reauth
@@ -2249,19 +2583,22 @@ var file_imsync_wire_proto_depIdxs = []int32{
 	18, // 18: imsync.wire.v1.Request.history:type_name -> imsync.wire.v1.HistoryPage
 	19, // 19: imsync.wire.v1.Request.conversations:type_name -> imsync.wire.v1.ListConversations
 	20, // 20: imsync.wire.v1.Request.conversation:type_name -> imsync.wire.v1.GetConversation
-	25, // 21: imsync.wire.v1.Response.error:type_name -> imsync.wire.v1.Error
-	22, // 22: imsync.wire.v1.Response.sent:type_name -> imsync.wire.v1.Sent
-	23, // 23: imsync.wire.v1.Response.conversation_ref:type_name -> imsync.wire.v1.ConversationRef
-	24, // 24: imsync.wire.v1.Response.done:type_name -> imsync.wire.v1.Done
-	28, // 25: imsync.wire.v1.Response.sync:type_name -> imsync.events.v1.SyncPage
-	29, // 26: imsync.wire.v1.Response.history:type_name -> imsync.events.v1.History
-	30, // 27: imsync.wire.v1.Response.conversations:type_name -> imsync.events.v1.ConversationList
-	31, // 28: imsync.wire.v1.Response.conversation:type_name -> imsync.events.v1.ConversationInfo
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	21, // 21: imsync.wire.v1.Request.search:type_name -> imsync.wire.v1.Search
+	22, // 22: imsync.wire.v1.SearchResult.hits:type_name -> imsync.wire.v1.SearchHit
+	28, // 23: imsync.wire.v1.Response.error:type_name -> imsync.wire.v1.Error
+	25, // 24: imsync.wire.v1.Response.sent:type_name -> imsync.wire.v1.Sent
+	26, // 25: imsync.wire.v1.Response.conversation_ref:type_name -> imsync.wire.v1.ConversationRef
+	27, // 26: imsync.wire.v1.Response.done:type_name -> imsync.wire.v1.Done
+	31, // 27: imsync.wire.v1.Response.sync:type_name -> imsync.events.v1.SyncPage
+	32, // 28: imsync.wire.v1.Response.history:type_name -> imsync.events.v1.History
+	33, // 29: imsync.wire.v1.Response.conversations:type_name -> imsync.events.v1.ConversationList
+	34, // 30: imsync.wire.v1.Response.conversation:type_name -> imsync.events.v1.ConversationInfo
+	23, // 31: imsync.wire.v1.Response.search:type_name -> imsync.wire.v1.SearchResult
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_imsync_wire_proto_init() }
@@ -2292,8 +2629,9 @@ func file_imsync_wire_proto_init() {
 		(*Request_History)(nil),
 		(*Request_Conversations)(nil),
 		(*Request_Conversation)(nil),
+		(*Request_Search)(nil),
 	}
-	file_imsync_wire_proto_msgTypes[21].OneofWrappers = []any{
+	file_imsync_wire_proto_msgTypes[24].OneofWrappers = []any{
 		(*Response_Error)(nil),
 		(*Response_Sent)(nil),
 		(*Response_ConversationRef)(nil),
@@ -2303,6 +2641,7 @@ func file_imsync_wire_proto_init() {
 		(*Response_History)(nil),
 		(*Response_Conversations)(nil),
 		(*Response_Conversation)(nil),
+		(*Response_Search)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2310,7 +2649,7 @@ func file_imsync_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_wire_proto_rawDesc), len(file_imsync_wire_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

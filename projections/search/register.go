@@ -1,0 +1,7 @@
+package search
+
+import "github.com/imsync/imsync/projections"
+
+func init() {
+	projections.Register(Name, func() projections.Projection { return New() })
+}
