@@ -10,6 +10,7 @@
 //	imsync export --data DIR --format jsonl|parquet --out PATH [--from-position P] [--to-position P] [--streams PREFIX]
 //	imsync replay --data DIR --projection NAME [--from-position P] [--rebuild]
 //	imsync stats --data DIR [--json]
+//	imsync backup --data DIR --out DIR2
 //
 // Client commands take --server HOST:PORT --token T (or IMSYNC_SERVER,
 // IMSYNC_TOKEN) and --ca FILE or --insecure; --json prints one JSON object
@@ -41,6 +42,7 @@ Server:
                [--sync-retention 30d (0: for ever; or IMSYNC_SYNC_RETENTION)]
                [--new-store | --new-key | --new-cert: replace a missing piece on purpose]
   imsync token --data DIR --user USER --device DEVICE [--ttl 24h]
+  imsync backup --data DIR --out DIR2   (a consistent copy, the server running or not)
 
 Client (--server HOST:PORT --token TOKEN, or IMSYNC_SERVER / IMSYNC_TOKEN;
         --ca DIR/server.crt or --insecure; --json for JSON lines):
@@ -107,6 +109,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return runReplay(ctx, args, out)
 	case "stats":
 		return runStats(ctx, args, out)
+	case "backup":
+		return runBackup(ctx, args, out)
 	case "bench":
 		return runBench(ctx, args, out)
 	case "bench-clients": // the child process of bench's idle measurement

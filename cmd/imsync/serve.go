@@ -76,6 +76,11 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer st.close()
+	ctl, err := startControl(*data, st.store, logger) // checkpoints for tools beside the server
+	if err != nil {
+		return err
+	}
+	defer ctl.close()
 	srv := st.srv
 	certPath := *certFile
 	if certPath == "" {

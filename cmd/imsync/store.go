@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -19,7 +21,8 @@ import (
 )
 
 // runStore runs `imsync store CMD`: tools that open the event store
-// directly (the server must not be running on it).
+// directly. append, scavenge, recover and log --follow need the server
+// stopped; read and log run beside it, on a checkpoint of its store.
 func runStore(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%w: store needs a command: append, read, log, scavenge or recover", errUsage)
@@ -70,9 +73,24 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 	if cmd == "recover" {
 		return runRecover(*data, *accept, out)
 	}
-	store, err := events.Open(storeDir(*data), events.Options{ScavengeInterval: -1})
-	if err != nil {
-		return err
+	var store events.Store
+	if cmd == "read" || (cmd == "log" && !*follow) {
+		// Read-only: beside a running server, from a checkpoint of its store.
+		ts, err := openToolStore(ctx, *data, "", "store "+cmd, os.Stderr)
+		if err != nil {
+			return err
+		}
+		store = ts
+	} else {
+		s, err := events.Open(storeDir(*data), events.Options{ScavengeInterval: -1})
+		if errors.Is(err, events.ErrInUse) {
+			return fmt.Errorf("store %s: %w; it writes to the store or follows it live, which needs the server on %s stopped "+
+				"(store log without --follow and store read work beside it)", cmd, err, *data)
+		}
+		if err != nil {
+			return err
+		}
+		store = s
 	}
 	defer store.Close()
 	enc := json.NewEncoder(out)
@@ -155,7 +173,7 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}
 	case "scavenge":
-		return store.Scavenge(ctx)
+		return store.(*events.Embedded).Scavenge(ctx)
 	}
 	return nil
 }
