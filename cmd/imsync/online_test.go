@@ -562,3 +562,65 @@ func TestReplayKilledResumes(t *testing.T) {
 		t.Fatalf("resumed stats\n %+v\nfrom scratch\n %+v", resumed, want)
 	}
 }
+
+// TestToolsOnESDB: export, replay and stats read the events through the
+// EventStoreDB backend with --store (or IMSYNC_STORE), as serve does;
+// replay keeps its checkpoint in --data.
+func TestToolsOnESDB(t *testing.T) {
+	ctx := context.Background()
+	s, srv := teststore.OpenESDB(t)
+	url := srv.URL()
+	for i := range 40 {
+		e, _ := events.Encode(uuid.Nil, &eventspb.MessageSent{Sender: fmt.Sprint("u", i%3), ClientMsgId: fmt.Sprint("m", i), Kind: "text", Body: []byte(fmt.Sprint("hi ", i))})
+		if _, err := s.AppendToStream(ctx, "conv-c1", events.Any, e); err != nil {
+			t.Fatal(err)
+		}
+		p, _ := events.Encode(uuid.Nil, &eventspb.MessagePointer{ConversationId: "c1", Seq: uint64(i + 1)})
+		if _, err := s.AppendToStream(ctx, "inbox-bob", events.Any, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stored, err := s.ReadAll(ctx, events.ReadAllOptions{Limit: events.MaxReadLimit, Filter: events.Filter{StreamPrefixes: []string{"conv-", "inbox-"}}})
+	if err != nil || len(stored) != 80 {
+		t.Fatalf("store holds %d events: %v", len(stored), err)
+	}
+
+	out := filepath.Join(t.TempDir(), "events.jsonl")
+	if _, err := runCmd(t, "export", "--store", url, "--format", "jsonl", "--out", out, "--streams", "conv-", "--streams", "inbox-"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := lines(t, string(b))
+	if len(rows) != len(stored) {
+		t.Fatalf("exported %d rows of %d events", len(rows), len(stored))
+	}
+	for i, e := range stored {
+		if rows[i]["stream"] != e.Stream || rows[i]["position"] != float64(e.Position.Commit) || rows[i]["id"] != e.ID.String() {
+			t.Fatalf("row %d %v, event %+v", i, rows[i], e)
+		}
+	}
+
+	data := filepath.Join(t.TempDir(), "analyst")
+	res, err := runCmd(t, "replay", "--data", data, "--store", url, "--projection", "stats")
+	if err != nil || lines1(t, res)["events"] != 80.0 {
+		t.Fatalf("replay --store: %v %s", err, res)
+	}
+	if _, err := os.Stat(filepath.Join(checkpointDir(data), "stats.checkpoint")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("IMSYNC_STORE", url)
+	res, err = runCmd(t, "stats", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep projections.StatsReport
+	if err := json.Unmarshal([]byte(res), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Days) != 1 || rep.Days[0].Messages != 40 || rep.Days[0].ActiveUsers != 3 || rep.Fanout.Count != 40 || rep.LagMS.Count != 40 {
+		t.Fatalf("stats through IMSYNC_STORE: %+v", rep)
+	}
+}
