@@ -91,7 +91,7 @@ func BenchmarkReplay(b *testing.B) {
 	if err != nil || len(last) == 0 {
 		b.Fatalf("store: %v", err)
 	}
-	n = int(last[0].Position.Commit) // positions count the events from 1
+	n = int(last[0].Position.Commit)  // positions count the events from 1
 	if err := s.Flush(); err != nil { // read from tables, as a store that has run a while
 		b.Fatal(err)
 	}
