@@ -21,7 +21,7 @@ import (
 )
 
 // TestParquetReadByDuckDB: DuckDB, an independent Parquet reader, reads
-// the export with the SQL docs/analysts.md gives; it finds one row per
+// the export; it finds one row per
 // stored event, and every column holds what the store's event says.
 func TestParquetReadByDuckDB(t *testing.T) {
 	s := fill(t)
@@ -41,7 +41,6 @@ func TestParquetReadByDuckDB(t *testing.T) {
 	}
 	defer db.Close()
 	ctx := context.Background()
-	// As in docs/analysts.md.
 	if _, err := db.ExecContext(ctx, "CREATE VIEW events AS SELECT * FROM read_parquet('"+path+"')"); err != nil {
 		t.Fatal(err)
 	}
@@ -162,4 +161,76 @@ func storedRow(t *testing.T, e events.RecordedEvent) map[string]any {
 		t.Fatalf("row %v does not place event %+v", m, e)
 	}
 	return m
+}
+
+// TestAnalystsGuideSQL runs the DuckDB SQL of docs/analysts.md, as
+// printed there, on an export written by both formats.
+func TestAnalystsGuideSQL(t *testing.T) {
+	guide, err := os.ReadFile(filepath.Join("..", "..", "docs", "analysts.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(guide), "### Reading an export")
+	if !ok {
+		t.Fatal("docs/analysts.md has no section \"Reading an export\"")
+	}
+	_, rest, _ = strings.Cut(rest, "```sql\n")
+	block, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("no SQL block in \"Reading an export\"")
+	}
+	s := fill(t)
+	dir := t.TempDir()
+	for f, name := range map[export.Format]string{export.Parquet: "events.parquet", export.JSONL: "events.jsonl"} {
+		data, _ := exportTo(t, s, f, export.Range{})
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db, err := sql.Open("duckdb", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	conn, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// The guide's file names are relative to the directory DuckDB runs in.
+	if _, err := conn.ExecContext(context.Background(), "SET file_search_path = '"+dir+"'"); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, stmt := range strings.Split(block, ";") {
+		var lines []string
+		for _, l := range strings.Split(stmt, "\n") {
+			if !strings.HasPrefix(strings.TrimSpace(l), "--") {
+				lines = append(lines, l)
+			}
+		}
+		q := strings.TrimSpace(strings.Join(lines, "\n"))
+		if q == "" {
+			continue
+		}
+		rows, err := conn.QueryContext(context.Background(), q)
+		if err != nil {
+			t.Fatalf("%s\n%v", q, err)
+		}
+		got := 0
+		for rows.Next() {
+			got++
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatalf("%s\n%v", q, err)
+		}
+		rows.Close()
+		if got == 0 {
+			t.Fatalf("%s\nreturned no row", q)
+		}
+		n++
+	}
+	if n < 3 {
+		t.Fatalf("ran %d statements of the guide", n)
+	}
 }
