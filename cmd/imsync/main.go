@@ -59,7 +59,7 @@ Client (--server HOST:PORT --token TOKEN, or IMSYNC_SERVER / IMSYNC_TOKEN;
 Load generator (starts its own server unless --server/--data name one):
   imsync bench [--pairs 128] [--group 100] [--group-senders 16] [--duration 5s] [--idle 1000]
 
-Event store tools (the server must not be running on DIR):
+Event store tools (read and log run beside a running server; the others need it stopped):
   imsync store append   --data DIR --stream NAME [--type TYPE] [--expect any|no-stream|exists|REV] TEXT...
   imsync store read     --data DIR --stream NAME [--from REV] [--limit N] [--backwards] [--raw]
   imsync store log      --data DIR [--from POS] [--limit N] [--prefix P]... [--follow] [--raw]
@@ -67,7 +67,8 @@ Event store tools (the server must not be running on DIR):
   imsync store scavenge --data DIR
   imsync store recover  --data DIR --accept-data-loss   (a store refused for missing acknowledged events)
 
-Export for analysts (the server must not be running on DIR; columns in docs/analysts.md):
+Export for analysts (beside a running server too; --store URL or IMSYNC_STORE: EventStoreDB;
+columns in docs/analysts.md):
   imsync export --data DIR --format jsonl|parquet --out PATH|- [--from-position P] [--to-position P]
                 [--streams PREFIX]...
   imsync replay --data DIR --projection NAME [--from-position P] [--rebuild]
