@@ -490,7 +490,7 @@ func TestReplayKilledResumes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}
-	data := bigStore(t, 20_000)
+	data := bigStore(t, 10_000)
 	cpFile := filepath.Join(checkpointDir(data), "stats.checkpoint")
 	cmd := childCmd(t, "replay", "--data", data, "--projection", "stats")
 	if err := cmd.Start(); err != nil {
