@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -622,5 +623,46 @@ func TestToolsOnESDB(t *testing.T) {
 	}
 	if len(rep.Days) != 1 || rep.Days[0].Messages != 40 || rep.Days[0].ActiveUsers != 3 || rep.Fanout.Count != 40 || rep.LagMS.Count != 40 {
 		t.Fatalf("stats through IMSYNC_STORE: %+v", rep)
+	}
+}
+
+// TestBackupRefusals: a directory that is no server's, a copy inside the
+// data directory and missing flags are refused, and nothing is written.
+func TestBackupRefusals(t *testing.T) {
+	data, _ := exportData(t, 3)
+	notData := t.TempDir()
+	out := filepath.Join(t.TempDir(), "out")
+	if _, err := runCmd(t, "backup", "--data", notData, "--out", out); err == nil || !strings.Contains(err.Error(), "not the data directory of a server") {
+		t.Fatalf("backup of a directory that is no server's: %v", err)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("a refused backup created %s: %v", out, err)
+	}
+	for _, args := range [][]string{
+		{"backup", "--data", data},
+		{"backup", "--out", out},
+		{"backup", "--data", data, "--out", filepath.Join(data, "copy")},
+		{"backup", "--data", data, "--out", out, "extra"},
+	} {
+		if _, err := runCmd(t, args...); !errors.Is(err, errUsage) {
+			t.Errorf("%v: %v, want a usage error", args, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(data, "copy")); !os.IsNotExist(err) {
+		t.Fatal("a refused backup wrote inside the data directory")
+	}
+	// A store held by a process that has no control socket: refused, and
+	// the half-made copy is removed.
+	held, err := events.Open(storeDir(data), events.Options{ScavengeInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = runCmd(t, "backup", "--data", data, "--out", out)
+	held.Close()
+	if !errors.Is(err, events.ErrInUse) || !strings.Contains(err.Error(), "stop the server") {
+		t.Fatalf("backup of a store held without a control socket: %v", err)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("a failed backup left %s: %v", out, err)
 	}
 }
