@@ -38,6 +38,9 @@ func runBackup(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if real, err := filepath.EvalSymlinks(src); err == nil {
+		src = real // a data directory reached through a link is copied, not the link
+	}
 	dst, err := filepath.Abs(*outDir)
 	if err != nil {
 		return err
