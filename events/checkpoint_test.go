@@ -160,3 +160,33 @@ func TestCheckpointRefusals(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestCheckpointRacesClose: a store closed while checkpoints are asked for
+// answers each of them (done or ErrClosed) and closes.
+func TestCheckpointRacesClose(t *testing.T) {
+	ctx := context.Background()
+	s, err := events.Open(filepath.Join(t.TempDir(), "store"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if _, err := s.AppendToStream(ctx, "s", events.Any, events.EventData{Type: "T", Data: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := make(chan error, 8)
+	for i := range cap(errs) {
+		go func() {
+			_, err := s.Checkpoint(ctx, filepath.Join(t.TempDir(), fmt.Sprint("cp-", i)))
+			errs <- err
+		}()
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range cap(errs) {
+		if err := <-errs; err != nil && !errors.Is(err, events.ErrClosed) {
+			t.Fatalf("checkpoint during Close: %v", err)
+		}
+	}
+}
