@@ -49,6 +49,9 @@
 //     events missing), and damage found while running makes every later
 //     call fail with it. Recover opens such a store accepting the loss,
 //     without ever handing out an acknowledged position again.
+//   - Embedded.Checkpoint copies an open store while it takes appends: the
+//     copy opens with Open and holds exactly the events durable when it was
+//     cut (backups, and tools that read beside a running server).
 //
 // # Backends
 //

@@ -82,6 +82,7 @@ func markerText(tracksHighWater bool) []byte {
 type Embedded struct {
 	db   *pebble.DB
 	lock io.Closer // the store directory's lock (nil in memory)
+	dir  string    // the store directory (empty in memory)
 	opts Options
 
 	reqs  chan *writeReq // to the writer goroutine
@@ -172,7 +173,7 @@ func Open(dir string, opts Options) (*Embedded, error) {
 			return nil, err
 		}
 	}
-	s.lock = lock
+	s.lock, s.dir = lock, dir
 	return s, nil
 }
 

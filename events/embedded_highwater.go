@@ -327,7 +327,7 @@ func Recover(dir string, opts Options) (*Embedded, Loss, error) {
 		lock.Close()
 		return nil, Loss{}, err
 	}
-	s.lock = lock
+	s.lock, s.dir = lock, dir
 	if s.markLost {
 		// What the mark said is gone with it: the loss cannot be counted.
 		s.opts.Logger.Warn("event store recovered without its high-water mark; acknowledged events may be missing", "dir", dir)

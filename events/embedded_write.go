@@ -29,6 +29,7 @@ const (
 	writeMeta
 	writeDelete
 	writeTombstone
+	writeBarrier // Checkpoint: see barrier
 )
 
 type writeReq struct {
@@ -38,6 +39,9 @@ type writeReq struct {
 	events   []EventData
 	meta     StreamMetadata
 	done     chan writeResult // buffered: the syncer never blocks on it
+	// barrier runs on the writer with the store's state exactly durable
+	// (writeBarrier); lastPos and nextSID are that state's counters.
+	barrier func(lastPos, nextSID uint64) error
 }
 
 type writeResult struct {
@@ -55,6 +59,9 @@ type round struct {
 	lastPos uint64
 	nextSID uint64
 	events  int
+	// synced, set on the empty round a barrier sends, is closed by the
+	// syncer once every round before it is answered.
+	synced chan struct{}
 }
 
 // Round limits keep one batch (and the memory of one round) bounded.
@@ -103,12 +110,21 @@ func (s *Embedded) writeLoop() {
 		case <-s.quit:
 			return
 		}
+		if req.kind == writeBarrier {
+			s.barrier(req)
+			continue
+		}
 		r := &round{batch: s.db.NewBatch()}
 		s.prepare(r, req)
+		var barrier *writeReq // ends the round: it must see it durable
 	collect:
 		for r.events < maxRoundEvents && r.batch.Len() < maxRoundBytes {
 			select {
 			case req = <-s.reqs:
+				if req.kind == writeBarrier {
+					barrier = req
+					break collect
+				}
 				s.prepare(r, req)
 			default:
 				break collect
@@ -116,6 +132,9 @@ func (s *Embedded) writeLoop() {
 		}
 		s.apply(r)
 		s.syncq <- r
+		if barrier != nil {
+			s.barrier(barrier)
+		}
 	}
 }
 
@@ -151,6 +170,10 @@ func (s *Embedded) apply(r *round) {
 func (s *Embedded) syncLoop() {
 	defer s.wg.Done()
 	for r := range s.syncq {
+		if r.synced != nil {
+			close(r.synced)
+			continue
+		}
 		var err error
 		if r.batch != nil {
 			err = r.batch.SyncWait()

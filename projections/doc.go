@@ -42,8 +42,10 @@
 // projection's Filter selects streams by prefix), decodes each event
 // (Event.Message is the protobuf domain event, nil for event types that are
 // not domain events) and calls Handle, one event at a time, in global
-// order. It saves the checkpoint every Runner.SaveEvery events, when the
-// subscription has been idle for Runner.SaveIdle, and when ctx ends.
+// order. It saves the checkpoint every Runner.SaveEvery events (spaced by
+// Runner.SaveInterval when set, so that saving a large state does not
+// dominate a long replay), when the subscription has been idle for
+// Runner.SaveIdle, and when ctx ends.
 //
 //   - Nothing is skipped: an event that does not decode, or whose Handle
 //     fails, stops Run with an *EventError carrying that event's position.

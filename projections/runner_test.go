@@ -400,3 +400,42 @@ func TestFileCheckpoints(t *testing.T) {
 		}
 	}
 }
+
+// countingCheckpoints counts saves.
+type countingCheckpoints struct {
+	projections.MemoryCheckpoints
+	saves atomic.Int32
+}
+
+func (c *countingCheckpoints) Save(ctx context.Context, name string, cp projections.Checkpoint) error {
+	c.saves.Add(1)
+	return c.MemoryCheckpoints.Save(ctx, name, cp)
+}
+
+// TestSaveInterval: with SaveInterval, saves by count wait for the
+// interval (the first one and the last, at Until, do not); without it,
+// every SaveEvery events is saved. Both end with the same checkpoint.
+func TestSaveInterval(t *testing.T) {
+	s := newStore(t)
+	appendMessages(t, s, []string{"a"}, 100)
+	ctx := context.Background()
+	last, err := s.ReadAll(ctx, events.ReadAllOptions{Direction: events.Backwards, From: events.PositionEnd, Limit: 1, Filter: events.Filter{StreamPrefixes: []string{"conv-"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		interval time.Duration
+		saves    int32
+	}{{0, 100}, {time.Hour, 2}} {
+		cps := &countingCheckpoints{}
+		p := &messageCounts{}
+		r := &projections.Runner{Store: s, Checkpoints: cps, Projection: p, SaveEvery: 1, SaveInterval: tc.interval, Until: last[0].Position}
+		if err := r.Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cp, _, _ := cps.Load(ctx, "message-counts")
+		if got := cps.saves.Load(); got != tc.saves || cp.Position != last[0].Position || sum(p.get()) != 100 {
+			t.Fatalf("SaveInterval %v: %d saves, checkpoint at %v; want %d saves, at %v", tc.interval, got, cp.Position, tc.saves, last[0].Position)
+		}
+	}
+}

@@ -9,7 +9,7 @@
 //	imsync convs | history --conv ID | sync [--state FILE] | tail | read --conv ID --seq N | recall --conv ID --seq N
 //	imsync search [--conv ID] [--from USER] QUERY
 //	imsync store append|read|log|scavenge|recover --data DIR ...
-//	imsync export | replay | stats --data DIR ...
+//	imsync export | replay | stats --data DIR ... | backup --data DIR --out DIR2
 //	imsync version | completion bash|zsh|fish | help [COMMAND]
 //
 // Every command is one entry of the table in commands; `imsync COMMAND
@@ -114,6 +114,10 @@ func commands() []command {
 		{name: "stats", section: sectionAnalyst, run: runStats,
 			synopsis: "--data DIR [--json]",
 			summary:  "replay the stats projection and print its table"},
+
+		{name: "backup", section: sectionServer, run: runBackup,
+			synopsis: "--data DIR --out DIR2",
+			summary:  "copy a server's data directory consistently, the server running or not"},
 
 		{name: "bench", section: sectionOther, run: runBench, noEnv: []string{"server", "data"},
 			synopsis: "[--pairs 128] [--group 100] [--group-senders 16] [--duration 5s] [--idle 1000] [--server ADDR --data DIR]",

@@ -23,9 +23,11 @@ func checkpointDir(data string) string { return filepath.Join(data, "projections
 
 // replayOptions are what `imsync replay` and `imsync stats` share.
 type replayOptions struct {
-	data    string
-	from    events.Position // inclusive; zero: the start of $all
-	rebuild bool
+	data     string          // checkpoints in DIR/projections; the events too unless storeURL
+	storeURL string          // EventStoreDB connection string: read the events there
+	tool     string          // the command, for messages (default "replay")
+	from     events.Position // inclusive; zero: the start of $all
+	rebuild  bool
 	// progress receives a bar (terminal) or plain lines (every interval).
 	progress io.Writer
 	terminal bool
@@ -43,7 +45,8 @@ type replayResult struct {
 func runReplay(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	data := fs.String("data", "", "data directory of the server (its event store is DIR/events)")
+	data := fs.String("data", "", "data directory of the server (its event store is DIR/events; checkpoints in DIR/projections)")
+	storeURL := fs.String("store", os.Getenv("IMSYNC_STORE"), "EventStoreDB connection string to read instead of DIR/events (as serve --store; or IMSYNC_STORE)")
 	name := fs.String("projection", "", "registered projection: "+strings.Join(projections.Names(), ", "))
 	from := fs.String("from-position", "", "first global position replayed when there is no checkpoint (or with --rebuild)")
 	rebuild := fs.Bool("rebuild", false, "forget the checkpoint and replay from the start (or --from-position)")
@@ -57,7 +60,7 @@ func runReplay(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: replay: %v", errUsage, err)
 	}
-	o := replayOptions{data: *data, rebuild: *rebuild, progress: os.Stderr, terminal: isTerminal(os.Stderr), interval: time.Second}
+	o := replayOptions{data: *data, storeURL: *storeURL, rebuild: *rebuild, progress: os.Stderr, terminal: isTerminal(os.Stderr), interval: time.Second}
 	if *from != "" {
 		n, err := strconv.ParseUint(*from, 10, 64)
 		if err != nil || n == 0 {
@@ -72,16 +75,27 @@ func runReplay(ctx context.Context, args []string, out io.Writer) error {
 	return json.NewEncoder(out).Encode(res)
 }
 
-// replay runs p over the store of o.data up to its last event (as it was
-// when replay started), resuming from p's checkpoint in
-// DIR/projections.
+// replay runs p over the store of o.data (or o.storeURL) up to its last
+// event (as it was when replay started), resuming from p's checkpoint in
+// DIR/projections (in memory, from the start, without o.data). While a
+// server runs on o.data, it reads a checkpoint of the server's store;
+// the projection's checkpoint stays in DIR/projections, so the next run
+// resumes where this one ended.
 func replay(ctx context.Context, p projections.Projection, o replayOptions) (replayResult, error) {
 	res := replayResult{Projection: p.Name()}
-	store, err := openToolStore(o.data, "replay")
+	tool := o.tool
+	if tool == "" {
+		tool = "replay"
+	}
+	store, err := openToolStore(ctx, o.data, o.storeURL, tool, o.progress)
 	if err != nil {
 		return res, err
 	}
 	defer store.Close()
+	var checkpoints projections.CheckpointStore = &projections.MemoryCheckpoints{}
+	if o.data != "" {
+		checkpoints = projections.FileCheckpoints{Dir: checkpointDir(o.data)}
+	}
 
 	var filter events.Filter
 	if f, ok := p.(projections.Filter); ok {
@@ -93,8 +107,11 @@ func replay(ctx context.Context, p projections.Projection, o replayOptions) (rep
 	}
 	r := &projections.Runner{
 		Store:       store,
-		Checkpoints: projections.FileCheckpoints{Dir: checkpointDir(o.data)},
+		Checkpoints: checkpoints,
 		Projection:  p,
+		// A kill loses at most about a second of work, and saving a large
+		// state does not dominate a long replay.
+		SaveInterval: time.Second,
 	}
 	// A projection with files of its own (the search index) lives in
 	// DIR/projections/NAME and may keep its checkpoint there.
@@ -220,16 +237,17 @@ func isTerminal(f *os.File) bool {
 func runStats(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	data := fs.String("data", "", "data directory of the server (its event store is DIR/events)")
+	data := fs.String("data", "", "data directory of the server (its event store is DIR/events; checkpoint in DIR/projections)")
+	storeURL := fs.String("store", os.Getenv("IMSYNC_STORE"), "EventStoreDB connection string to read instead of DIR/events (as serve --store; or IMSYNC_STORE)")
 	asJSON := fs.Bool("json", false, "print the report as one JSON object")
 	if err := parseFlags(ctx, fs, args); err != nil {
 		return err
 	}
-	if *data == "" || fs.NArg() > 0 {
-		return fmt.Errorf("%w: stats needs --data DIR, and no other arguments", errUsage)
+	if (*data == "" && *storeURL == "") || fs.NArg() > 0 {
+		return fmt.Errorf("%w: stats needs --data DIR or --store URL, and no other arguments", errUsage)
 	}
 	s := projections.NewStats()
-	o := replayOptions{data: *data, progress: os.Stderr, terminal: isTerminal(os.Stderr), interval: time.Second}
+	o := replayOptions{data: *data, storeURL: *storeURL, tool: "stats", progress: os.Stderr, terminal: isTerminal(os.Stderr), interval: time.Second}
 	if _, err := replay(ctx, s, o); err != nil {
 		return err
 	}

@@ -124,6 +124,11 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer st.close()
+	ctl, err := startControl(*data, st.store, logger) // checkpoints for tools beside the server
+	if err != nil {
+		return err
+	}
+	defer ctl.close()
 	if searchOn {
 		if err := st.search.start(*data, st.store, logger); err != nil {
 			return err

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -19,7 +21,8 @@ import (
 )
 
 // runStore runs `imsync store CMD`: tools that open the event store
-// directly (the server must not be running on it).
+// directly. append, scavenge, recover and log --follow need the server
+// stopped; read and log run beside it, on a checkpoint of its store.
 func runStore(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%w: store needs a command: append, read, log, scavenge or recover", errUsage)
@@ -70,17 +73,33 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 	if cmd == "recover" {
 		return runRecover(*data, *accept, out)
 	}
-	// Only append creates a store: the other tools refuse a --data
-	// that holds none.
-	var store *events.Embedded
-	var err error
-	if cmd == "append" {
-		store, err = events.Open(storeDir(*data), events.Options{ScavengeInterval: -1})
+	var store events.Store
+	if cmd == "read" || (cmd == "log" && !*follow) {
+		// Read-only: beside a running server, from a checkpoint of its store.
+		ts, err := openToolStore(ctx, *data, "", "store "+cmd, os.Stderr)
+		if err != nil {
+			return err
+		}
+		store = ts
 	} else {
-		store, err = openToolStore(*data, "store "+cmd)
-	}
-	if err != nil {
-		return err
+		// Only append creates a store: the other tools refuse a --data
+		// that holds none.
+		if cmd != "append" {
+			if d, err := inspectDataDir(*data); err != nil {
+				return err
+			} else if !d.store {
+				return fmt.Errorf("store %s: %s holds no event store (%s is missing or empty); pass the --data the server runs with", cmd, *data, storeDir(*data))
+			}
+		}
+		s, err := events.Open(storeDir(*data), events.Options{ScavengeInterval: -1})
+		if errors.Is(err, events.ErrInUse) {
+			return fmt.Errorf("store %s: %w; it writes to the store or follows it live, which needs the server on %s stopped "+
+				"(store log without --follow and store read work beside it)", cmd, err, *data)
+		}
+		if err != nil {
+			return err
+		}
+		store = s
 	}
 	defer store.Close()
 	enc := json.NewEncoder(out)
@@ -163,7 +182,7 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}
 	case "scavenge":
-		return store.Scavenge(ctx)
+		return store.(*events.Embedded).Scavenge(ctx)
 	}
 	return nil
 }
