@@ -360,7 +360,7 @@ func TestCompletion(t *testing.T) {
 		}
 		return strings.TrimSpace(string(out))
 	}
-	if got := complete("imsync", "se"); got != "serve send" {
+	if got := complete("imsync", "se"); got != "serve send search" {
 		t.Fatalf("imsync se<TAB>: %q", got)
 	}
 	if got := complete("imsync", "group", "a"); got != "add" {
