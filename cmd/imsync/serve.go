@@ -32,6 +32,11 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	verbose := fs.Bool("v", false, "log connections")
 	certFile := fs.String("cert", "", "TLS certificate (PEM) to serve instead of the self-signed one")
 	keyFile := fs.String("key", "", "its private key (PEM)")
+	opsAddr := fs.String("ops", "", "serve /metrics, /healthz, /readyz and /debug/pprof/ over HTTP on this TCP address, e.g. 127.0.0.1:9400 (off unless set; loopback only unless --ops-public)")
+	opsPublic := fs.Bool("ops-public", false, "allow --ops on a non-loopback address (the endpoints are not authenticated)")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error (-v is debug)")
+	drainTimeout := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, how long devices get to finish their calls and fanout to settle before the store closes")
 	var allow dataDirAllow
 	fs.BoolVar(&allow.store, "new-store", false, "create an empty event store in a data directory that a server used before")
 	fs.BoolVar(&allow.key, "new-key", false, "create a new token key when the data directory's is missing (every token must be reissued)")
@@ -60,23 +65,40 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		}
 		tcfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
-	level := slog.LevelWarn
-	if *verbose {
-		level = slog.LevelDebug
+	if *drainTimeout <= 0 {
+		return fmt.Errorf("%w: --drain-timeout must be positive", errUsage)
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if err := checkOpsAddr(*opsAddr, *opsPublic); err != nil {
+		return err
+	}
+	logger, err := newLogger(os.Stderr, *logFormat, *logLevel, *verbose)
+	if err != nil {
+		return err
+	}
 	if allow != (dataDirAllow{}) {
 		if err := createAllowed(*data, allow, tcfg.TLS != nil, logger); err != nil {
 			return err
 		}
 	}
 
-	st, err := startStackWith(*data, *storeURL, *listen, logger, tcfg, actors.Config{SyncRetention: time.Duration(retention)})
+	acfg := actors.Config{SyncRetention: time.Duration(retention)}
+	if err := opsConfig(*opsAddr, &tcfg, &acfg); err != nil {
+		return err
+	}
+	st, err := startStackWith(*data, *storeURL, *listen, logger, tcfg, acfg)
 	if err != nil {
 		return err
 	}
 	defer st.close()
 	srv := st.srv
+	if *opsAddr != "" {
+		o, err := st.startOps(*opsAddr, logger)
+		if err != nil {
+			return err
+		}
+		defer o.Close()
+		fmt.Fprintf(out, "operations on http://%s/metrics\n", o.Addr())
+	}
 	certPath := *certFile
 	if certPath == "" {
 		abs, _ := filepath.Abs(*data)
@@ -85,6 +107,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintf(out, "imsync listening on %s (QUIC, ALPN %s)\ncertificate: %s\n", srv.Addr(), transport.ALPN, certPath)
 	<-ctx.Done()
 	fmt.Fprintln(out, "imsync stopping")
+	st.drain(*drainTimeout, logger)
 	return nil
 }
 
@@ -126,7 +149,7 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 	if st.store, err = openStore(data, storeURL, logger); err != nil {
 		return nil, err
 	}
-	acfg.Store, acfg.Logger = st.store, logger
+	acfg.Store, acfg.Logger = tcfg.Metrics.InstrumentStore(st.store), logger
 	if st.svc, err = actors.Start(acfg); err != nil {
 		st.close()
 		return nil, err
@@ -158,6 +181,7 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 	}
 	tcfg.Service, tcfg.Key, tcfg.Logger = st.svc, key, logger
 	if st.srv, err = transport.NewServer(tcfg); err == nil {
+		st.watch(tcfg.Metrics)
 		err = st.srv.Listen(listen)
 	}
 	if err != nil {
