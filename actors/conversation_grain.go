@@ -370,6 +370,7 @@ func (g *conversationGrain) fanoutDone(ctx actor.Context, d *fanoutDone) {
 	}
 	g.observeFanout(f.pending[:i])
 	f.pending = f.pending[i:]
+	defer g.countBacklog(false) // fanout ends in continuations, outside Receive
 	f.cursor = max(f.cursor, d.upTo)
 	kept := g.waiters[:0]
 	for _, w := range g.waiters {

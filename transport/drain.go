@@ -120,7 +120,7 @@ func (c *conn) warnOnce(bit uint32, msg string, args ...any) {
 			break
 		}
 	}
-	c.s.cfg.Logger.Info(msg, append([]any{"user", c.user, "device", c.device, "remote", c.qc.RemoteAddr()}, args...)...)
+	c.s.cfg.Logger.Info(msg, append([]any{"user", c.user, "device", c.device, "remote", c.qc.RemoteAddr().String()}, args...)...)
 }
 
 // logDisconnect logs the end of a welcomed connection with its reason:
@@ -147,7 +147,7 @@ func (c *conn) logDisconnect(since time.Time) {
 		reason, level = cause.Error(), c.s.cfg.Logger.Info
 	}
 	c.s.cfg.Metrics.disconnected(metricReason(cause))
-	level("device disconnected", "user", c.user, "device", c.device, "remote", c.qc.RemoteAddr(), "reason", reason, "connected", time.Since(since).Round(time.Millisecond))
+	level("device disconnected", "user", c.user, "device", c.device, "remote", c.qc.RemoteAddr().String(), "reason", reason, "connected", time.Since(since).Round(time.Millisecond))
 }
 
 // metricReason is a bounded label for a connection's end.

@@ -254,7 +254,7 @@ func (s *Server) accept() {
 		if s.closed || s.draining {
 			s.mu.Unlock()
 			s.cfg.Metrics.loginRefused("draining")
-			s.cfg.Logger.Debug("connection refused: draining", "remote", qc.RemoteAddr())
+			s.cfg.Logger.Debug("connection refused: draining", "remote", qc.RemoteAddr().String())
 			qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeShutdown), goAwayMessage)
 			continue
 		}
@@ -301,7 +301,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	slot, msg := s.enterPreauth(qc)
 	if slot == nil {
 		s.cfg.Metrics.loginRefused("busy")
-		s.cfg.Logger.Debug("login refused", "reason", msg, "code", wire.CodeBusy, "remote", qc.RemoteAddr())
+		s.cfg.Logger.Debug("login refused", "reason", msg, "code", wire.CodeBusy, "remote", qc.RemoteAddr().String())
 		qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeBusy), msg)
 		return
 	}
@@ -317,7 +317,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	refuse := func(code uint32, msg string) {
 		// msg never holds the token: Verify's errors say what is wrong with it.
 		s.cfg.Metrics.loginRefused(codeName(code))
-		s.cfg.Logger.Info("login refused", "reason", msg, "code", code, "remote", qc.RemoteAddr())
+		s.cfg.Logger.Info("login refused", "reason", msg, "code", code, "remote", qc.RemoteAddr().String())
 		wire.WriteFrame(control, &wire.ServerPush{Push: &wire.ServerPush_Error{Error: &wire.Error{Code: code, Message: msg}}})
 		control.Close()
 		time.Sleep(50 * time.Millisecond) // let the error frame leave before the close
@@ -382,7 +382,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	c.welcomed = true
 	c.cmu.Unlock()
 	leavePreauth()
-	s.cfg.Logger.Debug("device connected", "user", c.user, "device", c.device, "remote", qc.RemoteAddr())
+	s.cfg.Logger.Debug("device connected", "user", c.user, "device", c.device, "remote", qc.RemoteAddr().String())
 	defer c.logDisconnect(time.Now())
 	if s.Draining() { // Drain began while this one logged in
 		c.goAway()
