@@ -117,7 +117,7 @@ func (st *stack) drain(timeout time.Duration, logger *slog.Logger) {
 	left, fanErr := st.svc.SettleFanout(ctx)
 	switch {
 	case connErr == nil && fanErr == nil:
-		logger.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+		logger.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
 	default:
 		logger.Warn("drain timeout", "after", timeout, "fanoutBacklog", left, "connectionsClosed", connErr != nil)
 	}
