@@ -12,11 +12,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -32,9 +34,10 @@ import (
 // operations listener, all on random loopback ports.
 type opsServer struct {
 	*testServer
-	svc   *actors.Service
-	store events.Store
-	ops   string // base URL of the operations listener
+	svc     *actors.Service
+	store   events.Store
+	metrics *transport.Metrics
+	ops     string // base URL of the operations listener
 }
 
 func startOpsServer(t *testing.T, cfg transport.Config, logger *slog.Logger) *opsServer {
@@ -95,7 +98,7 @@ func startOpsServer(t *testing.T, cfg transport.Config, logger *slog.Logger) *op
 	t.Cleanup(func() { o.Close() })
 	return &opsServer{
 		testServer: &testServer{srv: srv, key: key, addr: srv.Addr().String(), tls: pinned},
-		svc:        svc, store: store, ops: "http://" + o.Addr().String(),
+		svc:        svc, store: store, metrics: m, ops: "http://" + o.Addr().String(),
 	}
 }
 
@@ -471,6 +474,80 @@ func waitConns(ts *opsServer, n int) bool {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return false
+}
+
+// TestOperationsDocs: the Grafana dashboard is JSON with queries in every
+// panel; every imsync series that docs/operations.md or the dashboard
+// names exists, and every series the server has is documented.
+func TestOperationsDocs(t *testing.T) {
+	ts := startOpsServer(t, transport.Config{}, nil)
+	descs := make(chan *prometheus.Desc)
+	go func() {
+		ts.metrics.Registry().Describe(descs)
+		close(descs)
+	}()
+	have := map[string]bool{}
+	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
+	for d := range descs {
+		if m := fqName.FindStringSubmatch(d.String()); m != nil && strings.HasPrefix(m[1], "imsync_") {
+			have[m[1]] = true
+		}
+	}
+	if len(have) < 30 {
+		t.Fatalf("only %d imsync series registered: %v", len(have), have)
+	}
+
+	raw, err := os.ReadFile("../docs/deploy/grafana-imsync.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Title  string
+		Panels []struct {
+			Type, Title string
+			Targets     []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatalf("grafana-imsync.json is not JSON: %v", err)
+	}
+	var exprs []string
+	for _, p := range dash.Panels {
+		if p.Type == "row" {
+			continue
+		}
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+		for _, q := range p.Targets {
+			exprs = append(exprs, q.Expr)
+		}
+	}
+	doc, err := os.ReadFile("../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := regexp.MustCompile(`imsync_[a-z0-9_]+`)
+	known := func(n string) bool {
+		for _, suffix := range []string{"", "_bucket", "_sum", "_count"} {
+			if base, ok := strings.CutSuffix(n, suffix); ok && have[base] {
+				return true
+			}
+		}
+		return false
+	}
+	for _, src := range []struct{ what, text string }{{"the dashboard", strings.Join(exprs, "\n")}, {"docs/operations.md", string(doc)}} {
+		for _, n := range name.FindAllString(src.text, -1) {
+			if !known(n) {
+				t.Errorf("%s names %s, which the server does not have", src.what, n)
+			}
+		}
+	}
+	for n := range have {
+		if !strings.Contains(string(doc), "`"+n+"`") {
+			t.Errorf("%s is not documented in docs/operations.md", n)
+		}
+	}
 }
 
 func mint(t *testing.T, key *transport.Key, user, device string) string {
