@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/quic-go/quic-go"
 
 	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/transport"
@@ -331,5 +333,84 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestServeOpsFlags: bad operations and log flags are usage errors that
+// create nothing.
+func TestServeOpsFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--ops", "0.0.0.0:9400"}, "--ops-public"},
+		{[]string{"--ops", ":9400"}, "--ops-public"},
+		{[]string{"--log-level", "loud"}, "--log-level"},
+		{[]string{"--log-format", "xml"}, "--log-format"},
+		{[]string{"--drain-timeout", "0s"}, "--drain-timeout"},
+	} {
+		data := filepath.Join(t.TempDir(), "data")
+		err := run(context.Background(), serveArgs(t, data, append([]string{"--listen", "127.0.0.1:0"}, tc.args...)...), io.Discard)
+		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("serve %v: %v, want a usage error naming %s", tc.args, err, tc.want)
+		}
+		if _, err := os.Stat(data); !os.IsNotExist(err) {
+			t.Errorf("serve %v created %s", tc.args, data)
+		}
+	}
+}
+
+// TestServeReadyz: /readyz of `imsync serve` answers 200 while it serves
+// and 503 once it drains (held open here by a connection that never logs
+// in); the drain ends when that connection does.
+func TestServeReadyz(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var out syncBuffer
+	served := make(chan error, 1)
+	go func() {
+		served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0", "--drain-timeout", "20s", "--log-level", "error"), &out)
+	}()
+	var addr, ops string
+	waitFor(t, "serve to start", func() bool {
+		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String()); m != nil {
+			addr = m[1]
+		}
+		if m := regexp.MustCompile(`operations on (http://\S+)/metrics`).FindStringSubmatch(out.String()); m != nil {
+			ops = m[1]
+		}
+		return addr != "" && ops != ""
+	})
+	if code, body := getStatus(t, ops+"/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz while serving: %d %s", code, body)
+	}
+	pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := client.PinnedTLS(pem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.NextProtos = []string{transport.ALPN}
+	held, err := quic.DialAddr(context.Background(), addr, tc, &quic.Config{MaxIdleTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.CloseWithError(0, "")
+	stop() // as SIGTERM does
+	waitFor(t, "/readyz 503 while draining", func() bool {
+		code, body := getStatus(t, ops+"/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "draining")
+	})
+	held.CloseWithError(0, "")
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the drain did not end when the last connection did")
 	}
 }
