@@ -128,6 +128,12 @@ func (c *conn) warnOnce(bit uint32, msg string, args ...any) {
 // the server ended it for a cause (token expiry, replacement, a slow or
 // broken client, an idle timeout).
 func (c *conn) logDisconnect(since time.Time) {
+	// The streams fail a moment before the connection's context has its
+	// cause: wait for it (it comes at once when the connection is closing).
+	select {
+	case <-c.qc.Context().Done():
+	case <-time.After(time.Second):
+	}
 	cause := context.Cause(c.qc.Context())
 	reason, level := "closed", c.s.cfg.Logger.Debug
 	var (
@@ -147,7 +153,7 @@ func (c *conn) logDisconnect(since time.Time) {
 		reason, level = cause.Error(), c.s.cfg.Logger.Info
 	}
 	c.s.cfg.Metrics.disconnected(metricReason(cause))
-	level("device disconnected", "user", c.user, "device", c.device, "remote", c.qc.RemoteAddr().String(), "reason", reason, "connected", time.Since(since).Round(time.Millisecond))
+	level("device disconnected", "user", c.user, "device", c.device, "remote", c.qc.RemoteAddr().String(), "reason", reason, "connected", time.Since(since).Round(time.Millisecond).String())
 }
 
 // metricReason is a bounded label for a connection's end.

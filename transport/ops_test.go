@@ -22,12 +22,14 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/quic-go/quic-go"
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/transport"
 	"github.com/imsync/imsync/transport/client"
 	"github.com/imsync/imsync/transport/ops"
+	"github.com/imsync/imsync/transport/wire"
 )
 
 // opsServer is a real server with metrics on the embedded store and an
@@ -557,4 +559,69 @@ func mint(t *testing.T, key *transport.Key, user, device string) string {
 		t.Fatal(err)
 	}
 	return tok
+}
+
+// TestSlowConsumerLogged: a device that does not read its control stream
+// is logged once as a slow consumer, then its disconnect with the reason,
+// and both are counted.
+func TestSlowConsumerLogged(t *testing.T) {
+	var logs syncWriter
+	ts := startOpsServer(t, transport.Config{WriteTimeout: time.Second, RequestsPerSecond: 1e9, RequestBurst: 1 << 30},
+		slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	tc := ts.tls.Clone()
+	tc.NextProtos = []string{transport.ALPN}
+	qc, err := quic.DialAddr(ctx(t), ts.addr, tc, &quic.Config{MaxIdleTimeout: time.Minute, KeepAlivePeriod: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { qc.CloseWithError(0, "") })
+	control, err := qc.OpenStreamSync(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire.WriteFrame(control, &wire.Hello{Token: mint(t, ts.key, "eve", "raw")})
+	var welcome wire.ServerPush
+	if err := wire.NewReader(control, 0).Read(&welcome); err != nil || welcome.GetWelcome() == nil {
+		t.Fatalf("welcome: %v %v", &welcome, err)
+	}
+	// Each ack beyond the newest seq gets an error frame that is never read.
+	go func() {
+		var b []byte
+		for range 1000 {
+			b, _ = wire.AppendFrame(b, &wire.ClientControl{Control: &wire.ClientControl_Ack{Ack: &wire.Ack{UserSeq: 1 << 40}}})
+		}
+		for qc.Context().Err() == nil {
+			if _, err := control.Write(b); err != nil {
+				return
+			}
+		}
+	}()
+	lines := func(msg string) (found []map[string]any) {
+		for _, l := range strings.Split(logs.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == msg {
+				found = append(found, m)
+			}
+		}
+		return found
+	}
+	// As in TestUnreadControlStreamEndsConnection: filling the unread
+	// stream takes a while on a loaded machine.
+	deadline := time.Now().Add(30 * time.Second)
+	for len(lines("device disconnected")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no disconnect logged:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	slow := lines("slow consumer: control stream not read; closing")
+	if len(slow) != 1 || slow[0]["user"] != "eve" || slow[0]["device"] != "raw" {
+		t.Errorf("slow consumer logged %d times: %v\n%s", len(slow), slow, logs.String())
+	}
+	if r, _ := lines("device disconnected")[0]["reason"].(string); !strings.Contains(r, "control stream not read") {
+		t.Errorf("disconnect reason %q", r)
+	}
+	if got := metricValue(scrape(t, ts.ops), "imsync_disconnects_total", "reason", "bad_frame"); got != 1 {
+		t.Errorf("imsync_disconnects_total{reason=bad_frame} = %v", got)
+	}
 }
