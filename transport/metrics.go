@@ -62,7 +62,7 @@ func NewMetrics() (*Metrics, error) {
 			Name: "imsync_requests_total", Help: "Requests answered, by operation and result code (ok or the error's name).",
 		}, []string{"op", "code"}),
 		requestSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "imsync_request_duration_seconds", Help: "Time from a request read to its answer computed, by operation.", Buckets: latencyBuckets,
+			Name: "imsync_request_duration_seconds", Help: "Time the server took to compute an answer (a send: until durable), by operation.", Buckets: latencyBuckets,
 		}, []string{"op"}),
 		sends: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "imsync_sends_total", Help: "Messages acknowledged to senders: stored (new) or duplicate (a retry of a stored one).",
