@@ -354,10 +354,11 @@ func (m *Metrics) coalesced(n int) {
 var messagePointerType = events.TypeOf(&eventspb.MessagePointer{})
 
 // pushQueued measures send→push for a push that carries a new message.
-func (m *Metrics) pushQueued(e *eventspb.SyncEntry, now time.Time) {
+func (m *Metrics) pushQueued(e *eventspb.SyncEntry) {
 	if m == nil || e == nil || e.Type != messagePointerType {
 		return
 	}
+	now := time.Now()
 	var p eventspb.MessagePointer
 	if proto.Unmarshal(e.Data, &p) != nil || p.Message == nil || p.Message.AtUnixMs == 0 {
 		return

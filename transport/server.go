@@ -538,7 +538,7 @@ func (s *Server) leave(c *conn) {
 
 // Push is how the device's grain reaches this connection (actors.DeviceSink).
 func (c *conn) Push(p *actors.Push) {
-	c.s.cfg.Metrics.pushQueued(p.Entry, time.Now())
+	c.s.cfg.Metrics.pushQueued(p.Entry)
 	c.enqueue(&wire.Notify{UserSeq: p.UserSeq, Entry: p.Entry, ConversationId: p.ConversationId, ConvSeq: p.ConvSeq})
 }
 
@@ -586,6 +586,7 @@ func (c *conn) writeControl(m proto.Message) error {
 // "pull from here" instead of an ever longer queue: memory per connection
 // stays bounded by PushQueue entries.
 func (c *conn) enqueue(n *wire.Notify) {
+	coalesced := 0
 	c.mu.Lock()
 	if len(c.queue) >= c.s.cfg.PushQueue {
 		// One "pull from here" (no entry) replaces the queue; dropped
@@ -596,8 +597,7 @@ func (c *conn) enqueue(n *wire.Notify) {
 			pull.RefreshList = pull.RefreshList || q.ConversationId != "" || q.RefreshList
 		}
 		c.dropped += len(c.queue)
-		c.s.cfg.Metrics.coalesced(len(c.queue))
-		c.warnOnce(warnCoalesced, "slow consumer: notifications coalesced", "queued", len(c.queue))
+		coalesced = len(c.queue)
 		c.queue, c.queued = c.queue[:0], 0
 		n = pull
 	}
@@ -605,6 +605,10 @@ func (c *conn) enqueue(n *wire.Notify) {
 	c.queued += proto.Size(n)
 	c.s.peak.observe(len(c.queue), c.queued)
 	c.mu.Unlock()
+	if coalesced > 0 {
+		c.s.cfg.Metrics.coalesced(coalesced)
+		c.warnOnce(warnCoalesced, "slow consumer: notifications coalesced", "queued", coalesced)
+	}
 	select {
 	case c.wake <- struct{}{}:
 	default:
