@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
@@ -358,14 +358,57 @@ func (m *Metrics) pushQueued(e *eventspb.SyncEntry) {
 	if m == nil || e == nil || e.Type != messagePointerType {
 		return
 	}
-	now := time.Now()
-	var p eventspb.MessagePointer
-	if proto.Unmarshal(e.Data, &p) != nil || p.Message == nil || p.Message.AtUnixMs == 0 {
+	at, ok := messageTime(e.Data)
+	if !ok {
 		return
 	}
-	if d := now.Sub(time.UnixMilli(p.Message.AtUnixMs)); d >= 0 {
+	if d := time.Since(time.UnixMilli(at)); d >= 0 {
 		m.sendToPush.Observe(d.Seconds())
 	}
+}
+
+// messageTime reads MessagePointer.message.at_unix_ms from an encoded
+// MessagePointer without decoding the rest (a push path cost).
+func messageTime(b []byte) (int64, bool) {
+	msg, ok := field(b, 3, protowire.BytesType) // MessagePointer.message
+	if !ok {
+		return 0, false
+	}
+	at, ok := field(msg, 8, protowire.VarintType) // MessageSent.at_unix_ms
+	if !ok || len(at) == 0 {
+		return 0, false
+	}
+	v, n := protowire.ConsumeVarint(at)
+	if n < 0 || v == 0 {
+		return 0, false
+	}
+	return int64(v), true
+}
+
+// field returns the last occurrence of field num of type typ in the
+// encoded message b: a varint's bytes, or a length-delimited field's
+// contents.
+func field(b []byte, num protowire.Number, typ protowire.Type) (val []byte, found bool) {
+	for len(b) > 0 {
+		n, t, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return nil, false
+		}
+		b = b[l:]
+		l = protowire.ConsumeFieldValue(n, t, b)
+		if l < 0 {
+			return nil, false
+		}
+		if n == num && t == typ {
+			val, found = b[:l], true
+			if typ == protowire.BytesType {
+				v, _ := protowire.ConsumeBytes(b[:l])
+				val = v
+			}
+		}
+		b = b[l:]
+	}
+	return val, found
 }
 
 // watchServer adds the gauges that s answers: connections, devices online, draining.

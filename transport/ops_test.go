@@ -276,8 +276,9 @@ func TestOpsMetrics(t *testing.T) {
 		t.Fatalf("second send over the rate: %v", err)
 	}
 	sf := scrape(t, slow.ops)
-	if got := metricValue(sf, "imsync_rate_limited_total", "reason", "rate"); got != 1 {
-		t.Errorf("rate-limit refusals on the second server = %v, want 1", got)
+	// (The client's own sync pulls may be refused too: at least the send.)
+	if got := metricValue(sf, "imsync_rate_limited_total", "reason", "rate"); got < 1 {
+		t.Errorf("rate-limit refusals on the second server = %v, want the send's at least", got)
 	}
 	if got := metricValue(sf, "imsync_requests_total", "op", "send", "code", "rate_limited"); got != 1 {
 		t.Errorf("rate-limited sends on the second server = %v, want 1", got)
