@@ -40,7 +40,8 @@ Server:
                                                        DIR keeps keys and certificate)
                [--sync-retention 30d (0: for ever; or IMSYNC_SYNC_RETENTION)]
                [--new-store | --new-key | --new-cert: replace a missing piece on purpose]
-               [--ops 127.0.0.1:9400 [--ops-public]]   (/metrics, /healthz, /readyz, pprof)
+               [--ops 127.0.0.1:9400 [--ops-public] [--ops-actor-metrics=false]]
+                                          (/metrics, /healthz, /readyz, pprof)
                [--log-format text|json] [--log-level debug|info|warn|error] [--drain-timeout 10s]
   imsync token --data DIR --user USER --device DEVICE [--ttl 24h]
 

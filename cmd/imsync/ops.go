@@ -55,8 +55,9 @@ func checkOpsAddr(addr string, public bool) error {
 }
 
 // opsConfig wires metrics into the stack before it starts (nil when
-// --ops is not set: nothing is measured).
-func opsConfig(addr string, tcfg *transport.Config, acfg *actors.Config) error {
+// --ops is not set: nothing is measured); actorMetrics turns
+// protoactor-go's own on.
+func opsConfig(addr string, actorMetrics bool, tcfg *transport.Config, acfg *actors.Config) error {
 	if addr == "" {
 		return nil
 	}
@@ -65,6 +66,9 @@ func opsConfig(addr string, tcfg *transport.Config, acfg *actors.Config) error {
 		return fmt.Errorf("serve: metrics: %w", err)
 	}
 	tcfg.Metrics, acfg.Metrics = m, m.Actors()
+	if !actorMetrics {
+		acfg.Metrics.MeterProvider = nil
+	}
 	return nil
 }
 

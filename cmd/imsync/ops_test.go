@@ -414,3 +414,34 @@ func TestServeReadyz(t *testing.T) {
 		t.Fatal("the drain did not end when the last connection did")
 	}
 }
+
+// TestServeWithoutActorMetrics: --ops-actor-metrics=false keeps imsync's
+// series and leaves protoactor-go's out.
+func TestServeWithoutActorMetrics(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var out syncBuffer
+	served := make(chan error, 1)
+	go func() {
+		served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0", "--ops-actor-metrics=false", "--log-level", "error"), &out)
+	}()
+	var ops string
+	waitFor(t, "serve to start", func() bool {
+		if m := regexp.MustCompile(`operations on (http://\S+)/metrics`).FindStringSubmatch(out.String()); m != nil {
+			ops = m[1]
+		}
+		return ops != "" && strings.Contains(out.String(), "listening on")
+	})
+	code, body := getStatus(t, ops+"/metrics")
+	if code != http.StatusOK || !strings.Contains(body, "\nimsync_connections ") {
+		t.Fatalf("/metrics: %d\n%s", code, body)
+	}
+	if strings.Contains(body, "\nprotoactor_") {
+		t.Error("protoactor-go's series with --ops-actor-metrics=false")
+	}
+	stop()
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -34,6 +34,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	keyFile := fs.String("key", "", "its private key (PEM)")
 	opsAddr := fs.String("ops", "", "serve /metrics, /healthz, /readyz and /debug/pprof/ over HTTP on this TCP address, e.g. 127.0.0.1:9400 (off unless set; loopback only unless --ops-public)")
 	opsPublic := fs.Bool("ops-public", false, "allow --ops on a non-loopback address (the endpoints are not authenticated)")
+	actorMetrics := fs.Bool("ops-actor-metrics", true, "with --ops, also measure protoactor-go's actor metrics (costs CPU on every actor message; see docs/operations.md)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error (-v is debug)")
 	drainTimeout := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, how long devices get to finish their calls and fanout to settle before the store closes")
@@ -82,7 +83,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	}
 
 	acfg := actors.Config{SyncRetention: time.Duration(retention)}
-	if err := opsConfig(*opsAddr, &tcfg, &acfg); err != nil {
+	if err := opsConfig(*opsAddr, *actorMetrics, &tcfg, &acfg); err != nil {
 		return err
 	}
 	st, err := startStackWith(*data, *storeURL, *listen, logger, tcfg, acfg)
