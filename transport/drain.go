@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -171,4 +172,12 @@ func metricReason(cause error) string {
 		return "idle_timeout"
 	}
 	return "other"
+}
+
+// timedOut: err is a write deadline that passed (the peer did not read),
+// not a connection or stream that ended.
+func timedOut(err error) bool {
+	var ne net.Error
+	var idle *quic.IdleTimeoutError
+	return errors.As(err, &ne) && ne.Timeout() && !errors.As(err, &idle)
 }

@@ -575,8 +575,10 @@ func (c *conn) writeControl(m proto.Message) error {
 	c.control.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
 	err := wire.WriteFrame(c.control, m)
 	c.control.SetWriteDeadline(time.Time{})
-	if err != nil {
+	if timedOut(err) && c.qc.Context().Err() == nil { // not merely a connection that ended
 		c.warnOnce(warnControl, "slow consumer: control stream not read; closing", "err", err)
+	}
+	if err != nil {
 		c.qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeBadFrame), "control stream not read: "+err.Error())
 	}
 	return err
@@ -688,7 +690,9 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 			// the client does not take its answers: end the stream both
 			// ways (the read loop stops; answers still running are dropped)
 			broken = true
-			c.warnOnce(warnAnswers, "slow consumer: answers not read; ending the stream", "err", err)
+			if timedOut(err) && ctx.Err() == nil {
+				c.warnOnce(warnAnswers, "slow consumer: answers not read; ending the stream", "err", err)
+			}
 			st.CancelWrite(quic.StreamErrorCode(wire.CodeBadFrame))
 			st.CancelRead(quic.StreamErrorCode(wire.CodeBadFrame))
 		}

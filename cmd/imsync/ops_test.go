@@ -399,6 +399,10 @@ func TestServeReadyz(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.CloseWithError(0, "")
+	waitFor(t, "the server to count the held connection", func() bool {
+		_, body := getStatus(t, ops+"/metrics")
+		return strings.Contains(body, "\nimsync_connections 1\n")
+	})
 	stop() // as SIGTERM does
 	waitFor(t, "/readyz 503 while draining", func() bool {
 		code, body := getStatus(t, ops+"/readyz")
