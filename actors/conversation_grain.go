@@ -46,11 +46,13 @@ type conversationGrain struct {
 	// checking holds the writes waiting for checks (Extensions.Checks), in
 	// arrival order; they are decided in that order once checked.
 	checking []*checkedWrite
+	backlog int // fanout items counted in the member's backlog (countBacklog)
 }
 
 type fanoutItem struct {
-	seq uint64
-	to  map[string]*InboxItem
+	seq       uint64
+	to        map[string]*InboxItem
+	durableAt time.Time // when it became durable (zero: replayed at load)
 }
 
 type fanout struct {
@@ -77,6 +79,8 @@ type fanoutRetry struct{}
 const fanoutBatch = 128
 
 func (g *conversationGrain) Receive(ctx actor.Context) {
+	_, stopped := ctx.Message().(*actor.Stopped)
+	defer g.countBacklog(stopped)
 	if _, tick := ctx.Message().(*idleTick); !tick {
 		g.idle.touch()
 	}
@@ -263,7 +267,9 @@ func (g *conversationGrain) write(ctx actor.Context, sender *actor.PID, cmd prot
 // promoteDurable moves staged fanout items that are now durable to pending.
 func (g *conversationGrain) promoteDurable() {
 	i := 0
+	now := time.Now()
 	for i < len(g.fanout.staged) && g.fanout.staged[i].seq <= g.j.durable {
+		g.fanout.staged[i].durableAt = now
 		i++
 	}
 	g.fanout.pending = append(g.fanout.pending, g.fanout.staged[:i]...)
@@ -370,7 +376,9 @@ func (g *conversationGrain) fanoutDone(ctx actor.Context, d *fanoutDone) {
 	for i < len(f.pending) && f.pending[i].seq <= d.upTo {
 		i++
 	}
+	g.observeFanout(f.pending[:i])
 	f.pending = f.pending[i:]
+	defer g.countBacklog(false) // fanout ends in continuations, outside Receive
 	f.cursor = max(f.cursor, d.upTo)
 	kept := g.waiters[:0]
 	for _, w := range g.waiters {

@@ -31,8 +31,11 @@ type Config struct {
 	PassivateAfter time.Duration
 	// RequestTimeout bounds a call that has no context deadline (default 10 s).
 	RequestTimeout time.Duration
-	// Logger (default: discard).
+	// Logger (default: discard). protoactor-go's own logs go here too,
+	// one level down (its Info is Debug here).
 	Logger *slog.Logger
+	// Metrics connects the grains to a metrics system (default: none).
+	Metrics Metrics
 
 	// Cluster membership. The default is a single member in this process.
 	// Members that share a ClusterName and a Provider (for tests:
@@ -86,6 +89,7 @@ type Service struct {
 	log     *slog.Logger
 	watch   *fanoutWatch
 	closing sync.Once
+	counts  memberCounts
 	// users holds the PIDs of the user grains active on this member when
 	// there is a sync retention: Close stops them first so that they write
 	// their snapshots.
@@ -136,9 +140,12 @@ func Start(cfg Config) (*Service, error) {
 	}
 	cfg.Limits.ext = ext
 	s := &Service{cfg: cfg, store: cfg.Store, log: cfg.Logger, ext: ext}
-	s.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
+	acfg := actor.NewConfig()
+	acfg.LoggerFactory = protoactorLogger(cfg.Logger)
+	if cfg.Metrics.MeterProvider != nil {
+		acfg.MetricsEnabled, acfg.MetricsProvider = true, cfg.Metrics.MeterProvider
+	}
+	s.system = actor.NewActorSystemWithConfig(acfg)
 	kinds := []*cluster.Kind{
 		cluster.NewKind(kindConversation, actor.PropsFromProducer(func() actor.Actor { return &conversationGrain{svc: s} })),
 		cluster.NewKind(kindUser, actor.PropsFromProducer(func() actor.Actor { return &userGrain{svc: s} })),

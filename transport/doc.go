@@ -26,6 +26,14 @@
 // with the JWKS keys and the development key, and closes a connection when
 // its token expires unless the client re-authenticated with a newer one.
 //
+// To stop gracefully, Drain instead of Close: devices are told to go
+// away, finish their calls and leave, within the context's deadline.
+//
+// Metrics (NewMetrics) go on a Prometheus registry of their own: pass them
+// as Config.Metrics, give Metrics.Actors() to actors.Config.Metrics and
+// Metrics.InstrumentStore(store) to the grains, and serve Registry() with
+// package ops (docs/operations.md lists every series).
+//
 // The protocol is in package wire and docs/protocol.md; the Go client
 // library is package client, which links none of this.
 package transport

@@ -58,6 +58,8 @@ type Config struct {
 	// Search answers Search requests (see search.go); nil: they are
 	// refused as unavailable.
 	Search Searcher
+	// Metrics, if set, receives the gateway's series (see NewMetrics).
+	Metrics *Metrics
 
 	// MaxUnauthenticated caps the connections that have not yet been
 	// welcomed, server-wide (default 256). When they are all taken, a new
@@ -161,6 +163,7 @@ type Server struct {
 	perUser   map[string][]*conn          // admitted connections, oldest first
 	conns     map[*quic.Conn]struct{}
 	closed    bool
+	draining  bool // Drain has begun: new connections are refused
 	wg        sync.WaitGroup
 
 	peak queuePeak // the most any connection has had queued (QueuePeak)
@@ -180,7 +183,11 @@ func NewServer(cfg Config) (*Server, error) {
 	t.NextProtos = []string{ALPN}
 	t.MinVersion = tls.VersionTLS13
 	cfg.TLS = t
-	return &Server{cfg: cfg, perUser: map[string][]*conn{}, prePrefix: map[netip.Prefix][]*preSlot{}, conns: map[*quic.Conn]struct{}{}}, nil
+	s := &Server{cfg: cfg, perUser: map[string][]*conn{}, prePrefix: map[netip.Prefix][]*preSlot{}, conns: map[*quic.Conn]struct{}{}}
+	if cfg.Metrics != nil {
+		cfg.Metrics.watchServer(s)
+	}
+	return s, nil
 }
 
 // QUICConfig is the transport configuration shared by server and client.
@@ -260,9 +267,11 @@ func (s *Server) accept() {
 			return
 		}
 		s.mu.Lock()
-		if s.closed {
+		if s.closed || s.draining {
 			s.mu.Unlock()
-			qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeShutdown), "server stopping")
+			s.cfg.Metrics.loginRefused("draining")
+			s.cfg.Logger.Debug("connection refused: draining", "remote", qc.RemoteAddr().String())
+			qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeShutdown), goAwayMessage)
 			continue
 		}
 		s.conns[qc] = struct{}{}
@@ -299,12 +308,18 @@ type conn struct {
 	queued  int // bytes of the notifications in queue
 	wake    chan struct{}
 	dropped int // notifications coalesced away (slow device)
+
+	welcomed bool      // the welcome is written (guarded by cmu)
+	away     sync.Once // the going-away notice (goAway)
+	warned   warnings  // slow-consumer conditions logged once
 }
 
 func (s *Server) serveConn(qc *quic.Conn) {
 	ctx := qc.Context()
 	slot, msg := s.enterPreauth(qc)
 	if slot == nil {
+		s.cfg.Metrics.loginRefused("busy")
+		s.cfg.Logger.Debug("login refused", "reason", msg, "code", wire.CodeBusy, "remote", qc.RemoteAddr().String())
 		qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeBusy), msg)
 		return
 	}
@@ -318,6 +333,9 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		return
 	}
 	refuse := func(code uint32, msg string) {
+		// msg never holds the token: Verify's errors say what is wrong with it.
+		s.cfg.Metrics.loginRefused(codeName(code))
+		s.cfg.Logger.Info("login refused", "reason", msg, "code", code, "remote", qc.RemoteAddr().String())
 		wire.WriteFrame(control, &wire.ServerPush{Push: &wire.ServerPush_Error{Error: &wire.Error{Code: code, Message: msg}}})
 		control.Close()
 		time.Sleep(50 * time.Millisecond) // let the error frame leave before the close
@@ -391,8 +409,15 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	if err := c.writeControl(&wire.ServerPush{Push: &wire.ServerPush_Welcome{Welcome: welcome}}); err != nil {
 		return
 	}
+	c.cmu.Lock()
+	c.welcomed = true
+	c.cmu.Unlock()
 	leavePreauth()
-	s.cfg.Logger.Debug("device connected", "user", c.user, "device", c.device, "remote", qc.RemoteAddr())
+	s.cfg.Logger.Debug("device connected", "user", c.user, "device", c.device, "remote", qc.RemoteAddr().String())
+	defer c.logDisconnect(time.Now())
+	if s.Draining() { // Drain began while this one logged in
+		c.goAway()
+	}
 
 	// Notifications go on a stream of the server's own, so that neither
 	// side's control traffic waits behind them.
@@ -544,6 +569,7 @@ func (s *Server) leave(c *conn) {
 
 // Push is how the device's grain reaches this connection (actors.DeviceSink).
 func (c *conn) Push(p *actors.Push) {
+	c.s.cfg.Metrics.pushQueued(p.Entry)
 	c.enqueue(&wire.Notify{UserSeq: p.UserSeq, Entry: p.Entry, ConversationId: p.ConversationId, ConvSeq: p.ConvSeq})
 }
 
@@ -580,6 +606,9 @@ func (c *conn) writeControl(m proto.Message) error {
 	c.control.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
 	err := wire.WriteFrame(c.control, m)
 	c.control.SetWriteDeadline(time.Time{})
+	if timedOut(err) && c.qc.Context().Err() == nil { // not merely a connection that ended
+		c.warnOnce(warnControl, "slow consumer: control stream not read; closing", "err", err)
+	}
 	if err != nil {
 		c.qc.CloseWithError(quic.ApplicationErrorCode(wire.CodeBadFrame), "control stream not read: "+err.Error())
 	}
@@ -590,6 +619,7 @@ func (c *conn) writeControl(m proto.Message) error {
 // "pull from here" instead of an ever longer queue: memory per connection
 // stays bounded by PushQueue entries.
 func (c *conn) enqueue(n *wire.Notify) {
+	coalesced := 0
 	c.mu.Lock()
 	if len(c.queue) >= c.s.cfg.PushQueue {
 		// One "pull from here" (no entry) replaces the queue; dropped
@@ -600,6 +630,7 @@ func (c *conn) enqueue(n *wire.Notify) {
 			pull.RefreshList = pull.RefreshList || q.ConversationId != "" || q.RefreshList
 		}
 		c.dropped += len(c.queue)
+		coalesced = len(c.queue)
 		c.queue, c.queued = c.queue[:0], 0
 		n = pull
 	}
@@ -607,6 +638,10 @@ func (c *conn) enqueue(n *wire.Notify) {
 	c.queued += proto.Size(n)
 	c.s.peak.observe(len(c.queue), c.queued)
 	c.mu.Unlock()
+	if coalesced > 0 {
+		c.s.cfg.Metrics.coalesced(coalesced)
+		c.warnOnce(warnCoalesced, "slow consumer: notifications coalesced", "queued", coalesced)
+	}
 	select {
 	case c.wake <- struct{}{}:
 	default:
@@ -635,6 +670,7 @@ func (c *conn) pushLoop(ctx context.Context, push *quic.SendStream) {
 		if _, err := push.Write(buf); err != nil { // one write for the whole batch
 			return
 		}
+		c.s.cfg.Metrics.pushed(len(batch))
 	}
 }
 
@@ -739,6 +775,9 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 			// the client does not take its answers: end the stream both
 			// ways (the read loop stops; answers still running are dropped)
 			broken = true
+			if timedOut(err) && ctx.Err() == nil {
+				c.warnOnce(warnAnswers, "slow consumer: answers not read; ending the stream", "err", err)
+			}
 			st.CancelWrite(quic.StreamErrorCode(wire.CodeBadFrame))
 			st.CancelRead(quic.StreamErrorCode(wire.CodeBadFrame))
 		}
@@ -766,12 +805,16 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 			return
 		}
 		if !c.allow(&req) { // on the configured clock, so that tests can drive it
+			c.s.cfg.Metrics.refused(&req, wire.CodeRateLimited, "rate")
+			c.warnOnce(warnRate, "request rate limit reached", "op", opName(&req))
 			respondSmall(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "request rate limit"}}})
 			continue
 		}
 		// The decoded request stays in the read budget until answered.
 		size := proto.Size(&req)
 		if err := c.reads.Take(size); err != nil {
+			c.s.cfg.Metrics.refused(&req, wire.CodeRateLimited, "read_budget")
+			c.warnOnce(warnReadBudget, "read budget exceeded", "err", err)
 			respondSmall(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "connection busy: requests in flight: " + err.Error()}}})
 			continue
 		}
@@ -787,6 +830,8 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 			if ctx.Err() != nil {
 				return
 			}
+			c.s.cfg.Metrics.refused(&req, wire.CodeRateLimited, "write_budget")
+			c.warnOnce(warnWriteBudget, "write budget exceeded: answers not taken", "err", err)
 			respondSmall(&wire.Response{Id: req.Id, Result: &wire.Response_Error{Error: &wire.Error{Code: wire.CodeRateLimited, Message: "connection busy: " + err.Error()}}})
 			continue
 		}
@@ -810,8 +855,10 @@ func (c *conn) serveRequests(ctx context.Context, st *quic.Stream) {
 func (c *conn) answer(ctx context.Context, req *wire.Request, reserve int, write func([]byte)) {
 	held := reserve
 	defer func() { c.writes.Give(held) }()
+	start := time.Now()
 	res := c.handle(ctx, req)
 	b, err := wire.AppendFrame(nil, res)
+	c.s.cfg.Metrics.answered(req, res, time.Since(start), len(b))
 	if err == nil && len(b) > c.s.cfg.MaxFrameSize {
 		err = fmt.Errorf("answer of %d bytes exceeds the frame limit %d", len(b), c.s.cfg.MaxFrameSize)
 	}

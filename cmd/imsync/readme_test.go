@@ -185,7 +185,7 @@ func TestReadmeTour(t *testing.T) {
 			t.Errorf("serve ended with %v:\n%s", err, serveOut.String())
 		}
 	}()
-	addr := waitFor(t, &serveOut, regexp.MustCompile(`listening on (\S+)`))
+	addr := waitForOutput(t, &serveOut, regexp.MustCompile(`listening on (\S+)`))
 
 	tour := mdBlocks(t, readme, "## A five-minute tour", "sh")
 	if len(tour) != 3 || !strings.HasPrefix(tour[0], "go build -o imsync ./cmd/imsync") {
@@ -214,7 +214,7 @@ func TestReadmeTour(t *testing.T) {
 			tail.Wait()
 		}
 	}()
-	waitFor(t, &tailErr, regexp.MustCompile(`following`))
+	waitForOutput(t, &tailErr, regexp.MustCompile(`following`))
 
 	// Terminal 3: the tour.
 	steps := shellSteps(substitute(tour[2]))
@@ -271,7 +271,7 @@ func TestReadmeTour(t *testing.T) {
 }
 
 // waitFor waits until out matches re and returns its first group.
-func waitFor(t *testing.T, out *syncBuffer, re *regexp.Regexp) string {
+func waitForOutput(t *testing.T, out *syncBuffer, re *regexp.Regexp) string {
 	t.Helper()
 	for end := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if m := re.FindStringSubmatch(out.String()); m != nil {

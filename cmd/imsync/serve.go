@@ -42,6 +42,12 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	jwtAudience := fs.String("jwt-audience", "", "the aud claim every device token must carry")
 	jwtIssuer := fs.String("jwt-issuer", "", "the iss claim every device token must carry")
 	hostname := fs.String("hostname", "", "DNS names and IP addresses, comma-separated, for the self-signed certificate besides localhost")
+	opsAddr := fs.String("ops", "", "serve /metrics, /healthz, /readyz and /debug/pprof/ over HTTP on this TCP address, e.g. 127.0.0.1:9400 (off unless set; loopback only unless --ops-public)")
+	opsPublic := fs.Bool("ops-public", false, "allow --ops on a non-loopback address (the endpoints are not authenticated)")
+	actorMetrics := fs.Bool("ops-actor-metrics", true, "with --ops, also measure protoactor-go's actor metrics (costs CPU on every actor message; see docs/operations.md)")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error (-v is debug)")
+	drainTimeout := fs.Duration("drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, how long devices get to finish their calls and fanout to settle before the store closes")
 	var allow dataDirAllow
 	fs.BoolVar(&allow.store, "new-store", false, "create an empty event store in a data directory that a server used before")
 	fs.BoolVar(&allow.key, "new-key", false, "create a new token key when the data directory's is missing (every token must be reissued)")
@@ -102,11 +108,16 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	tcfg.TokenRules = transport.TokenRules{Audience: *jwtAudience, Issuer: *jwtIssuer}
-	level := slog.LevelWarn
-	if *verbose {
-		level = slog.LevelDebug
+	if *drainTimeout <= 0 {
+		return fmt.Errorf("%w: --drain-timeout must be positive", errUsage)
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if err := checkOpsAddr(*opsAddr, *opsPublic); err != nil {
+		return err
+	}
+	logger, err := newLogger(os.Stderr, *logFormat, *logLevel, *verbose)
+	if err != nil {
+		return err
+	}
 	if allow != (dataDirAllow{}) {
 		if err := createAllowed(*data, allow, tcfg.TLS != nil, logger); err != nil {
 			return err
@@ -118,7 +129,9 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 			return err
 		}
 	}
-
+	if err := opsConfig(*opsAddr, *actorMetrics, &tcfg, &acfg); err != nil {
+		return err
+	}
 	st, err := startStackWith(*data, *storeURL, *listen, logger, tcfg, acfg, hosts...)
 	if err != nil {
 		return err
@@ -140,6 +153,14 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	}
 	defer stopExts() // before the stack closes
 	srv := st.srv
+	if *opsAddr != "" {
+		o, err := st.startOps(*opsAddr, logger)
+		if err != nil {
+			return err
+		}
+		defer o.Close()
+		fmt.Fprintf(out, "operations on http://%s/metrics\n", o.Addr())
+	}
 	certPath := *certFile
 	if certPath == "" {
 		abs, _ := filepath.Abs(*data)
@@ -158,6 +179,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	fmt.Fprintln(out, "imsync stopping")
+	st.drain(*drainTimeout, logger)
 	return nil
 }
 
@@ -202,7 +224,7 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 	if st.store, err = openStore(data, storeURL, logger); err != nil {
 		return nil, err
 	}
-	acfg.Store, acfg.Logger = st.store, logger
+	acfg.Store, acfg.Logger = tcfg.Metrics.InstrumentStore(st.store), logger
 	acfg.Extensions = acfg.Extensions.With(actors.Registered()) // plugin packages linked in (docs/extending.md)
 	if st.svc, err = actors.Start(acfg); err != nil {
 		st.close()
@@ -243,6 +265,7 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 	st.search = &liveSearch{}
 	tcfg.Search = st.search
 	if st.srv, err = transport.NewServer(tcfg); err == nil {
+		st.watch(tcfg.Metrics)
 		err = st.srv.Listen(listen)
 	}
 	if err != nil {

@@ -39,6 +39,50 @@ type session struct {
 	done   chan struct{}
 	err    error // why the session ended; read it after done is closed
 	closer sync.Once
+
+	amu   sync.Mutex
+	calls int  // calls in flight on this session
+	away  bool // the server is going away: no new calls; close when calls is 0
+}
+
+// errGoingAway ends a session whose server said it is going away (error
+// 105 on the control stream) once its calls in flight are answered.
+var errGoingAway = errors.New("client: server going away")
+
+// begin counts a call on s; false if s takes no new calls.
+func (s *session) begin() bool {
+	s.amu.Lock()
+	defer s.amu.Unlock()
+	if s.away {
+		return false
+	}
+	s.calls++
+	return true
+}
+
+// end uncounts a call; the last call of a session going away closes it.
+func (s *session) end() {
+	s.amu.Lock()
+	s.calls--
+	idle := s.away && s.calls == 0
+	s.amu.Unlock()
+	if idle {
+		s.close(errGoingAway)
+	}
+}
+
+// goAway: the server is draining. New calls wait for the next connection
+// (forget); this one closes once its calls in flight are answered, and
+// the client reconnects with its usual back-off.
+func (s *session) goAway() {
+	s.c.forget(s)
+	s.amu.Lock()
+	s.away = true
+	idle := s.calls == 0
+	s.amu.Unlock()
+	if idle {
+		s.close(errGoingAway)
+	}
 }
 
 func newSession(c *Client, qc *quic.Conn) *session {
@@ -164,6 +208,9 @@ func (s *session) readControl(rd *wire.Reader) {
 			case s.reauthed <- p.GetReauth():
 			default:
 			}
+		case p.GetError().GetCode() == wire.CodeShutdown:
+			s.c.cfg.Logger.Debug("server going away", "err", p.GetError())
+			s.goAway()
 		case p.GetError() != nil:
 			s.c.cfg.Logger.Warn("server error", "err", p.GetError())
 		}
@@ -272,8 +319,13 @@ func (c *Client) do(ctx context.Context, req *wire.Request, bulky bool) (*wire.R
 		if err != nil {
 			return nil, err
 		}
+		if !s.begin() { // going away: wait for the next session
+			attempt--
+			continue
+		}
 		req.Id = c.nextID.Add(1)
 		if n := proto.Size(req) + 10; n > s.maxFrame {
+			s.end()
 			return nil, &wire.Error{Code: CodeTooLarge, Message: fmt.Sprintf("request of %d bytes exceeds the server's frame limit of %d bytes", n, s.maxFrame)}
 		}
 		var res *wire.Response
@@ -285,6 +337,7 @@ func (c *Client) do(ctx context.Context, req *wire.Request, bulky bool) (*wire.R
 				res, err = r.roundTrip(ctx, req)
 			}
 		}
+		s.end()
 		if err == nil {
 			if e := res.GetError(); e != nil {
 				return nil, e
