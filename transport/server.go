@@ -356,7 +356,6 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		err = s.checkRevoked(claims)
 	}
 	if err != nil {
-		s.cfg.Logger.Info("login refused", "remote", qc.RemoteAddr(), "reason", err)
 		refuse(wire.CodeUnauthorized, err.Error())
 		return
 	}
