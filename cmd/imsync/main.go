@@ -9,6 +9,7 @@
 //	imsync convs | history --conv ID | sync [--state FILE] | tail | read --conv ID --seq N | recall --conv ID --seq N
 //	imsync store append|read|log|scavenge|recover --data DIR ...
 //	imsync export | replay | stats --data DIR ...
+//	imsync api [--api HOST:PORT] [--api-key FILE] METHOD PATH [JSON|-]
 //	imsync version | completion bash|zsh|fish | help [COMMAND]
 //
 // Every command is one entry of the table in commands; `imsync COMMAND
@@ -111,6 +112,9 @@ func commands() []command {
 			synopsis: "--data DIR [--json]",
 			summary:  "replay the stats projection and print its table"},
 
+		{name: "api", section: sectionOther, run: runAPI,
+			synopsis: "[--api HOST:PORT] [--api-key FILE] METHOD PATH [JSON|-]",
+			summary:  "call the server API (serve --api) and print its JSON answer"},
 		{name: "bench", section: sectionOther, run: runBench, noEnv: []string{"server", "data"},
 			synopsis: "[--pairs 128] [--group 100] [--group-senders 16] [--duration 5s] [--idle 1000] [--server ADDR --data DIR]",
 			summary:  "load generator (starts its own server unless --server names one)"},
