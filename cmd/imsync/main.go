@@ -3,7 +3,7 @@
 //
 //	imsync serve --data DIR [--store esdb://HOST:2113?tls=false] [--listen HOST:PORT] [--config FILE] [limits...]
 //	imsync token --data DIR --user U --device D [--ttl 24h] | token --print-jwks (--data DIR | --key FILE.pem...)
-//	imsync send (--to USER | --conv ID) [--id ID] [--reply-to SEQ] [--mention USER]... TEXT|-
+//	imsync send (--to USER | --conv ID) [--id ID] [--reply-to SEQ] [--mention USER]... [--kind KIND] [--meta K=V]... TEXT|-
 //	imsync edit --conv ID --seq N TEXT|-
 //	imsync group create --name N --members a,b,c | group add|remove --conv ID USER
 //	imsync convs | history --conv ID | sync [--state FILE] | tail | read --conv ID --seq N | recall --conv ID --seq N
@@ -53,7 +53,7 @@ func commands() []command {
 			summary:  "mint a device token (a JWT) with the data directory's development key, or print a JWKS"},
 
 		{name: "send", section: sectionClient, run: runSend,
-			synopsis: "(--to USER | --conv ID) [--id CLIENT_MSG_ID] [--reply-to SEQ] [--mention USER]... TEXT|-",
+			synopsis: "(--to USER | --conv ID) [--id CLIENT_MSG_ID] [--reply-to SEQ] [--mention USER]... [--kind KIND] [--meta KEY=VALUE]... TEXT|-",
 			summary:  "send a message (TEXT, or standard input with -)"},
 		{name: "edit", section: sectionClient, run: runEdit,
 			synopsis: "--conv ID --seq N TEXT|-",
