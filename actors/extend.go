@@ -161,9 +161,11 @@ func Reject(reason, format string, args ...any) error {
 type MessageKind struct {
 	Name string // the kind, 1..128 bytes; not "text"
 	// Validate, if set, checks a message of this kind after the common
-	// rules (membership, sizes, the message replied to exists); an error
-	// refuses it with INVALID (or the *Failure returned). It runs inside the
-	// conversation, so it must be quick and must not block.
+	// rules (membership, sizes, the message replied to exists), and every
+	// edit of one (Draft.Edits set; Kind and ReplyTo the message's, Body the
+	// new one); an error refuses it with INVALID (or the *Failure returned).
+	// It runs inside the conversation, so it must be quick and must not
+	// block.
 	Validate func(d Draft) error
 	// NotUnread: the message does not count as unread (for anyone).
 	NotUnread bool
