@@ -19,7 +19,8 @@ import (
 
 // moderationHook is a before-send webhook receiver: a real HTTP server
 // that checks signatures, rejects "spam" (reason "no-spam"), rewrites
-// "darn" to "d**n" and tags the message, and allows the rest.
+// "darn" to "d**n" and tags the message, never answers about "slow", and
+// allows the rest.
 type moderationHook struct {
 	srv    *httptest.Server
 	secret []byte
@@ -53,6 +54,9 @@ func newModerationHook(t *testing.T, secret []byte) *moderationHook {
 			text = *m.Text
 		}
 		switch {
+		case strings.Contains(text, "slow"):
+			<-r.Context().Done() // answers only too late: the server gave up
+			return
 		case strings.Contains(text, "spam"):
 			w.Write([]byte(`{"action":"reject","reason":"no-spam"}`))
 		case strings.Contains(text, "darn"):
@@ -140,9 +144,9 @@ func gapless(t *testing.T, bob *client.Client, want ...string) []map[string]stri
 // TestBeforeSendWebhook runs `imsync serve --before-send-webhook` against a
 // real HTTP receiver: a reject reaches the sending device as REJECTED with
 // the receiver's reason, a rewrite is what the other member receives, an
-// edit is asked too, and a receiver that is down refuses messages with
-// CHECK_FAILED when failing closed and lets them through unchanged when
-// failing open. Refused messages leave no gap.
+// edit is asked too, and a receiver that answers too late or is down
+// refuses messages with CHECK_FAILED when failing closed and lets them
+// through unchanged when failing open. Refused messages leave no gap.
 func TestBeforeSendWebhook(t *testing.T) {
 	secret := []byte("before-send secret")
 	secretFile := filepath.Join(t.TempDir(), "secret")
@@ -187,6 +191,12 @@ func TestBeforeSendWebhook(t *testing.T) {
 			t.Fatalf("the first send was asked as %+v", qs[0])
 		}
 
+		// A receiver that does not answer in time: fail closed refuses.
+		_, err = ann.Send(ctx, client.Message{Conversation: "g", ClientMsgID: "slow", Text: "slow"})
+		if client.CodeOf(err) != client.CodeCheckFailed || client.ReasonOf(err) != webhook.CheckName {
+			t.Fatalf("receiver too slow, fail closed: %v (code %d), want CHECK_FAILED", err, client.CodeOf(err))
+		}
+
 		// The receiver goes down: fail closed refuses, and nothing is stored.
 		hook.srv.Close()
 		_, err = ann.Send(ctx, client.Message{Conversation: "g", ClientMsgID: "4", Text: "anyone?"})
@@ -210,6 +220,10 @@ func TestBeforeSendWebhook(t *testing.T) {
 		if client.CodeOf(err) != client.CodeRejected {
 			t.Fatalf("spam while the receiver is up: %v", err)
 		}
+		// Too slow: fail open lets it through unchanged.
+		if _, err := ann.Send(ctx, client.Message{Conversation: "g", ClientMsgID: "slow", Text: "slow darn"}); err != nil {
+			t.Fatalf("receiver too slow, fail open: %v", err)
+		}
 		hook.srv.Close()
 		// Down: fail open lets messages through unchanged, even one the
 		// receiver would have rewritten.
@@ -218,9 +232,11 @@ func TestBeforeSendWebhook(t *testing.T) {
 				t.Fatalf("receiver down, fail open: %v", err)
 			}
 		}
-		md := gapless(t, bob, "darn, it is down", "still down")
-		if md[0]["moderated"] != "" {
-			t.Fatalf("a message let through unchecked carries %v", md[0])
+		md := gapless(t, bob, "slow darn", "darn, it is down", "still down")
+		for _, m := range md {
+			if m["moderated"] != "" {
+				t.Fatalf("a message let through unchecked carries %v", m)
+			}
 		}
 	})
 }
