@@ -99,7 +99,8 @@ type Check struct {
 }
 
 // Draft is a message on its way to be decided. Checks may change Kind,
-// Body and Metadata (of an edit, only Body counts); the rest is read-only.
+// Body and Metadata (of an edit, only Body counts: its Kind and ReplyTo
+// are the edited message's); the rest is read-only.
 // Whatever a check leaves is decided by the same rules as a client's
 // message: a body rewritten beyond MaxBodySize is refused with TOO_LARGE.
 type Draft struct {

@@ -184,7 +184,7 @@ func TestBeforeSendWebhook(t *testing.T) {
 		}
 		qs := hook.questions()
 		last := qs[len(qs)-1]
-		if last.Edits != seq || last.Sender != "ann" || last.Conversation != "g" {
+		if last.Edits != seq || last.Sender != "ann" || last.Conversation != "g" || last.Kind != "text" {
 			t.Fatalf("the edit was asked as %+v", last)
 		}
 		if qs[0].ClientMsgID != "1" || qs[0].Device != "d" || qs[0].Kind != "text" {

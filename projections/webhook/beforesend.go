@@ -27,7 +27,8 @@ import (
 //	{"conversation":"trip","sender":"ann","device":"phone","client_msg_id":"m1",
 //	 "kind":"text","text":"hello","body":"aGVsbG8=","reply_to":0,"mentions":[]}
 //
-// (an edit carries "edits": the seq of the message it replaces, and no kind).
+// (an edit carries "edits": the seq of the message it replaces, its new
+// body, and the message's kind and reply_to; a rewrite changes its body only).
 // Answer, status 200:
 //
 //	{"action":"allow"}
