@@ -46,8 +46,10 @@ type msgRef struct {
 }
 
 type msgInfo struct {
-	sender string
-	at     int64
+	sender  string
+	at      int64
+	kind    string // for the kind's validation of an edit
+	replyTo uint64
 }
 
 func newConvState(id string) *convState {
@@ -216,7 +218,8 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 		return written(&eventspb.MessageRecalled{Seq: c.Seq, By: c.Actor, AtUnixMs: at})
 
 	case *EditMessage:
-		if _, f := s.checkAuthorOrAdmin(c.Actor, c.Seq, lim.EditWindow, at, "edited"); f != nil {
+		info, f := s.checkAuthorOrAdmin(c.Actor, c.Seq, lim.EditWindow, at, "edited")
+		if f != nil {
 			return nil, nil, f
 		}
 		if s.recalled[c.Seq] {
@@ -224,6 +227,14 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 		}
 		if len(c.Body) == 0 || len(c.Body) > lim.MaxBodySize {
 			return nil, nil, fail(Code_INVALID, "edited body must be 1..%d bytes", lim.MaxBodySize)
+		}
+		// The edited message keeps its kind, so the kind's rules hold for
+		// its new body too.
+		if rules, custom := lim.ext.kind(info.kind); custom {
+			d := Draft{Kind: info.kind, Body: c.Body, conv: s.id, sender: c.Actor, edits: c.Seq, replyTo: info.replyTo}
+			if f := validateKind(rules, d); f != nil {
+				return nil, nil, f
+			}
 		}
 		return written(&eventspb.MessageEdited{Seq: c.Seq, By: c.Actor, Body: c.Body, AtUnixMs: at})
 	}
@@ -360,7 +371,7 @@ func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 		if !e.NoBump {
 			s.latestSeq, s.latest, s.lastActivity = seq, e, e.AtUnixMs
 		}
-		s.recent[seq] = &msgInfo{sender: e.Sender, at: e.AtUnixMs}
+		s.recent[seq] = &msgInfo{sender: e.Sender, at: e.AtUnixMs, kind: e.Kind, replyTo: e.ReplyTo}
 		s.order = append(s.order, seq)
 		s.forgetOld(e.AtUnixMs, max(lim.RecallWindow, lim.EditWindow))
 		if e.ClientMsgId != "" {
@@ -493,7 +504,7 @@ func (s *convState) snapshot() *ConvSnapshot {
 	}
 	for _, seq := range s.order {
 		if m := s.recent[seq]; m != nil {
-			out.Recent = append(out.Recent, &RecentMessage{Seq: seq, Sender: m.sender, AtUnixMs: m.at})
+			out.Recent = append(out.Recent, &RecentMessage{Seq: seq, Sender: m.sender, AtUnixMs: m.at, Kind: m.kind, ReplyTo: m.replyTo})
 		}
 	}
 	for seq := range s.recalled {
@@ -545,7 +556,7 @@ func convStateFromSnapshot(id string, lastSeq uint64, snap *ConvSnapshot) (*conv
 		}
 	}
 	for _, m := range snap.Recent {
-		s.recent[m.Seq] = &msgInfo{sender: m.Sender, at: m.AtUnixMs}
+		s.recent[m.Seq] = &msgInfo{sender: m.Sender, at: m.AtUnixMs, kind: m.Kind, replyTo: m.ReplyTo}
 		s.order = append(s.order, m.Seq)
 	}
 	for _, seq := range snap.Recalled {

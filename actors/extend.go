@@ -99,7 +99,8 @@ type Check struct {
 }
 
 // Draft is a message on its way to be decided. Checks may change Kind,
-// Body and Metadata (of an edit, only Body counts); the rest is read-only.
+// Body and Metadata (of an edit, only Body counts: its Kind and ReplyTo
+// are the edited message's); the rest is read-only.
 // Whatever a check leaves is decided by the same rules as a client's
 // message: a body rewritten beyond MaxBodySize is refused with TOO_LARGE.
 type Draft struct {
@@ -161,9 +162,11 @@ func Reject(reason, format string, args ...any) error {
 type MessageKind struct {
 	Name string // the kind, 1..128 bytes; not "text"
 	// Validate, if set, checks a message of this kind after the common
-	// rules (membership, sizes, the message replied to exists); an error
-	// refuses it with INVALID (or the *Failure returned). It runs inside the
-	// conversation, so it must be quick and must not block.
+	// rules (membership, sizes, the message replied to exists), and every
+	// edit of one (Draft.Edits set; Kind and ReplyTo the message's, Body the
+	// new one); an error refuses it with INVALID (or the *Failure returned).
+	// It runs inside the conversation, so it must be quick and must not
+	// block.
 	Validate func(d Draft) error
 	// NotUnread: the message does not count as unread (for anyone).
 	NotUnread bool

@@ -32,6 +32,12 @@ type checksDone struct {
 func (g *conversationGrain) submit(ctx actor.Context, cmd proto.Message) {
 	checks := g.svc.ext.checks
 	draft := draftOf(g.id, cmd)
+	if e, ok := cmd.(*EditMessage); ok && draft != nil && g.state != nil {
+		// Checks see what is edited: the message's kind and reply-to.
+		if info := g.state.recent[e.Seq]; info != nil {
+			draft.Kind, draft.replyTo = info.kind, info.replyTo
+		}
+	}
 	if len(g.checking) == 0 && (len(checks) == 0 || draft == nil) {
 		g.write(ctx, ctx.Sender(), cmd)
 		return

@@ -2161,10 +2161,14 @@ func (x *ConvSnapshot) GetUncounted() []uint64 {
 }
 
 type RecentMessage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Sender        string                 `protobuf:"bytes,2,opt,name=sender,proto3" json:"sender,omitempty"`
-	AtUnixMs      int64                  `protobuf:"varint,3,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Seq      uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Sender   string                 `protobuf:"bytes,2,opt,name=sender,proto3" json:"sender,omitempty"`
+	AtUnixMs int64                  `protobuf:"varint,3,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	// What an edit's kind validation sees of the message (docs/extending.md);
+	// empty in snapshots written before they were kept.
+	Kind          string `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	ReplyTo       uint64 `protobuf:"varint,5,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2216,6 +2220,20 @@ func (x *RecentMessage) GetSender() string {
 func (x *RecentMessage) GetAtUnixMs() int64 {
 	if x != nil {
 		return x.AtUnixMs
+	}
+	return 0
+}
+
+func (x *RecentMessage) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RecentMessage) GetReplyTo() uint64 {
+	if x != nil {
+		return x.ReplyTo
 	}
 	return 0
 }
@@ -2439,12 +2457,14 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"clientSeqs\x12\x1f\n" +
 	"\vlarge_since\x18\x13 \x01(\x04R\n" +
 	"largeSince\x12\x1c\n" +
-	"\tuncounted\x18\x14 \x03(\x04R\tuncounted\"W\n" +
+	"\tuncounted\x18\x14 \x03(\x04R\tuncounted\"\x86\x01\n" +
 	"\rRecentMessage\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06sender\x18\x02 \x01(\tR\x06sender\x12\x1c\n" +
 	"\n" +
-	"at_unix_ms\x18\x03 \x01(\x03R\batUnixMs\"2\n" +
+	"at_unix_ms\x18\x03 \x01(\x03R\batUnixMs\x12\x12\n" +
+	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x19\n" +
+	"\breply_to\x18\x05 \x01(\x04R\areplyTo\"2\n" +
 	"\n" +
 	"EditedBody\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +

@@ -63,7 +63,7 @@ func (c *conn) handle(ctx context.Context, req *wire.Request) *wire.Response {
 		var r actors.SendResult
 		r, err = svc.Send(ctx, actors.SendRequest{
 			Conversation: conv, Sender: c.user, Device: c.device, ClientMsgID: m.ClientMsgId,
-			Kind: m.Kind, Body: m.Body, ReplyTo: m.ReplyTo, Mentions: m.Mentions,
+			Kind: m.Kind, Body: m.Body, ReplyTo: m.ReplyTo, Mentions: m.Mentions, Metadata: m.Metadata,
 		})
 		res.Result = &wire.Response_Sent{Sent: &wire.Sent{Conversation: conv, Seq: r.Seq, Duplicate: r.Duplicate, ClientMsgId: m.ClientMsgId}}
 	case *wire.Request_CreateGroup:

@@ -231,6 +231,9 @@ func runSend(ctx context.Context, args []string, out io.Writer) error {
 	replyTo := fs.Uint64("reply-to", 0, "`SEQ` of the message of the conversation this one replies to")
 	var mentions multiFlag
 	fs.Var(&mentions, "mention", "`USER` mentioned, a member of the conversation (repeatable)")
+	kind := fs.String("kind", "", "message `KIND` (default text; the server's extensions give kinds their rules)")
+	var meta metaFlag
+	fs.Var(&meta, "meta", "`KEY=VALUE` stored with the message (repeatable)")
 	if err := parseFlags(ctx, fs, args); err != nil {
 		return err
 	}
@@ -250,12 +253,45 @@ func runSend(ctx context.Context, args []string, out io.Writer) error {
 	if cid == "" {
 		cid = uuid.NewString()
 	}
-	r, err := c.Send(ctx, client.Message{To: *to, Conversation: *conv, ClientMsgID: cid, Text: text, ReplyTo: *replyTo, Mentions: mentions})
+	r, err := c.Send(ctx, client.Message{To: *to, Conversation: *conv, ClientMsgID: cid, Text: text, ReplyTo: *replyTo, Mentions: mentions,
+		Kind: *kind, Metadata: meta.m})
 	if err != nil {
 		return err
 	}
 	cf.printer(out).print([]string{"conversation", "seq", "client_msg_id", "duplicate"},
 		map[string]any{"conversation": r.Conversation, "seq": r.Seq, "client_msg_id": cid, "duplicate": r.Duplicate})
+	return nil
+}
+
+// metaFlag is send's repeatable --meta KEY=VALUE.
+type metaFlag struct{ m map[string]string }
+
+func (f *metaFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	var kv []string
+	for k, v := range f.m {
+		kv = append(kv, k+"="+v)
+	}
+	return strings.Join(kv, ",")
+}
+
+func (f *metaFlag) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	switch {
+	case !ok || k == "":
+		return fmt.Errorf("%q: want KEY=VALUE", s)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%q: keys and values are UTF-8 text", s)
+	}
+	if _, dup := f.m[k]; dup {
+		return fmt.Errorf("key %q given twice", k)
+	}
+	if f.m == nil {
+		f.m = map[string]string{}
+	}
+	f.m[k] = v
 	return nil
 }
 
@@ -500,13 +536,20 @@ func runHistory(ctx context.Context, args []string, out io.Writer) error {
 	}
 }
 
-// addReply adds a message's reply_to and mentions to rec, when it has them.
+// addReply adds a message's reply_to and mentions to rec, when it has them,
+// and (printed with --json) a kind other than text and the metadata.
 func addReply(rec map[string]any, m *eventspb.MessageSent) {
 	if m.GetReplyTo() != 0 {
 		rec["reply_to"] = m.GetReplyTo()
 	}
 	if len(m.GetMentions()) > 0 {
 		rec["mentions"] = m.GetMentions()
+	}
+	if k := m.GetKind(); k != "" && k != "text" {
+		rec["kind"] = k
+	}
+	if len(m.GetMetadata()) > 0 {
+		rec["metadata"] = m.GetMetadata()
 	}
 }
 

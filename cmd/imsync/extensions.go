@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/projections"
 	"github.com/imsync/imsync/projections/webhook"
 	"github.com/imsync/imsync/transport/api"
@@ -23,7 +24,14 @@ import (
 type extensionFlags struct {
 	webhook, webhookSecret string
 	api, apiKey            string
+
+	beforeSend, beforeSendSecret, beforeSendFail string
+	beforeSendTimeout                            time.Duration
 }
+
+// defaultBeforeSendTimeout leaves room, within actors.MaxChecksTimeout,
+// for the checks of plugin packages.
+const defaultBeforeSendTimeout = time.Second
 
 // extensions holds what the flags asked for, checked before anything
 // starts: a bad flag changes nothing.
@@ -32,6 +40,29 @@ type extensions struct {
 	secret     []byte
 	apiAddr    string
 	apiKey     []byte
+	beforeSend *webhook.BeforeSend // nil: no before-send webhook
+}
+
+// actorExtensions are the checks the flags add to the grains.
+func (x *extensions) actorExtensions() actors.Extensions {
+	if x == nil || x.beforeSend == nil {
+		return actors.Extensions{}
+	}
+	return actors.Extensions{Checks: []actors.Check{x.beforeSend.AsCheck()}}
+}
+
+// readSecret reads a secret file: its content without surrounding white
+// space, not empty.
+func readSecret(flagName, path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("serve: --%s: %w", flagName, err)
+	}
+	secret := []byte(strings.TrimSpace(string(b)))
+	if len(secret) == 0 {
+		return nil, fmt.Errorf("serve: --%s: %s is empty", flagName, path)
+	}
+	return secret, nil
 }
 
 func (f extensionFlags) check() (*extensions, error) {
@@ -43,16 +74,16 @@ func (f extensionFlags) check() (*extensions, error) {
 		}
 	}
 	if f.webhookSecret != "" {
-		if f.webhook == "" {
-			return nil, fmt.Errorf("%w: --webhook-secret needs --webhook", errUsage)
+		if f.webhook == "" && f.beforeSend == "" {
+			return nil, fmt.Errorf("%w: --webhook-secret needs --webhook or --before-send-webhook", errUsage)
 		}
-		b, err := os.ReadFile(f.webhookSecret)
-		if err != nil {
-			return nil, fmt.Errorf("serve: --webhook-secret: %w", err)
+		var err error
+		if x.secret, err = readSecret("webhook-secret", f.webhookSecret); err != nil {
+			return nil, err
 		}
-		if x.secret = []byte(strings.TrimSpace(string(b))); len(x.secret) == 0 {
-			return nil, fmt.Errorf("serve: --webhook-secret: %s is empty", f.webhookSecret)
-		}
+	}
+	if err := f.checkBeforeSend(x); err != nil {
+		return nil, err
 	}
 	if f.api != "" {
 		if f.apiKey == "" {
@@ -67,6 +98,48 @@ func (f extensionFlags) check() (*extensions, error) {
 		return nil, fmt.Errorf("%w: --api-key needs --api ADDR", errUsage)
 	}
 	return x, nil
+}
+
+// checkBeforeSend reads the --before-send-* flags into x.beforeSend.
+func (f extensionFlags) checkBeforeSend(x *extensions) error {
+	if f.beforeSend == "" {
+		if f.beforeSendSecret != "" {
+			return fmt.Errorf("%w: --before-send-secret needs --before-send-webhook", errUsage)
+		}
+		return nil
+	}
+	b := &webhook.BeforeSend{URL: f.beforeSend, Secret: x.secret, Timeout: f.beforeSendTimeout}
+	if err := b.Validate(); err != nil {
+		return fmt.Errorf("%w: --before-send-webhook: %v", errUsage, err)
+	}
+	policy := f.beforeSendFail
+	if policy == "" {
+		policy = "closed"
+	}
+	var err error
+	if b.FailOpen, err = webhook.ParseFailPolicy(policy); err != nil {
+		return fmt.Errorf("%w: --before-send-fail: %v", errUsage, err)
+	}
+	// The webhook's timeout is its check's deadline; all checks together
+	// get at most actors.MaxChecksTimeout, plugin packages' included.
+	budget := actors.MaxChecksTimeout
+	for _, c := range actors.Registered().Checks {
+		if c.Timeout <= 0 {
+			c.Timeout = actors.DefaultCheckTimeout
+		}
+		budget -= c.Timeout
+	}
+	if b.Timeout <= 0 || b.Timeout > budget {
+		return fmt.Errorf("%w: --before-send-timeout %s: want more than 0 and at most %s (all checks together get at most %s)",
+			errUsage, b.Timeout, budget, actors.MaxChecksTimeout)
+	}
+	if f.beforeSendSecret != "" {
+		if b.Secret, err = readSecret("before-send-secret", f.beforeSendSecret); err != nil {
+			return err
+		}
+	}
+	x.beforeSend = b
+	return nil
 }
 
 // start runs the webhook sender and the API listener on st; stop ends
@@ -139,6 +212,13 @@ func (x *extensions) start(st *stack, data string, logger *slog.Logger, out io.W
 			}
 		}()
 		fmt.Fprintf(out, "server API on http://%s\n", ln.Addr())
+	}
+	if b := x.beforeSend; b != nil {
+		policy := "closed"
+		if b.FailOpen {
+			policy = "open"
+		}
+		fmt.Fprintf(out, "before-send webhook: %s (timeout %s, fail %s)\n", b.URL, b.Timeout, policy)
 	}
 	return stop, nil
 }

@@ -3,13 +3,14 @@
 //
 //	imsync serve --data DIR [--store esdb://HOST:2113?tls=false] [--listen HOST:PORT] [--config FILE] [limits...]
 //	imsync token --data DIR --user U --device D [--ttl 24h] | token --print-jwks (--data DIR | --key FILE.pem...)
-//	imsync send (--to USER | --conv ID) [--id ID] [--reply-to SEQ] [--mention USER]... TEXT|-
+//	imsync send (--to USER | --conv ID) [--id ID] [--reply-to SEQ] [--mention USER]... [--kind KIND] [--meta K=V]... TEXT|-
 //	imsync edit --conv ID --seq N TEXT|-
 //	imsync group create --name N --members a,b,c | group add|remove --conv ID USER
 //	imsync convs | history --conv ID | sync [--state FILE] | tail | read --conv ID --seq N | recall --conv ID --seq N
 //	imsync search [--conv ID] [--from USER] QUERY
 //	imsync store append|read|log|scavenge|recover --data DIR ...
 //	imsync export | replay | stats --data DIR ... | backup --data DIR --out DIR2
+//	imsync api [--api HOST:PORT] [--api-key FILE] METHOD PATH [JSON|-]
 //	imsync version | completion bash|zsh|fish | help [COMMAND]
 //
 // Every command is one entry of the table in commands; `imsync COMMAND
@@ -53,7 +54,7 @@ func commands() []command {
 			summary:  "mint a device token (a JWT) with the data directory's development key, or print a JWKS"},
 
 		{name: "send", section: sectionClient, run: runSend,
-			synopsis: "(--to USER | --conv ID) [--id CLIENT_MSG_ID] [--reply-to SEQ] [--mention USER]... TEXT|-",
+			synopsis: "(--to USER | --conv ID) [--id CLIENT_MSG_ID] [--reply-to SEQ] [--mention USER]... [--kind KIND] [--meta KEY=VALUE]... TEXT|-",
 			summary:  "send a message (TEXT, or standard input with -)"},
 		{name: "edit", section: sectionClient, run: runEdit,
 			synopsis: "--conv ID --seq N TEXT|-",
@@ -118,6 +119,9 @@ func commands() []command {
 		{name: "backup", section: sectionServer, run: runBackup,
 			synopsis: "--data DIR --out DIR2",
 			summary:  "copy a server's data directory consistently, the server running or not"},
+		{name: "api", section: sectionOther, run: runAPI,
+			synopsis: "[--api HOST:PORT] [--api-key FILE] METHOD PATH [JSON|-]",
+			summary:  "call the server API (serve --api) and print its JSON answer"},
 
 		{name: "bench", section: sectionOther, run: runBench, noEnv: []string{"server", "data"},
 			synopsis: "[--pairs 128] [--group 100] [--group-senders 16] [--duration 5s] [--idle 1000] [--server ADDR --data DIR]",

@@ -68,6 +68,10 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	fs.BoolVar(&searchOn, "search", searchOn, "keep the search index in DIR/projections/search live and answer search requests (or IMSYNC_SEARCH)")
+	fs.StringVar(&ext.beforeSend, "before-send-webhook", "", "URL asked about every send and edit before it is decided: allow, reject or rewrite (docs/extending.md)")
+	fs.DurationVar(&ext.beforeSendTimeout, "before-send-timeout", defaultBeforeSendTimeout, "how long the before-send webhook may take: the check's deadline")
+	fs.StringVar(&ext.beforeSendFail, "before-send-fail", "closed", "when the before-send webhook fails or times out: closed refuses the message (CHECK_FAILED), open lets it through unchanged")
+	fs.StringVar(&ext.beforeSendSecret, "before-send-secret", "", "file holding the secret that signs before-send requests (default: --webhook-secret's)")
 	fs.Var(&retention, "sync-retention", "how long sync-timeline entries are kept, e.g. 30d or 72h; 0 keeps them for ever (or IMSYNC_SYNC_RETENTION)")
 	limits := registerLimitFlags(fs)
 	if err := parseFlags(ctx, fs, args); err != nil {
@@ -93,6 +97,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	var tcfg transport.Config
 	var certs *transport.CertFiles
 	acfg := actors.Config{SyncRetention: time.Duration(retention)}
+	acfg.Extensions = exts.actorExtensions() // the before-send webhook
 	if err := limits.apply(&tcfg, &acfg); err != nil {
 		return err
 	}

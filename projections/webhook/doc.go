@@ -83,4 +83,16 @@
 // so a re-sent one carries the same key. Messages of read-fanout groups
 // have no per-member entry and fire nothing; nor do recalls, edits,
 // membership changes and read markers.
+//
+// # Before-send webhook
+//
+// BeforeSend asks an endpoint about each send and edit before it is
+// decided — allow, reject with a reason, or rewrite — for moderation in
+// any language. AsCheck makes it a check of the service:
+//
+//	hook := &webhook.BeforeSend{URL: "https://backend.example/imsync-check", Secret: secret,
+//		Timeout: 500 * time.Millisecond, FailOpen: false}
+//	cfg.Extensions.Checks = append(cfg.Extensions.Checks, hook.AsCheck())
+//
+// `imsync serve --before-send-webhook URL` does exactly this.
 package webhook

@@ -133,10 +133,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 type Error struct {
 	Code  uint32 `json:"code"`
 	Error string `json:"error"`
+	// Reason: of a REJECTED answer, the check's reason code; of a
+	// CHECK_FAILED one, the name of the check that failed.
+	Reason string `json:"reason,omitempty"`
 }
 
 func writeError(w http.ResponseWriter, e *wire.Error) {
-	writeJSON(w, httpStatus(e.Code), Error{Code: e.Code, Error: e.Message})
+	writeJSON(w, httpStatus(e.Code), Error{Code: e.Code, Error: e.Message, Reason: e.Reason})
 }
 
 // httpStatus maps a wire code to the HTTP status of its answer.
@@ -154,8 +157,10 @@ func httpStatus(code uint32) int {
 		return http.StatusRequestEntityTooLarge
 	case uint32(actors.Code_EXPIRED):
 		return http.StatusGone
-	case uint32(actors.Code_UNAVAILABLE):
+	case uint32(actors.Code_UNAVAILABLE), uint32(actors.Code_CHECK_FAILED):
 		return http.StatusServiceUnavailable
+	case uint32(actors.Code_REJECTED):
+		return http.StatusUnprocessableEntity
 	case wire.CodeUnknown:
 		return http.StatusNotFound
 	case wire.CodeUnauthorized:
@@ -174,7 +179,7 @@ func toError(err error) *wire.Error {
 	}
 	var f *actors.Failure
 	if errors.As(err, &f) {
-		return &wire.Error{Code: uint32(f.Code), Message: f.Message}
+		return &wire.Error{Code: uint32(f.Code), Message: f.Message, Reason: f.Reason}
 	}
 	var mb *http.MaxBytesError
 	if errors.As(err, &mb) {

@@ -76,7 +76,10 @@ type SendRequest struct {
 	Body         []byte   `json:"body,omitempty"`
 	ReplyTo      uint64   `json:"reply_to,omitempty"`
 	Mentions     []string `json:"mentions,omitempty"`
-	System       bool     `json:"system,omitempty"`
+	// Metadata is stored with the message (actors.MaxMetadataKeys,
+	// actors.MaxMetadataSize).
+	Metadata map[string]string `json:"metadata,omitempty"`
+	System   bool              `json:"system,omitempty"`
 }
 
 // Sent answers a send.
@@ -112,7 +115,7 @@ func (a *API) send(ctx context.Context, r *http.Request) (any, error) {
 	}
 	res, err := svc.Send(ctx, actors.SendRequest{
 		Conversation: conv, Sender: q.Sender, Device: q.Device, ClientMsgID: q.ClientMsgID, Kind: q.Kind,
-		Body: body, ReplyTo: q.ReplyTo, Mentions: q.Mentions, System: q.System,
+		Body: body, ReplyTo: q.ReplyTo, Mentions: q.Mentions, System: q.System, Metadata: q.Metadata,
 	})
 	if err != nil {
 		return nil, err
@@ -348,18 +351,20 @@ func (a *API) revoke(ctx context.Context, r *http.Request) (any, error) {
 // Message is a stored message. Text is its body when UTF-8; Body always
 // (base64 in JSON).
 type Message struct {
-	Seq          uint64    `json:"seq"`
-	Sender       string    `json:"sender"`
-	SenderDevice string    `json:"sender_device,omitempty"`
-	ClientMsgID  string    `json:"client_msg_id,omitempty"`
-	Kind         string    `json:"kind"`
-	Text         *string   `json:"text,omitempty"`
-	Body         []byte    `json:"body"`
-	ReplyTo      uint64    `json:"reply_to,omitempty"`
-	Mentions     []string  `json:"mentions,omitempty"`
-	At           time.Time `json:"at"`
-	Recalled     bool      `json:"recalled,omitempty"`
-	Edited       bool      `json:"edited,omitempty"`
+	Seq          uint64   `json:"seq"`
+	Sender       string   `json:"sender"`
+	SenderDevice string   `json:"sender_device,omitempty"`
+	ClientMsgID  string   `json:"client_msg_id,omitempty"`
+	Kind         string   `json:"kind"`
+	Text         *string  `json:"text,omitempty"`
+	Body         []byte   `json:"body"`
+	ReplyTo      uint64   `json:"reply_to,omitempty"`
+	Mentions     []string `json:"mentions,omitempty"`
+	// Metadata: from the sender or a check (docs/extending.md).
+	Metadata map[string]string `json:"metadata,omitempty"`
+	At       time.Time         `json:"at"`
+	Recalled bool              `json:"recalled,omitempty"`
+	Edited   bool              `json:"edited,omitempty"`
 }
 
 // History is a page of a conversation's messages.
@@ -441,7 +446,7 @@ func message(seq uint64, m *eventspb.MessageSent) *Message {
 	}
 	out := &Message{
 		Seq: seq, Sender: m.Sender, SenderDevice: m.SenderDevice, ClientMsgID: m.ClientMsgId, Kind: m.Kind,
-		Body: m.Body, ReplyTo: m.ReplyTo, Mentions: m.Mentions, At: unixMs(m.AtUnixMs),
+		Body: m.Body, ReplyTo: m.ReplyTo, Mentions: m.Mentions, Metadata: m.Metadata, At: unixMs(m.AtUnixMs),
 	}
 	if utf8Valid(m.Body) {
 		s := string(m.Body)

@@ -90,6 +90,9 @@ type Message struct {
 	Body         []byte // used when Text is empty
 	ReplyTo      uint64
 	Mentions     []string
+	// Metadata is stored with the message: at most 32 entries, keys and
+	// values at most 4 KiB together (TOO_LARGE beyond).
+	Metadata map[string]string
 }
 
 // Send sends a message; it returns once the message is durable.
@@ -100,7 +103,7 @@ func (c *Client) Send(ctx context.Context, m Message) (*wire.Sent, error) {
 	}
 	res, err := c.call(ctx, &wire.Request{Op: &wire.Request_Send{Send: &wire.Send{
 		Conversation: m.Conversation, ToUser: m.To, ClientMsgId: m.ClientMsgID, Kind: m.Kind,
-		Body: body, ReplyTo: m.ReplyTo, Mentions: m.Mentions,
+		Body: body, ReplyTo: m.ReplyTo, Mentions: m.Mentions, Metadata: m.Metadata,
 	}}}, false)
 	if err != nil {
 		return nil, err

@@ -948,14 +948,17 @@ func (*Request_Conversation) isRequest_Op() {}
 func (*Request_Search) isRequest_Op() {}
 
 type Send struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Conversation  string                 `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"` // or to_user for a direct conversation
-	ToUser        string                 `protobuf:"bytes,2,opt,name=to_user,json=toUser,proto3" json:"to_user,omitempty"`
-	ClientMsgId   string                 `protobuf:"bytes,3,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
-	Kind          string                 `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
-	Body          []byte                 `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
-	ReplyTo       uint64                 `protobuf:"varint,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
-	Mentions      []string               `protobuf:"bytes,7,rep,name=mentions,proto3" json:"mentions,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Conversation string                 `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"` // or to_user for a direct conversation
+	ToUser       string                 `protobuf:"bytes,2,opt,name=to_user,json=toUser,proto3" json:"to_user,omitempty"`
+	ClientMsgId  string                 `protobuf:"bytes,3,opt,name=client_msg_id,json=clientMsgId,proto3" json:"client_msg_id,omitempty"`
+	Kind         string                 `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	Body         []byte                 `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	ReplyTo      uint64                 `protobuf:"varint,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
+	Mentions     []string               `protobuf:"bytes,7,rep,name=mentions,proto3" json:"mentions,omitempty"`
+	// Stored with the message (MessageSent.metadata): at most 32 entries,
+	// keys and values at most 4 KiB together; refused with TOO_LARGE beyond.
+	Metadata      map[string]string `protobuf:"bytes,8,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1035,6 +1038,13 @@ func (x *Send) GetReplyTo() uint64 {
 func (x *Send) GetMentions() []string {
 	if x != nil {
 		return x.Mentions
+	}
+	return nil
+}
+
+func (x *Send) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
 	}
 	return nil
 }
@@ -2405,7 +2415,7 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\rconversations\x18\x13 \x01(\v2!.imsync.wire.v1.ListConversationsH\x00R\rconversations\x12E\n" +
 	"\fconversation\x18\x14 \x01(\v2\x1f.imsync.wire.v1.GetConversationH\x00R\fconversation\x120\n" +
 	"\x06search\x18\x1e \x01(\v2\x16.imsync.wire.v1.SearchH\x00R\x06searchB\x04\n" +
-	"\x02op\"\xc6\x01\n" +
+	"\x02op\"\xc3\x02\n" +
 	"\x04Send\x12\"\n" +
 	"\fconversation\x18\x01 \x01(\tR\fconversation\x12\x17\n" +
 	"\ato_user\x18\x02 \x01(\tR\x06toUser\x12\"\n" +
@@ -2413,7 +2423,11 @@ const file_imsync_wire_proto_rawDesc = "" +
 	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04body\x18\x05 \x01(\fR\x04body\x12\x19\n" +
 	"\breply_to\x18\x06 \x01(\x04R\areplyTo\x12\x1a\n" +
-	"\bmentions\x18\a \x03(\tR\bmentions\"K\n" +
+	"\bmentions\x18\a \x03(\tR\bmentions\x12>\n" +
+	"\bmetadata\x18\b \x03(\v2\".imsync.wire.v1.Send.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"K\n" +
 	"\vCreateGroup\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -2523,7 +2537,7 @@ func file_imsync_wire_proto_rawDescGZIP() []byte {
 	return file_imsync_wire_proto_rawDescData
 }
 
-var file_imsync_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_imsync_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_imsync_wire_proto_goTypes = []any{
 	(*Hello)(nil),                        // 0: imsync.wire.v1.Hello
 	(*Welcome)(nil),                      // 1: imsync.wire.v1.Welcome
@@ -2554,21 +2568,22 @@ var file_imsync_wire_proto_goTypes = []any{
 	(*ConversationRef)(nil),              // 26: imsync.wire.v1.ConversationRef
 	(*Done)(nil),                         // 27: imsync.wire.v1.Done
 	(*Error)(nil),                        // 28: imsync.wire.v1.Error
-	(*eventspb.ConversationSummary)(nil), // 29: imsync.events.v1.ConversationSummary
-	(*eventspb.SyncEntry)(nil),           // 30: imsync.events.v1.SyncEntry
-	(*eventspb.SyncPage)(nil),            // 31: imsync.events.v1.SyncPage
-	(*eventspb.History)(nil),             // 32: imsync.events.v1.History
-	(*eventspb.ConversationList)(nil),    // 33: imsync.events.v1.ConversationList
-	(*eventspb.ConversationInfo)(nil),    // 34: imsync.events.v1.ConversationInfo
+	nil,                                  // 29: imsync.wire.v1.Send.MetadataEntry
+	(*eventspb.ConversationSummary)(nil), // 30: imsync.events.v1.ConversationSummary
+	(*eventspb.SyncEntry)(nil),           // 31: imsync.events.v1.SyncEntry
+	(*eventspb.SyncPage)(nil),            // 32: imsync.events.v1.SyncPage
+	(*eventspb.History)(nil),             // 33: imsync.events.v1.History
+	(*eventspb.ConversationList)(nil),    // 34: imsync.events.v1.ConversationList
+	(*eventspb.ConversationInfo)(nil),    // 35: imsync.events.v1.ConversationInfo
 }
 var file_imsync_wire_proto_depIdxs = []int32{
-	29, // 0: imsync.wire.v1.Welcome.changed:type_name -> imsync.events.v1.ConversationSummary
+	30, // 0: imsync.wire.v1.Welcome.changed:type_name -> imsync.events.v1.ConversationSummary
 	1,  // 1: imsync.wire.v1.ServerPush.welcome:type_name -> imsync.wire.v1.Welcome
 	4,  // 2: imsync.wire.v1.ServerPush.notify:type_name -> imsync.wire.v1.Notify
 	28, // 3: imsync.wire.v1.ServerPush.error:type_name -> imsync.wire.v1.Error
 	3,  // 4: imsync.wire.v1.ServerPush.reauth:type_name -> imsync.wire.v1.ReauthResult
 	28, // 5: imsync.wire.v1.ReauthResult.error:type_name -> imsync.wire.v1.Error
-	30, // 6: imsync.wire.v1.Notify.entry:type_name -> imsync.events.v1.SyncEntry
+	31, // 6: imsync.wire.v1.Notify.entry:type_name -> imsync.events.v1.SyncEntry
 	7,  // 7: imsync.wire.v1.ClientControl.ack:type_name -> imsync.wire.v1.Ack
 	8,  // 8: imsync.wire.v1.ClientControl.ping:type_name -> imsync.wire.v1.Ping
 	6,  // 9: imsync.wire.v1.ClientControl.reauth:type_name -> imsync.wire.v1.Reauth
@@ -2584,21 +2599,22 @@ var file_imsync_wire_proto_depIdxs = []int32{
 	19, // 19: imsync.wire.v1.Request.conversations:type_name -> imsync.wire.v1.ListConversations
 	20, // 20: imsync.wire.v1.Request.conversation:type_name -> imsync.wire.v1.GetConversation
 	21, // 21: imsync.wire.v1.Request.search:type_name -> imsync.wire.v1.Search
-	22, // 22: imsync.wire.v1.SearchResult.hits:type_name -> imsync.wire.v1.SearchHit
-	28, // 23: imsync.wire.v1.Response.error:type_name -> imsync.wire.v1.Error
-	25, // 24: imsync.wire.v1.Response.sent:type_name -> imsync.wire.v1.Sent
-	26, // 25: imsync.wire.v1.Response.conversation_ref:type_name -> imsync.wire.v1.ConversationRef
-	27, // 26: imsync.wire.v1.Response.done:type_name -> imsync.wire.v1.Done
-	31, // 27: imsync.wire.v1.Response.sync:type_name -> imsync.events.v1.SyncPage
-	32, // 28: imsync.wire.v1.Response.history:type_name -> imsync.events.v1.History
-	33, // 29: imsync.wire.v1.Response.conversations:type_name -> imsync.events.v1.ConversationList
-	34, // 30: imsync.wire.v1.Response.conversation:type_name -> imsync.events.v1.ConversationInfo
-	23, // 31: imsync.wire.v1.Response.search:type_name -> imsync.wire.v1.SearchResult
-	32, // [32:32] is the sub-list for method output_type
-	32, // [32:32] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	29, // 22: imsync.wire.v1.Send.metadata:type_name -> imsync.wire.v1.Send.MetadataEntry
+	22, // 23: imsync.wire.v1.SearchResult.hits:type_name -> imsync.wire.v1.SearchHit
+	28, // 24: imsync.wire.v1.Response.error:type_name -> imsync.wire.v1.Error
+	25, // 25: imsync.wire.v1.Response.sent:type_name -> imsync.wire.v1.Sent
+	26, // 26: imsync.wire.v1.Response.conversation_ref:type_name -> imsync.wire.v1.ConversationRef
+	27, // 27: imsync.wire.v1.Response.done:type_name -> imsync.wire.v1.Done
+	32, // 28: imsync.wire.v1.Response.sync:type_name -> imsync.events.v1.SyncPage
+	33, // 29: imsync.wire.v1.Response.history:type_name -> imsync.events.v1.History
+	34, // 30: imsync.wire.v1.Response.conversations:type_name -> imsync.events.v1.ConversationList
+	35, // 31: imsync.wire.v1.Response.conversation:type_name -> imsync.events.v1.ConversationInfo
+	23, // 32: imsync.wire.v1.Response.search:type_name -> imsync.wire.v1.SearchResult
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_imsync_wire_proto_init() }
@@ -2649,7 +2665,7 @@ func file_imsync_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_wire_proto_rawDesc), len(file_imsync_wire_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
