@@ -46,7 +46,7 @@ type conversationGrain struct {
 	// checking holds the writes waiting for checks (Extensions.Checks), in
 	// arrival order; they are decided in that order once checked.
 	checking []*checkedWrite
-	backlog int // fanout items counted in the member's backlog (countBacklog)
+	backlog  int // fanout items counted in the member's backlog (countBacklog)
 }
 
 type fanoutItem struct {
