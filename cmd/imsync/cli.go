@@ -274,7 +274,12 @@ func reorderArgs(fs *flag.FlagSet, args []string) (ordered []string, help bool) 
 		if strings.Contains(name, "=") {
 			continue
 		}
-		if f := fs.Lookup(name); f != nil && !isBoolFlag(f) && i+1 < len(args) {
+		if f := fs.Lookup(name); f != nil && !isBoolFlag(f) {
+			if i+1 == len(args) {
+				// The value is missing: left last, the flag package says
+				// so, instead of taking the "--" below as the value.
+				return flags, help
+			}
 			flags = append(flags, args[i+1])
 			i++
 		}
