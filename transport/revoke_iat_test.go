@@ -1,0 +1,49 @@
+package transport_test
+
+import (
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/imsync/imsync/transport"
+	"github.com/imsync/imsync/transport/client"
+)
+
+// iat is optional, but a token without it cannot be told apart from one
+// issued before a revocation: once a user's tokens are revoked, such tokens
+// are refused for good, and the refusal says so (that new tokens need an
+// iat) instead of a bare "token revoked" that sends the backend hunting.
+// Tokens with an iat after the revocation log in.
+func TestRevokedUserTokenWithoutIatSaysWhy(t *testing.T) {
+	b := newBackend(t, "k1")
+	revs, err := transport.LoadRevocations(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var now atomic.Int64
+	now.Store(time.Now().Unix())
+	ts := startJWTServer(t, b, transport.Config{Revocations: revs, Now: func() time.Time { return time.Unix(now.Load(), 0) }})
+	noIat := func() string {
+		c := deviceClaims("ann", "phone", time.Hour)
+		delete(c, "iat")
+		return b.mint(t, "k1", c)
+	}
+	if _, err := dialToken(t, ts, noIat()); err != nil {
+		t.Fatalf("a token without iat before any revocation: %v", err)
+	}
+	if _, _, err := ts.srv.RevokeTokens("ann"); err != nil {
+		t.Fatal(err)
+	}
+	now.Add(5) // later tokens are minted after the revocation's second
+	_, err = dialToken(t, ts, noIat())
+	if !errors.Is(err, client.ErrBadToken) || !strings.Contains(err.Error(), "no iat") {
+		t.Fatalf("a token without iat after a revocation: %v, want a refusal that names the missing iat", err)
+	}
+	c := deviceClaims("ann", "phone", time.Hour)
+	c["iat"] = now.Load()
+	if _, err := dialToken(t, ts, b.mint(t, "k1", c)); err != nil {
+		t.Fatalf("a token with an iat after the revocation: %v", err)
+	}
+}
