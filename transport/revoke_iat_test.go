@@ -47,3 +47,34 @@ func TestRevokedUserTokenWithoutIatSaysWhy(t *testing.T) {
 		t.Fatalf("a token with an iat after the revocation: %v", err)
 	}
 }
+
+// A token whose iat lies ahead of the server's clock would outlive a
+// revocation until then (revocations refuse tokens issued up to their
+// second): one issued more than a minute in the future is refused.
+func TestTokenIssuedInTheFutureRefused(t *testing.T) {
+	b := newBackend(t, "k1")
+	revs, err := transport.LoadRevocations(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startJWTServer(t, b, transport.Config{Revocations: revs})
+	withIat := func(iat time.Time) string {
+		c := deviceClaims("ann", "phone", 48*time.Hour)
+		c["iat"] = iat.Unix()
+		return b.mint(t, "k1", c)
+	}
+	if _, err := dialToken(t, ts, withIat(time.Now().Add(30*time.Second))); err != nil {
+		t.Fatalf("iat 30 s ahead (clock skew): %v", err)
+	}
+	future := withIat(time.Now().Add(24 * time.Hour))
+	_, err = dialToken(t, ts, future)
+	if !errors.Is(err, client.ErrBadToken) || !strings.Contains(err.Error(), "iat") {
+		t.Fatalf("iat a day ahead: %v, want refused naming iat", err)
+	}
+	if _, _, err := ts.srv.RevokeTokens("ann"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dialToken(t, ts, future); err == nil {
+		t.Fatal("a token issued in the future outlived its user's revocation")
+	}
+}
