@@ -76,6 +76,10 @@ func verifyJWT(token string, now time.Time, keyOf keyLookup, rules TokenRules) (
 	}
 	var dc deviceClaims
 	_, err := jwt.NewParser(opts...).ParseWithClaims(token, &dc, func(t *jwt.Token) (any, error) {
+		if _, ok := t.Header["crit"]; ok {
+			// No header extension is understood here (RFC 7515, 4.1.11).
+			return nil, errors.New("the header has crit: no critical extension is supported")
+		}
 		kid, _ := t.Header["kid"].(string)
 		if kid == "" {
 			return nil, errors.New("the header has no kid")
