@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -24,5 +28,27 @@ func TestFlagMissingItsValue(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Fatalf("the working directory got %v", ents)
+	}
+}
+
+// A setting given twice in a --config file is a mistake (which line was
+// meant?) unless its flag is repeatable: the error names both lines.
+func TestConfigFileRepeatedSetting(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "imsync.conf")
+	parse := func(text string) error {
+		os.WriteFile(file, []byte(text), 0o644)
+		fs := newFlagSet("probe")
+		fs.String("listen", "", "")
+		var tags multiFlag
+		fs.Var(&tags, "tag", "")
+		inv := &invocation{cmd: &command{name: "probe", config: true}, out: &bytes.Buffer{}}
+		return parseFlags(context.WithValue(context.Background(), invocationKey{}, inv), fs, []string{"--config", file})
+	}
+	err := parse("listen = 127.0.0.1:7400\n# later\nlisten = 0.0.0.0:7400\n")
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "imsync.conf:3") || !strings.Contains(err.Error(), "line 1") {
+		t.Fatalf("a repeated setting: %v, want a usage error naming lines 1 and 3", err)
+	}
+	if err := parse("tag = a\ntag = b\n"); err != nil {
+		t.Fatalf("a repeatable setting given twice: %v", err)
 	}
 }
