@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/imsync/imsync/actors"
-	"github.com/imsync/imsync/events/teststore"
+	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/transport/api"
 )
 
@@ -34,8 +34,15 @@ func TestLargeGroupKeepsTheServiceResponsive(t *testing.T) {
 	if n, err := strconv.Atoi(os.Getenv("IMSYNC_LARGE_GROUP")); err == nil {
 		members = n
 	}
-	passivate := 2 * time.Second
-	svc, err := actors.Start(actors.Config{Store: teststore.Open(t), PassivateAfter: passivate})
+	passivate := 5 * time.Second
+	// The on-disk store, as `imsync serve` runs it: the members' grains
+	// write their snapshots there when they passivate.
+	store, err := events.Open(t.TempDir(), events.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	svc, err := actors.Start(actors.Config{Store: store, PassivateAfter: passivate})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,13 +58,15 @@ func TestLargeGroupKeepsTheServiceResponsive(t *testing.T) {
 	for i := range names {
 		names[i] = fmt.Sprintf("m%06d", i)
 	}
-	st.must(t, "POST", "/v1/groups", api.CreateGroupRequest{Creator: "boss", Name: "big", Members: names}, nil)
+	var big api.ConversationRef
+	st.must(t, "POST", "/v1/groups", api.CreateGroupRequest{Creator: "boss", Name: "big", Members: names}, &big)
+	st.must(t, "POST", "/v1/messages", api.SendRequest{Conversation: big.Conversation, Sender: "m000005", Text: "hello all"}, nil)
 	// Through several passivation rounds, an unrelated conversation keeps
 	// taking messages.
-	for i, end := 0, time.Now().Add(10*passivate); time.Now().Before(end); i++ {
+	for i, end := 0, time.Now().Add(12*passivate); time.Now().Before(end); i++ {
 		var sent api.Sent
 		if status, e := st.call(t, "POST", "/v1/messages", api.SendRequest{ToUser: "bob", Sender: "ann", Text: fmt.Sprint("ping ", i), ClientMsgID: fmt.Sprint(i)}, &sent); status != http.StatusOK {
-			t.Fatalf("send %d, %s after the group's creation: %d %+v", i, time.Since(end.Add(-10*passivate)).Round(time.Second), status, e)
+			t.Fatalf("send %d, %s after the group's creation: %d %+v", i, time.Since(end.Add(-12*passivate)).Round(time.Second), status, e)
 		}
 	}
 }
