@@ -41,6 +41,9 @@ func LoadRevocations(dir string) (*Revocations, error) {
 	if err := json.Unmarshal(b, &r.users); err != nil {
 		return nil, fmt.Errorf("transport: %s is damaged: %w", r.path, err)
 	}
+	if r.users == nil { // the file held null
+		r.users = map[string]time.Time{}
+	}
 	return r, nil
 }
 

@@ -2,6 +2,8 @@ package transport_test
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -76,5 +78,27 @@ func TestTokenIssuedInTheFutureRefused(t *testing.T) {
 	}
 	if _, err := dialToken(t, ts, future); err == nil {
 		t.Fatal("a token issued in the future outlived its user's revocation")
+	}
+}
+
+// A revocations file holding JSON null (hand-edited, or written by a
+// tool) loads as no revocations, and revoking then works instead of
+// panicking on a nil map.
+func TestRevocationsFileWithNull(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, transport.RevocationsFile), []byte("null\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	revs, err := transport.LoadRevocations(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	if err := revs.Revoke("ann", at); err != nil {
+		t.Fatal(err)
+	}
+	again, err := transport.LoadRevocations(dir)
+	if err != nil || !again.Revoked("ann", at) {
+		t.Fatalf("after a restart: revoked %v, %v", again.Revoked("ann", at), err)
 	}
 }
