@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/imsync/imsync/transport"
 )
 
 // A flag that takes a value, given last without one, is a usage error:
@@ -50,5 +52,25 @@ func TestConfigFileRepeatedSetting(t *testing.T) {
 	}
 	if err := parse("tag = a\ntag = b\n"); err != nil {
 		t.Fatalf("a repeatable setting given twice: %v", err)
+	}
+}
+
+// A bad --ttl, --user or --device of `imsync token` is a bad command line:
+// exit status 2 (README, Exit status), as for any other flag value.
+func TestTokenBadValuesAreUsageErrors(t *testing.T) {
+	data := t.TempDir()
+	if _, err := transport.LoadOrCreateKey(data); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"--user", "ann", "--device", "phone", "--ttl", "-1h"},
+		{"--user", "ann", "--device", "phone", "--ttl", "0s"},
+		{"--user", "a b", "--device", "phone"},
+		{"--user", "ann", "--device", strings.Repeat("d", 200)},
+	} {
+		out, err := runCmd(t, append([]string{"token", "--data", data}, args...)...)
+		if exitCode(err) != exitUsage || out != "" {
+			t.Errorf("token %q: %v (exit %d), printed %q; want exit 2 and nothing printed", args, err, exitCode(err), out)
+		}
 	}
 }
