@@ -35,6 +35,11 @@ const jwtAlg = "EdDSA"
 // hundred bytes.
 const maxTokenSize = 2048
 
+// maxIssuedAhead is how far a token's iat may lie ahead of the server's
+// clock (clock skew). Revocations refuse tokens issued up to a second, so a
+// token issued further in the future would outlive them.
+const maxIssuedAhead = time.Minute
+
 // TokenRules are what a JWT must carry beyond a valid signature and an
 // unexpired exp.
 type TokenRules struct {
@@ -71,6 +76,10 @@ func verifyJWT(token string, now time.Time, keyOf keyLookup, rules TokenRules) (
 	}
 	var dc deviceClaims
 	_, err := jwt.NewParser(opts...).ParseWithClaims(token, &dc, func(t *jwt.Token) (any, error) {
+		if _, ok := t.Header["crit"]; ok {
+			// No header extension is understood here (RFC 7515, 4.1.11).
+			return nil, errors.New("the header has crit: no critical extension is supported")
+		}
 		kid, _ := t.Header["kid"].(string)
 		if kid == "" {
 			return nil, errors.New("the header has no kid")
@@ -89,6 +98,9 @@ func verifyJWT(token string, now time.Time, keyOf keyLookup, rules TokenRules) (
 	}
 	c = Claims{User: dc.Subject, Device: dc.Device, Expires: dc.ExpiresAt.Unix(), Issuer: dc.Issuer, Audience: dc.Audience}
 	if dc.IssuedAt != nil {
+		if dc.IssuedAt.After(now.Add(maxIssuedAhead)) {
+			return c, fmt.Errorf("%w: claim iat %s is more than %s ahead of the server's clock", ErrBadToken, dc.IssuedAt.UTC().Format(time.RFC3339), maxIssuedAhead)
+		}
 		c.Issued = dc.IssuedAt.Unix()
 	}
 	if err := actors.ValidateID("user", c.User); err != nil {

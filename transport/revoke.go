@@ -41,6 +41,9 @@ func LoadRevocations(dir string) (*Revocations, error) {
 	if err := json.Unmarshal(b, &r.users); err != nil {
 		return nil, fmt.Errorf("transport: %s is damaged: %w", r.path, err)
 	}
+	if r.users == nil { // the file held null
+		r.users = map[string]time.Time{}
+	}
 	return r, nil
 }
 
@@ -131,10 +134,16 @@ var errRevoked = fmt.Errorf("%w: token revoked", ErrBadToken)
 // revocations (whatever the token's format: it needs the user and the
 // issue time).
 func (s *Server) checkRevoked(c Claims) error {
-	if s.cfg.Revocations.Revoked(c.User, time.Unix(c.Issued, 0)) {
-		return errRevoked
+	if !s.cfg.Revocations.Revoked(c.User, time.Unix(c.Issued, 0)) {
+		return nil
 	}
-	return nil
+	if c.Issued == 0 {
+		// Without iat a token may be one issued before the revocation:
+		// it stays refused, and the backend must learn why.
+		at := s.cfg.Revocations.RevokedAt(c.User).Format(time.RFC3339)
+		return fmt.Errorf("%w: it has no iat, and the tokens of %s were revoked at %s: mint tokens with an iat", errRevoked, c.User, at)
+	}
+	return errRevoked
 }
 
 // Disconnect closes the connections of user's device (every device of the

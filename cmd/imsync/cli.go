@@ -274,12 +274,26 @@ func reorderArgs(fs *flag.FlagSet, args []string) (ordered []string, help bool) 
 		if strings.Contains(name, "=") {
 			continue
 		}
-		if f := fs.Lookup(name); f != nil && !isBoolFlag(f) && i+1 < len(args) {
+		if f := fs.Lookup(name); f != nil && !isBoolFlag(f) {
+			if i+1 == len(args) {
+				// The value is missing: left last, the flag package says
+				// so, instead of taking the "--" below as the value.
+				return flags, help
+			}
 			flags = append(flags, args[i+1])
 			i++
 		}
 	}
 	return append(append(flags, "--"), pos...), help
+}
+
+// isRepeatable says whether a flag collects every value it is given.
+func isRepeatable(f *flag.Flag) bool {
+	switch f.Value.(type) {
+	case *multiFlag, *stringsFlag:
+		return true
+	}
+	return false
 }
 
 func isBoolFlag(f *flag.Flag) bool {
@@ -289,8 +303,8 @@ func isBoolFlag(f *flag.Flag) bool {
 
 // applyConfigFile sets the flags not set yet from a file of `name = value`
 // lines; # starts a comment, a value may be Go-quoted ("a b"), a name may
-// repeat for a repeatable flag. An unknown name or a bad value is an
-// error naming its line.
+// repeat only for a repeatable flag. An unknown name, a bad value or a
+// repeated setting is an error naming its line.
 func applyConfigFile(fs *flag.FlagSet, path string, set map[string]bool) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -298,7 +312,7 @@ func applyConfigFile(fs *flag.FlagSet, path string, set map[string]bool) error {
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
-	fromFile := map[string]bool{}
+	fromFile := map[string]int{} // setting: the line that set it
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || line[0] == '#' {
@@ -318,13 +332,19 @@ func applyConfigFile(fs *flag.FlagSet, path string, set map[string]bool) error {
 		if fl == nil || key == "config" {
 			return fmt.Errorf("%s:%d: unknown setting %q (imsync %s --help lists the flags)", path, n, key, fs.Name())
 		}
-		if set[key] && !fromFile[key] {
+		if prev := fromFile[key]; prev > 0 && !isRepeatable(fl) {
+			return fmt.Errorf("%s:%d: %s is set again (line %d): keep one", path, n, key, prev)
+		}
+		if set[key] && fromFile[key] == 0 {
 			continue // the command line or the environment wins
 		}
 		if err := fs.Set(key, val); err != nil {
 			return fmt.Errorf("%s:%d: %s = %q: %v", path, n, key, val, err)
 		}
-		fromFile[key], set[key] = true, true
+		if fromFile[key] == 0 {
+			fromFile[key] = n
+		}
+		set[key] = true
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("--config %s: %w", path, err)

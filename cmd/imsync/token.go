@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/transport"
 )
 
@@ -50,6 +51,18 @@ func runToken(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if *data == "" || (!*printJWKS && (*user == "" || *device == "")) {
 		return fmt.Errorf("%w: token needs --data, --user and --device (or --print-jwks with --data or --key)", errUsage)
+	}
+	if !*printJWKS {
+		// Bad values are a bad command line (exit 2), found before any file is read.
+		if err := actors.ValidateID("user", *user); err != nil {
+			return fmt.Errorf("%w: token: --user: %v", errUsage, err)
+		}
+		if err := actors.ValidateID("device", *device); err != nil {
+			return fmt.Errorf("%w: token: --device: %v", errUsage, err)
+		}
+		if *ttl <= 0 {
+			return fmt.Errorf("%w: token: --ttl %s: want a positive lifetime, e.g. 1h", errUsage, *ttl)
+		}
 	}
 	key, err := transport.LoadKey(*data)
 	if errors.Is(err, transport.ErrNoKey) {

@@ -41,6 +41,8 @@
 // answered the previous one with a 2xx: a batch that is not acknowledged
 // (an error status, a timeout, a refused connection) is sent again, the
 // same bytes, after a back-off that doubles from MinBackoff to MaxBackoff.
+// A redirect (3xx) is not an acknowledgement and is never followed:
+// configure the URL the receiver really answers at.
 //
 // Events of kind "event" are every committed event of the conversation
 // timelines (conv-* streams): ConversationCreated, MembersJoined,

@@ -30,6 +30,8 @@ type Config struct {
 	// Secret, if set, signs every body (SignatureHeader).
 	Secret []byte
 	// Client sends the requests (default: a client with a 10 s timeout).
+	// Redirects are never followed, whatever its CheckRedirect: a 3xx
+	// does not acknowledge a batch (see post).
 	Client *http.Client
 
 	// MaxBatch is the most events in one POST (default 100).
@@ -84,6 +86,12 @@ func New(cfg Config) (*Sender, error) {
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{Timeout: 10 * time.Second}
 	}
+	// Following a redirect would turn the POST into a GET without the body
+	// (301, 302, 303), whose 2xx would acknowledge a batch nobody got, or
+	// send the signed events to wherever the Location points (307, 308).
+	noRedirects := *cfg.Client
+	noRedirects.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	cfg.Client = &noRedirects
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 100
 	}
@@ -279,6 +287,9 @@ func (s *Sender) post(ctx context.Context, body []byte, sig string) error {
 	}
 	io.Copy(io.Discard, io.LimitReader(res.Body, 64<<10))
 	res.Body.Close()
+	if res.StatusCode >= 300 && res.StatusCode <= 399 {
+		return fmt.Errorf("receiver answered %s (to %q): redirects are not followed, configure the URL they point to", res.Status, res.Header.Get("Location"))
+	}
 	if res.StatusCode < 200 || res.StatusCode > 299 {
 		return fmt.Errorf("receiver answered %s", res.Status)
 	}

@@ -103,7 +103,8 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // neither the key's bytes nor its length leak) before h runs.
 func (a *API) authed(h func(ctx context.Context, r *http.Request) (any, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		ok := strings.EqualFold(scheme, "Bearer") // schemes are case-insensitive
 		got := sha256.Sum256([]byte(tok))
 		if !ok || subtle.ConstantTimeCompare(got[:], a.keyHash[:]) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="imsync"`)

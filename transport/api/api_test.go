@@ -483,3 +483,18 @@ func TestOpenAPIDocumentMatchesTheRoutes(t *testing.T) {
 		t.Fatalf("documented %v\nrouted     %v", documented, routes)
 	}
 }
+
+// The authentication scheme is case-insensitive (RFC 9110 §11.1): a
+// client or proxy that writes "bearer" is not refused; the key itself is
+// compared exactly.
+func TestAuthSchemeIsCaseInsensitive(t *testing.T) {
+	st := start(t)
+	for _, scheme := range []string{"bearer", "BEARER", "Bearer"} {
+		if status, e := st.callKey(t, scheme+" "+apiKey, "GET", "/v1/users/ann/conversations", nil, nil); status != http.StatusOK {
+			t.Errorf("scheme %q: %d %+v", scheme, status, e)
+		}
+	}
+	if status, _ := st.callKey(t, "Bearer "+strings.ToUpper(apiKey), "GET", "/v1/users/ann/conversations", nil, nil); status != http.StatusUnauthorized {
+		t.Errorf("the key in upper case: %d, want 401", status)
+	}
+}
