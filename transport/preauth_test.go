@@ -15,7 +15,12 @@ import (
 )
 
 // stalled is a connection that started a Hello and never finished it.
-type stalled struct{ qc *quic.Conn }
+// stalled is a connection that never logs in; refused is set instead when
+// the server closed it before the client's handshake completed.
+type stalled struct {
+	qc      *quic.Conn
+	refused error
+}
 
 // stalledFrom connects from ip (an address of 127.0.0.0/8, all of which
 // reach the loopback interface on Linux) and starts a Hello it never
@@ -34,6 +39,10 @@ func stalledFrom(t *testing.T, ts *testServer, ip net.IP) stalled {
 	tc := ts.tls.Clone()
 	tc.NextProtos = []string{transport.ALPN}
 	qc, err := quic.Dial(ctx(t), udp, raddr, tc, &quic.Config{MaxIdleTimeout: time.Minute})
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) && ae.Remote {
+		return stalled{refused: err} // a busy server may refuse before the handshake ends
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,13 +50,18 @@ func stalledFrom(t *testing.T, ts *testServer, ip net.IP) stalled {
 	if st, err := qc.OpenStream(); err == nil {
 		st.Write([]byte{0x10}) // a Hello of 16 bytes, never finished
 	}
-	return stalled{qc}
+	return stalled{qc: qc}
 }
 
 // closedWith waits for the server to close the connection and returns its
 // application error code.
 func (s stalled) closedWith(t *testing.T) uint64 {
 	t.Helper()
+	if s.refused != nil {
+		var ae *quic.ApplicationError
+		errors.As(s.refused, &ae)
+		return uint64(ae.ErrorCode)
+	}
 	select {
 	case <-s.qc.Context().Done():
 	case <-time.After(10 * time.Second):
@@ -60,7 +74,7 @@ func (s stalled) closedWith(t *testing.T) uint64 {
 	return uint64(ae.ErrorCode)
 }
 
-func (s stalled) open() bool { return s.qc.Context().Err() == nil }
+func (s stalled) open() bool { return s.qc != nil && s.qc.Context().Err() == nil }
 
 // Many addresses of one /24 that never log in hold that prefix's slots
 // only: they cannot fill the server-wide pool, and a login from another
