@@ -3,7 +3,6 @@ package transport_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +28,7 @@ import (
 	"github.com/imsync/imsync/transport"
 	"github.com/imsync/imsync/transport/client"
 	"github.com/imsync/imsync/transport/ops"
+	"github.com/imsync/imsync/transport/transporttest"
 	"github.com/imsync/imsync/transport/wire"
 )
 
@@ -55,38 +55,12 @@ func startOpsServer(t *testing.T, cfg transport.Config, logger *slog.Logger) *op
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	svc, err := actors.Start(actors.Config{Store: m.InstrumentStore(store), Metrics: m.Actors(), Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
+	svc := transporttest.Service(t, actors.Config{Store: m.InstrumentStore(store), Metrics: m.Actors(), Logger: logger})
 	m.WatchService(svc)
 	m.WatchStore(store.Stats)
-	key, err := transport.LoadOrCreateKey(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := transport.LoadOrCreateCert(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Service, cfg.Key, cfg.TLS, cfg.Metrics, cfg.Logger = svc, key, &tls.Config{Certificates: []tls.Certificate{cert}}, m, logger
-	srv, err := transport.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	pem, err := os.ReadFile(filepath.Join(dir, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pinned, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg.Service, cfg.Metrics, cfg.Logger = svc, m, logger
+	ts := listen(t, cfg)
+	srv := ts.srv
 	ready := func(context.Context) error {
 		if srv.Draining() {
 			return errors.New("draining")
@@ -99,7 +73,7 @@ func startOpsServer(t *testing.T, cfg transport.Config, logger *slog.Logger) *op
 	}
 	t.Cleanup(func() { o.Close() })
 	return &opsServer{
-		testServer: &testServer{srv: srv, key: key, addr: srv.Addr().String(), tls: pinned},
+		testServer: ts,
 		svc:        svc, store: store, metrics: m, ops: "http://" + o.Addr().String(),
 	}
 }
@@ -288,28 +262,10 @@ func TestOpsMetrics(t *testing.T) {
 	}
 }
 
-// syncWriter is a goroutine-safe buffer for logs.
-type syncWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 // TestRefusedLoginLogged: a refused login is logged with its reason and
 // remote address, never with the token.
 func TestRefusedLoginLogged(t *testing.T) {
-	var logs syncWriter
+	var logs transporttest.SyncBuffer
 	ts := startOpsServer(t, transport.Config{}, slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	other, err := transport.LoadOrCreateKey(t.TempDir()) // not the server's key
 	if err != nil {
@@ -566,7 +522,7 @@ func mint(t *testing.T, key *transport.Key, user, device string) string {
 // is logged once as a slow consumer, then its disconnect with the reason,
 // and both are counted.
 func TestSlowConsumerLogged(t *testing.T) {
-	var logs syncWriter
+	var logs transporttest.SyncBuffer
 	ts := startOpsServer(t, transport.Config{WriteTimeout: time.Second, RequestsPerSecond: 1e9, RequestBurst: 1 << 30},
 		slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	tc := ts.tls.Clone()
