@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -11,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -29,27 +27,8 @@ import (
 	"github.com/imsync/imsync/transport/client"
 )
 
-const drainChildEnv = "IMSYNC_DRAIN_CHILD" // DATA|ADDR
-
 // drainTimeout is the child's --drain-timeout.
 const drainTimeout = 10 * time.Second
-
-// TestDrainServeChild is the server process of TestSIGTERMDrainsUnderLoad:
-// `imsync serve` with the operations listener and JSON logs, stopped by
-// SIGTERM as main stops it.
-func TestDrainServeChild(t *testing.T) {
-	data, addr, ok := strings.Cut(os.Getenv(drainChildEnv), "|")
-	if !ok {
-		t.Skip("only runs as the child of TestSIGTERMDrainsUnderLoad")
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	args := []string{"serve", "--data", data, "--listen", addr, "--ops", "127.0.0.1:0", "--log-format", "json", "--drain-timeout", drainTimeout.String()}
-	if err := run(ctx, args, os.Stdout); err != nil {
-		fmt.Println("serve:", err)
-		os.Exit(2)
-	}
-}
 
 // drainChild is a running `imsync serve` child.
 type drainChild struct {
@@ -61,37 +40,10 @@ type drainChild struct {
 
 func startDrainChild(t *testing.T, data, addr string) *drainChild {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestDrainServeChild$")
-	cmd.Env = append(append(os.Environ(), drainChildEnv+"="+data+"|"+addr), storeEnv(t, data)...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch := &drainChild{cmd: cmd, logs: &syncBuffer{}}
-	cmd.Stderr = ch.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
-			ch.addr = m[1]
-		}
-		if m := regexp.MustCompile(`operations on (http://\S+)/metrics`).FindStringSubmatch(sc.Text()); m != nil {
-			ch.ops = m[1]
-		}
-		if ch.addr != "" && ch.ops != "" {
-			go io.Copy(io.Discard, out)
-			return ch
-		}
-	}
-	t.Fatalf("server child did not start: %s", ch.logs.String())
-	return nil
+	logs := &syncBuffer{}
+	ch := startServe(t, data, serveOptions{drain: true, stderr: logs},
+		"--listen", addr, "--ops", "127.0.0.1:0", "--log-format", "json", "--drain-timeout", drainTimeout.String())
+	return &drainChild{cmd: ch.cmd, addr: ch.addr, ops: ch.ops, logs: logs}
 }
 
 // logLine returns the first JSON log line with msg, or nil.

@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -137,20 +136,6 @@ func TestServeHostname(t *testing.T) {
 	}
 }
 
-const serveArgsEnv = "IMSYNC_SERVE_CHILD_ARGS"
-
-// TestServeArgsChild is the server process of TestServeSIGHUPReload.
-func TestServeArgsChild(t *testing.T) {
-	args := os.Getenv(serveArgsEnv)
-	if args == "" {
-		t.Skip("only runs as the child of TestServeSIGHUPReload")
-	}
-	if err := run(context.Background(), strings.Split(args, "\n"), os.Stdout); err != nil {
-		fmt.Println("serve:", err)
-		os.Exit(2)
-	}
-}
-
 // edKeys are an app backend's signing keys by kid.
 type edKeys map[string]ed25519.PrivateKey
 
@@ -210,12 +195,7 @@ func TestServeSIGHUPReload(t *testing.T) {
 
 	port := freeUDPPort(t)
 	args := serveArgs(t, data, "--listen", port, "--jwks", jwksPath, "--jwt-audience", "chat", "--cert", crt, "--key", crtKey)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestServeArgsChild$")
-	cmd.Env = append(os.Environ(), serveArgsEnv+"="+strings.Join(args, "\n"))
+	cmd := serveChildCmd(t, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
