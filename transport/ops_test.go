@@ -21,7 +21,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"github.com/quic-go/quic-go"
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
@@ -29,7 +28,6 @@ import (
 	"github.com/imsync/imsync/transport/client"
 	"github.com/imsync/imsync/transport/ops"
 	"github.com/imsync/imsync/transport/transporttest"
-	"github.com/imsync/imsync/transport/wire"
 )
 
 // opsServer is a real server with metrics on the embedded store and an
@@ -525,34 +523,7 @@ func TestSlowConsumerLogged(t *testing.T) {
 	var logs transporttest.SyncBuffer
 	ts := startOpsServer(t, transport.Config{WriteTimeout: time.Second, RequestsPerSecond: 1e9, RequestBurst: 1 << 30},
 		slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	tc := ts.tls.Clone()
-	tc.NextProtos = []string{transport.ALPN}
-	qc, err := quic.DialAddr(ctx(t), ts.addr, tc, &quic.Config{MaxIdleTimeout: time.Minute, KeepAlivePeriod: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { qc.CloseWithError(0, "") })
-	control, err := qc.OpenStreamSync(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	wire.WriteFrame(control, &wire.Hello{Token: mint(t, ts.key, "eve", "raw")})
-	var welcome wire.ServerPush
-	if err := wire.NewReader(control, 0).Read(&welcome); err != nil || welcome.GetWelcome() == nil {
-		t.Fatalf("welcome: %v %v", &welcome, err)
-	}
-	// Each ack beyond the newest seq gets an error frame that is never read.
-	go func() {
-		var b []byte
-		for range 1000 {
-			b, _ = wire.AppendFrame(b, &wire.ClientControl{Control: &wire.ClientControl_Ack{Ack: &wire.Ack{UserSeq: 1 << 40}}})
-		}
-		for qc.Context().Err() == nil {
-			if _, err := control.Write(b); err != nil {
-				return
-			}
-		}
-	}()
+	floodUnreadErrors(t, ts.testServer, mint(t, ts.key, "eve", "raw"))
 	lines := func(msg string) (found []map[string]any) {
 		for _, l := range strings.Split(logs.String(), "\n") {
 			var m map[string]any
