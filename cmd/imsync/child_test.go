@@ -3,15 +3,21 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/imsync/imsync/transport"
+	"github.com/imsync/imsync/transport/client"
 )
 
 // serveChildEnv carries the arguments of `imsync` (serve and its flags),
@@ -113,4 +119,40 @@ func startServe(t *testing.T, data string, opt serveOptions, args ...string) *se
 	}
 	t.Fatal("server child did not start")
 	return nil
+}
+
+// pinnedTLSOf is the TLS config that trusts the certificate of the server
+// on data (DATA/server.crt).
+func pinnedTLSOf(t *testing.T, data string) *tls.Config {
+	t.Helper()
+	pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := client.PinnedTLS(pem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tc
+}
+
+// dialServe connects user's device to the server at addr on data, with a
+// token from key, from the sync position last and without reconnecting;
+// the test fails if it cannot within 20s.
+func dialServe(t *testing.T, data, addr string, key *transport.Key, user, device string, last uint64) *client.Client {
+	t.Helper()
+	tok, err := key.Mint(user, device, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsConf := pinnedTLSOf(t, data)
+	var c *client.Client
+	err = withTimeout(20*time.Second, func(ctx context.Context) (err error) {
+		c, err = client.Dial(ctx, client.Config{Addr: addr, Token: tok, TLS: tlsConf, NoReconnect: true, LastUserSeq: last})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("dial %s/%s: %v", user, device, err)
+	}
+	return c
 }

@@ -60,21 +60,7 @@ func TestKill9UnderLoad(t *testing.T) {
 	}
 	dial := func(addr, user, dev string, last uint64) *client.Client {
 		t.Helper()
-		tok, _ := key.Mint(user, dev, time.Hour, time.Now())
-		pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tlsConf, _ := client.PinnedTLS(pem)
-		var c *client.Client
-		err = withTimeout(20*time.Second, func(ctx context.Context) error {
-			c, err = client.Dial(ctx, client.Config{Addr: addr, Token: tok, TLS: tlsConf, NoReconnect: true, LastUserSeq: last})
-			return err
-		})
-		if err != nil {
-			t.Fatalf("dial %s/%s: %v", user, dev, err)
-		}
-		return c
+		return dialServe(t, data, addr, key, user, dev, last)
 	}
 
 	users := []string{"ann", "bob", "cat", "dan", "eve"}

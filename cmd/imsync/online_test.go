@@ -146,26 +146,7 @@ func (s *sender) halt() {
 // directory (certificate) is data, with a token from key.
 func dialUser(t *testing.T, data, addr string, key *transport.Key, user string) *client.Client {
 	t.Helper()
-	tok, err := key.Mint(user, "phone", time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsConf, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c *client.Client
-	err = withTimeout(20*time.Second, func(ctx context.Context) error {
-		c, err = client.Dial(ctx, client.Config{Addr: addr, Token: tok, TLS: tlsConf, NoReconnect: true})
-		return err
-	})
-	if err != nil {
-		t.Fatalf("dial %s: %v", user, err)
-	}
+	c := dialServe(t, data, addr, key, user, "phone", 0)
 	t.Cleanup(func() { c.Close() })
 	return c
 }

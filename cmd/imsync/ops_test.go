@@ -104,14 +104,7 @@ func TestSIGTERMDrainsUnderLoad(t *testing.T) {
 			t.Fatalf("%s: %d %s", path, code, body)
 		}
 	}
-	pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsConf, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tlsConf := pinnedTLSOf(t, data)
 
 	// A refused login: JSON, with the reason and the address, no token.
 	other, err := transport.LoadOrCreateKey(t.TempDir())
@@ -341,14 +334,7 @@ func TestServeReadyz(t *testing.T) {
 	if code, body := getStatus(t, ops+"/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz while serving: %d %s", code, body)
 	}
-	pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tc := pinnedTLSOf(t, data)
 	tc.NextProtos = []string{transport.ALPN}
 	held, err := quic.DialAddr(context.Background(), addr, tc, &quic.Config{MaxIdleTimeout: time.Minute})
 	if err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"log/slog"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -73,11 +72,7 @@ func TestClientResumesAfterKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	child, addr := startServeAt(t, data, "127.0.0.1:0")
-	pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsConf, _ := client.PinnedTLS(pem)
+	tlsConf := pinnedTLSOf(t, data)
 	dial := func(user string, log slog.Handler) *client.Client {
 		tok, _ := key.Mint(user, "phone", time.Hour, time.Now())
 		c, err := client.Dial(context.Background(), client.Config{Addr: addr, Token: tok, TLS: tlsConf, Logger: slog.New(log)})

@@ -181,20 +181,7 @@ func TestWebhookAcrossKill9(t *testing.T) {
 
 	dialDevice := func(addr, user, device string) *client.Client {
 		t.Helper()
-		tok, _ := key.Mint(user, device, time.Hour, time.Now())
-		pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tlsConf, _ := client.PinnedTLS(pem)
-		var c *client.Client
-		err = withTimeout(20*time.Second, func(ctx context.Context) error {
-			c, err = client.Dial(ctx, client.Config{Addr: addr, Token: tok, TLS: tlsConf, NoReconnect: true})
-			return err
-		})
-		if err != nil {
-			t.Fatalf("dial %s: %v", user, err)
-		}
+		c := dialServe(t, data, addr, key, user, device, 0)
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
@@ -440,8 +427,7 @@ func TestWebhookAcrossKill9(t *testing.T) {
 	// the revocation, and takes one issued after it.
 	closeStore()
 	_, addr, _ = startWebhookChild(t, data, args...)
-	pem, _ := os.ReadFile(filepath.Join(data, transport.CertFile))
-	tlsConf, _ := client.PinnedTLS(pem)
+	tlsConf := pinnedTLSOf(t, data)
 	for _, c := range []struct {
 		issued time.Time
 		ok     bool
