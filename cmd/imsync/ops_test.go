@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -314,23 +313,8 @@ func TestServeOpsFlags(t *testing.T) {
 // in); the drain ends when that connection does.
 func TestServeReadyz(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	var out syncBuffer
-	served := make(chan error, 1)
-	go func() {
-		served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0", "--drain-timeout", "20s", "--log-level", "error"), &out)
-	}()
-	var addr, ops string
-	waitFor(t, "serve to start", func() bool {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String()); m != nil {
-			addr = m[1]
-		}
-		if m := regexp.MustCompile(`operations on (http://\S+)/metrics`).FindStringSubmatch(out.String()); m != nil {
-			ops = m[1]
-		}
-		return addr != "" && ops != ""
-	})
+	addr, out, stopServe := serveInProcess(t, serveArgs(t, data, "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0", "--drain-timeout", "20s", "--log-level", "error")...)
+	ops := opsRE.FindStringSubmatch(out.String())[1] // printed before "listening on"
 	if code, body := getStatus(t, ops+"/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz while serving: %d %s", code, body)
 	}
@@ -345,7 +329,8 @@ func TestServeReadyz(t *testing.T) {
 		_, body := getStatus(t, ops+"/metrics")
 		return strings.Contains(body, "\nimsync_connections 1\n")
 	})
-	stop() // as SIGTERM does
+	served := make(chan error, 1)
+	go func() { served <- stopServe() }() // as SIGTERM does
 	waitFor(t, "/readyz 503 while draining", func() bool {
 		code, body := getStatus(t, ops+"/readyz")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "draining")
@@ -365,20 +350,8 @@ func TestServeReadyz(t *testing.T) {
 // series and leaves protoactor-go's out.
 func TestServeWithoutActorMetrics(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	var out syncBuffer
-	served := make(chan error, 1)
-	go func() {
-		served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0", "--ops-actor-metrics=false", "--log-level", "error"), &out)
-	}()
-	var ops string
-	waitFor(t, "serve to start", func() bool {
-		if m := regexp.MustCompile(`operations on (http://\S+)/metrics`).FindStringSubmatch(out.String()); m != nil {
-			ops = m[1]
-		}
-		return ops != "" && strings.Contains(out.String(), "listening on")
-	})
+	_, out, stop := serveInProcess(t, serveArgs(t, data, "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0", "--ops-actor-metrics=false", "--log-level", "error")...)
+	ops := opsRE.FindStringSubmatch(out.String())[1] // printed before "listening on"
 	code, body := getStatus(t, ops+"/metrics")
 	if code != http.StatusOK || !strings.Contains(body, "\nimsync_connections ") {
 		t.Fatalf("/metrics: %d\n%s", code, body)
@@ -386,8 +359,7 @@ func TestServeWithoutActorMetrics(t *testing.T) {
 	if strings.Contains(body, "\nprotoactor_") {
 		t.Error("protoactor-go's series with --ops-actor-metrics=false")
 	}
-	stop()
-	if err := <-served; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -47,30 +47,6 @@ func TestTokenWrongDataCreatesNothing(t *testing.T) {
 	}
 }
 
-// serveInProcess runs `imsync serve` with args until the test ends and
-// returns its address and output.
-func serveInProcess(t *testing.T, args ...string) (string, *syncBuffer, func() error) {
-	t.Helper()
-	ctx, stop := context.WithCancel(context.Background())
-	out := &syncBuffer{}
-	served := make(chan error, 1)
-	go func() { served <- run(ctx, args, out) }()
-	t.Cleanup(stop)
-	for end := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String()); m != nil {
-			return m[1], out, func() error { stop(); return <-served }
-		}
-		select {
-		case err := <-served:
-			t.Fatalf("serve: %v", err)
-		default:
-		}
-		if time.Now().After(end) {
-			t.Fatalf("server did not start: %q", out.String())
-		}
-	}
-}
-
 // --hostname: the self-signed certificate covers the names, and a client
 // that verifies the server by such a name connects. A certificate that
 // lacks a requested name is refused until --new-cert replaces it.

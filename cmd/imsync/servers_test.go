@@ -20,6 +20,31 @@ import (
 	"github.com/imsync/imsync/transport/client"
 )
 
+// serveInProcess runs `imsync serve` in this process with args (serve's
+// own among them) until the test ends and returns its address, its output
+// so far and onwards, and a stop that ends it and returns what serve did.
+func serveInProcess(t *testing.T, args ...string) (string, *syncBuffer, func() error) {
+	t.Helper()
+	ctx, stop := context.WithCancel(context.Background())
+	out := &syncBuffer{}
+	served := make(chan error, 1)
+	go func() { served <- run(ctx, args, out) }()
+	t.Cleanup(stop)
+	for end := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String()); m != nil {
+			return m[1], out, func() error { stop(); return <-served }
+		}
+		select {
+		case err := <-served:
+			t.Fatalf("serve: %v", err)
+		default:
+		}
+		if time.Now().After(end) {
+			t.Fatalf("server did not start: %q", out.String())
+		}
+	}
+}
+
 // serveChildEnv carries the arguments of `imsync` (serve and its flags),
 // separated by \x1f, to a child test binary running TestServeChild.
 const serveChildEnv = "IMSYNC_SERVE_CHILD_ARGS"
