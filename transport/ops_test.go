@@ -130,18 +130,6 @@ series:
 	return sum
 }
 
-// eventually polls cond until it holds or 10 s pass.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func httpStatus(t *testing.T, url string) int {
 	t.Helper()
 	res, err := http.Get(url)
@@ -194,16 +182,16 @@ func TestOpsMetrics(t *testing.T) {
 			return metricValue(fams, name, labels...) >= want
 		}
 	}
-	eventually(t, "requests counted", at("imsync_requests_total", n+1, "op", "send", "code", "ok"))
-	eventually(t, "sends counted", at("imsync_sends_total", n, "result", "stored"))
-	eventually(t, "duplicates counted", at("imsync_sends_total", 1, "result", "duplicate"))
-	eventually(t, "pushes counted", at("imsync_pushes_total", n))
-	eventually(t, "send→push observed", at("imsync_send_to_push_seconds", n))
-	eventually(t, "fanout lag observed", at("imsync_fanout_lag_seconds", 1))
-	eventually(t, "sync page counted", at("imsync_sync_pages_total", 1))
-	eventually(t, "sync bytes counted", at("imsync_sync_page_bytes_total", 100))
-	eventually(t, "conversation appends timed", at("imsync_store_append_duration_seconds", n, "stream", "conversation"))
-	eventually(t, "inbox appends timed", at("imsync_store_append_duration_seconds", 1, "stream", "inbox"))
+	waitFor(t, 10*time.Second, "requests counted", at("imsync_requests_total", n+1, "op", "send", "code", "ok"))
+	waitFor(t, 10*time.Second, "sends counted", at("imsync_sends_total", n, "result", "stored"))
+	waitFor(t, 10*time.Second, "duplicates counted", at("imsync_sends_total", 1, "result", "duplicate"))
+	waitFor(t, 10*time.Second, "pushes counted", at("imsync_pushes_total", n))
+	waitFor(t, 10*time.Second, "send→push observed", at("imsync_send_to_push_seconds", n))
+	waitFor(t, 10*time.Second, "fanout lag observed", at("imsync_fanout_lag_seconds", 1))
+	waitFor(t, 10*time.Second, "sync page counted", at("imsync_sync_pages_total", 1))
+	waitFor(t, 10*time.Second, "sync bytes counted", at("imsync_sync_page_bytes_total", 100))
+	waitFor(t, 10*time.Second, "conversation appends timed", at("imsync_store_append_duration_seconds", n, "stream", "conversation"))
+	waitFor(t, 10*time.Second, "inbox appends timed", at("imsync_store_append_duration_seconds", 1, "stream", "inbox"))
 	for name, want := range map[string]float64{
 		"imsync_connections":     2,
 		"imsync_devices_online":  2,
@@ -277,7 +265,7 @@ func TestRefusedLoginLogged(t *testing.T) {
 		t.Fatal("a forged token logged in")
 	}
 	var line map[string]any
-	eventually(t, "the refusal logged", func() bool {
+	waitFor(t, 10*time.Second, "the refusal logged", func() bool {
 		for _, l := range strings.Split(logs.String(), "\n") {
 			var m map[string]any
 			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "login refused" {
@@ -358,7 +346,7 @@ func TestDrain(t *testing.T) {
 	defer cancel()
 	drained := make(chan error, 1)
 	go func() { drained <- ts.srv.Drain(dctx) }()
-	eventually(t, "/readyz 503", func() bool { return httpStatus(t, ts.ops+"/readyz") == http.StatusServiceUnavailable })
+	waitFor(t, 10*time.Second, "/readyz 503", func() bool { return httpStatus(t, ts.ops+"/readyz") == http.StatusServiceUnavailable })
 	if err := <-drained; err != nil {
 		t.Fatalf("Drain had to close connections: %v", err)
 	}
@@ -395,7 +383,7 @@ func TestDrainRefusesNewConnections(t *testing.T) {
 	defer cancel()
 	drained := make(chan error, 1)
 	go func() { drained <- ts.srv.Drain(dctx) }()
-	eventually(t, "/readyz 503", func() bool { return httpStatus(t, ts.ops+"/readyz") == http.StatusServiceUnavailable })
+	waitFor(t, 10*time.Second, "/readyz 503", func() bool { return httpStatus(t, ts.ops+"/readyz") == http.StatusServiceUnavailable })
 	if got := metricValue(scrape(t, ts.ops), "imsync_draining"); got != 1 {
 		t.Errorf("imsync_draining = %v while draining", got)
 	}
