@@ -40,6 +40,30 @@ func listen(t *testing.T, cfg transport.Config) *testServer {
 	return &testServer{srv: gw.Server, key: gw.Key, addr: gw.Addr, tls: gw.TLS}
 }
 
+// restart closes ts's server and starts another on its address, over the
+// same service, with its configuration as change leaves it.
+func (ts *testServer) restart(t *testing.T, change func(*transport.Config)) *transport.Server {
+	t.Helper()
+	cfg := ts.srv.Config()
+	ts.srv.Close()
+	change(&cfg)
+	srv, err := transport.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		err := srv.Listen(ts.addr) // the old socket may take a moment to go
+		if err == nil {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv
+}
+
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
@@ -442,22 +466,7 @@ func TestReconnectResumes(t *testing.T) {
 	next(t, bob, pointerTo(first.Conversation, first.Seq))
 
 	// Restart the gateway on the same address, over the same service.
-	cfg := ts.srv.Config()
-	ts.srv.Close()
-	srv, err := transport.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for end := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		err := srv.Listen(ts.addr) // the old socket may take a moment to go
-		if err == nil {
-			break
-		}
-		if time.Now().After(end) {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() { srv.Close() })
+	ts.restart(t, func(*transport.Config) {})
 
 	// Both clients reconnect; the send is retried by the caller until then.
 	var second *wire.Sent

@@ -182,21 +182,11 @@ func TestTokenExpiryClosesEntries(t *testing.T) {
 func TestRefusedReconnectClosesEntries(t *testing.T) {
 	ts := startServer(t, transport.Config{})
 	ann := ts.dial(t, "ann", "phone", 0)
-	cfg := ts.srv.Config()
-	ts.srv.Close()
 	other, err := transport.LoadOrCreateKey(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Key = other // the same service and address, another key
-	srv, err := transport.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(ts.addr); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	ts.restart(t, func(cfg *transport.Config) { cfg.Key = other }) // the same service and address, another key
 	waitEntriesClosed(t, ann)
 	if err := ann.Err(); client.CodeOf(err) != wire.CodeUnauthorized {
 		t.Fatalf("Err after a refused reconnect: %v, want code %d", err, wire.CodeUnauthorized)
