@@ -50,19 +50,14 @@ func fannedOut(t *testing.T, svc *actors.Service, conv string, seq uint64) {
 	}
 }
 
+// listLine is the line of conv in user's conversation list.
 func listLine(t *testing.T, svc *actors.Service, user, conv string) *eventspb.ConversationSummary {
 	t.Helper()
 	list, err := svc.Conversations(tctx(t), user)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range list.Conversations {
-		if l.ConversationId == conv {
-			return l
-		}
-	}
-	t.Fatalf("%s has no list line for %s", user, conv)
-	return nil
+	return summaryOf(t, list, conv)
 }
 
 func TestCheckRejects(t *testing.T) {

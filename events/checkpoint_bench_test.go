@@ -3,16 +3,15 @@ package events_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/teststore"
 )
 
 // BenchmarkCheckpoint cuts checkpoints of a store holding
@@ -20,13 +19,7 @@ import (
 // writers append, and reports how long a checkpoint takes and the longest
 // append acknowledged meanwhile (appends wait while the copy is cut).
 func BenchmarkCheckpoint(b *testing.B) {
-	n := 20_000
-	if v := os.Getenv("IMSYNC_BENCH_EVENTS"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
-			b.Fatalf("IMSYNC_BENCH_EVENTS=%q: want a positive number", v)
-		}
-	}
+	n := teststore.BenchEvents(b, 20_000)
 	ctx := context.Background()
 	s, err := events.Open(filepath.Join(b.TempDir(), "store"), quiet())
 	if err != nil {

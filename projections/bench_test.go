@@ -3,9 +3,7 @@ package projections_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -13,22 +11,9 @@ import (
 
 	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/eventspb"
+	"github.com/imsync/imsync/events/teststore"
 	"github.com/imsync/imsync/projections"
 )
-
-// benchEvents is the size of the replay benchmarks' store:
-// IMSYNC_BENCH_EVENTS, or a small default that keeps CI's single pass
-// short.
-func benchEvents(b *testing.B) int {
-	if v := os.Getenv("IMSYNC_BENCH_EVENTS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			b.Fatalf("IMSYNC_BENCH_EVENTS=%q: want a positive number", v)
-		}
-		return n
-	}
-	return 30_000
-}
 
 // chatStore fills an on-disk store with about n events shaped like 1:1
 // chat: each message in a conversation's stream is followed by a pointer
@@ -84,7 +69,7 @@ func chatStore(b *testing.B, n int) *events.Embedded {
 // replay rate of the stats projection through the runner (decode, Handle,
 // checkpoints saved as `imsync replay` saves them), and their ratio.
 func BenchmarkReplay(b *testing.B) {
-	n := benchEvents(b)
+	n := teststore.BenchEvents(b, 30_000)
 	s := chatStore(b, n)
 	ctx := context.Background()
 	last, err := s.ReadAll(ctx, events.ReadAllOptions{Direction: events.Backwards, From: events.PositionEnd, Limit: 1})

@@ -5,8 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,9 +13,9 @@ import (
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events/eventspb"
-	"github.com/imsync/imsync/events/teststore"
 	"github.com/imsync/imsync/transport"
 	"github.com/imsync/imsync/transport/client"
+	"github.com/imsync/imsync/transport/transporttest"
 	"github.com/imsync/imsync/transport/wire"
 )
 
@@ -31,39 +29,39 @@ type testServer struct {
 
 func startServer(t *testing.T, cfg transport.Config) *testServer {
 	t.Helper()
-	dir := t.TempDir()
-	store := teststore.Open(t) // IMSYNC_TEST_STORE=esdb: the EventStoreDB backend
-	svc, err := actors.Start(actors.Config{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
-	key, err := transport.LoadOrCreateKey(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := transport.LoadOrCreateCert(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Service, cfg.Key, cfg.TLS = svc, key, &tls.Config{Certificates: []tls.Certificate{cert}}
+	cfg.Service = transporttest.Service(t, actors.Config{})
+	return listen(t, cfg)
+}
+
+// listen starts a gateway for cfg, whose Service is set.
+func listen(t *testing.T, cfg transport.Config) *testServer {
+	t.Helper()
+	gw := transporttest.Listen(t, "", cfg)
+	return &testServer{srv: gw.Server, key: gw.Key, addr: gw.Addr, tls: gw.TLS}
+}
+
+// restart closes ts's server and starts another on its address, over the
+// same service, with its configuration as change leaves it.
+func (ts *testServer) restart(t *testing.T, change func(*transport.Config)) *transport.Server {
+	t.Helper()
+	cfg := ts.srv.Config()
+	ts.srv.Close()
+	change(&cfg)
 	srv, err := transport.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Listen("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		err := srv.Listen(ts.addr) // the old socket may take a moment to go
+		if err == nil {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() { srv.Close() })
-	pem, err := os.ReadFile(filepath.Join(dir, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pinned, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testServer{srv: srv, key: key, addr: srv.Addr().String(), tls: pinned}
+	return srv
 }
 
 func ctx(t *testing.T) context.Context {
@@ -468,22 +466,7 @@ func TestReconnectResumes(t *testing.T) {
 	next(t, bob, pointerTo(first.Conversation, first.Seq))
 
 	// Restart the gateway on the same address, over the same service.
-	cfg := ts.srv.Config()
-	ts.srv.Close()
-	srv, err := transport.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for end := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		err := srv.Listen(ts.addr) // the old socket may take a moment to go
-		if err == nil {
-			break
-		}
-		if time.Now().After(end) {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() { srv.Close() })
+	ts.restart(t, func(*transport.Config) {})
 
 	// Both clients reconnect; the send is retried by the caller until then.
 	var second *wire.Sent

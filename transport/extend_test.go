@@ -3,52 +3,19 @@ package transport_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events/eventspb"
-	"github.com/imsync/imsync/events/teststore"
 	"github.com/imsync/imsync/transport"
 	"github.com/imsync/imsync/transport/client"
+	"github.com/imsync/imsync/transport/transporttest"
 )
 
 // startExtendedServer is startServer with extensions configured in the service.
 func startExtendedServer(t *testing.T, ext actors.Extensions) *testServer {
 	t.Helper()
-	dir := t.TempDir()
-	svc, err := actors.Start(actors.Config{Store: teststore.Open(t), Extensions: ext})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
-	key, err := transport.LoadOrCreateKey(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := transport.LoadOrCreateCert(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := transport.NewServer(transport.Config{Service: svc, Key: key, TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	pem, err := os.ReadFile(filepath.Join(dir, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pinned, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testServer{srv: srv, key: key, addr: srv.Addr().String(), tls: pinned}
+	return listen(t, transport.Config{Service: transporttest.Service(t, actors.Config{Extensions: ext})})
 }
 
 // TestExtensionsOverTheWire: a check's refusal reaches the sender's client

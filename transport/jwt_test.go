@@ -331,21 +331,11 @@ func TestV1TokenStillLogsIn(t *testing.T) {
 func TestJWKSOnlyServer(t *testing.T) {
 	b := newBackend(t, "k1")
 	ts := startJWTServer(t, b, transport.Config{})
-	cfg := ts.srv.Config()
-	ts.srv.Close()
-	cfg.Key = nil
-	srv, err := transport.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(ts.addr); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	rules := ts.restart(t, func(cfg *transport.Config) { cfg.Key = nil }).Config().TokenRules
 	if _, err := dialToken(t, ts, b.mint(t, "k1", deviceClaims("ann", "phone", time.Hour))); err != nil {
 		t.Fatalf("a JWKS token: %v", err)
 	}
-	dev, _ := ts.key.MintFor("ann", "phone", time.Hour, time.Now(), cfg.TokenRules)
+	dev, _ := ts.key.MintFor("ann", "phone", time.Hour, time.Now(), rules)
 	for name, tok := range map[string]string{"dev JWT": dev, "v1": transport.MintV1(ts.key, "ann", "phone", time.Hour, time.Now())} {
 		if _, err := dialToken(t, ts, tok); !errors.Is(err, client.ErrBadToken) {
 			t.Errorf("%s without a development key: %v", name, err)

@@ -182,21 +182,11 @@ func TestTokenExpiryClosesEntries(t *testing.T) {
 func TestRefusedReconnectClosesEntries(t *testing.T) {
 	ts := startServer(t, transport.Config{})
 	ann := ts.dial(t, "ann", "phone", 0)
-	cfg := ts.srv.Config()
-	ts.srv.Close()
 	other, err := transport.LoadOrCreateKey(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Key = other // the same service and address, another key
-	srv, err := transport.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(ts.addr); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	ts.restart(t, func(cfg *transport.Config) { cfg.Key = other }) // the same service and address, another key
 	waitEntriesClosed(t, ann)
 	if err := ann.Err(); client.CodeOf(err) != wire.CodeUnauthorized {
 		t.Fatalf("Err after a refused reconnect: %v, want code %d", err, wire.CodeUnauthorized)
@@ -209,34 +199,7 @@ func TestRefusedReconnectClosesEntries(t *testing.T) {
 func TestUnreadControlStreamEndsConnection(t *testing.T) {
 	ts := startServer(t, transport.Config{WriteTimeout: time.Second, RequestsPerSecond: 1e9, RequestBurst: 1 << 30})
 	tok, _ := ts.key.Mint("eve", "raw", time.Hour, time.Now())
-	tc := ts.tls.Clone()
-	tc.NextProtos = []string{transport.ALPN}
-	qc, err := quic.DialAddr(ctx(t), ts.addr, tc, &quic.Config{MaxIdleTimeout: time.Minute, KeepAlivePeriod: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { qc.CloseWithError(0, "") })
-	control, err := qc.OpenStreamSync(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	wire.WriteFrame(control, &wire.Hello{Token: tok})
-	var welcome wire.ServerPush
-	if err := wire.NewReader(control, 0).Read(&welcome); err != nil || welcome.GetWelcome() == nil {
-		t.Fatalf("welcome: %v %v", &welcome, err)
-	}
-	// Each ack beyond the newest seq gets an error frame that is never read.
-	go func() {
-		var b []byte
-		for range 1000 {
-			b, _ = wire.AppendFrame(b, &wire.ClientControl{Control: &wire.ClientControl_Ack{Ack: &wire.Ack{UserSeq: 1 << 40}}})
-		}
-		for qc.Context().Err() == nil {
-			if _, err := control.Write(b); err != nil {
-				return
-			}
-		}
-	}()
+	qc := floodUnreadErrors(t, ts, tok)
 	select {
 	case <-qc.Context().Done():
 		var ae *quic.ApplicationError
@@ -269,4 +232,39 @@ func TestOversizeFrameAnsweredWithItsID(t *testing.T) {
 	if res.Id != 42 || res.GetError().GetCode() != wire.CodeBadFrame {
 		t.Fatalf("answer to an oversize request with id 42: %v", &res)
 	}
+}
+
+// floodUnreadErrors logs in with tok on a raw connection and keeps writing
+// acks beyond the newest seq, each of which gets an error frame, without
+// ever reading its control stream: the server's writes to it come to wait.
+func floodUnreadErrors(t *testing.T, ts *testServer, tok string) *quic.Conn {
+	t.Helper()
+	tc := ts.tls.Clone()
+	tc.NextProtos = []string{transport.ALPN}
+	qc, err := quic.DialAddr(ctx(t), ts.addr, tc, &quic.Config{MaxIdleTimeout: time.Minute, KeepAlivePeriod: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { qc.CloseWithError(0, "") })
+	control, err := qc.OpenStreamSync(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire.WriteFrame(control, &wire.Hello{Token: tok})
+	var welcome wire.ServerPush
+	if err := wire.NewReader(control, 0).Read(&welcome); err != nil || welcome.GetWelcome() == nil {
+		t.Fatalf("welcome: %v %v", &welcome, err)
+	}
+	go func() {
+		var b []byte
+		for range 1000 {
+			b, _ = wire.AppendFrame(b, &wire.ClientControl{Control: &wire.ClientControl_Ack{Ack: &wire.Ack{UserSeq: 1 << 40}}})
+		}
+		for qc.Context().Err() == nil {
+			if _, err := control.Write(b); err != nil {
+				return
+			}
+		}
+	}()
+	return qc
 }

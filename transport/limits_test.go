@@ -42,7 +42,6 @@ func liveHeap() uint64 {
 	return ms.HeapAlloc
 }
 
-// waitFor polls cond until it holds or the deadline passes.
 // waitFor polls cond until it holds; on timeout it fails, showing what the
 // optional last functions return (the last value seen, for example).
 func waitFor(t *testing.T, total time.Duration, what string, cond func() bool, last ...func() any) {

@@ -3,7 +3,6 @@ package transport_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,14 +21,13 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"github.com/quic-go/quic-go"
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/transport"
 	"github.com/imsync/imsync/transport/client"
 	"github.com/imsync/imsync/transport/ops"
-	"github.com/imsync/imsync/transport/wire"
+	"github.com/imsync/imsync/transport/transporttest"
 )
 
 // opsServer is a real server with metrics on the embedded store and an
@@ -55,38 +53,12 @@ func startOpsServer(t *testing.T, cfg transport.Config, logger *slog.Logger) *op
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	svc, err := actors.Start(actors.Config{Store: m.InstrumentStore(store), Metrics: m.Actors(), Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
+	svc := transporttest.Service(t, actors.Config{Store: m.InstrumentStore(store), Metrics: m.Actors(), Logger: logger})
 	m.WatchService(svc)
 	m.WatchStore(store.Stats)
-	key, err := transport.LoadOrCreateKey(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := transport.LoadOrCreateCert(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Service, cfg.Key, cfg.TLS, cfg.Metrics, cfg.Logger = svc, key, &tls.Config{Certificates: []tls.Certificate{cert}}, m, logger
-	srv, err := transport.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	pem, err := os.ReadFile(filepath.Join(dir, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pinned, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg.Service, cfg.Metrics, cfg.Logger = svc, m, logger
+	ts := listen(t, cfg)
+	srv := ts.srv
 	ready := func(context.Context) error {
 		if srv.Draining() {
 			return errors.New("draining")
@@ -99,7 +71,7 @@ func startOpsServer(t *testing.T, cfg transport.Config, logger *slog.Logger) *op
 	}
 	t.Cleanup(func() { o.Close() })
 	return &opsServer{
-		testServer: &testServer{srv: srv, key: key, addr: srv.Addr().String(), tls: pinned},
+		testServer: ts,
 		svc:        svc, store: store, metrics: m, ops: "http://" + o.Addr().String(),
 	}
 }
@@ -158,18 +130,6 @@ series:
 	return sum
 }
 
-// eventually polls cond until it holds or 10 s pass.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func httpStatus(t *testing.T, url string) int {
 	t.Helper()
 	res, err := http.Get(url)
@@ -222,16 +182,16 @@ func TestOpsMetrics(t *testing.T) {
 			return metricValue(fams, name, labels...) >= want
 		}
 	}
-	eventually(t, "requests counted", at("imsync_requests_total", n+1, "op", "send", "code", "ok"))
-	eventually(t, "sends counted", at("imsync_sends_total", n, "result", "stored"))
-	eventually(t, "duplicates counted", at("imsync_sends_total", 1, "result", "duplicate"))
-	eventually(t, "pushes counted", at("imsync_pushes_total", n))
-	eventually(t, "send→push observed", at("imsync_send_to_push_seconds", n))
-	eventually(t, "fanout lag observed", at("imsync_fanout_lag_seconds", 1))
-	eventually(t, "sync page counted", at("imsync_sync_pages_total", 1))
-	eventually(t, "sync bytes counted", at("imsync_sync_page_bytes_total", 100))
-	eventually(t, "conversation appends timed", at("imsync_store_append_duration_seconds", n, "stream", "conversation"))
-	eventually(t, "inbox appends timed", at("imsync_store_append_duration_seconds", 1, "stream", "inbox"))
+	waitFor(t, 10*time.Second, "requests counted", at("imsync_requests_total", n+1, "op", "send", "code", "ok"))
+	waitFor(t, 10*time.Second, "sends counted", at("imsync_sends_total", n, "result", "stored"))
+	waitFor(t, 10*time.Second, "duplicates counted", at("imsync_sends_total", 1, "result", "duplicate"))
+	waitFor(t, 10*time.Second, "pushes counted", at("imsync_pushes_total", n))
+	waitFor(t, 10*time.Second, "send→push observed", at("imsync_send_to_push_seconds", n))
+	waitFor(t, 10*time.Second, "fanout lag observed", at("imsync_fanout_lag_seconds", 1))
+	waitFor(t, 10*time.Second, "sync page counted", at("imsync_sync_pages_total", 1))
+	waitFor(t, 10*time.Second, "sync bytes counted", at("imsync_sync_page_bytes_total", 100))
+	waitFor(t, 10*time.Second, "conversation appends timed", at("imsync_store_append_duration_seconds", n, "stream", "conversation"))
+	waitFor(t, 10*time.Second, "inbox appends timed", at("imsync_store_append_duration_seconds", 1, "stream", "inbox"))
 	for name, want := range map[string]float64{
 		"imsync_connections":     2,
 		"imsync_devices_online":  2,
@@ -288,28 +248,10 @@ func TestOpsMetrics(t *testing.T) {
 	}
 }
 
-// syncWriter is a goroutine-safe buffer for logs.
-type syncWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 // TestRefusedLoginLogged: a refused login is logged with its reason and
 // remote address, never with the token.
 func TestRefusedLoginLogged(t *testing.T) {
-	var logs syncWriter
+	var logs transporttest.SyncBuffer
 	ts := startOpsServer(t, transport.Config{}, slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	other, err := transport.LoadOrCreateKey(t.TempDir()) // not the server's key
 	if err != nil {
@@ -323,7 +265,7 @@ func TestRefusedLoginLogged(t *testing.T) {
 		t.Fatal("a forged token logged in")
 	}
 	var line map[string]any
-	eventually(t, "the refusal logged", func() bool {
+	waitFor(t, 10*time.Second, "the refusal logged", func() bool {
 		for _, l := range strings.Split(logs.String(), "\n") {
 			var m map[string]any
 			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "login refused" {
@@ -404,7 +346,7 @@ func TestDrain(t *testing.T) {
 	defer cancel()
 	drained := make(chan error, 1)
 	go func() { drained <- ts.srv.Drain(dctx) }()
-	eventually(t, "/readyz 503", func() bool { return httpStatus(t, ts.ops+"/readyz") == http.StatusServiceUnavailable })
+	waitFor(t, 10*time.Second, "/readyz 503", func() bool { return httpStatus(t, ts.ops+"/readyz") == http.StatusServiceUnavailable })
 	if err := <-drained; err != nil {
 		t.Fatalf("Drain had to close connections: %v", err)
 	}
@@ -441,7 +383,7 @@ func TestDrainRefusesNewConnections(t *testing.T) {
 	defer cancel()
 	drained := make(chan error, 1)
 	go func() { drained <- ts.srv.Drain(dctx) }()
-	eventually(t, "/readyz 503", func() bool { return httpStatus(t, ts.ops+"/readyz") == http.StatusServiceUnavailable })
+	waitFor(t, 10*time.Second, "/readyz 503", func() bool { return httpStatus(t, ts.ops+"/readyz") == http.StatusServiceUnavailable })
 	if got := metricValue(scrape(t, ts.ops), "imsync_draining"); got != 1 {
 		t.Errorf("imsync_draining = %v while draining", got)
 	}
@@ -566,37 +508,10 @@ func mint(t *testing.T, key *transport.Key, user, device string) string {
 // is logged once as a slow consumer, then its disconnect with the reason,
 // and both are counted.
 func TestSlowConsumerLogged(t *testing.T) {
-	var logs syncWriter
+	var logs transporttest.SyncBuffer
 	ts := startOpsServer(t, transport.Config{WriteTimeout: time.Second, RequestsPerSecond: 1e9, RequestBurst: 1 << 30},
 		slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	tc := ts.tls.Clone()
-	tc.NextProtos = []string{transport.ALPN}
-	qc, err := quic.DialAddr(ctx(t), ts.addr, tc, &quic.Config{MaxIdleTimeout: time.Minute, KeepAlivePeriod: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { qc.CloseWithError(0, "") })
-	control, err := qc.OpenStreamSync(ctx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	wire.WriteFrame(control, &wire.Hello{Token: mint(t, ts.key, "eve", "raw")})
-	var welcome wire.ServerPush
-	if err := wire.NewReader(control, 0).Read(&welcome); err != nil || welcome.GetWelcome() == nil {
-		t.Fatalf("welcome: %v %v", &welcome, err)
-	}
-	// Each ack beyond the newest seq gets an error frame that is never read.
-	go func() {
-		var b []byte
-		for range 1000 {
-			b, _ = wire.AppendFrame(b, &wire.ClientControl{Control: &wire.ClientControl_Ack{Ack: &wire.Ack{UserSeq: 1 << 40}}})
-		}
-		for qc.Context().Err() == nil {
-			if _, err := control.Write(b); err != nil {
-				return
-			}
-		}
-	}()
+	floodUnreadErrors(t, ts.testServer, mint(t, ts.key, "eve", "raw"))
 	lines := func(msg string) (found []map[string]any) {
 		for _, l := range strings.Split(logs.String(), "\n") {
 			var m map[string]any

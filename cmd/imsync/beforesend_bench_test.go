@@ -1,19 +1,14 @@
 package main
 
 import (
-	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/imsync/imsync/actors"
-	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/projections/webhook"
 )
 
@@ -52,48 +47,12 @@ func benchBeforeSend(b *testing.B, withHook bool) {
 			Client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}}}
 		cfg.Extensions.Checks = []actors.Check{hook.AsCheck()}
 	}
-	store, err := events.Open(filepath.Join(b.TempDir(), "store"), events.Options{ScavengeInterval: -1})
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfg.Store = store
-	svc, err := actors.Start(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		svc.Close()
-		store.Close()
-	}()
-	const senders = 64
-	convs := make([]string, senders)
-	for i := range convs {
-		if convs[i], err = svc.OpenDirect(context.Background(), fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i)); err != nil {
-			b.Fatal(err)
-		}
-	}
+	sb := newSendBench(b, cfg)
 	b.ResetTimer()
 	var sendTime time.Duration
 	for op := range b.N {
-		var left atomic.Int64
-		left.Store(sendsPerOp)
 		start := time.Now()
-		var wg sync.WaitGroup
-		for i := range senders {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for n := 0; left.Add(-1) >= 0; n++ {
-					_, err := svc.Send(context.Background(), actors.SendRequest{Conversation: convs[i], Sender: fmt.Sprintf("a%d", i),
-						ClientMsgID: fmt.Sprintf("%d-%d", op, n), Body: make([]byte, 100)})
-					if err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
+		sb.round(b, op)
 		sendTime += time.Since(start)
 	}
 	b.StopTimer()

@@ -81,14 +81,7 @@ func (h *moderationHook) questions() []webhook.Outgoing {
 func beforeSendPair(t *testing.T, flags ...string) (ann, bob *client.Client) {
 	t.Helper()
 	addr, data := cliServerWith(t, append([]string{"--listen", "127.0.0.1:0"}, flags...)...)
-	pem, err := os.ReadFile(filepath.Join(data, "server.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tc := pinnedTLSOf(t, data)
 	dial := func(user string) *client.Client {
 		tok, err := runCmd(t, "token", "--data", data, "--user", user, "--device", "d")
 		if err != nil {

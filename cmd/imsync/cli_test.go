@@ -7,57 +7,22 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/imsync/imsync/transport"
+	"github.com/imsync/imsync/transport/transporttest"
 )
 
 // syncBuffer lets the test read what a running command printed so far.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = transporttest.SyncBuffer
 
 // TestTour runs the README's tour: a server, two users, two devices.
 func TestTour(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
-	ctx, stop := context.WithCancel(context.Background())
-	var serverOut syncBuffer
-	served := make(chan error, 1)
-	go func() { served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0"), &serverOut) }()
-	var addr string
-	deadline := time.Now().Add(15 * time.Second)
-	for addr == "" {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(serverOut.String()); m != nil {
-			addr = m[1]
-		} else if time.Now().After(deadline) {
-			t.Fatalf("server did not start: %q", serverOut.String())
-		} else {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	defer func() {
-		stop()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
+	addr, stop := serveOn(t, data)
+	defer stop()
 	ca := filepath.Join(data, "server.crt")
 	token := func(user, device string) string {
 		out, err := runCmd(t, "token", "--data", data, "--user", user, "--device", device)
@@ -183,22 +148,8 @@ func TestServeWithGivenCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := filepath.Join(t.TempDir(), "data")
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	var out syncBuffer
-	served := make(chan error, 1)
-	go func() {
-		served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0",
-			"--cert", filepath.Join(certDir, "server.crt"), "--key", filepath.Join(certDir, "server.key")), &out)
-	}()
-	var addr string
-	for end := time.Now().Add(15 * time.Second); addr == ""; time.Sleep(20 * time.Millisecond) {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String()); m != nil {
-			addr = m[1]
-		} else if time.Now().After(end) {
-			t.Fatalf("server did not start: %q", out.String())
-		}
-	}
+	addr, out, stop := serveInProcess(t, serveArgs(t, data, "--listen", "127.0.0.1:0",
+		"--cert", filepath.Join(certDir, "server.crt"), "--key", filepath.Join(certDir, "server.key"))...)
 	if !strings.Contains(out.String(), filepath.Join(certDir, "server.crt")) {
 		t.Fatalf("serve names another certificate: %q", out.String())
 	}
@@ -212,8 +163,7 @@ func TestServeWithGivenCertificate(t *testing.T) {
 	if _, err := runCmd(t, "convs", "--server", addr, "--token", strings.TrimSpace(tok), "--ca", filepath.Join(certDir, "server.crt")); err != nil {
 		t.Fatalf("client pinned to the given certificate: %v", err)
 	}
-	stop()
-	if err := <-served; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := runCmd(t, "serve", "--data", data, "--cert", "x.pem"); !errors.Is(err, errUsage) {

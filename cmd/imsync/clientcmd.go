@@ -297,82 +297,67 @@ func (f *metaFlag) Set(s string) error {
 
 // runEdit is `imsync edit`.
 func runEdit(ctx context.Context, args []string, out io.Writer) error {
-	fs, cf := newClientFlags("edit")
-	conv := fs.String("conv", "", "conversation `ID`")
-	seq := fs.Uint64("seq", 0, "`SEQ` of your message to edit")
-	if err := parseFlags(ctx, fs, args); err != nil {
-		return err
-	}
-	if *conv == "" || *seq == 0 || fs.NArg() != 1 {
-		return fmt.Errorf("%w: edit --conv ID --seq N TEXT|-", errUsage)
-	}
-	text, err := textArg(ctx, fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	c, ctx, done, err := cf.oneRequest(ctx)
-	if err != nil {
-		return err
-	}
-	defer done()
-	s, err := c.Edit(ctx, *conv, *seq, []byte(text))
-	if err != nil {
-		return err
-	}
-	cf.printer(out).print([]string{"conversation", "seq", "edited_seq"}, map[string]any{"conversation": *conv, "seq": s, "edited_seq": *seq})
-	return nil
-}
-
-// convSeqFlags are the flags of the commands that name one message.
-func convSeqFlags(name, seqUsage string) (*flag.FlagSet, *clientFlags, *string, *uint64) {
-	fs, cf := newClientFlags(name)
-	conv := fs.String("conv", "", "conversation `ID`")
-	seq := fs.Uint64("seq", 0, seqUsage)
-	return fs, cf, conv, seq
+	return runOnMessage(ctx, args, out, "edit", "`SEQ` of your message to edit", true,
+		func(ctx context.Context, c *client.Client, conv string, seq uint64, text string) ([]string, map[string]any, error) {
+			s, err := c.Edit(ctx, conv, seq, []byte(text))
+			return []string{"conversation", "seq", "edited_seq"}, map[string]any{"conversation": conv, "seq": s, "edited_seq": seq}, err
+		})
 }
 
 // runRecall is `imsync recall`.
 func runRecall(ctx context.Context, args []string, out io.Writer) error {
-	fs, cf, conv, seq := convSeqFlags("recall", "`SEQ` of your message to recall")
-	if err := parseFlags(ctx, fs, args); err != nil {
-		return err
-	}
-	if *conv == "" || *seq == 0 || fs.NArg() != 0 {
-		return fmt.Errorf("%w: recall --conv ID --seq N", errUsage)
-	}
-	c, ctx, done, err := cf.oneRequest(ctx)
-	if err != nil {
-		return err
-	}
-	defer done()
-	s, err := c.Recall(ctx, *conv, *seq)
-	if err != nil {
-		return err
-	}
-	cf.printer(out).print([]string{"conversation", "seq", "recalled_seq"}, map[string]any{"conversation": *conv, "seq": s, "recalled_seq": *seq})
-	return nil
+	return runOnMessage(ctx, args, out, "recall", "`SEQ` of your message to recall", false,
+		func(ctx context.Context, c *client.Client, conv string, seq uint64, _ string) ([]string, map[string]any, error) {
+			s, err := c.Recall(ctx, conv, seq)
+			return []string{"conversation", "seq", "recalled_seq"}, map[string]any{"conversation": conv, "seq": s, "recalled_seq": seq}, err
+		})
 }
 
 // runRead is `imsync read`.
 func runRead(ctx context.Context, args []string, out io.Writer) error {
-	fs, cf, conv, seq := convSeqFlags("read", "`SEQ` read up to")
+	return runOnMessage(ctx, args, out, "read", "`SEQ` read up to", false,
+		func(ctx context.Context, c *client.Client, conv string, seq uint64, _ string) ([]string, map[string]any, error) {
+			// The marker that results: an older seq leaves a further one in place.
+			marker, err := c.MarkRead(ctx, conv, seq)
+			return []string{"conversation", "read_seq"}, map[string]any{"conversation": conv, "read_seq": marker}, err
+		})
+}
+
+// runOnMessage is a command that names one message with --conv and --seq
+// (and, withText, takes TEXT|- as its argument): it makes one request with
+// call and prints the record call returns.
+func runOnMessage(ctx context.Context, args []string, out io.Writer, name, seqUsage string, withText bool,
+	call func(ctx context.Context, c *client.Client, conv string, seq uint64, text string) ([]string, map[string]any, error)) error {
+	fs, cf := newClientFlags(name)
+	conv := fs.String("conv", "", "conversation `ID`")
+	seq := fs.Uint64("seq", 0, seqUsage)
 	if err := parseFlags(ctx, fs, args); err != nil {
 		return err
 	}
-	if *conv == "" || *seq == 0 || fs.NArg() != 0 {
-		return fmt.Errorf("%w: read --conv ID --seq N", errUsage)
+	usage, nargs := name+" --conv ID --seq N", 0
+	if withText {
+		usage, nargs = usage+" TEXT|-", 1
+	}
+	if *conv == "" || *seq == 0 || fs.NArg() != nargs {
+		return fmt.Errorf("%w: %s", errUsage, usage)
+	}
+	var text string
+	if withText {
+		var err error
+		if text, err = textArg(ctx, fs.Arg(0)); err != nil {
+			return err
+		}
 	}
 	c, ctx, done, err := cf.oneRequest(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	marker, err := c.MarkRead(ctx, *conv, *seq)
+	fields, rec, err := call(ctx, c, *conv, *seq, text)
 	if err != nil {
 		return err
 	}
-	// The marker that results: an older seq leaves a further one in place.
-	cf.printer(out).print([]string{"conversation", "read_seq"}, map[string]any{"conversation": *conv, "read_seq": marker})
+	cf.printer(out).print(fields, rec)
 	return nil
 }
 

@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"sync"
 	"syscall"
@@ -20,53 +18,11 @@ import (
 	"github.com/imsync/imsync/transport/client"
 )
 
-const serveChildEnv = "IMSYNC_SERVE_CHILD_DATA"
-
-// TestServeChild is the server process of TestKill9UnderLoad.
-func TestServeChild(t *testing.T) {
-	data := os.Getenv(serveChildEnv)
-	if data == "" {
-		t.Skip("only runs as the child of TestKill9UnderLoad")
-	}
-	if err := run(context.Background(), []string{"serve", "--data", data, "--listen", "127.0.0.1:0"}, os.Stdout); err != nil {
-		fmt.Println("serve:", err)
-		os.Exit(2)
-	}
-}
-
 // startChild runs `imsync serve` in a child process and returns its address.
 func startChild(t *testing.T, data string) (*exec.Cmd, string) {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestServeChild$")
-	cmd.Env = append(append(os.Environ(), serveChildEnv+"="+data), storeEnv(t, data)...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// Whatever way the test ends, the child ends with it (Kill of one that
-	// has ended already is a harmless error).
-	t.Cleanup(func() { cmd.Process.Kill() })
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
-			go func() {
-				for sc.Scan() {
-				}
-			}()
-			return cmd, m[1]
-		}
-	}
-	cmd.Process.Kill()
-	t.Fatalf("server child did not start")
-	return nil, ""
+	ch := startServe(t, data, serveOptions{}, "--listen", "127.0.0.1:0")
+	return ch.cmd, ch.addr
 }
 
 // TestKill9UnderLoad kills the server with SIGKILL several times while
@@ -104,21 +60,7 @@ func TestKill9UnderLoad(t *testing.T) {
 	}
 	dial := func(addr, user, dev string, last uint64) *client.Client {
 		t.Helper()
-		tok, _ := key.Mint(user, dev, time.Hour, time.Now())
-		pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tlsConf, _ := client.PinnedTLS(pem)
-		var c *client.Client
-		err = withTimeout(20*time.Second, func(ctx context.Context) error {
-			c, err = client.Dial(ctx, client.Config{Addr: addr, Token: tok, TLS: tlsConf, NoReconnect: true, LastUserSeq: last})
-			return err
-		})
-		if err != nil {
-			t.Fatalf("dial %s/%s: %v", user, dev, err)
-		}
-		return c
+		return dialServe(t, data, addr, key, user, dev, last)
 	}
 
 	users := []string{"ann", "bob", "cat", "dan", "eve"}

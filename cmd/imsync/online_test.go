@@ -146,26 +146,7 @@ func (s *sender) halt() {
 // directory (certificate) is data, with a token from key.
 func dialUser(t *testing.T, data, addr string, key *transport.Key, user string) *client.Client {
 	t.Helper()
-	tok, err := key.Mint(user, "phone", time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsConf, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c *client.Client
-	err = withTimeout(20*time.Second, func(ctx context.Context) error {
-		c, err = client.Dial(ctx, client.Config{Addr: addr, Token: tok, TLS: tlsConf, NoReconnect: true})
-		return err
-	})
-	if err != nil {
-		t.Fatalf("dial %s: %v", user, err)
-	}
+	c := dialServe(t, data, addr, key, user, "phone", 0)
 	t.Cleanup(func() { c.Close() })
 	return c
 }
@@ -329,17 +310,25 @@ func TestToolsBesideRunningServer(t *testing.T) {
 	server.Wait()
 	// Stopped: the checkpointed stats (three runs, two of them beside the
 	// server) resume to what one replay from scratch counts.
+	resumed := resumedStats(t, data)
+	if resumed.Days[0].Messages < len(s.snapshot()) {
+		t.Fatalf("stats count %d messages, %d were acknowledged", resumed.Days[0].Messages, len(s.snapshot()))
+	}
+}
+
+// resumedStats runs `imsync stats` on data, which resumes from the
+// checkpoint, and holds the report against a replay from scratch.
+func resumedStats(t *testing.T, data string) projections.StatsReport {
+	t.Helper()
 	var resumed projections.StatsReport
-	stdout, _, err = runChild(t, "stats", "--data", data, "--json")
+	stdout, _, err := runChild(t, "stats", "--data", data, "--json")
 	if err != nil || json.Unmarshal([]byte(stdout), &resumed) != nil {
 		t.Fatalf("stats: %v %q", err, stdout)
 	}
 	if want := statsFromScratch(t, data); !reflect.DeepEqual(resumed, want) {
 		t.Fatalf("resumed stats\n %+v\nfrom scratch\n %+v", resumed, want)
 	}
-	if resumed.Days[0].Messages < len(s.snapshot()) {
-		t.Fatalf("stats count %d messages, %d were acknowledged", resumed.Days[0].Messages, len(s.snapshot()))
-	}
+	return resumed
 }
 
 // statsFromScratch replays stats over data's store in memory.
@@ -554,14 +543,7 @@ func TestReplayKilledResumes(t *testing.T) {
 	if got := lines1(t, stdout)["events"]; got != float64(afterCP) {
 		t.Fatalf("resumed replay applied %v events; %d follow the checkpoint", got, afterCP)
 	}
-	var resumed projections.StatsReport
-	stdout, _, err = runChild(t, "stats", "--data", data, "--json")
-	if err != nil || json.Unmarshal([]byte(stdout), &resumed) != nil {
-		t.Fatalf("stats: %v %q", err, stdout)
-	}
-	if want := statsFromScratch(t, data); !reflect.DeepEqual(resumed, want) {
-		t.Fatalf("resumed stats\n %+v\nfrom scratch\n %+v", resumed, want)
-	}
+	resumedStats(t, data)
 }
 
 // TestToolsOnESDB: export, replay and stats read the events through the

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -11,9 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,27 +26,8 @@ import (
 	"github.com/imsync/imsync/transport/client"
 )
 
-const drainChildEnv = "IMSYNC_DRAIN_CHILD" // DATA|ADDR
-
 // drainTimeout is the child's --drain-timeout.
 const drainTimeout = 10 * time.Second
-
-// TestDrainServeChild is the server process of TestSIGTERMDrainsUnderLoad:
-// `imsync serve` with the operations listener and JSON logs, stopped by
-// SIGTERM as main stops it.
-func TestDrainServeChild(t *testing.T) {
-	data, addr, ok := strings.Cut(os.Getenv(drainChildEnv), "|")
-	if !ok {
-		t.Skip("only runs as the child of TestSIGTERMDrainsUnderLoad")
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	args := []string{"serve", "--data", data, "--listen", addr, "--ops", "127.0.0.1:0", "--log-format", "json", "--drain-timeout", drainTimeout.String()}
-	if err := run(ctx, args, os.Stdout); err != nil {
-		fmt.Println("serve:", err)
-		os.Exit(2)
-	}
-}
 
 // drainChild is a running `imsync serve` child.
 type drainChild struct {
@@ -61,37 +39,10 @@ type drainChild struct {
 
 func startDrainChild(t *testing.T, data, addr string) *drainChild {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestDrainServeChild$")
-	cmd.Env = append(append(os.Environ(), drainChildEnv+"="+data+"|"+addr), storeEnv(t, data)...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch := &drainChild{cmd: cmd, logs: &syncBuffer{}}
-	cmd.Stderr = ch.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
-			ch.addr = m[1]
-		}
-		if m := regexp.MustCompile(`operations on (http://\S+)/metrics`).FindStringSubmatch(sc.Text()); m != nil {
-			ch.ops = m[1]
-		}
-		if ch.addr != "" && ch.ops != "" {
-			go io.Copy(io.Discard, out)
-			return ch
-		}
-	}
-	t.Fatalf("server child did not start: %s", ch.logs.String())
-	return nil
+	logs := &syncBuffer{}
+	ch := startServe(t, data, serveOptions{drain: true, stderr: logs},
+		"--listen", addr, "--ops", "127.0.0.1:0", "--log-format", "json", "--drain-timeout", drainTimeout.String())
+	return &drainChild{cmd: ch.cmd, addr: ch.addr, ops: ch.ops, logs: logs}
 }
 
 // logLine returns the first JSON log line with msg, or nil.
@@ -152,14 +103,7 @@ func TestSIGTERMDrainsUnderLoad(t *testing.T) {
 			t.Fatalf("%s: %d %s", path, code, body)
 		}
 	}
-	pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsConf, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tlsConf := pinnedTLSOf(t, data)
 
 	// A refused login: JSON, with the reason and the address, no token.
 	other, err := transport.LoadOrCreateKey(t.TempDir())
@@ -369,34 +313,12 @@ func TestServeOpsFlags(t *testing.T) {
 // in); the drain ends when that connection does.
 func TestServeReadyz(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	var out syncBuffer
-	served := make(chan error, 1)
-	go func() {
-		served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0", "--drain-timeout", "20s", "--log-level", "error"), &out)
-	}()
-	var addr, ops string
-	waitFor(t, "serve to start", func() bool {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String()); m != nil {
-			addr = m[1]
-		}
-		if m := regexp.MustCompile(`operations on (http://\S+)/metrics`).FindStringSubmatch(out.String()); m != nil {
-			ops = m[1]
-		}
-		return addr != "" && ops != ""
-	})
+	addr, out, stopServe := serveInProcess(t, serveArgs(t, data, "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0", "--drain-timeout", "20s", "--log-level", "error")...)
+	ops := opsRE.FindStringSubmatch(out.String())[1] // printed before "listening on"
 	if code, body := getStatus(t, ops+"/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz while serving: %d %s", code, body)
 	}
-	pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tc := pinnedTLSOf(t, data)
 	tc.NextProtos = []string{transport.ALPN}
 	held, err := quic.DialAddr(context.Background(), addr, tc, &quic.Config{MaxIdleTimeout: time.Minute})
 	if err != nil {
@@ -407,7 +329,8 @@ func TestServeReadyz(t *testing.T) {
 		_, body := getStatus(t, ops+"/metrics")
 		return strings.Contains(body, "\nimsync_connections 1\n")
 	})
-	stop() // as SIGTERM does
+	served := make(chan error, 1)
+	go func() { served <- stopServe() }() // as SIGTERM does
 	waitFor(t, "/readyz 503 while draining", func() bool {
 		code, body := getStatus(t, ops+"/readyz")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "draining")
@@ -427,20 +350,8 @@ func TestServeReadyz(t *testing.T) {
 // series and leaves protoactor-go's out.
 func TestServeWithoutActorMetrics(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	var out syncBuffer
-	served := make(chan error, 1)
-	go func() {
-		served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0", "--ops-actor-metrics=false", "--log-level", "error"), &out)
-	}()
-	var ops string
-	waitFor(t, "serve to start", func() bool {
-		if m := regexp.MustCompile(`operations on (http://\S+)/metrics`).FindStringSubmatch(out.String()); m != nil {
-			ops = m[1]
-		}
-		return ops != "" && strings.Contains(out.String(), "listening on")
-	})
+	_, out, stop := serveInProcess(t, serveArgs(t, data, "--listen", "127.0.0.1:0", "--ops", "127.0.0.1:0", "--ops-actor-metrics=false", "--log-level", "error")...)
+	ops := opsRE.FindStringSubmatch(out.String())[1] // printed before "listening on"
 	code, body := getStatus(t, ops+"/metrics")
 	if code != http.StatusOK || !strings.Contains(body, "\nimsync_connections ") {
 		t.Fatalf("/metrics: %d\n%s", code, body)
@@ -448,8 +359,7 @@ func TestServeWithoutActorMetrics(t *testing.T) {
 	if strings.Contains(body, "\nprotoactor_") {
 		t.Error("protoactor-go's series with --ops-actor-metrics=false")
 	}
-	stop()
-	if err := <-served; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 }

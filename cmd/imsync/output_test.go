@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"encoding/base64"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -22,24 +20,13 @@ func cliServer(t *testing.T) (addr, data string) {
 func cliServerWith(t *testing.T, flags ...string) (addr, data string) {
 	t.Helper()
 	data = filepath.Join(t.TempDir(), "data")
-	ctx, stop := context.WithCancel(context.Background())
-	var out syncBuffer
-	served := make(chan error, 1)
-	go func() { served <- run(ctx, serveArgs(t, data, flags...), &out) }()
+	addr, _, stop := serveInProcess(t, serveArgs(t, data, flags...)...)
 	t.Cleanup(func() {
-		stop()
-		if err := <-served; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	for end := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String()); m != nil {
-			return m[1], data
-		}
-		if time.Now().After(end) {
-			t.Fatalf("server did not start: %q", out.String())
-		}
-	}
+	return addr, data
 }
 
 // TestOtherUsersTextIsEscaped: text from another user cannot reach the

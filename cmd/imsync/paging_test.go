@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -21,24 +19,8 @@ import (
 // page holds.
 func TestClientCommandsPage(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
-	ctx, stop := context.WithCancel(context.Background())
-	var serverOut syncBuffer
-	served := make(chan error, 1)
-	go func() { served <- run(ctx, serveArgs(t, data, "--listen", "127.0.0.1:0"), &serverOut) }()
-	defer func() {
-		stop()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
-	var addr string
-	for end := time.Now().Add(15 * time.Second); addr == ""; time.Sleep(20 * time.Millisecond) {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(serverOut.String()); m != nil {
-			addr = m[1]
-		} else if time.Now().After(end) {
-			t.Fatalf("server did not start: %q", serverOut.String())
-		}
-	}
+	addr, stop := serveOn(t, data)
+	defer stop()
 	ca := filepath.Join(data, "server.crt")
 	token := func(user string) string {
 		out, err := runCmd(t, "token", "--data", data, "--user", user, "--device", "d")
@@ -48,14 +30,7 @@ func TestClientCommandsPage(t *testing.T) {
 		return strings.TrimSpace(out)
 	}
 	ann := token("ann")
-	pem, err := os.ReadFile(ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tc := pinnedTLSOf(t, data)
 	cctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	c, err := client.Dial(cctx, client.Config{Addr: addr, Token: ann, TLS: tc})

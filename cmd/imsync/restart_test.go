@@ -1,14 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,51 +16,12 @@ import (
 	"github.com/imsync/imsync/transport/client"
 )
 
-const restartChildEnv = "IMSYNC_RESTART_CHILD" // DATA|ADDR
-
-// TestRestartServeChild is the server process of TestClientResumesAfterKill9.
-func TestRestartServeChild(t *testing.T) {
-	data, addr, ok := strings.Cut(os.Getenv(restartChildEnv), "|")
-	if !ok {
-		t.Skip("only runs as the child of TestClientResumesAfterKill9")
-	}
-	if err := run(context.Background(), []string{"serve", "--data", data, "--listen", addr}, os.Stdout); err != nil {
-		fmt.Println("serve:", err)
-		os.Exit(2)
-	}
-}
-
 // startServeAt runs `imsync serve` on addr in a child process and returns
 // it once it listens, with the address it listens on.
 func startServeAt(t *testing.T, data, addr string) (*exec.Cmd, string) {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestRestartServeChild$")
-	cmd.Env = append(append(os.Environ(), restartChildEnv+"="+data+"|"+addr), storeEnv(t, data)...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
-			go func() {
-				for sc.Scan() {
-				}
-			}()
-			return cmd, m[1]
-		}
-	}
-	t.Fatalf("server child did not start")
-	return nil, ""
+	ch := startServe(t, data, serveOptions{}, "--listen", addr)
+	return ch.cmd, ch.addr
 }
 
 // lossLog records why the client's connections ended (its debug log).
@@ -115,11 +72,7 @@ func TestClientResumesAfterKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	child, addr := startServeAt(t, data, "127.0.0.1:0")
-	pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsConf, _ := client.PinnedTLS(pem)
+	tlsConf := pinnedTLSOf(t, data)
 	dial := func(user string, log slog.Handler) *client.Client {
 		tok, _ := key.Mint(user, "phone", time.Hour, time.Now())
 		c, err := client.Dial(context.Background(), client.Config{Addr: addr, Token: tok, TLS: tlsConf, Logger: slog.New(log)})

@@ -5,9 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -32,14 +30,7 @@ func searchServer(t *testing.T) (data, addr string, dial func(user string) *clie
 	data = filepath.Join(t.TempDir(), "data")
 	addr, stop := serveOn(t, data)
 	t.Cleanup(stop)
-	pem, err := os.ReadFile(filepath.Join(data, "server.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tc := pinnedTLSOf(t, data)
 	token = func(user string) string {
 		t.Helper()
 		out, err := runCmd(t, "token", "--data", data, "--user", user, "--device", "d")
@@ -362,14 +353,7 @@ func TestSearchConfirmsMembershipWithTheConversation(t *testing.T) {
 		}
 	}
 
-	pem, err := os.ReadFile(filepath.Join(data, "server.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tc := pinnedTLSOf(t, data)
 	key, err := transport.LoadKey(data)
 	if err != nil {
 		t.Fatal(err)
@@ -397,23 +381,9 @@ func TestSearchConfirmsMembershipWithTheConversation(t *testing.T) {
 // serveOn runs `imsync serve` on data with more flags; stop ends it.
 func serveOn(t *testing.T, data string, more ...string) (addr string, stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var serverOut syncBuffer
-	served := make(chan error, 1)
-	go func() {
-		served <- run(ctx, serveArgs(t, data, append([]string{"--listen", "127.0.0.1:0"}, more...)...), &serverOut)
-	}()
-	for end := time.Now().Add(15 * time.Second); addr == ""; time.Sleep(20 * time.Millisecond) {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(serverOut.String()); m != nil {
-			addr = m[1]
-		} else if time.Now().After(end) {
-			cancel()
-			t.Fatalf("server did not start: %q", serverOut.String())
-		}
-	}
+	addr, _, stopServe := serveInProcess(t, serveArgs(t, data, append([]string{"--listen", "127.0.0.1:0"}, more...)...)...)
 	return addr, func() {
-		cancel()
-		if err := <-served; err != nil {
+		if err := stopServe(); err != nil {
 			t.Errorf("serve: %v", err)
 		}
 	}

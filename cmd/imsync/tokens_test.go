@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -45,30 +44,6 @@ func TestTokenWrongDataCreatesNothing(t *testing.T) {
 	}
 	if _, err := os.Stat(missing); !os.IsNotExist(err) {
 		t.Fatalf("token created %s: %v", missing, err)
-	}
-}
-
-// serveInProcess runs `imsync serve` with args until the test ends and
-// returns its address and output.
-func serveInProcess(t *testing.T, args ...string) (string, *syncBuffer, func() error) {
-	t.Helper()
-	ctx, stop := context.WithCancel(context.Background())
-	out := &syncBuffer{}
-	served := make(chan error, 1)
-	go func() { served <- run(ctx, args, out) }()
-	t.Cleanup(stop)
-	for end := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String()); m != nil {
-			return m[1], out, func() error { stop(); return <-served }
-		}
-		select {
-		case err := <-served:
-			t.Fatalf("serve: %v", err)
-		default:
-		}
-		if time.Now().After(end) {
-			t.Fatalf("server did not start: %q", out.String())
-		}
 	}
 }
 
@@ -137,20 +112,6 @@ func TestServeHostname(t *testing.T) {
 	}
 }
 
-const serveArgsEnv = "IMSYNC_SERVE_CHILD_ARGS"
-
-// TestServeArgsChild is the server process of TestServeSIGHUPReload.
-func TestServeArgsChild(t *testing.T) {
-	args := os.Getenv(serveArgsEnv)
-	if args == "" {
-		t.Skip("only runs as the child of TestServeSIGHUPReload")
-	}
-	if err := run(context.Background(), strings.Split(args, "\n"), os.Stdout); err != nil {
-		fmt.Println("serve:", err)
-		os.Exit(2)
-	}
-}
-
 // edKeys are an app backend's signing keys by kid.
 type edKeys map[string]ed25519.PrivateKey
 
@@ -210,12 +171,7 @@ func TestServeSIGHUPReload(t *testing.T) {
 
 	port := freeUDPPort(t)
 	args := serveArgs(t, data, "--listen", port, "--jwks", jwksPath, "--jwt-audience", "chat", "--cert", crt, "--key", crtKey)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestServeArgsChild$")
-	cmd.Env = append(os.Environ(), serveArgsEnv+"="+strings.Join(args, "\n"))
+	cmd := serveChildCmd(t, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -37,27 +37,66 @@ func BenchmarkSendsWithWebhook(b *testing.B) {
 
 const sendsPerOp = 4000
 
-func benchSends(b *testing.B, withHook bool) {
+// sendBench is what the send benchmarks run on: the grains on an embedded
+// store in dir, with one direct conversation a%d–b%d per sender.
+type sendBench struct {
+	svc   *actors.Service
+	store events.Store
+	dir   string
+	convs []string
+}
+
+func newSendBench(b *testing.B, cfg actors.Config) *sendBench {
 	dir := b.TempDir()
 	store, err := events.Open(filepath.Join(dir, "store"), events.Options{ScavengeInterval: -1})
 	if err != nil {
 		b.Fatal(err)
 	}
-	svc, err := actors.Start(actors.Config{Store: store})
+	cfg.Store = store
+	svc, err := actors.Start(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer func() {
+	b.Cleanup(func() {
 		svc.Close()
 		store.Close()
-	}()
+	})
 	const senders = 64
-	convs := make([]string, senders)
-	for i := range convs {
-		if convs[i], err = svc.OpenDirect(context.Background(), fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i)); err != nil {
+	sb := &sendBench{svc: svc, store: store, dir: dir, convs: make([]string, senders)}
+	for i := range sb.convs {
+		if sb.convs[i], err = svc.OpenDirect(context.Background(), fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i)); err != nil {
 			b.Fatal(err)
 		}
 	}
+	return sb
+}
+
+// round makes sendsPerOp sends of iteration op, spread over the senders,
+// and returns when all are acknowledged.
+func (sb *sendBench) round(b *testing.B, op int) {
+	var left atomic.Int64
+	left.Store(sendsPerOp)
+	var wg sync.WaitGroup
+	for i := range sb.convs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; left.Add(-1) >= 0; n++ {
+				_, err := sb.svc.Send(context.Background(), actors.SendRequest{Conversation: sb.convs[i], Sender: fmt.Sprintf("a%d", i),
+					ClientMsgID: fmt.Sprintf("%d-%d", op, n), Body: make([]byte, 100)})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func benchSends(b *testing.B, withHook bool) {
+	sb := newSendBench(b, actors.Config{})
+	store, dir := sb.store, sb.dir
 	var received atomic.Int64
 	var stopHook func()
 	if withHook {
@@ -82,24 +121,8 @@ func benchSends(b *testing.B, withHook bool) {
 	b.ResetTimer()
 	var sendTime, hookTime time.Duration
 	for op := range b.N {
-		var left atomic.Int64
-		left.Store(sendsPerOp)
 		start := time.Now()
-		var wg sync.WaitGroup
-		for i := range senders {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for n := 0; left.Add(-1) >= 0; n++ {
-					_, err := svc.Send(context.Background(), actors.SendRequest{Conversation: convs[i], Sender: fmt.Sprintf("a%d", i), ClientMsgID: fmt.Sprintf("%d-%d", op, n), Body: make([]byte, 100)})
-					if err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
+		sb.round(b, op)
 		sendTime += time.Since(start)
 		if withHook {
 			want := int64((op + 1) * sendsPerOp)

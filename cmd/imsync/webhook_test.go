@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -26,55 +24,12 @@ import (
 	"github.com/imsync/imsync/transport/wire"
 )
 
-const webhookChildEnv = "IMSYNC_WEBHOOK_CHILD" // serve's arguments, separated by \x1f
-
-// TestWebhookServeChild is the server process of TestWebhookAcrossKill9.
-func TestWebhookServeChild(t *testing.T) {
-	args := os.Getenv(webhookChildEnv)
-	if args == "" {
-		t.Skip("only runs as the child of TestWebhookAcrossKill9")
-	}
-	if err := run(context.Background(), append([]string{"serve"}, strings.Split(args, "\x1f")...), os.Stdout); err != nil {
-		fmt.Println("serve:", err)
-		os.Exit(2)
-	}
-}
-
-// startWebhookChild runs `imsync serve ARGS` in a child process and
+// startWebhookChild runs `imsync serve --data DATA ARGS` in a child process and
 // returns it with its QUIC address and, with --api, the API's URL.
 func startWebhookChild(t *testing.T, data string, args ...string) (*exec.Cmd, string, string) {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestWebhookServeChild$")
-	cmd.Env = append(append(os.Environ(), webhookChildEnv+"="+strings.Join(args, "\x1f")), storeEnv(t, data)...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	sc := bufio.NewScanner(out)
-	var apiURL string
-	for sc.Scan() {
-		if m := regexp.MustCompile(`server API on (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
-			apiURL = m[1]
-		}
-		if m := regexp.MustCompile(`imsync listening on (\S+)`).FindStringSubmatch(sc.Text()); m != nil {
-			go func() {
-				for sc.Scan() {
-				}
-			}()
-			return cmd, m[1], apiURL
-		}
-	}
-	t.Fatalf("server child did not start")
-	return nil, "", ""
+	ch := startServe(t, data, serveOptions{}, args...)
+	return ch.cmd, ch.addr, ch.api
 }
 
 // hookReceiver is the webhook's receiver: a real HTTP server in the test.
@@ -222,24 +177,11 @@ func TestWebhookAcrossKill9(t *testing.T) {
 	os.WriteFile(secretFile, append(secret, '\n'), 0o600)
 	os.WriteFile(apiKeyFile, []byte("api-key-for-the-test-0123\n"), 0o600)
 	rec := newHookReceiver(t, secret)
-	args := []string{"--data", data, "--listen", "127.0.0.1:0", "--webhook", rec.srv.URL, "--webhook-secret", secretFile, "--api", "127.0.0.1:0", "--api-key", apiKeyFile}
+	args := []string{"--listen", "127.0.0.1:0", "--webhook", rec.srv.URL, "--webhook-secret", secretFile, "--api", "127.0.0.1:0", "--api-key", apiKeyFile}
 
 	dialDevice := func(addr, user, device string) *client.Client {
 		t.Helper()
-		tok, _ := key.Mint(user, device, time.Hour, time.Now())
-		pem, err := os.ReadFile(filepath.Join(data, transport.CertFile))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tlsConf, _ := client.PinnedTLS(pem)
-		var c *client.Client
-		err = withTimeout(20*time.Second, func(ctx context.Context) error {
-			c, err = client.Dial(ctx, client.Config{Addr: addr, Token: tok, TLS: tlsConf, NoReconnect: true})
-			return err
-		})
-		if err != nil {
-			t.Fatalf("dial %s: %v", user, err)
-		}
+		c := dialServe(t, data, addr, key, user, device, 0)
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
@@ -485,8 +427,7 @@ func TestWebhookAcrossKill9(t *testing.T) {
 	// the revocation, and takes one issued after it.
 	closeStore()
 	_, addr, _ = startWebhookChild(t, data, args...)
-	pem, _ := os.ReadFile(filepath.Join(data, transport.CertFile))
-	tlsConf, _ := client.PinnedTLS(pem)
+	tlsConf := pinnedTLSOf(t, data)
 	for _, c := range []struct {
 		issued time.Time
 		ok     bool

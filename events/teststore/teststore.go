@@ -10,6 +10,8 @@
 //	store.Close()
 //	store = d.Open() // the same events
 //
+//	n := teststore.BenchEvents(b, 20_000) // a benchmark store's size: IMSYNC_BENCH_EVENTS, or 20,000
+//
 // CI runs the actors', transport and command tests once with each.
 package teststore
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,23 +14,10 @@ import (
 
 	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/eventspb"
+	"github.com/imsync/imsync/events/teststore"
 	"github.com/imsync/imsync/projections"
 	"github.com/imsync/imsync/projections/search"
 )
-
-// benchEvents is the number of events BenchmarkSearchReplay generates:
-// IMSYNC_BENCH_EVENTS, or a small default that keeps `go test -bench .
-// -benchtime 1x` fast.
-func benchEvents(b *testing.B) int {
-	if v := os.Getenv("IMSYNC_BENCH_EVENTS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			b.Fatalf("IMSYNC_BENCH_EVENTS=%q: want a positive number", v)
-		}
-		return n
-	}
-	return 20_000
-}
 
 // generateMessages appends n events to conversation streams of store:
 // messages of 4 to 16 words from a vocabulary of 5,000 over 1,000
@@ -99,7 +85,7 @@ func words(rng *rand.Rand, vocab []string) string {
 // the same store in the same run. Metrics: search-events/s,
 // read-events/s and their ratio.
 func BenchmarkSearchReplay(b *testing.B) {
-	n := benchEvents(b)
+	n := teststore.BenchEvents(b, 20_000)
 	dir := b.TempDir()
 	store, err := events.Open(filepath.Join(dir, "events"), events.Options{ScavengeInterval: -1})
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -20,10 +19,10 @@ import (
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events/eventspb"
-	"github.com/imsync/imsync/events/teststore"
 	"github.com/imsync/imsync/transport"
 	"github.com/imsync/imsync/transport/api"
 	"github.com/imsync/imsync/transport/client"
+	"github.com/imsync/imsync/transport/transporttest"
 	"github.com/imsync/imsync/transport/wire"
 )
 
@@ -44,44 +43,17 @@ type stack struct {
 func start(t *testing.T) *stack {
 	t.Helper()
 	dir := t.TempDir()
-	svc, err := actors.Start(actors.Config{Store: teststore.Open(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
-	key, err := transport.LoadOrCreateKey(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := transport.LoadOrCreateCert(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := transporttest.Service(t, actors.Config{})
 	revs, err := transport.LoadRevocations(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := &stack{svc: svc, key: key, dir: dir}
-	gw, err := transport.NewServer(transport.Config{Service: svc, Key: key, TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, Revocations: revs})
+	gw := transporttest.Listen(t, dir, transport.Config{Service: svc, Revocations: revs})
+	a, err := api.New(api.Config{Service: svc, Gateway: gw.Server, Key: []byte(apiKey)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := gw.Listen("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { gw.Close() })
-	pem, err := os.ReadFile(filepath.Join(dir, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.tls, err = client.PinnedTLS(pem); err != nil {
-		t.Fatal(err)
-	}
-	a, err := api.New(api.Config{Service: svc, Gateway: gw, Key: []byte(apiKey)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.gateway, st.api = gw, a
+	st := &stack{svc: svc, gateway: gw.Server, api: a, key: gw.Key, tls: gw.TLS, dir: dir}
 	st.http = httptest.NewServer(a)
 	t.Cleanup(st.http.Close)
 	return st
