@@ -11,7 +11,6 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/asynkron/protoactor-go/cluster"
 	"github.com/asynkron/protoactor-go/cluster/clusterproviders/test"
-	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
 	"github.com/asynkron/protoactor-go/remote"
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
@@ -155,7 +154,7 @@ func Start(cfg Config) (*Service, error) {
 	if cfg.HeartbeatExpiration > 0 {
 		opts = append(opts, cluster.WithHeartbeatExpiration(cfg.HeartbeatExpiration))
 	}
-	ccfg := cluster.Configure(cfg.ClusterName, cfg.Provider, disthash.New(), remote.Configure(cfg.Host, cfg.Port), opts...)
+	ccfg := cluster.Configure(cfg.ClusterName, cfg.Provider, newPlacementLookup(), remote.Configure(cfg.Host, cfg.Port), opts...)
 	s.cluster = cluster.New(s.system, ccfg)
 	s.cluster.StartMember()
 	if !cfg.NoFanoutWatch {
