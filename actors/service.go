@@ -87,6 +87,8 @@ type Service struct {
 	// there is a sync retention: Close stops them first so that they write
 	// their snapshots.
 	users sync.Map
+	// conns: this member's device connections (see remote_sink.go).
+	conns attachments
 }
 
 // Start starts a cluster member with the conversation, user and device
@@ -138,6 +140,7 @@ func Start(cfg Config) (*Service, error) {
 	}
 	ccfg := cluster.Configure(cfg.ClusterName, cfg.Provider, disthash.New(), remote.Configure(cfg.Host, cfg.Port), opts...)
 	s.cluster = cluster.New(s.system, ccfg)
+	s.followTopology()
 	s.cluster.StartMember()
 	if !cfg.NoFanoutWatch {
 		s.watch = startFanoutWatch(s)
@@ -572,7 +575,9 @@ func (s *Service) AttachDevice(ctx context.Context, user, device string, sink De
 		s.system.Root.Stop(pid)
 		return nil, err
 	}
-	return &Attachment{State: st, svc: s, user: user, device: device, pid: pid}, nil
+	a := &Attachment{State: st, svc: s, user: user, device: device, pid: pid}
+	s.conns.add(a)
+	return a, nil
 }
 
 // Detach ends the attachment: its sink gets no more pushes, and the
@@ -580,6 +585,7 @@ func (s *Service) AttachDevice(ctx context.Context, user, device string, sink De
 // first result.
 func (a *Attachment) Detach(ctx context.Context) error {
 	a.once.Do(func() {
+		a.svc.conns.remove(a)
 		_, a.err = call[*DeviceState](a.svc, ctx, deviceIdentity(a.user, a.device), kindDevice, &DetachDevice{Address: a.pid.Address, Id: a.pid.Id})
 		// Stopping the actor also detaches it, should the call have failed.
 		a.svc.system.Root.Stop(a.pid)
