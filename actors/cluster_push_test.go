@@ -20,7 +20,7 @@ import (
 
 // threeMembers starts three members of one cluster over one store and
 // waits until each sees the others.
-func threeMembers(t *testing.T) []*actors.Service {
+func threeMembers(t *testing.T, passivateAfter time.Duration) []*actors.Service {
 	t.Helper()
 	store := newStore(t)
 	agent := test.NewInMemAgent()
@@ -28,7 +28,7 @@ func threeMembers(t *testing.T) []*actors.Service {
 	for range 3 {
 		members = append(members, start(t, actors.Config{
 			Store: store, ClusterName: "pushes", HeartbeatExpiration: 2 * time.Second,
-			Provider: test.NewTestProvider(agent),
+			Provider: test.NewTestProvider(agent), PassivateAfter: passivateAfter,
 		}))
 	}
 	eventually(t, "three members", func() bool {
@@ -48,7 +48,7 @@ func threeMembers(t *testing.T) []*actors.Service {
 // of the connection again, and the pushes go on without the connection
 // attaching again.
 func TestClusterPushAcrossMembers(t *testing.T) {
-	members := threeMembers(t)
+	members := threeMembers(t, 0)
 	a, b, c := members[0], members[1], members[2]
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -107,6 +107,50 @@ func TestClusterPushAcrossMembers(t *testing.T) {
 		t.Fatalf("device grain still placed on the lost member (%q)", h)
 	}
 	send("after")
+}
+
+// TestClusterDeviceLostWithItsMember: a device whose connection and grain
+// were both on a member that died is offline for its user grain once the
+// grain re-activates elsewhere, so the user grain passivates instead of
+// holding the device for online for ever.
+func TestClusterDeviceLostWithItsMember(t *testing.T) {
+	members := threeMembers(t, 500*time.Millisecond)
+	a, b, c := members[0], members[1], members[2]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	user, dev := "", ""
+	for i := 0; i < 200 && dev == ""; i++ {
+		u := fmt.Sprintf("u%d", i)
+		if a.Host(actors.KindUser, u) != a.Address() {
+			continue
+		}
+		for j := range 50 {
+			if d := fmt.Sprintf("d%d", j); a.Host(actors.KindDevice, u+"/"+d) == b.Address() {
+				user, dev = u, d
+				break
+			}
+		}
+	}
+	if dev == "" {
+		t.Fatal("no user on the first member with a device grain on the second")
+	}
+	device(t, b, user, dev) // online: the user grain stays while it is
+	b.Crash()
+	eventually(t, "two members", func() bool { return a.Members() == 2 && c.Members() == 2 })
+	// A message for the user: the user grain notifies the device, whose
+	// grain re-activates on a survivor without connections.
+	conv, err := c.OpenDirect(ctx, "zed", user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Send(ctx, actors.SendRequest{Conversation: conv, Sender: "zed", ClientMsgID: "m1", Body: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EnsureFanout(ctx, conv, r.Seq); err != nil {
+		t.Fatal(err)
+	}
+	waitPassivated(t, a, actors.KindUser)
 }
 
 // TestClusterFencing: two activations of the same grains at once (two
