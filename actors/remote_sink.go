@@ -37,8 +37,20 @@ const reannounceWorkers = 16
 
 // attachments is the set of this member's live device connections.
 type attachments struct {
-	mu  sync.Mutex
-	set map[*Attachment]struct{}
+	mu     sync.Mutex
+	set    map[*Attachment]struct{}
+	stopFn func() // ends followTopology
+}
+
+// stop ends the announcements (the member is closing).
+func (a *attachments) stop() {
+	a.mu.Lock()
+	f := a.stopFn
+	a.stopFn = nil
+	a.mu.Unlock()
+	if f != nil {
+		f()
+	}
 }
 
 func (a *attachments) add(x *Attachment) {
@@ -71,19 +83,34 @@ func (a *attachments) list() []*Attachment {
 func (s *Service) followTopology() {
 	var mu sync.Mutex
 	var last *time.Timer
-	s.system.EventStream.Subscribe(func(evt any) {
+	stopped := false
+	sub := s.system.EventStream.Subscribe(func(evt any) {
 		t, ok := evt.(*cluster.ClusterTopology)
 		if !ok || len(t.Joined)+len(t.Left) == 0 {
 			return
 		}
-		go s.reannounce()
 		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		go s.reannounce()
 		if last != nil {
 			last.Stop()
 		}
 		last = time.AfterFunc(reannounceAgain, s.reannounce)
-		mu.Unlock()
 	})
+	s.conns.mu.Lock()
+	s.conns.stopFn = func() {
+		s.system.EventStream.Unsubscribe(sub)
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		if last != nil {
+			last.Stop()
+		}
+	}
+	s.conns.mu.Unlock()
 }
 
 // reannounce tells every attachment's device grain about it again.

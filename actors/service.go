@@ -151,6 +151,7 @@ func Start(cfg Config) (*Service, error) {
 // Close leaves the cluster; the store stays open (it is the caller's).
 func (s *Service) Close() error {
 	s.closing.Do(func() {
+		s.conns.stop()
 		if s.watch != nil {
 			s.watch.stop()
 		}
