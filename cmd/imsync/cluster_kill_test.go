@@ -473,10 +473,39 @@ func TestClusterKill9UnderLoad(t *testing.T) {
 			}
 		}
 	}
+	ackedBy := func() map[string]int {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		n := map[string]int{}
+		for _, o := range h.ops {
+			if o.acked {
+				n[o.user]++
+			}
+		}
+		return n
+	}
 	waitAcked(200, "before the kill")
 	f.nodes[1].kill9()
+	atKill := ackedBy()
 	t.Logf("node 2 SIGKILLed with %d operations acknowledged", acked())
 	waitAcked(acked()+200, "with node 2 down")
+	// Every phone goes on while node 2 is down: those that were on it
+	// reconnected to another node.
+	for end := time.Now().Add(60 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		now, behind := ackedBy(), ""
+		for _, u := range users {
+			if now[u] <= atKill[u] {
+				behind = u
+			}
+		}
+		if behind == "" {
+			break
+		}
+		if time.Now().After(end) || t.Failed() {
+			stop.Store(true)
+			t.Fatalf("%s's phone acknowledged nothing while node 2 was down", behind)
+		}
+	}
 	f.startNode(1)
 	t.Logf("node 2 started again with %d operations acknowledged", acked())
 	waitAcked(acked()+200, "after node 2 came back")
