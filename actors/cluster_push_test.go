@@ -310,3 +310,63 @@ func storedPointers(t *testing.T, store events.Store, user, conv string) []uint6
 		}
 	}
 }
+
+// BenchmarkClusterPush: one send and the push it causes, from the send
+// call until the connection has the push: the connection on member A, the
+// device grain on member B, the send through member C; against the same on
+// one member. go test -tags cluster -run '^$' -bench ClusterPush ./actors/
+func BenchmarkClusterPush(b *testing.B) {
+	b.Run("one member", func(b *testing.B) {
+		s := start(b, actors.Config{Store: newStore(b)})
+		benchPush(b, s, s, "ann", "d0")
+	})
+	b.Run("three members", func(b *testing.B) {
+		store := newStore(b)
+		agent := test.NewInMemAgent()
+		var members []*actors.Service
+		for range 3 {
+			members = append(members, start(b, actors.Config{Store: store, ClusterName: "bench", Provider: test.NewTestProvider(agent)}))
+		}
+		eventually(b, "three members", func() bool {
+			for _, m := range members {
+				if m.Members() != 3 {
+					return false
+				}
+			}
+			return true
+		})
+		a, grainOn, c := members[0], members[1], members[2]
+		for i := range 200 {
+			if d := fmt.Sprintf("d%d", i); a.Host(actors.KindDevice, "ann/"+d) == grainOn.Address() {
+				benchPush(b, a, c, "ann", d)
+				return
+			}
+		}
+		b.Fatal("no device grain on the second member")
+	})
+}
+
+func benchPush(b *testing.B, conn, via *actors.Service, user, dev string) {
+	ctx := context.Background()
+	ch := make(chan *actors.Push, 1000)
+	att, err := conn.AttachDevice(ctx, user, dev, pushSink(ch))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer att.Detach(ctx)
+	conv, err := via.OpenDirect(ctx, "bob", user)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		if _, err := via.Send(ctx, actors.SendRequest{Conversation: conv, Sender: "bob", ClientMsgID: fmt.Sprint(i), Body: []byte("x")}); err != nil {
+			b.Fatal(err)
+		}
+		for p := range ch {
+			if e := p.GetEntry(); e != nil && e.Type == "MessagePointer" {
+				break
+			}
+		}
+	}
+}
