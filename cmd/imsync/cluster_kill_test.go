@@ -608,3 +608,141 @@ func TestClusterKill9UnderLoad(t *testing.T) {
 	t.Logf("%v operations (%d retried after a failure), %d recall notices on devices; %s",
 		kinds, retriedOps.Load(), recalls, time.Since(began).Round(time.Millisecond))
 }
+
+// udpProxy is a layer-4 balancer in miniature: one UDP address, each
+// client flow forwarded to the backend that was current when the flow's
+// latest packet came; moving the backend moves every flow at its next
+// packet.
+type udpProxy struct {
+	pc      net.PacketConn
+	mu      sync.Mutex
+	backend string
+	flows   map[string]*proxyFlow
+}
+
+type proxyFlow struct {
+	up      *net.UDPConn
+	backend string
+}
+
+func startUDPProxy(t *testing.T, backend string) *udpProxy {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &udpProxy{pc: pc, backend: backend, flows: map[string]*proxyFlow{}}
+	t.Cleanup(func() {
+		pc.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, f := range p.flows {
+			f.up.Close()
+		}
+	})
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			f := p.flows[from.String()]
+			if f == nil || f.backend != p.backend {
+				if f != nil {
+					f.up.Close()
+				}
+				addr, _ := net.ResolveUDPAddr("udp", p.backend)
+				up, err := net.DialUDP("udp", nil, addr)
+				if err != nil {
+					p.mu.Unlock()
+					continue
+				}
+				f = &proxyFlow{up: up, backend: p.backend}
+				p.flows[from.String()] = f
+				go func() {
+					b := make([]byte, 65536)
+					for {
+						n, err := up.Read(b)
+						if err != nil {
+							return
+						}
+						pc.WriteTo(b[:n], from)
+					}
+				}()
+			}
+			p.mu.Unlock()
+			f.up.Write(buf[:n])
+		}
+	}()
+	return p
+}
+
+func (p *udpProxy) moveTo(backend string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.backend = backend
+}
+
+// TestClusterBehindOneAddress: the nodes behind one UDP address. When the
+// balancer moves a client's flow to another node, that node does not know
+// the connection and answers with a stateless reset; since the nodes share
+// reset.key, the client accepts it, reconnects through the same address —
+// now to the other node — and its calls and pushes go on there, long
+// before its idle timeout would have noticed anything.
+func TestClusterBehindOneAddress(t *testing.T) {
+	f := startCluster(t)
+	proxy := startUDPProxy(t, f.nodes[0].listen)
+	tok, err := f.key.Mint("ann", "phone", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsConf, err := client.PinnedTLS(f.pem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An idle timeout far beyond the calls' deadlines: only the reset can
+	// end the old connection in time.
+	cfg := client.Config{Addr: proxy.pc.LocalAddr().String(), Token: tok, TLS: tlsConf, IdleTimeout: 5 * time.Minute, KeepAlive: -1}
+	var ann *client.Client
+	if err := withTimeout(30*time.Second, func(ctx context.Context) (err error) {
+		ann, err = client.Dial(ctx, cfg)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ann.Close()
+	bob := f.dial("bob", "phone", 2, true, 0)
+	defer bob.Close()
+	h := &history{}
+	send := func(c *client.Client, user, to, cid string) *op {
+		t.Helper()
+		o := h.begin(&op{kind: opSend, user: user, conv: directID(user, to), to: to, cid: cid})
+		if err := withTimeout(20*time.Second, func(ctx context.Context) error { return o.do(ctx, h, c) }); err != nil {
+			t.Fatalf("send %s by %s: %v", cid, user, err)
+		}
+		return o
+	}
+	waitEntry := func(o *op) {
+		t.Helper()
+		for deadline := time.After(20 * time.Second); ; {
+			select {
+			case e := <-ann.Entries():
+				if p, ok := e.Message.(*eventspb.MessagePointer); ok && p.ConversationId == o.conv && p.Seq == o.answer {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("ann never got %s", o.cid)
+			}
+		}
+	}
+	waitEntry(send(bob, "bob", "ann", "before"))
+	send(ann, "ann", "bob", "ann-before")
+
+	proxy.moveTo(f.nodes[1].listen)
+	moved := time.Now()
+	send(ann, "ann", "bob", "ann-after") // reaches node 2 only through a new connection
+	t.Logf("first call after the flow moved answered after %s", time.Since(moved).Round(time.Millisecond))
+	waitEntry(send(bob, "bob", "ann", "after"))
+}
