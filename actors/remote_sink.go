@@ -2,10 +2,13 @@ package actors
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
 	"github.com/asynkron/protoactor-go/cluster"
+	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
 )
 
 // Pushes across members. A connection's sink is an actor on the member
@@ -24,13 +27,8 @@ import (
 // its own attachments and, when the cluster's membership changes,
 // announces each of them again to its device grain (AttachDevice is
 // idempotent), which in turn tells the user grain that the device is
-// online. It does so at once and once more a few seconds later, for
-// members that learnt of the change later than this one and moved a grain
-// after the first round. A single member never sees a membership change
-// after its start, so this costs it nothing.
-
-// reannounceAgain: the second announcement after a membership change.
-const reannounceAgain = 3 * time.Second
+// online (followTopology). A single member sees one change, its own start,
+// which finds no connections and every grain its own: it costs nothing.
 
 // reannounceWorkers bounds the concurrent announcements of one round.
 const reannounceWorkers = 16
@@ -78,12 +76,39 @@ func (a *attachments) list() []*Attachment {
 	return out
 }
 
-// followTopology re-announces the attachments whenever a member joins or
-// leaves.
+// followTopology settles this member after every membership change: at
+// once and again in later rounds (settleRounds), for members that learnt
+// of the change after this one, it
+//   - forgets every cached grain PID: protoactor-go keeps the PIDs it
+//     resolved and drops them only for members that left or after a
+//     failed Request; when a member joins, the grains that move to it are
+//     stopped where they were, and a cached PID of one of them would
+//     dead-letter a RequestFuture (fanout) for ever;
+//   - in the later rounds, hands the latest topology to its own placement
+//     actor again, which stops the grains this member holds but does not
+//     own: a member whose view was late may have asked this one to
+//     activate a grain after this one had moved on, and protoactor-go
+//     activates whatever it is asked for; such a second activation would
+//     answer reads from an old state until its next write failed;
+//   - announces its connections again.
 func (s *Service) followTopology() {
 	var mu sync.Mutex
-	var last *time.Timer
+	var timers []*time.Timer
+	var latest *cluster.ClusterTopology
 	stopped := false
+	settle := func(sweep bool) {
+		mu.Lock()
+		t := latest
+		mu.Unlock()
+		if t == nil {
+			return
+		}
+		s.forgetPIDs(append(slices.Clone(t.Members), t.Left...))
+		if sweep {
+			s.system.Root.Send(actor.NewPID(s.system.Address(), disthash.PartitionActivatorActorName), t)
+		}
+		s.reannounce()
+	}
 	sub := s.system.EventStream.Subscribe(func(evt any) {
 		t, ok := evt.(*cluster.ClusterTopology)
 		if !ok || len(t.Joined)+len(t.Left) == 0 {
@@ -94,11 +119,15 @@ func (s *Service) followTopology() {
 		if stopped {
 			return
 		}
-		go s.reannounce()
-		if last != nil {
-			last.Stop()
+		latest = t
+		for _, tm := range timers {
+			tm.Stop()
 		}
-		last = time.AfterFunc(reannounceAgain, s.reannounce)
+		timers = timers[:0]
+		go settle(false)
+		for _, d := range settleRounds {
+			timers = append(timers, time.AfterFunc(d, func() { settle(true) }))
+		}
 	})
 	s.conns.mu.Lock()
 	s.conns.stopFn = func() {
@@ -106,11 +135,22 @@ func (s *Service) followTopology() {
 		mu.Lock()
 		defer mu.Unlock()
 		stopped = true
-		if last != nil {
-			last.Stop()
+		for _, tm := range timers {
+			tm.Stop()
 		}
 	}
 	s.conns.mu.Unlock()
+}
+
+// settleRounds: when followTopology settles again after a change.
+var settleRounds = []time.Duration{3 * time.Second, 10 * time.Second}
+
+// forgetPIDs drops every cached grain PID on the given members (all of
+// them: each cached PID is on some member).
+func (s *Service) forgetPIDs(members []*cluster.Member) {
+	for _, m := range members {
+		s.cluster.PidCache.RemoveByMember(m)
+	}
 }
 
 // reannounce tells every attachment's device grain about it again.
