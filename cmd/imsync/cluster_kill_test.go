@@ -108,7 +108,9 @@ func (n *clusterNode) start(t *testing.T, storeURL string, peers []string) {
 		t.Fatal(err)
 	}
 	args, _ := json.Marshal([]string{"serve", "--data", n.data, "--listen", n.listen, "--store", storeURL,
-		"--cluster", "chat", "--advertise", n.advertise, "--peers", strings.Join(peers, ",")})
+		"--cluster", "chat", "--advertise", n.advertise, "--peers", strings.Join(peers, ","),
+		// The resends at the end go as fast as the nodes answer.
+		"--request-rate", "100000", "--request-burst", "100000"})
 	cmd := exec.Command(exe, "-test.run=^TestClusterServeChild$")
 	cmd.Env = append(os.Environ(), clusterChildEnv+"="+string(args))
 	out, err := cmd.StdoutPipe()
