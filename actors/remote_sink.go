@@ -114,6 +114,7 @@ func (s *Service) followTopology() {
 		if !ok || len(t.Joined)+len(t.Left) == 0 {
 			return
 		}
+		s.view.update(t)
 		mu.Lock()
 		defer mu.Unlock()
 		if stopped {

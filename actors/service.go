@@ -89,6 +89,9 @@ type Service struct {
 	users sync.Map
 	// conns: this member's device connections (see remote_sink.go).
 	conns attachments
+	// view: this member's latest placement, for grains to check they own
+	// their identity (owned.go).
+	view placementView
 }
 
 // Start starts a cluster member with the conversation, user and device
@@ -129,10 +132,11 @@ func Start(cfg Config) (*Service, error) {
 	s.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}))
+	owned := actor.WithReceiverMiddleware(s.ownedOnly) // owned.go
 	kinds := []*cluster.Kind{
-		cluster.NewKind(kindConversation, actor.PropsFromProducer(func() actor.Actor { return &conversationGrain{svc: s} })),
-		cluster.NewKind(kindUser, actor.PropsFromProducer(func() actor.Actor { return &userGrain{svc: s} })),
-		cluster.NewKind(kindDevice, actor.PropsFromProducer(func() actor.Actor { return &deviceGrain{svc: s} })),
+		cluster.NewKind(kindConversation, actor.PropsFromProducer(func() actor.Actor { return &conversationGrain{svc: s} }, owned)),
+		cluster.NewKind(kindUser, actor.PropsFromProducer(func() actor.Actor { return &userGrain{svc: s} }, owned)),
+		cluster.NewKind(kindDevice, actor.PropsFromProducer(func() actor.Actor { return &deviceGrain{svc: s} }, owned)),
 	}
 	opts := []cluster.ConfigOption{cluster.WithKinds(kinds...), cluster.WithRequestTimeout(cfg.RequestTimeout)}
 	if cfg.HeartbeatExpiration > 0 {
