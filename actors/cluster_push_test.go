@@ -370,3 +370,47 @@ func benchPush(b *testing.B, conn, via *actors.Service, user, dev string) {
 		}
 	}
 }
+
+// TestClusterGrainServesOnlyWhereOwned: an activation on a member that does
+// not own the grain (as a member with a late view can cause) does not
+// answer from the state it loaded: it hands the request on to the owner's
+// activation and stops.
+func TestClusterGrainServesOnlyWhereOwned(t *testing.T) {
+	members := threeMembers(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	g, err := members[0].CreateGroup(ctx, "owned", "ann", "owned", []string{"bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := members[0].Host(actors.KindConversation, g)
+	var stray *actors.Service
+	for _, m := range members {
+		if m.Address() != owner {
+			stray = m
+			break
+		}
+	}
+	pid := stray.ActivateHere(actors.KindConversation, g)
+	if pid == nil {
+		t.Fatal("no activation on the member that does not own the grain")
+	}
+	// Writes through the owner after the stray loaded.
+	var last uint64
+	for i := range 3 {
+		r, err := members[0].Send(ctx, actors.SendRequest{Conversation: g, Sender: "ann", ClientMsgID: fmt.Sprint(i), Body: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = r.Seq
+	}
+	res, err := stray.AskPID(pid, actors.GetConversationMsg("ann"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, ok := res.(*eventspb.ConversationInfo)
+	if !ok || info.LastSeq != last {
+		t.Fatalf("the stray activation answered %v (last seq %d), want the owner's last seq %d", res, info.GetLastSeq(), last)
+	}
+	eventually(t, "the stray activation to stop", func() bool { return stray.ActiveGrains(actors.KindConversation) == 0 })
+}
