@@ -5,6 +5,7 @@ package actors
 // real provider does when the member's lease or TTL runs out.
 func (s *Service) Crash() {
 	s.closing.Do(func() {
+		s.conns.stop() // a dead process does nothing more
 		if s.watch != nil {
 			s.watch.stop()
 		}

@@ -82,7 +82,7 @@ func placementSizes(t *testing.T, c *cluster.Cluster) placementTableSizes {
 	return res.(placementTableSizes)
 }
 
-func echo(t *testing.T, c *cluster.Cluster, identity string) {
+func echoGrain(t *testing.T, c *cluster.Cluster, identity string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -115,7 +115,7 @@ func TestPlacementManyTerminations(t *testing.T) {
 		c.ActorSystem.Root.Poison(pid)
 	}
 	// Asked while the Terminated messages queue up in the placement actor.
-	echo(t, c, "newcomer")
+	echoGrain(t, c, "newcomer")
 	kind := c.GetClusterKind(kindEcho)
 	pollUntil(t, time.Minute, "the terminations to be handled", func() bool { return kind.Count() == 2 })
 	if got := placementSizes(t, c); got.byIdentity != 2 || got.byPID != 2 { // warm-up, newcomer
@@ -126,7 +126,7 @@ func TestPlacementManyTerminations(t *testing.T) {
 	if again == nil || pidKey(again) == pidKey(pids[7]) {
 		t.Fatalf("g7 after its termination: %v (was %v)", again, pids[7])
 	}
-	echo(t, c, "g7")
+	echoGrain(t, c, "g7")
 }
 
 // A Terminated carries a PID equal to, not necessarily the same pointer

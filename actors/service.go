@@ -97,6 +97,11 @@ type Service struct {
 	// Config.Extensions, compiled (extend.go).
 	ext      *extensions
 	reactors *reactorSet
+	// conns: this member's device connections (see remote_sink.go).
+	conns attachments
+	// view: this member's latest placement, for grains to check they own
+	// their identity (owned.go).
+	view placementView
 }
 
 // Start starts a cluster member with the conversation, user and device
@@ -145,10 +150,11 @@ func Start(cfg Config) (*Service, error) {
 		acfg.MetricsEnabled, acfg.MetricsProvider = true, cfg.Metrics.MeterProvider
 	}
 	s.system = actor.NewActorSystemWithConfig(acfg)
+	owned := actor.WithReceiverMiddleware(s.ownedOnly) // owned.go
 	kinds := []*cluster.Kind{
-		cluster.NewKind(kindConversation, actor.PropsFromProducer(func() actor.Actor { return &conversationGrain{svc: s} })),
-		cluster.NewKind(kindUser, actor.PropsFromProducer(func() actor.Actor { return &userGrain{svc: s} })),
-		cluster.NewKind(kindDevice, actor.PropsFromProducer(func() actor.Actor { return &deviceGrain{svc: s} })),
+		cluster.NewKind(kindConversation, actor.PropsFromProducer(func() actor.Actor { return &conversationGrain{svc: s} }, owned)),
+		cluster.NewKind(kindUser, actor.PropsFromProducer(func() actor.Actor { return &userGrain{svc: s} }, owned)),
+		cluster.NewKind(kindDevice, actor.PropsFromProducer(func() actor.Actor { return &deviceGrain{svc: s} }, owned)),
 	}
 	opts := []cluster.ConfigOption{cluster.WithKinds(kinds...), cluster.WithRequestTimeout(cfg.RequestTimeout)}
 	if cfg.HeartbeatExpiration > 0 {
@@ -156,6 +162,7 @@ func Start(cfg Config) (*Service, error) {
 	}
 	ccfg := cluster.Configure(cfg.ClusterName, cfg.Provider, newPlacementLookup(), remote.Configure(cfg.Host, cfg.Port), opts...)
 	s.cluster = cluster.New(s.system, ccfg)
+	s.followTopology()
 	s.cluster.StartMember()
 	if !cfg.NoFanoutWatch {
 		s.watch = startFanoutWatch(s)
@@ -170,6 +177,7 @@ func Start(cfg Config) (*Service, error) {
 func (s *Service) Close() error {
 	s.closing.Do(func() {
 		s.reactors.stop() // they act through the service: first
+		s.conns.stop()
 		if s.watch != nil {
 			s.watch.stop()
 		}
@@ -612,7 +620,9 @@ func (s *Service) AttachDevice(ctx context.Context, user, device string, sink De
 		s.system.Root.Stop(pid)
 		return nil, err
 	}
-	return &Attachment{State: st, svc: s, user: user, device: device, pid: pid}, nil
+	a := &Attachment{State: st, svc: s, user: user, device: device, pid: pid}
+	s.conns.add(a)
+	return a, nil
 }
 
 // Detach ends the attachment: its sink gets no more pushes, and the
@@ -620,6 +630,7 @@ func (s *Service) AttachDevice(ctx context.Context, user, device string, sink De
 // first result.
 func (a *Attachment) Detach(ctx context.Context) error {
 	a.once.Do(func() {
+		a.svc.conns.remove(a)
 		_, a.err = call[*DeviceState](a.svc, ctx, deviceIdentity(a.user, a.device), kindDevice, &DetachDevice{Address: a.pid.Address, Id: a.pid.Id})
 		// Stopping the actor also detaches it, should the call have failed.
 		a.svc.system.Root.Stop(a.pid)

@@ -443,6 +443,14 @@ func (g *deviceGrain) Receive(ctx actor.Context) {
 		}
 		g.loadErr = g.load()
 		g.idle.start(ctx, g.svc.cfg.PassivateAfter)
+		if g.svc.Members() > 1 {
+			// The previous activation may have died with its member and
+			// its connections: the user grain must not take the device
+			// for online until a connection is announced again
+			// (remote_sink.go). Alone, a device grain only stops once
+			// its last connection has gone, and said so then.
+			g.presence(ctx, false, nil)
+		}
 	case *appendDone:
 		if err := g.j.done(ctx, m); err != nil {
 			// Forget the unrecorded ack now; if the stream cannot be read

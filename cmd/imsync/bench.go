@@ -35,7 +35,7 @@ import (
 func runBench(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	server := fs.String("server", "", "a running server (default: start one)")
+	server := fs.String("server", "", "a running server (default: start one); several nodes of a cluster, comma-separated: the scenarios run with the devices spread over 1, 2, ... of them")
 	data := fs.String("data", "", "the running server's data directory (for its key and certificate)")
 	pairs := fs.Int("pairs", 128, "1:1 scenario: sender/receiver pairs, each receiver connected")
 	groupSize := fs.Int("group", 100, "group scenario: members, all connected")
@@ -78,6 +78,9 @@ func runBench(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	fmt.Fprintf(out, "imsync bench against %s, %d cores, %s per scenario\n", b.addr, runtime.NumCPU(), *duration)
+	if nodes := serverList(*server); len(nodes) > 1 {
+		return b.benchNodes(ctx, out, nodes, run, *pairs, *groupSize, *groupSenders)
+	}
 	var report benchReport
 	defer func() {
 		if benchReported != nil {
@@ -140,6 +143,8 @@ type bench struct {
 	key      *transport.Key
 	tls      *tls.Config
 	seq      atomic.Int64
+	addrs    []string     // several nodes: devices spread over them (bench_cluster.go)
+	dials    atomic.Int64 // picks the node of the next device
 }
 
 func (b *bench) startServer() (func(), error) {
@@ -184,10 +189,14 @@ func (b *bench) dial(ctx context.Context, user, device string, fromNewest bool) 
 	if err != nil {
 		return nil, err
 	}
+	addr := b.addr
+	if len(b.addrs) > 0 {
+		addr = b.addrs[int(b.dials.Add(1))%len(b.addrs)]
+	}
 	// Hundreds of devices log in at once: quic-go refuses connections while
 	// its accept queue is full, so try again a few times.
 	for attempt := 0; ; attempt++ {
-		c, err := client.Dial(ctx, client.Config{Addr: b.addr, Token: tok, TLS: b.tls, FromNewest: fromNewest, Client: "imsync-bench/1"})
+		c, err := client.Dial(ctx, client.Config{Addr: addr, Token: tok, TLS: b.tls, FromNewest: fromNewest, Client: "imsync-bench/1"})
 		if err == nil || attempt == 5 || ctx.Err() != nil {
 			return c, err
 		}

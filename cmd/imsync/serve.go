@@ -41,6 +41,10 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	jwksFile := fs.String("jwks", "", "JSON Web Key Set file: the Ed25519 public keys device tokens may be signed with (reloaded on SIGHUP; docs/tokens.md)")
 	jwtAudience := fs.String("jwt-audience", "", "the aud claim every device token must carry")
 	jwtIssuer := fs.String("jwt-issuer", "", "the iss claim every device token must carry")
+	var cl clusterSettings
+	fs.StringVar(&cl.name, "cluster", "", "run as a member of the cluster NAME, with the others given by --peers (needs --store and --advertise; docs/cluster.md)")
+	fs.StringVar(&cl.advertise, "advertise", "", "HOST:PORT: this member's TCP address for the other members (cluster mode); its port + 1000 answers their health checks")
+	fs.StringVar(&cl.peers, "peers", "", "HOST:PORT,...: the other members' --advertise addresses (cluster mode)")
 	hostname := fs.String("hostname", "", "DNS names and IP addresses, comma-separated, for the self-signed certificate besides localhost")
 	opsAddr := fs.String("ops", "", "serve /metrics, /healthz, /readyz and /debug/pprof/ over HTTP on this TCP address, e.g. 127.0.0.1:9400 (off unless set; loopback only unless --ops-public)")
 	opsPublic := fs.Bool("ops-public", false, "allow --ops on a non-loopback address (the endpoints are not authenticated)")
@@ -99,6 +103,9 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	acfg := actors.Config{SyncRetention: time.Duration(retention)}
 	acfg.Extensions = exts.actorExtensions() // the before-send webhook
 	if err := limits.apply(&tcfg, &acfg); err != nil {
+		return err
+	}
+	if err := cl.apply(&acfg, *storeURL); err != nil {
 		return err
 	}
 	if *certFile != "" {

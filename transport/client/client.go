@@ -57,7 +57,13 @@ const ALPN = "imsync/1"
 
 // Config configures a Client.
 type Config struct {
-	Addr  string // host:port of the server (UDP)
+	Addr string // host:port of the server (UDP); several, comma-separated, are tried in turn
+	// Addrs are more addresses of the same service (the nodes of a
+	// cluster, docs/cluster.md): a connection, and each reconnection, goes
+	// to the first of Addr and Addrs that answers, starting with the one
+	// that answered last; an address that does not answer within 3 s is
+	// passed over.
+	Addrs []string
 	Token string // a device token (docs/tokens.md); unused when TokenSource is set
 	// TokenSource, when set, returns a current token (typically from the
 	// app's backend): the client calls it for every login, the first one
@@ -148,6 +154,7 @@ type Client struct {
 	last    atomic.Uint64 // last user seq delivered to Entries
 	notify  chan uint64   // newest seq heard of (coalesced)
 	pending atomic.Pointer[wire.Notify]
+	addrAt  atomic.Int32 // index of the address that answered last (addrs.go)
 }
 
 // ErrClosed is returned by calls on a closed client.
@@ -501,9 +508,9 @@ func (c *Client) connect(ctx context.Context) (*session, *wire.Welcome, error) {
 	t := c.cfg.TLS.Clone()
 	t.NextProtos = []string{ALPN}
 	t.MinVersion = tls.VersionTLS13
-	qc, err := quic.DialAddr(ctx, c.cfg.Addr, t, &quic.Config{MaxIdleTimeout: c.cfg.IdleTimeout, KeepAlivePeriod: max(c.cfg.KeepAlive, 0)})
+	qc, err := c.dial(ctx, t, &quic.Config{MaxIdleTimeout: c.cfg.IdleTimeout, KeepAlivePeriod: max(c.cfg.KeepAlive, 0)})
 	if err != nil {
-		return nil, nil, fmt.Errorf("client: connect %s: %w", c.cfg.Addr, err)
+		return nil, nil, err
 	}
 	s := newSession(c, qc)
 	fail := func(err error) (*session, *wire.Welcome, error) {

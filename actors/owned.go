@@ -1,0 +1,74 @@
+package actors
+
+import (
+	"strings"
+	"sync/atomic"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/cluster"
+	"google.golang.org/protobuf/proto"
+)
+
+// A grain serves only on the member that owns its identity. While members
+// disagree about the membership, a member with a late view can ask another
+// to activate a grain that this other one no longer owns, and protoactor-go
+// activates whatever it is asked for; that second activation would answer
+// reads from the state it loaded (its writes fail on the journal's
+// expected revision, so it cannot fork a stream). So, in a cluster of more
+// than one member, every grain checks each request against this member's
+// latest view: a grain that is not its identity's owner hands the request
+// on to the owner's activation (the reply goes straight to the caller),
+// forgets its own PID in this member's cache and stops. followTopology
+// keeps the view.
+
+// placementView is this member's latest rendezvous, or nil while it is
+// alone (then every grain is its own: no check).
+type placementView struct {
+	rdv atomic.Pointer[cluster.Rendezvous]
+}
+
+func (v *placementView) update(t *cluster.ClusterTopology) {
+	if len(t.Members) <= 1 {
+		v.rdv.Store(nil)
+		return
+	}
+	r := cluster.NewRendezvous()
+	r.UpdateMembers(t.Members)
+	v.rdv.Store(r)
+}
+
+// ownedOnly is the grains' receive middleware that enforces ownership.
+func (s *Service) ownedOnly(next actor.ReceiverFunc) actor.ReceiverFunc {
+	return func(c actor.ReceiverContext, env *actor.MessageEnvelope) {
+		rdv := s.view.rdv.Load()
+		if rdv == nil {
+			next(c, env)
+			return
+		}
+		m, ok := env.Message.(proto.Message)
+		if !ok || !strings.HasPrefix(string(m.ProtoReflect().Descriptor().FullName()), "imsync.") {
+			next(c, env) // lifecycle, timers, appends done, remoting's own
+			return
+		}
+		id := cluster.GetClusterIdentity(c)
+		if id == nil {
+			next(c, env)
+			return
+		}
+		owner := rdv.GetByClusterIdentity(id)
+		if owner == "" || owner == s.system.Address() {
+			next(c, env)
+			return
+		}
+		self := c.Self()
+		s.cluster.PidCache.RemoveByValue(id.Identity, id.Kind, self)
+		c.ActorSystem().Root.Poison(self)
+		go func() {
+			// Resolving the owner's activation may mean asking it: off
+			// the grain's goroutine.
+			if pid := s.cluster.Get(id.Identity, id.Kind); pid != nil && !pid.Equal(self) {
+				s.system.Root.RequestWithCustomSender(pid, m, env.Sender)
+			}
+		}()
+	}
+}
