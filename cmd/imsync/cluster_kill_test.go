@@ -371,21 +371,8 @@ func TestClusterKill9UnderLoad(t *testing.T) {
 	took := f.crossNodePush(h, "bob", "ann", 2, 0, &probes)
 	t.Logf("cross-node push: sent through node 3, on node 1's connection %s after the acknowledgement (%d probes until the members knew each other)", took.Round(time.Microsecond), probes)
 
-	users := []string{"ann", "bob", "cat", "dan", "eve"}
-	peer := map[string]string{"ann": "bob", "bob": "cat", "cat": "dan", "dan": "ann", "eve": "ann"}
-	const group, admin, joiner = "crew", "ann", "eve"
-	convsOf := func(u string) []string {
-		out := []string{directID(u, peer[u])}
-		if u != joiner {
-			out = append(out, group)
-		}
-		for v, p := range peer {
-			if p == u {
-				out = append(out, directID(u, v))
-			}
-		}
-		return out
-	}
+	users := crewUsers
+	const group, admin, joiner = crewGroup, crewAdmin, crewJoiner
 	devices := map[string]*device{}
 	for _, u := range users {
 		for _, d := range []string{"phone", "tablet"} {
@@ -415,32 +402,7 @@ func TestClusterKill9UnderLoad(t *testing.T) {
 	}
 
 	var opMu sync.Mutex
-	counter := map[string]int{}
-	eveIn := false
-	nextOp := func(u string, r *rand.Rand) *op {
-		x := r.IntN(100)
-		switch {
-		case u == admin && x < 6:
-			eveIn = !eveIn
-			return &op{kind: opMember, user: u, conv: group, member: joiner, add: eveIn}
-		case x < 14:
-			if m := h.recallable(u); m != nil {
-				return &op{kind: opRecall, user: u, conv: m.conv, seq: m.answer}
-			}
-		case x < 30:
-			convs := convsOf(u)
-			conv := convs[r.IntN(len(convs))]
-			if last := h.lastSeq(conv); last > 0 {
-				return &op{kind: opRead, user: u, conv: conv, seq: 1 + r.Uint64N(last)}
-			}
-		}
-		counter[u]++
-		cid := fmt.Sprintf("%s-%d", u, counter[u])
-		if u != joiner && r.IntN(2) == 0 {
-			return &op{kind: opSend, user: u, conv: group, cid: cid}
-		}
-		return &op{kind: opSend, user: u, conv: directID(u, peer[u]), to: peer[u], cid: cid}
-	}
+	nextOp := (&crewWorkload{h: h}).next
 
 	// Load: each phone runs operations one after another; an operation
 	// whose outcome a failure hid is retried with the same ids until it is

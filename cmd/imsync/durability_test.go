@@ -63,21 +63,8 @@ func TestKill9UnderLoad(t *testing.T) {
 		return dialServe(t, data, addr, key, user, dev, last)
 	}
 
-	users := []string{"ann", "bob", "cat", "dan", "eve"}
-	peer := map[string]string{"ann": "bob", "bob": "cat", "cat": "dan", "dan": "ann", "eve": "ann"}
-	const group, admin, joiner = "crew", "ann", "eve"
-	convsOf := func(u string) []string {
-		out := []string{directID(u, peer[u])}
-		if u != joiner {
-			out = append(out, group)
-		}
-		for v, p := range peer {
-			if p == u {
-				out = append(out, directID(u, v))
-			}
-		}
-		return out
-	}
+	users := crewUsers
+	const group, admin, joiner = crewGroup, crewAdmin, crewJoiner
 	h := &history{}
 	devices := map[string]*device{}
 	for _, u := range users {
@@ -143,32 +130,7 @@ func TestKill9UnderLoad(t *testing.T) {
 	// nextOp picks a user's next operation; callers hold opMu (it keeps
 	// the counters and the joiner's membership).
 	var opMu sync.Mutex
-	counter := map[string]int{}
-	eveIn := false
-	nextOp := func(u string, r *rand.Rand) *op {
-		x := r.IntN(100)
-		switch {
-		case u == admin && x < 6:
-			eveIn = !eveIn
-			return &op{kind: opMember, user: u, conv: group, member: joiner, add: eveIn}
-		case x < 14:
-			if m := h.recallable(u); m != nil {
-				return &op{kind: opRecall, user: u, conv: m.conv, seq: m.answer}
-			}
-		case x < 30:
-			convs := convsOf(u)
-			conv := convs[r.IntN(len(convs))]
-			if last := h.lastSeq(conv); last > 0 {
-				return &op{kind: opRead, user: u, conv: conv, seq: 1 + r.Uint64N(last)}
-			}
-		}
-		counter[u]++
-		cid := fmt.Sprintf("%s-%d", u, counter[u])
-		if u != joiner && r.IntN(2) == 0 {
-			return &op{kind: opSend, user: u, conv: group, cid: cid}
-		}
-		return &op{kind: opSend, user: u, conv: directID(u, peer[u]), to: peer[u], cid: cid}
-	}
+	nextOp := (&crewWorkload{h: h}).next
 	acked := h.ackedCount
 
 	const cycles = 3
@@ -330,4 +292,66 @@ func TestKill9UnderLoad(t *testing.T) {
 	}
 	t.Logf("%d kill cycles, %v operations (%d retried after a kill), %d recall notices on devices; %s",
 		cycles, kinds, retried, recalls, time.Since(began).Round(time.Millisecond))
+}
+
+// The crew: the scenario both kill tests drive (TestKill9UnderLoad on one
+// server, TestClusterKill9UnderLoad on three nodes). Five users, direct
+// conversations in a ring, a group that eve joins and leaves.
+var (
+	crewUsers = []string{"ann", "bob", "cat", "dan", "eve"}
+	crewPeer  = map[string]string{"ann": "bob", "bob": "cat", "cat": "dan", "dan": "ann", "eve": "ann"}
+)
+
+const crewGroup, crewAdmin, crewJoiner = "crew", "ann", "eve"
+
+// crewConvsOf lists the conversations u is a member of (eve's group
+// membership aside).
+func crewConvsOf(u string) []string {
+	out := []string{directID(u, crewPeer[u])}
+	if u != crewJoiner {
+		out = append(out, crewGroup)
+	}
+	for v, p := range crewPeer {
+		if p == u {
+			out = append(out, directID(u, v))
+		}
+	}
+	return out
+}
+
+// crewWorkload picks the crew's operations against history h; next is
+// called by one goroutine at a time (it keeps the client ids' counters and
+// eve's membership).
+type crewWorkload struct {
+	h       *history
+	counter map[string]int
+	eveIn   bool
+}
+
+func (w *crewWorkload) next(u string, r *rand.Rand) *op {
+	x := r.IntN(100)
+	switch {
+	case u == crewAdmin && x < 6:
+		w.eveIn = !w.eveIn
+		return &op{kind: opMember, user: u, conv: crewGroup, member: crewJoiner, add: w.eveIn}
+	case x < 14:
+		if m := w.h.recallable(u); m != nil {
+			return &op{kind: opRecall, user: u, conv: m.conv, seq: m.answer}
+		}
+	case x < 30:
+		convs := crewConvsOf(u)
+		conv := convs[r.IntN(len(convs))]
+		if last := w.h.lastSeq(conv); last > 0 {
+			return &op{kind: opRead, user: u, conv: conv, seq: 1 + r.Uint64N(last)}
+		}
+	}
+	if w.counter == nil {
+		w.counter = map[string]int{}
+	}
+	w.counter[u]++
+	cid := fmt.Sprintf("%s-%d", u, w.counter[u])
+	if u != crewJoiner && r.IntN(2) == 0 {
+		return &op{kind: opSend, user: u, conv: crewGroup, cid: cid}
+	}
+	return &op{kind: opSend, user: u, conv: directID(u, crewPeer[u]), to: crewPeer[u], cid: cid}
 }
