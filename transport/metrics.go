@@ -255,6 +255,8 @@ func opName(req *wire.Request) string {
 		return "conversations"
 	case *wire.Request_Conversation:
 		return "conversation"
+	case *wire.Request_Search:
+		return "search"
 	}
 	return "unknown"
 }

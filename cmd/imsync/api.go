@@ -172,14 +172,15 @@ func (c *apiCall) do(ctx context.Context, out io.Writer) error {
 	return withStatus(statusOfCode(e.Code), "api: %s %s: %s, code %d: %s", c.method, c.path, res.Status, e.Code, msg)
 }
 
-// statusOfCode is the exit status of an error answer's wire code.
+// statusOfCode is the exit status of an error's wire code (an error
+// answer of the server API or of the QUIC gateway).
 func statusOfCode(code uint32) int {
 	switch code {
 	case wire.CodeUnauthorized, uint32(actors.Code_FORBIDDEN), uint32(actors.Code_REJECTED):
 		return exitRefused
 	case uint32(actors.Code_NOT_FOUND), wire.CodeUnknown:
 		return exitNotFound
-	case uint32(actors.Code_UNAVAILABLE), uint32(actors.Code_CHECK_FAILED), wire.CodeRateLimited, wire.CodeBusy, wire.CodeShutdown:
+	case uint32(actors.Code_UNAVAILABLE), uint32(actors.Code_CHECK_FAILED), wire.CodeRateLimited, wire.CodeBusy, wire.CodeShutdown, wire.CodeTooMany:
 		return exitUnavailable
 	}
 	return exitError

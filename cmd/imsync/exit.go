@@ -19,7 +19,7 @@ import (
 const (
 	exitError       = 1 // anything else
 	exitUsage       = 2 // bad command line: nothing was done
-	exitRefused     = 3 // the token or the permission was refused
+	exitRefused     = 3 // the token, the permission or the message was refused
 	exitNotFound    = 4 // no such conversation or message, or a missing file or key
 	exitUnavailable = 5 // the server is unreachable, stopping, busy or rate limiting: retry later
 )
@@ -50,13 +50,8 @@ func exitCode(err error) int {
 	if errors.As(err, &se) {
 		return se.status
 	}
-	switch client.CodeOf(err) {
-	case wire.CodeUnauthorized, client.CodeForbidden:
-		return exitRefused
-	case client.CodeNotFound:
-		return exitNotFound
-	case client.CodeUnavailable, wire.CodeShutdown, wire.CodeBusy, wire.CodeRateLimited, wire.CodeTooMany:
-		return exitUnavailable
+	if code := client.CodeOf(err); code != 0 {
+		return statusOfCode(code)
 	}
 	if errors.Is(err, transport.ErrNoKey) || errors.Is(err, os.ErrNotExist) {
 		return exitNotFound

@@ -50,7 +50,7 @@ func commands() []command {
 			synopsis: "--data DIR [--listen 127.0.0.1:7400] [--store esdb://HOST:2113?tls=false] [--config FILE] [flags]",
 			summary:  "run the server: event store, grains and QUIC gateway in one process"},
 		{name: "token", section: sectionServer, run: runToken,
-			synopsis: "--data DIR --user USER --device DEVICE [--ttl 24h] | --print-jwks (--data DIR | --key FILE.pem... [--kid ID])",
+			synopsis: "--data DIR --user USER --device DEVICE [--ttl 24h] [--jwt-audience AUD] [--jwt-issuer ISS] | --print-jwks (--data DIR | --key FILE.pem... [--kid ID])",
 			summary:  "mint a device token (a JWT) with the data directory's development key, or print a JWKS"},
 
 		{name: "send", section: sectionClient, run: runSend,
@@ -107,13 +107,13 @@ func commands() []command {
 			summary:  "open a store refused for missing acknowledged events, keeping what survived"},
 
 		{name: "export", section: sectionAnalyst, run: runExport,
-			synopsis: "--data DIR --format jsonl|parquet --out PATH|- [--from-position P] [--to-position P] [--streams PREFIX]...",
+			synopsis: "(--data DIR | --store URL) --format jsonl|parquet --out PATH|- [--from-position P] [--to-position P] [--streams PREFIX]...",
 			summary:  "export events as rows (JSONL or Parquet)"},
 		{name: "replay", section: sectionAnalyst, run: runReplay,
-			synopsis: "--data DIR --projection NAME [--from-position P] [--rebuild]",
-			summary:  "replay a projection from its checkpoint (DIR/projections/NAME.checkpoint)"},
+			synopsis: "(--data DIR | --store URL) --projection NAME [--from-position P] [--rebuild]",
+			summary:  "replay a projection from its checkpoint (DIR/projections/NAME.checkpoint; for search, inside its index)"},
 		{name: "stats", section: sectionAnalyst, run: runStats,
-			synopsis: "--data DIR [--json]",
+			synopsis: "(--data DIR | --store URL) [--json]",
 			summary:  "replay the stats projection and print its table"},
 
 		{name: "backup", section: sectionServer, run: runBackup,
