@@ -80,7 +80,6 @@ func TestTokenBadValuesAreUsageErrors(t *testing.T) {
 // so a typo leaves a new directory with a token key, a certificate and an
 // empty store. "Bad input gets a clear error and changes nothing."
 func TestServeBadListenCreatesNothing(t *testing.T) {
-	t.Skip("defect P2-12: serve checks --listen only after creating the data directory")
 	data := filepath.Join(t.TempDir(), "new")
 	for _, args := range [][]string{
 		{"serve", "--data", data, "--listen", "127.0.0.1:bad"},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -86,6 +87,10 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if (*certFile == "") != (*keyFile == "") {
 		return fmt.Errorf("%w: serve takes --cert and --key together", errUsage)
+	}
+	// Before anything is created: a typo in --listen must not leave a data directory behind.
+	if _, err := net.ResolveUDPAddr("udp", *listen); err != nil {
+		return fmt.Errorf("%w: serve --listen %q: %v", errUsage, *listen, err)
 	}
 	hosts, err := parseHostnames(*hostname)
 	if err != nil {
