@@ -5,7 +5,6 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/asynkron/protoactor-go/cluster"
-	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -13,7 +12,7 @@ import (
 // it, as a member with a late view of the membership can make it do, and
 // returns its PID.
 func (s *Service) ActivateHere(kind, identity string) *actor.PID {
-	res, err := s.system.Root.RequestFuture(actor.NewPID(s.system.Address(), disthash.PartitionActivatorActorName),
+	res, err := s.system.Root.RequestFuture(actor.NewPID(s.system.Address(), placementActorName),
 		&cluster.ActivationRequest{ClusterIdentity: cluster.NewClusterIdentity(identity, kind)}, 5*time.Second).Result()
 	if err != nil {
 		return nil

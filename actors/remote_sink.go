@@ -8,7 +8,6 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/asynkron/protoactor-go/cluster"
-	"github.com/asynkron/protoactor-go/cluster/identitylookup/disthash"
 )
 
 // Pushes across members. A connection's sink is an actor on the member
@@ -105,7 +104,7 @@ func (s *Service) followTopology() {
 		}
 		s.forgetPIDs(append(slices.Clone(t.Members), t.Left...))
 		if sweep {
-			s.system.Root.Send(actor.NewPID(s.system.Address(), disthash.PartitionActivatorActorName), t)
+			s.system.Root.Send(actor.NewPID(s.system.Address(), placementActorName), t)
 		}
 		s.reannounce()
 	}
