@@ -273,7 +273,7 @@ func TestSearchReplayRebuild(t *testing.T) {
 	stop()
 
 	var res bytes.Buffer
-	if err := run(context.Background(), []string{"replay", "--data", data, "--projection", "search", "--rebuild"}, &res); err != nil {
+	if err := run(context.Background(), []string{"replay", "--data", data, "--store", storeFor(t, data), "--projection", "search", "--rebuild"}, &res); err != nil {
 		t.Fatal(err)
 	}
 	if rr := lines1(t, res.String()); rr["projection"] != "search" || rr["events"].(float64) < 8 {
