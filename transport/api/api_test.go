@@ -195,9 +195,9 @@ func TestEveryEndpoint(t *testing.T) {
 	}
 
 	var list api.ConversationList
-	waitFor(t, "bob's list to hold both conversations", func() bool {
+	waitFor(t, "bob's list to hold both conversations and his timeline", func() bool {
 		st.must(t, "GET", "/v1/users/bob/conversations", nil, &list)
-		return len(list.Conversations) == 2
+		return len(list.Conversations) == 2 && list.UserSeq != 0
 	})
 	var ids []string
 	for _, c := range list.Conversations {
