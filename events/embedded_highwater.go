@@ -105,13 +105,13 @@ func readHighWater(fs vfs.FS, dir string) (h highWater, slot int, ok bool, err e
 }
 
 // recoveryHint is what a loss behind the high-water mark tells the operator.
-const recoveryHint = "restore the data directory from a backup taken while the server was stopped, " +
+const recoveryHint = "restore the data directory from a backup (`imsync backup`, or a copy taken while the server was stopped), " +
 	"or run `imsync store recover --data DIR --accept-data-loss` to open it with what survived " +
 	"(see docs/event-store.md, \"Damaged data\")"
 
 // restoreHint is what damage inside pebble's own files tells the operator:
 // Recover cannot repair it.
-const restoreHint = "restore the data directory from a backup taken while the server was stopped " +
+const restoreHint = "restore the data directory from a backup (`imsync backup`, or a copy taken while the server was stopped) " +
 	"(see docs/event-store.md, \"Damaged data\")"
 
 // highWaterWriter keeps the mark of one open store.

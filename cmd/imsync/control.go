@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/imsync/imsync/events"
 )
 
@@ -27,14 +28,40 @@ import (
 //
 //	→ {"op":"checkpoint","dir":"/abs/path/that/does/not/exist"}
 //	← {"position":1234}   or   {"error":"..."}
+//
+// `store log --follow` follows the live store through it: after the
+// request and one reply line the server writes one event per line until
+// the tool hangs up or the server stops.
+//
+//	→ {"op":"follow","from":1234,"prefixes":["conv-"]}
+//	← {"position":0}   then   {"id":...,"stream":...,"position":1234,...}...
 
 const controlSocketName = "control.sock"
 
 func controlSocket(data string) string { return filepath.Join(data, controlSocketName) }
 
 type controlRequest struct {
-	Op  string `json:"op"`
-	Dir string `json:"dir,omitempty"`
+	Op       string   `json:"op"`
+	Dir      string   `json:"dir,omitempty"`
+	From     uint64   `json:"from,omitempty"`     // follow: first global position (0: the start)
+	Prefixes []string `json:"prefixes,omitempty"` // follow: only streams with these prefixes
+}
+
+// followedEvent is one event of a follow, as it crosses the socket.
+type followedEvent struct {
+	ID       uuid.UUID `json:"id"`
+	Type     string    `json:"type"`
+	Data     []byte    `json:"data,omitempty"`
+	Metadata []byte    `json:"metadata,omitempty"`
+	Stream   string    `json:"stream"`
+	Revision uint64    `json:"revision"`
+	Position uint64    `json:"position"`
+	Created  time.Time `json:"created"`
+}
+
+func (f followedEvent) recorded() events.RecordedEvent {
+	return events.RecordedEvent{ID: f.ID, Type: f.Type, Data: f.Data, Metadata: f.Metadata, Stream: f.Stream,
+		Revision: events.Revision(f.Revision), Position: events.Position{Commit: f.Position, Prepare: f.Position}, Created: f.Created}
 }
 
 type controlReply struct {
@@ -130,8 +157,89 @@ func (c *controlServer) handle(conn net.Conn) {
 		}
 		c.logger.Info("control socket: checkpoint of the event store", "dir", req.Dir, "position", pos.Commit)
 		reply(controlReply{Position: pos.Commit})
+	case "follow":
+		c.follow(conn, req, reply)
 	default:
 		reply(controlReply{Error: fmt.Sprintf("control: unknown op %q", req.Op)})
+	}
+}
+
+// follow streams the store's events from req.From to conn until the peer
+// hangs up (its half of the connection reaches EOF) or the server stops.
+// Writes block while the tool is slow: the subscription is read only as
+// fast as the tool takes the events, so nothing piles up in the server.
+func (c *controlServer) follow(conn net.Conn, req controlRequest, reply func(controlReply)) {
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	go func() {
+		io.Copy(io.Discard, conn) // returns when the tool hangs up
+		cancel()
+	}()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+	start := events.SubscribeFromStart()
+	if req.From > 0 {
+		start = events.SubscribeAfterPosition(events.Position{Commit: req.From - 1, Prepare: req.From - 1})
+	}
+	sub, err := c.store.SubscribeToAll(ctx, events.SubscribeAllOptions{From: start, Filter: events.Filter{StreamPrefixes: req.Prefixes}})
+	if err != nil {
+		reply(controlReply{Error: err.Error()})
+		return
+	}
+	defer sub.Close()
+	reply(controlReply{})
+	enc := json.NewEncoder(conn)
+	for {
+		e, err := sub.Recv(ctx)
+		if err != nil {
+			return // the tool hung up or the server stops; the tool sees the connection end
+		}
+		if err := enc.Encode(followedEvent{ID: e.ID, Type: e.Type, Data: e.Data, Metadata: e.Metadata, Stream: e.Stream,
+			Revision: uint64(e.Revision), Position: e.Position.Commit, Created: e.Created}); err != nil {
+			return
+		}
+	}
+}
+
+// followServer follows the store of the server running on data from
+// position from (0: the start), calling fn for each event, until ctx ends
+// (nil) or the server stops (an error that says so).
+func followServer(ctx context.Context, data string, from uint64, prefixes []string, fn func(events.RecordedEvent) error) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", controlSocket(data))
+	if err != nil {
+		return fmt.Errorf("%w: %v", errNoControl, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+	if err := json.NewEncoder(conn).Encode(controlRequest{Op: "follow", From: from, Prefixes: prefixes}); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	dec := json.NewDecoder(bufio.NewReader(conn))
+	var rep controlReply
+	if err := dec.Decode(&rep); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("control socket: %w", err)
+	}
+	if rep.Error != "" {
+		return fmt.Errorf("the server refused to follow its store: %s", rep.Error)
+	}
+	last := from
+	for {
+		var f followedEvent
+		if err := dec.Decode(&f); err != nil {
+			if ctx.Err() != nil {
+				return nil // interrupted: a normal end for --follow
+			}
+			return withStatus(exitUnavailable, "the server on %s stopped (%v); follow on with --from %d", data, err, last)
+		}
+		last = f.Position + 1
+		if err := fn(f.recorded()); err != nil {
+			return err
+		}
 	}
 }
 

@@ -43,7 +43,7 @@ func TestRunChild(t *testing.T) {
 	}
 	if err := run(context.Background(), args, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "imsync:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 	os.Exit(0) // before the test framework prints to standard output
 }
@@ -646,5 +646,124 @@ func TestBackupRefusals(t *testing.T) {
 	}
 	if _, err := os.Stat(out); !os.IsNotExist(err) {
 		t.Fatalf("a failed backup left %s: %v", out, err)
+	}
+}
+
+// followed is a running `imsync store log --follow`: its rows as they come.
+type followed struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	rows   chan map[string]any
+}
+
+func startFollow(t *testing.T, args ...string) *followed {
+	t.Helper()
+	f := &followed{cmd: childCmd(t, append([]string{"store", "log", "--follow"}, args...)...), stderr: &syncBuffer{}, rows: make(chan map[string]any, 1<<16)}
+	out, err := f.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cmd.Stderr = f.stderr
+	if err := f.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.cmd.Process.Kill(); f.cmd.Wait() })
+	go func() {
+		defer close(f.rows)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) != nil {
+				m = map[string]any{"not_json": sc.Text()}
+			}
+			f.rows <- m
+		}
+	}()
+	return f
+}
+
+// TestStoreLogFollowBesideRunningServer: `store log --follow` follows the
+// store of a running server (through its control socket): every event in
+// order without a gap or a repeat, including the sends acknowledged while
+// it follows; --from and --prefix narrow it; when the server stops, the
+// tool ends with status 5 and names the position to follow on from, and
+// what it printed equals the stopped store's log.
+func TestStoreLogFollowBesideRunningServer(t *testing.T) {
+	data, server, s, _ := servedWithSends(t)
+	s.waitAcked(10)
+	all := startFollow(t, "--data", data)
+	conv := events.ConversationStream(actors.DirectID("ann", "bob"))
+	narrow := startFollow(t, "--data", data, "--from", "5", "--prefix", conv)
+
+	// Follow until the sends acknowledged after the tools started show up.
+	s.waitAcked(len(s.snapshot()) + 20)
+	want := s.snapshot()
+	var got []map[string]any
+	seen := map[string]float64{}
+	deadline := time.After(60 * time.Second)
+	for len(seen) < len(want) {
+		select {
+		case r, ok := <-all.rows:
+			if !ok {
+				t.Fatalf("the follow ended early: %s", all.stderr.String())
+			}
+			if r["position"] != float64(len(got)+1) {
+				t.Fatalf("row %d at position %v: want %d (gapless, in order)", len(got), r["position"], len(got)+1)
+			}
+			got = append(got, r)
+			if r["type"] == "MessageSent" && r["stream"] == conv {
+				seen[r["client_msg_id"].(string)] = r["seq"].(float64)
+			}
+		case <-deadline:
+			t.Fatalf("followed %d rows; %d of %d acknowledged sends seen", len(got), len(seen), len(want))
+		}
+	}
+	for id, seq := range want {
+		if seen[id] != float64(seq) {
+			t.Fatalf("send %s acknowledged at seq %d, followed at %v", id, seq, seen[id])
+		}
+	}
+	if !strings.Contains(all.stderr.String(), "following its store live") {
+		t.Fatalf("the tool did not say it follows the running server: %q", all.stderr.String())
+	}
+	for i := 0; i < 5; i++ {
+		r := <-narrow.rows
+		if r["stream"] != conv || r["position"].(float64) < 5 {
+			t.Fatalf("--from 5 --prefix %s gave %v", conv, r)
+		}
+	}
+
+	s.halt()
+	server.Process.Kill()
+	server.Wait()
+	for range all.rows {
+		got = append(got, nil) // drained below by position
+	}
+	err := all.cmd.Wait()
+	var ee *exec.ExitError
+	code := 0
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	}
+	if code != exitUnavailable || !strings.Contains(all.stderr.String(), "stopped") ||
+		!strings.Contains(all.stderr.String(), "follow on with --from") {
+		t.Fatalf("follow after the server stopped: status %d (%v), stderr %q", code, err, all.stderr.String())
+	}
+	stdout, stderr, err := runChild(t, "store", "log", "--data", data, "--limit", "10000")
+	if err != nil {
+		t.Fatalf("store log after the server stopped: %v\n%s", err, stderr)
+	}
+	log := lines(t, stdout)
+	for i, r := range got {
+		if r == nil {
+			break
+		}
+		if i >= len(log) {
+			t.Fatalf("followed %d rows, the stopped store holds %d", i+1, len(log))
+		}
+		if !reflect.DeepEqual(r, log[i]) {
+			t.Fatalf("followed row %d %v, the stopped store holds %v", i, r, log[i])
+		}
 	}
 }

@@ -21,8 +21,9 @@ import (
 )
 
 // runStore runs `imsync store CMD`: tools that open the event store
-// directly. append, scavenge, recover and log --follow need the server
-// stopped; read and log run beside it, on a checkpoint of its store.
+// directly. append, scavenge and recover need the server stopped; read
+// and log run beside it, on a checkpoint of its store, and log --follow
+// follows the running server's store through its control socket.
 func runStore(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%w: store needs a command: append, read, log, scavenge or recover", errUsage)
@@ -92,9 +93,12 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 			}
 		}
 		s, err := events.Open(storeDir(*data), events.Options{ScavengeInterval: -1})
+		if errors.Is(err, events.ErrInUse) && cmd == "log" {
+			return followBesideServer(ctx, *data, *from, prefixes, out, raw != nil && *raw)
+		}
 		if errors.Is(err, events.ErrInUse) {
-			return fmt.Errorf("store %s: %w; it writes to the store or follows it live, which needs the server on %s stopped "+
-				"(store log without --follow and store read work beside it)", cmd, err, *data)
+			return fmt.Errorf("store %s: %w; it writes to the store, which needs the server on %s stopped "+
+				"(store log and store read work beside it)", cmd, err, *data)
 		}
 		if err != nil {
 			return err
@@ -222,6 +226,32 @@ func parseExpected(s string) (events.ExpectedRevision, error) {
 		return events.ExpectedRevision{}, fmt.Errorf("%w: --expect %q: want any, no-stream, exists or a revision", errUsage, s)
 	}
 	return events.Exactly(events.Revision(n)), nil
+}
+
+// followBesideServer runs `store log --follow` on the store of the server
+// running on data, through its control socket.
+func followBesideServer(ctx context.Context, data, from string, prefixes []string, out io.Writer, raw bool) error {
+	var pos uint64
+	if from != "" {
+		n, err := strconv.ParseUint(from, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%w: --from %q is not a position", errUsage, from)
+		}
+		pos = n
+	}
+	show := decodedEvent
+	if raw {
+		show = func(e events.RecordedEvent) any { return jsonEvent(e) }
+	}
+	enc := json.NewEncoder(out)
+	fmt.Fprintf(os.Stderr, "imsync store log: a server is running on %s: following its store live (interrupt to stop)\n", data)
+	err := followServer(ctx, data, pos, prefixes, func(e events.RecordedEvent) error { return enc.Encode(show(e)) })
+	if errors.Is(err, errNoControl) {
+		return fmt.Errorf("store log --follow: %w: the store in %s is in use by another process, which does not answer on %s (%v); "+
+			"stop the server (or run a build of imsync serve that has the control socket) and run it again",
+			events.ErrInUse, data, controlSocket(data), err)
+	}
+	return err
 }
 
 func encodeAll(enc *json.Encoder, evs []events.RecordedEvent, show func(events.RecordedEvent) any) error {
