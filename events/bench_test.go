@@ -88,3 +88,65 @@ func BenchmarkAppend(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLiveSubscribers measures durable appends (256 writers, one ~200-byte
+// event each) while 0 or 4 subscriptions to $all follow them to the end, as
+// the server's fanout watcher, search index, reactors and webhooks do. The
+// ratio of the rows is what each live reader costs the writers on the same
+// cores.
+func BenchmarkLiveSubscribers(b *testing.B) {
+	for _, subs := range []int{0, 4} {
+		b.Run(fmt.Sprintf("subscribers=%d", subs), func(b *testing.B) {
+			s, err := events.Open(filepath.Join(b.TempDir(), "store"), events.Options{ScavengeInterval: -1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			payload := make([]byte, 200)
+			var followers sync.WaitGroup
+			for range subs {
+				sub, err := s.SubscribeToAll(ctx, events.SubscribeAllOptions{From: events.SubscribeFromStart()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				followers.Add(1)
+				go func() {
+					defer followers.Done()
+					defer sub.Close()
+					for n := 0; n < b.N; n++ {
+						if _, err := sub.Recv(ctx); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			var left atomic.Int64
+			left.Store(int64(b.N))
+			var writers sync.WaitGroup
+			b.ResetTimer()
+			start := time.Now()
+			for w := range 256 {
+				writers.Add(1)
+				go func() {
+					defer writers.Done()
+					stream := fmt.Sprintf("bench-%d", w)
+					exp := events.NoStream
+					for left.Add(-1) >= 0 {
+						res, err := s.AppendToStream(ctx, stream, exp, events.EventData{Type: "MessageSent", Data: payload})
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						exp = events.Exactly(res.NextExpected)
+					}
+				}()
+			}
+			writers.Wait()
+			followers.Wait()
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+		})
+	}
+}

@@ -106,6 +106,7 @@ type Embedded struct {
 	nextSID     uint64
 	lastCreated int64
 	recent      *retryCache
+	tail        *tailCache // the newest records, for live subscribers
 
 	mu         sync.RWMutex
 	streams    map[string]*streamState // every stream ever written
@@ -312,6 +313,7 @@ func open(dir string, fs vfs.FS, mustExist bool, opts Options, flags openFlags) 
 		byID:    make(map[uint64]*streamState),
 		changed: make(chan struct{}),
 		recent:  newRetryCache(opts.RetryWindow),
+		tail:    newTailCache(),
 	}
 	s.bg, s.stopBG = context.WithCancel(context.Background())
 	err = s.load(mustExist)

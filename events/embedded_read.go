@@ -263,7 +263,10 @@ func (s *Embedded) scanAll(from uint64, dir Direction, limit int, filter Filter)
 		if h.tombstoned || l.rev < h.firstLive() || !filter.match(st.name) {
 			continue
 		}
-		v, err := s.get(eventKey(l.sid, l.rev))
+		v, cached := s.tail.get(pos, l.sid, l.rev)
+		if !cached {
+			v, err = s.get(eventKey(l.sid, l.rev))
+		}
 		if errors.Is(err, pebble.ErrNotFound) {
 			continue // scavenged after the iterator was opened
 		}

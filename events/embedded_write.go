@@ -338,6 +338,7 @@ func (s *Embedded) prepareAppend(r *round, st *streamState, h header, req *write
 		r.batch.Set(eventKey(st.id, rev), buf, nil)
 		r.batch.Set(logKey(s.lastPos), logEntry{sid: st.id, rev: rev, id: id}.encode(), nil)
 		s.recent.add(st.id, id, rev, s.lastPos)
+		s.tail.put(s.lastPos, st.id, rev, buf)
 	}
 	r.events += len(req.events)
 	return WriteResult{NextExpected: rev, Position: Position{s.lastPos, s.lastPos}}, nil
