@@ -187,6 +187,9 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Metrics != nil {
 		cfg.Metrics.watchServer(s)
 	}
+	if cfg.Revocations != nil {
+		cfg.Revocations.onRevoke(s.revoked) // made through other nodes (revoke_store.go)
+	}
 	return s, nil
 }
 
@@ -298,6 +301,7 @@ type conn struct {
 	sem     chan struct{}
 	emu     sync.Mutex
 	expires time.Time   // the token's expiry: the connection ends then
+	issued  int64       // the token's iat (revocations close older ones)
 	expiry  *time.Timer // closes the connection at expires
 	reads   *byteBudget // partially read request frames
 	writes  *byteBudget // answers being computed or written
@@ -365,6 +369,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		sem:     make(chan struct{}, s.cfg.MaxInflight),
 		wake:    make(chan struct{}, 1),
 		expires: time.Unix(claims.Expires, 0),
+		issued:  claims.Issued,
 		reads:   newByteBudget(s.cfg.ReadBudget),
 		writes:  newByteBudget(s.cfg.WriteBudget),
 	}
@@ -746,6 +751,7 @@ func (c *conn) reauth(token string) {
 	if c.expiry.Stop() { // not fired yet: the connection lives on
 		c.expires = time.Unix(claims.Expires, 0)
 		c.expiry.Reset(c.expires.Sub(c.s.cfg.Now()))
+		c.issued = claims.Issued
 	}
 	c.emu.Unlock()
 	c.writeControl(&wire.ServerPush{Push: &wire.ServerPush_Reauth{Reauth: &wire.ReauthResult{TokenExpires: claims.Expires}}})
