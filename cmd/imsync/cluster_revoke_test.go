@@ -88,12 +88,14 @@ func TestClusterRevokeAndDisconnect(t *testing.T) {
 	// again until the cluster has formed.
 	var d api.Disconnected
 	var asked time.Time
-	for deadline := time.Now().Add(60 * time.Second); d.Closed == 0; time.Sleep(200 * time.Millisecond) {
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("node 1 never reached ann's tablet on node 2")
 		}
 		asked = time.Now()
-		post(0, "/v1/users/ann/devices/tablet/disconnect", &d)
+		if post(0, "/v1/users/ann/devices/tablet/disconnect", &d); d.Closed > 0 {
+			break
+		}
 	}
 	if code := closedWith(t, tablet); code != wire.CodeDisconnected {
 		t.Fatalf("ann's tablet on node 2 ended with code %d, want %d", code, wire.CodeDisconnected)
