@@ -27,8 +27,8 @@ import (
 // Loaded from a data directory alone (LoadRevocations), they live in that
 // directory's file RevocationsFile and stay on that node.
 type Revocations struct {
-	path   string   // file mode: the file written on each Revoke
-	stream *revLog  // store mode: the stream appended to and followed
+	path   string  // file mode: the file written on each Revoke
+	stream *revLog // store mode: the stream appended to and followed
 	mu     sync.Mutex
 	users  map[string]time.Time
 	// watchers learn of revocations made through other Revocations on the

@@ -92,7 +92,8 @@ type Config struct {
 	WriteTimeout time.Duration
 
 	// Revocations, if set, refuse tokens issued before a user's
-	// revocation (RevokeTokens, LoadRevocations).
+	// revocation (RevokeTokens; OpenRevocations keeps them in the event
+	// store for every node, LoadRevocations in a file for this one).
 	Revocations *Revocations
 }
 

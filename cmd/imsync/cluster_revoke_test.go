@@ -157,4 +157,3 @@ func closedWith(t *testing.T, c *client.Client) uint32 {
 		}
 	}
 }
-
