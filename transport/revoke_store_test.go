@@ -223,3 +223,43 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// A revocation read from the store closes only the connections whose
+// token it refuses: one logged in with a token issued after the
+// revocation's second (it reached this node late) stays.
+func TestRevocationFromTheStoreSparesNewerTokens(t *testing.T) {
+	store := teststore.Open(t)
+	svc := transporttest.Service(t, actors.Config{Store: store})
+	gw := transporttest.Listen(t, "", transport.Config{Service: svc, Revocations: openRevocations(t, store, t.TempDir())})
+	now := time.Now()
+	dial := func(device string, issued time.Time) *client.Client {
+		tok, err := gw.Key.Mint("cat", device, time.Hour, issued)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		c, err := client.Dial(ctx, client.Config{Addr: gw.Addr, Token: tok, TLS: gw.TLS, NoReconnect: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	older, newer := dial("old", now.Add(-20*time.Second)), dial("new", now)
+	ev, err := events.Encode([16]byte{}, &eventspb.TokensRevoked{User: "cat", RevokedAtUnixMs: now.Add(-10 * time.Second).UnixMilli()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.AppendToStream(context.Background(), transport.RevocationsStream, events.Any, ev); err != nil {
+		t.Fatal(err)
+	}
+	if code := endCode(t, older); code != wire.CodeUnauthorized {
+		t.Fatalf("the older token's connection ended with code %d, want %d", code, wire.CodeUnauthorized)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := newer.Conversations(ctx); err != nil {
+		t.Fatalf("the newer token's connection: %v", err)
+	}
+}
