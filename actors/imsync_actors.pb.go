@@ -1480,6 +1480,106 @@ func (x *DeviceState) GetOnline() bool {
 	return false
 }
 
+// Closes every connection of a device, wherever it is: the device grain
+// sends it on to each connection actor (whose transport closes the
+// connection with code and reason) and answers ConnectionsClosed.
+type CloseConnections struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          uint32                 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseConnections) Reset() {
+	*x = CloseConnections{}
+	mi := &file_imsync_actors_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseConnections) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseConnections) ProtoMessage() {}
+
+func (x *CloseConnections) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_actors_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseConnections.ProtoReflect.Descriptor instead.
+func (*CloseConnections) Descriptor() ([]byte, []int) {
+	return file_imsync_actors_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CloseConnections) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CloseConnections) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// How many connections a CloseConnections reached.
+type ConnectionsClosed struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Closed        uint32                 `protobuf:"varint,1,opt,name=closed,proto3" json:"closed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionsClosed) Reset() {
+	*x = ConnectionsClosed{}
+	mi := &file_imsync_actors_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionsClosed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionsClosed) ProtoMessage() {}
+
+func (x *ConnectionsClosed) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_actors_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionsClosed.ProtoReflect.Descriptor instead.
+func (*ConnectionsClosed) Descriptor() ([]byte, []int) {
+	return file_imsync_actors_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ConnectionsClosed) GetClosed() uint32 {
+	if x != nil {
+		return x.Closed
+	}
+	return 0
+}
+
 // Sent to a device's connection actor. With entry set and
 // entry.user_seq == the device's last + 1, the device applies it; otherwise
 // it pulls from its last seq.
@@ -1500,7 +1600,7 @@ type Push struct {
 
 func (x *Push) Reset() {
 	*x = Push{}
-	mi := &file_imsync_actors_proto_msgTypes[23]
+	mi := &file_imsync_actors_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1512,7 +1612,7 @@ func (x *Push) String() string {
 func (*Push) ProtoMessage() {}
 
 func (x *Push) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[23]
+	mi := &file_imsync_actors_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1525,7 +1625,7 @@ func (x *Push) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Push.ProtoReflect.Descriptor instead.
 func (*Push) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{23}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Push) GetUser() string {
@@ -1578,7 +1678,7 @@ type Ok struct {
 
 func (x *Ok) Reset() {
 	*x = Ok{}
-	mi := &file_imsync_actors_proto_msgTypes[24]
+	mi := &file_imsync_actors_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +1690,7 @@ func (x *Ok) String() string {
 func (*Ok) ProtoMessage() {}
 
 func (x *Ok) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[24]
+	mi := &file_imsync_actors_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +1703,7 @@ func (x *Ok) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ok.ProtoReflect.Descriptor instead.
 func (*Ok) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{24}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{26}
 }
 
 // From a user grain with online devices to a read-fanout group it belongs
@@ -1619,7 +1719,7 @@ type WatchConversation struct {
 
 func (x *WatchConversation) Reset() {
 	*x = WatchConversation{}
-	mi := &file_imsync_actors_proto_msgTypes[25]
+	mi := &file_imsync_actors_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1731,7 @@ func (x *WatchConversation) String() string {
 func (*WatchConversation) ProtoMessage() {}
 
 func (x *WatchConversation) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[25]
+	mi := &file_imsync_actors_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1744,7 @@ func (x *WatchConversation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchConversation.ProtoReflect.Descriptor instead.
 func (*WatchConversation) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{25}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchConversation) GetUser() string {
@@ -1673,7 +1773,7 @@ type ConversationNotice struct {
 
 func (x *ConversationNotice) Reset() {
 	*x = ConversationNotice{}
-	mi := &file_imsync_actors_proto_msgTypes[26]
+	mi := &file_imsync_actors_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +1785,7 @@ func (x *ConversationNotice) String() string {
 func (*ConversationNotice) ProtoMessage() {}
 
 func (x *ConversationNotice) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[26]
+	mi := &file_imsync_actors_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +1798,7 @@ func (x *ConversationNotice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConversationNotice.ProtoReflect.Descriptor instead.
 func (*ConversationNotice) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{26}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ConversationNotice) GetConversationId() string {
@@ -1730,7 +1830,7 @@ type SnapshotPart struct {
 
 func (x *SnapshotPart) Reset() {
 	*x = SnapshotPart{}
-	mi := &file_imsync_actors_proto_msgTypes[27]
+	mi := &file_imsync_actors_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +1842,7 @@ func (x *SnapshotPart) String() string {
 func (*SnapshotPart) ProtoMessage() {}
 
 func (x *SnapshotPart) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[27]
+	mi := &file_imsync_actors_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,7 +1855,7 @@ func (x *SnapshotPart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotPart.ProtoReflect.Descriptor instead.
 func (*SnapshotPart) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{27}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SnapshotPart) GetCovers() uint64 {
@@ -1796,7 +1896,7 @@ type UserSnapshot struct {
 
 func (x *UserSnapshot) Reset() {
 	*x = UserSnapshot{}
-	mi := &file_imsync_actors_proto_msgTypes[28]
+	mi := &file_imsync_actors_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +1908,7 @@ func (x *UserSnapshot) String() string {
 func (*UserSnapshot) ProtoMessage() {}
 
 func (x *UserSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[28]
+	mi := &file_imsync_actors_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +1921,7 @@ func (x *UserSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserSnapshot.ProtoReflect.Descriptor instead.
 func (*UserSnapshot) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{28}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UserSnapshot) GetConvs() []*ConvLine {
@@ -1851,7 +1951,7 @@ type ConvLine struct {
 
 func (x *ConvLine) Reset() {
 	*x = ConvLine{}
-	mi := &file_imsync_actors_proto_msgTypes[29]
+	mi := &file_imsync_actors_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +1963,7 @@ func (x *ConvLine) String() string {
 func (*ConvLine) ProtoMessage() {}
 
 func (x *ConvLine) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[29]
+	mi := &file_imsync_actors_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +1976,7 @@ func (x *ConvLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvLine.ProtoReflect.Descriptor instead.
 func (*ConvLine) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{29}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ConvLine) GetId() string {
@@ -1992,7 +2092,7 @@ type ConvSnapshot struct {
 
 func (x *ConvSnapshot) Reset() {
 	*x = ConvSnapshot{}
-	mi := &file_imsync_actors_proto_msgTypes[30]
+	mi := &file_imsync_actors_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2104,7 @@ func (x *ConvSnapshot) String() string {
 func (*ConvSnapshot) ProtoMessage() {}
 
 func (x *ConvSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[30]
+	mi := &file_imsync_actors_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2117,7 @@ func (x *ConvSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvSnapshot.ProtoReflect.Descriptor instead.
 func (*ConvSnapshot) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{30}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ConvSnapshot) GetKind() eventspb.ConversationKind {
@@ -2175,7 +2275,7 @@ type RecentMessage struct {
 
 func (x *RecentMessage) Reset() {
 	*x = RecentMessage{}
-	mi := &file_imsync_actors_proto_msgTypes[31]
+	mi := &file_imsync_actors_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2187,7 +2287,7 @@ func (x *RecentMessage) String() string {
 func (*RecentMessage) ProtoMessage() {}
 
 func (x *RecentMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[31]
+	mi := &file_imsync_actors_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2200,7 +2300,7 @@ func (x *RecentMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecentMessage.ProtoReflect.Descriptor instead.
 func (*RecentMessage) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{31}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RecentMessage) GetSeq() uint64 {
@@ -2248,7 +2348,7 @@ type EditedBody struct {
 
 func (x *EditedBody) Reset() {
 	*x = EditedBody{}
-	mi := &file_imsync_actors_proto_msgTypes[32]
+	mi := &file_imsync_actors_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2260,7 +2360,7 @@ func (x *EditedBody) String() string {
 func (*EditedBody) ProtoMessage() {}
 
 func (x *EditedBody) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_actors_proto_msgTypes[32]
+	mi := &file_imsync_actors_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2273,7 +2373,7 @@ func (x *EditedBody) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EditedBody.ProtoReflect.Descriptor instead.
 func (*EditedBody) Descriptor() ([]byte, []int) {
-	return file_imsync_actors_proto_rawDescGZIP(), []int{32}
+	return file_imsync_actors_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *EditedBody) GetSeq() uint64 {
@@ -2392,7 +2492,12 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\"K\n" +
 	"\vDeviceState\x12$\n" +
 	"\x0eacked_user_seq\x18\x01 \x01(\x04R\fackedUserSeq\x12\x16\n" +
-	"\x06online\x18\x02 \x01(\bR\x06online\"\xc4\x01\n" +
+	"\x06online\x18\x02 \x01(\bR\x06online\">\n" +
+	"\x10CloseConnections\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\rR\x04code\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"+\n" +
+	"\x11ConnectionsClosed\x12\x16\n" +
+	"\x06closed\x18\x01 \x01(\rR\x06closed\"\xc4\x01\n" +
 	"\x04Push\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x19\n" +
@@ -2494,7 +2599,7 @@ func file_imsync_actors_proto_rawDescGZIP() []byte {
 }
 
 var file_imsync_actors_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imsync_actors_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_imsync_actors_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_imsync_actors_proto_goTypes = []any{
 	(Code)(0),                      // 0: imsync.actors.v1.Code
 	(*Failure)(nil),                // 1: imsync.actors.v1.Failure
@@ -2520,35 +2625,37 @@ var file_imsync_actors_proto_goTypes = []any{
 	(*NotifyDevice)(nil),           // 21: imsync.actors.v1.NotifyDevice
 	(*AckDevice)(nil),              // 22: imsync.actors.v1.AckDevice
 	(*DeviceState)(nil),            // 23: imsync.actors.v1.DeviceState
-	(*Push)(nil),                   // 24: imsync.actors.v1.Push
-	(*Ok)(nil),                     // 25: imsync.actors.v1.Ok
-	(*WatchConversation)(nil),      // 26: imsync.actors.v1.WatchConversation
-	(*ConversationNotice)(nil),     // 27: imsync.actors.v1.ConversationNotice
-	(*SnapshotPart)(nil),           // 28: imsync.actors.v1.SnapshotPart
-	(*UserSnapshot)(nil),           // 29: imsync.actors.v1.UserSnapshot
-	(*ConvLine)(nil),               // 30: imsync.actors.v1.ConvLine
-	(*ConvSnapshot)(nil),           // 31: imsync.actors.v1.ConvSnapshot
-	(*RecentMessage)(nil),          // 32: imsync.actors.v1.RecentMessage
-	(*EditedBody)(nil),             // 33: imsync.actors.v1.EditedBody
-	nil,                            // 34: imsync.actors.v1.SendMessage.MetadataEntry
-	(eventspb.ConversationKind)(0), // 35: imsync.events.v1.ConversationKind
-	(*eventspb.SyncEntry)(nil),     // 36: imsync.events.v1.SyncEntry
-	(*eventspb.MessageSent)(nil),   // 37: imsync.events.v1.MessageSent
+	(*CloseConnections)(nil),       // 24: imsync.actors.v1.CloseConnections
+	(*ConnectionsClosed)(nil),      // 25: imsync.actors.v1.ConnectionsClosed
+	(*Push)(nil),                   // 26: imsync.actors.v1.Push
+	(*Ok)(nil),                     // 27: imsync.actors.v1.Ok
+	(*WatchConversation)(nil),      // 28: imsync.actors.v1.WatchConversation
+	(*ConversationNotice)(nil),     // 29: imsync.actors.v1.ConversationNotice
+	(*SnapshotPart)(nil),           // 30: imsync.actors.v1.SnapshotPart
+	(*UserSnapshot)(nil),           // 31: imsync.actors.v1.UserSnapshot
+	(*ConvLine)(nil),               // 32: imsync.actors.v1.ConvLine
+	(*ConvSnapshot)(nil),           // 33: imsync.actors.v1.ConvSnapshot
+	(*RecentMessage)(nil),          // 34: imsync.actors.v1.RecentMessage
+	(*EditedBody)(nil),             // 35: imsync.actors.v1.EditedBody
+	nil,                            // 36: imsync.actors.v1.SendMessage.MetadataEntry
+	(eventspb.ConversationKind)(0), // 37: imsync.events.v1.ConversationKind
+	(*eventspb.SyncEntry)(nil),     // 38: imsync.events.v1.SyncEntry
+	(*eventspb.MessageSent)(nil),   // 39: imsync.events.v1.MessageSent
 }
 var file_imsync_actors_proto_depIdxs = []int32{
 	0,  // 0: imsync.actors.v1.Failure.code:type_name -> imsync.actors.v1.Code
-	35, // 1: imsync.actors.v1.CreateConversation.kind:type_name -> imsync.events.v1.ConversationKind
-	34, // 2: imsync.actors.v1.SendMessage.metadata:type_name -> imsync.actors.v1.SendMessage.MetadataEntry
+	37, // 1: imsync.actors.v1.CreateConversation.kind:type_name -> imsync.events.v1.ConversationKind
+	36, // 2: imsync.actors.v1.SendMessage.metadata:type_name -> imsync.actors.v1.SendMessage.MetadataEntry
 	11, // 3: imsync.actors.v1.Deliver.items:type_name -> imsync.actors.v1.InboxItem
-	36, // 4: imsync.actors.v1.NotifyDevice.entry:type_name -> imsync.events.v1.SyncEntry
-	36, // 5: imsync.actors.v1.Push.entry:type_name -> imsync.events.v1.SyncEntry
-	30, // 6: imsync.actors.v1.UserSnapshot.convs:type_name -> imsync.actors.v1.ConvLine
-	35, // 7: imsync.actors.v1.ConvLine.kind:type_name -> imsync.events.v1.ConversationKind
-	37, // 8: imsync.actors.v1.ConvLine.latest:type_name -> imsync.events.v1.MessageSent
-	35, // 9: imsync.actors.v1.ConvSnapshot.kind:type_name -> imsync.events.v1.ConversationKind
-	37, // 10: imsync.actors.v1.ConvSnapshot.latest:type_name -> imsync.events.v1.MessageSent
-	32, // 11: imsync.actors.v1.ConvSnapshot.recent:type_name -> imsync.actors.v1.RecentMessage
-	33, // 12: imsync.actors.v1.ConvSnapshot.edited:type_name -> imsync.actors.v1.EditedBody
+	38, // 4: imsync.actors.v1.NotifyDevice.entry:type_name -> imsync.events.v1.SyncEntry
+	38, // 5: imsync.actors.v1.Push.entry:type_name -> imsync.events.v1.SyncEntry
+	32, // 6: imsync.actors.v1.UserSnapshot.convs:type_name -> imsync.actors.v1.ConvLine
+	37, // 7: imsync.actors.v1.ConvLine.kind:type_name -> imsync.events.v1.ConversationKind
+	39, // 8: imsync.actors.v1.ConvLine.latest:type_name -> imsync.events.v1.MessageSent
+	37, // 9: imsync.actors.v1.ConvSnapshot.kind:type_name -> imsync.events.v1.ConversationKind
+	39, // 10: imsync.actors.v1.ConvSnapshot.latest:type_name -> imsync.events.v1.MessageSent
+	34, // 11: imsync.actors.v1.ConvSnapshot.recent:type_name -> imsync.actors.v1.RecentMessage
+	35, // 12: imsync.actors.v1.ConvSnapshot.edited:type_name -> imsync.actors.v1.EditedBody
 	13, // [13:13] is the sub-list for method output_type
 	13, // [13:13] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
@@ -2567,7 +2674,7 @@ func file_imsync_actors_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_actors_proto_rawDesc), len(file_imsync_actors_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

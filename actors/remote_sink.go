@@ -182,3 +182,32 @@ func (s *Service) reannounce() {
 	close(work)
 	wg.Wait()
 }
+
+// DeviceCloser is a DeviceSink that can end its connection: the device
+// grain asks it to when the device is disconnected (DisconnectDevice),
+// from whichever member. Close must not block.
+type DeviceCloser interface {
+	CloseConnection(code uint32, reason string)
+}
+
+func closeSink(sink DeviceSink, m *CloseConnections) {
+	if c, ok := sink.(DeviceCloser); ok {
+		c.CloseConnection(m.Code, m.Reason)
+	}
+}
+
+// DisconnectDevice asks every connection of a device, on whichever member
+// it is, to close with code and reason (through the device grain, which
+// knows each connection's actor), and returns how many connections the
+// grain had: they close as their members receive the request, a moment
+// later. A connection still logging in is not counted (nor attached yet).
+func (s *Service) DisconnectDevice(ctx context.Context, user, device string, code uint32, reason string) (int, error) {
+	if err := validate("user", user, "device", device); err != nil {
+		return 0, err
+	}
+	res, err := call[*ConnectionsClosed](s, ctx, deviceIdentity(user, device), kindDevice, &CloseConnections{Code: code, Reason: reason})
+	if err != nil {
+		return 0, err
+	}
+	return int(res.Closed), nil
+}

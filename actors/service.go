@@ -610,8 +610,11 @@ func (s *Service) AttachDevice(ctx context.Context, user, device string, sink De
 		return nil, fail(Code_INVALID, "AttachDevice needs a sink")
 	}
 	pid := s.system.Root.Spawn(actor.PropsFromFunc(func(actx actor.Context) {
-		if p, ok := actx.Message().(*Push); ok {
-			sink.Push(p)
+		switch m := actx.Message().(type) {
+		case *Push:
+			sink.Push(m)
+		case *CloseConnections: // from the device grain (remote_sink.go)
+			closeSink(sink, m)
 		}
 	}))
 	st, err := call[*DeviceState](s, ctx, deviceIdentity(user, device), kindDevice, &AttachDevice{Address: pid.Address, Id: pid.Id})

@@ -483,6 +483,11 @@ func (g *deviceGrain) Receive(ctx actor.Context) {
 	case *NotifyDevice:
 		g.newest = max(g.newest, m.UserSeq)
 		g.notifyConns(ctx, m)
+	case *CloseConnections:
+		for _, pid := range g.conns { // each detaches as its transport closes it
+			ctx.Send(pid, m)
+		}
+		ctx.Respond(&ConnectionsClosed{Closed: uint32(len(g.conns))})
 	case *AckDevice:
 		g.ack(ctx, m)
 	case *DeviceState:

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,47 +17,80 @@ import (
 )
 
 // Revocations remember, per user, when their tokens were revoked: a token
-// issued at or before that second is refused (see Revoked). They are kept
-// in a file of the data directory, so that a restart keeps them. Each
-// server node keeps its own file: with several nodes, revoke on each.
+// issued at or before that second is refused (see Revoked).
+//
+// Opened on an event store (OpenRevocations, what `imsync serve` does),
+// they are TokensRevoked events in the store's stream RevocationsStream:
+// every node sharing the store loads them at start and follows the stream,
+// so a revocation through one node reaches every node (and closes the
+// user's connections there) as soon as the store delivers the event.
+// Loaded from a data directory alone (LoadRevocations), they live in that
+// directory's file RevocationsFile and stay on that node.
 type Revocations struct {
-	path  string
-	mu    sync.Mutex
-	users map[string]time.Time
+	path   string  // file mode: the file written on each Revoke
+	stream *revLog // store mode: the stream appended to and followed
+	mu     sync.Mutex
+	users  map[string]time.Time
+	// watchers learn of revocations made through other Revocations on the
+	// same store (servers close the user's connections).
+	watchers []func(user string, at time.Time)
 }
 
 // RevocationsFile is the file in the data directory.
 const RevocationsFile = "revoked-tokens.json"
 
 // LoadRevocations reads dir's revocations (none when the file is absent).
+// Revoke writes the file again: these revocations are this node's alone.
 func LoadRevocations(dir string) (*Revocations, error) {
-	r := &Revocations{path: filepath.Join(dir, RevocationsFile), users: map[string]time.Time{}}
-	b, err := os.ReadFile(r.path)
+	users, err := readRevocationsFile(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &Revocations{path: filepath.Join(dir, RevocationsFile), users: users}, nil
+}
+
+func readRevocationsFile(dir string) (map[string]time.Time, error) {
+	path := filepath.Join(dir, RevocationsFile)
+	users := map[string]time.Time{}
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return r, nil
+		return users, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("transport: %w", err)
 	}
-	if err := json.Unmarshal(b, &r.users); err != nil {
-		return nil, fmt.Errorf("transport: %s is damaged: %w", r.path, err)
+	if err := json.Unmarshal(b, &users); err != nil {
+		return nil, fmt.Errorf("transport: %s is damaged: %w", path, err)
 	}
-	if r.users == nil { // the file held null
-		r.users = map[string]time.Time{}
+	if users == nil { // the file held null
+		users = map[string]time.Time{}
 	}
-	return r, nil
+	return users, nil
 }
 
 // Revoke refuses from now on every token of user issued at or before at,
-// and saves that before returning.
+// and makes that durable (in the store or the file) before returning. A
+// time at or before the user's last revocation changes nothing.
 func (r *Revocations) Revoke(user string, at time.Time) error {
+	at = at.UTC()
+	if r.stream != nil {
+		if !at.After(r.RevokedAt(user)) {
+			return nil
+		}
+		// Appended first, applied after: a failed append changes nothing.
+		if err := r.stream.append(user, at); err != nil {
+			return err
+		}
+		r.apply(user, at)
+		return nil
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	prev, had := r.users[user]
 	if had && !at.After(prev) {
 		return nil
 	}
-	r.users[user] = at.UTC()
+	r.users[user] = at
 	if err := r.save(); err != nil {
 		if had {
 			r.users[user] = prev
@@ -66,6 +100,34 @@ func (r *Revocations) Revoke(user string, at time.Time) error {
 		return err
 	}
 	return nil
+}
+
+// apply records a revocation; it reports whether it moved the user's time.
+func (r *Revocations) apply(user string, at time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if prev, had := r.users[user]; had && !at.After(prev) {
+		return false
+	}
+	r.users[user] = at.UTC()
+	return true
+}
+
+// onRevoke registers f to learn of revocations read from the store (made
+// through any node, this one included). f must not block.
+func (r *Revocations) onRevoke(f func(user string, at time.Time)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.watchers = append(r.watchers, f)
+}
+
+func (r *Revocations) notify(user string, at time.Time) {
+	r.mu.Lock()
+	ws := slices.Clone(r.watchers)
+	r.mu.Unlock()
+	for _, f := range ws {
+		f(user, at)
+	}
 }
 
 // save writes the file atomically: temporary file, fsync, rename, directory fsync.
@@ -127,6 +189,15 @@ func (r *Revocations) RevokedAt(user string) time.Time {
 	return r.users[user]
 }
 
+// Close stops following the store (nothing to do in file mode).
+func (r *Revocations) Close() error {
+	if r == nil || r.stream == nil {
+		return nil
+	}
+	r.stream.stop()
+	return nil
+}
+
 // errRevoked refuses a login whose token was revoked.
 var errRevoked = fmt.Errorf("%w: token revoked", ErrBadToken)
 
@@ -146,17 +217,36 @@ func (s *Server) checkRevoked(c Claims) error {
 	return errRevoked
 }
 
-// Disconnect closes the connections of user's device (every device of the
-// user when device is empty) with code 109 DISCONNECTED, and returns how
-// many it closed. The device may log in again: to keep it out, revoke.
+// Disconnect closes this node's connections of user's device (every device
+// of the user when device is empty) with code 109 DISCONNECTED, and returns
+// how many it closed. DisconnectDevice reaches every node.
 func (s *Server) Disconnect(user, device string) int {
-	return s.closeConns(user, device, wire.CodeDisconnected, "disconnected by the server")
+	return s.closeConns(user, device, 0, wire.CodeDisconnected, "disconnected by the server")
+}
+
+// DisconnectDevice closes the connections of user's device on every node of
+// the cluster with code 109 DISCONNECTED: the device grain, which knows
+// where each connection is, tells each to close. It returns how many
+// connections the device had; those on other nodes close a moment after
+// (as soon as the request crosses). The device may log in again: to keep
+// it out, revoke.
+func (s *Server) DisconnectDevice(ctx context.Context, user, device string) (int, error) {
+	return s.cfg.Service.DisconnectDevice(ctx, user, device, wire.CodeDisconnected, "disconnected by the server")
+}
+
+// CloseConnection ends the connection (the device grain asks, for
+// DisconnectDevice on any node).
+func (c *conn) CloseConnection(code uint32, reason string) {
+	c.qc.CloseWithError(quic.ApplicationErrorCode(code), reason)
 }
 
 // RevokeTokens refuses every token of user issued up to now (persisted in
-// Config.Revocations) and closes the user's connections with code 102
-// UNAUTHORIZED. It returns the revocation time and how many connections
-// it closed.
+// Config.Revocations) and closes the user's connections on this node with
+// code 102 UNAUTHORIZED. It returns the revocation time (now, or a later
+// one already recorded: it never moves backwards) and how many
+// connections it closed. With revocations on a shared store the other
+// nodes close theirs when they read the revocation (within about a
+// second); they are not counted.
 func (s *Server) RevokeTokens(user string) (time.Time, int, error) {
 	if s.cfg.Revocations == nil {
 		return time.Time{}, 0, errors.New("transport: the server has no revocation list (Config.Revocations)")
@@ -167,10 +257,22 @@ func (s *Server) RevokeTokens(user string) (time.Time, int, error) {
 	}
 	// A login verified before Revoke is either admitted already (closed
 	// here) or checked again once admitted (serveConn).
-	return now, s.closeConns(user, "", wire.CodeUnauthorized, "token revoked"), nil
+	at := s.cfg.Revocations.RevokedAt(user) // now, or a later one of another node
+	return at, s.closeConns(user, "", at.Unix(), wire.CodeUnauthorized, "token revoked"), nil
 }
 
-func (s *Server) closeConns(user, device string, code uint32, msg string) int {
+// revoked closes the connections whose token a revocation read from the
+// store refuses.
+func (s *Server) revoked(user string, at time.Time) {
+	if n := s.closeConns(user, "", at.Unix(), wire.CodeUnauthorized, "token revoked"); n > 0 {
+		s.cfg.Logger.Info("tokens revoked: connections closed", "user", user, "revoked_at", at.Format(time.RFC3339), "closed", n)
+	}
+}
+
+// closeConns closes the admitted connections of user (of device, unless
+// empty) whose token was issued in or before the second issuedBy (any
+// token when issuedBy is 0).
+func (s *Server) closeConns(user, device string, issuedBy int64, code uint32, msg string) int {
 	s.mu.Lock()
 	var victims []*conn
 	for _, c := range s.perUser[user] {
@@ -179,8 +281,18 @@ func (s *Server) closeConns(user, device string, code uint32, msg string) int {
 		}
 	}
 	s.mu.Unlock()
+	n := 0
 	for _, c := range slices.Backward(victims) {
+		if issuedBy != 0 {
+			c.emu.Lock()
+			fresh := c.issued > issuedBy // re-authenticated after the revocation
+			c.emu.Unlock()
+			if fresh {
+				continue
+			}
+		}
 		c.qc.CloseWithError(quic.ApplicationErrorCode(code), msg)
+		n++
 	}
-	return len(victims)
+	return n
 }

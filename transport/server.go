@@ -92,7 +92,8 @@ type Config struct {
 	WriteTimeout time.Duration
 
 	// Revocations, if set, refuse tokens issued before a user's
-	// revocation (RevokeTokens, LoadRevocations).
+	// revocation (RevokeTokens; OpenRevocations keeps them in the event
+	// store for every node, LoadRevocations in a file for this one).
 	Revocations *Revocations
 }
 
@@ -186,6 +187,9 @@ func NewServer(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, perUser: map[string][]*conn{}, prePrefix: map[netip.Prefix][]*preSlot{}, conns: map[*quic.Conn]struct{}{}}
 	if cfg.Metrics != nil {
 		cfg.Metrics.watchServer(s)
+	}
+	if cfg.Revocations != nil {
+		cfg.Revocations.onRevoke(s.revoked) // made through other nodes (revoke_store.go)
 	}
 	return s, nil
 }
@@ -298,6 +302,7 @@ type conn struct {
 	sem     chan struct{}
 	emu     sync.Mutex
 	expires time.Time   // the token's expiry: the connection ends then
+	issued  int64       // the token's iat (revocations close older ones)
 	expiry  *time.Timer // closes the connection at expires
 	reads   *byteBudget // partially read request frames
 	writes  *byteBudget // answers being computed or written
@@ -365,6 +370,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		sem:     make(chan struct{}, s.cfg.MaxInflight),
 		wake:    make(chan struct{}, 1),
 		expires: time.Unix(claims.Expires, 0),
+		issued:  claims.Issued,
 		reads:   newByteBudget(s.cfg.ReadBudget),
 		writes:  newByteBudget(s.cfg.WriteBudget),
 	}
@@ -746,6 +752,7 @@ func (c *conn) reauth(token string) {
 	if c.expiry.Stop() { // not fired yet: the connection lives on
 		c.expires = time.Unix(claims.Expires, 0)
 		c.expiry.Reset(c.expires.Sub(c.s.cfg.Now()))
+		c.issued = claims.Issued
 	}
 	c.emu.Unlock()
 	c.writeControl(&wire.ServerPush{Push: &wire.ServerPush_Reauth{Reauth: &wire.ReauthResult{TokenExpires: claims.Expires}}})

@@ -61,6 +61,7 @@ func TestClusterServeChild(t *testing.T) {
 // clusterNode is one `imsync serve --cluster` process.
 type clusterNode struct {
 	data, listen, advertise string
+	extra                   []string // more serve flags
 	cmd                     *exec.Cmd
 }
 
@@ -107,10 +108,10 @@ func (n *clusterNode) start(t *testing.T, storeURL string, peers []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	args, _ := json.Marshal([]string{"serve", "--data", n.data, "--listen", n.listen, "--store", storeURL,
+	args, _ := json.Marshal(append([]string{"serve", "--data", n.data, "--listen", n.listen, "--store", storeURL,
 		"--cluster", "chat", "--advertise", n.advertise, "--peers", strings.Join(peers, ","),
 		// The resends at the end go as fast as the nodes answer.
-		"--request-rate", "100000", "--request-burst", "100000"})
+		"--request-rate", "100000", "--request-burst", "100000"}, n.extra...))
 	cmd := exec.Command(exe, "-test.run=^TestClusterServeChild$")
 	cmd.Env = append(os.Environ(), clusterChildEnv+"="+string(args))
 	out, err := cmd.StdoutPipe()
@@ -186,6 +187,13 @@ type clusterFixture struct {
 
 func startCluster(t *testing.T) *clusterFixture {
 	t.Helper()
+	return startClusterWith(t, nil)
+}
+
+// startClusterWith is startCluster with more serve flags for node i
+// (extra(i)) when extra is not nil.
+func startClusterWith(t *testing.T, extra func(i int) []string) *clusterFixture {
+	t.Helper()
 	root := t.TempDir()
 	f := &clusterFixture{t: t, storeURL: startProtocolServer(t, filepath.Join(root, "esdb"))}
 	first := filepath.Join(root, "n1")
@@ -209,6 +217,9 @@ func startCluster(t *testing.T) *clusterFixture {
 	for i := range 3 {
 		n := &clusterNode{data: filepath.Join(root, fmt.Sprintf("n%d", i+1)), listen: freeUDPAddr(t),
 			advertise: fmt.Sprintf("127.0.0.1:%d", freeMemberPort(t))}
+		if extra != nil {
+			n.extra = extra(i)
+		}
 		if i > 0 { // the others are copies of the first directory
 			if err := os.MkdirAll(n.data, 0o700); err != nil {
 				t.Fatal(err)

@@ -208,6 +208,7 @@ type stack struct {
 	srv   *transport.Server
 	// search answers search requests once started (runServe starts it).
 	search *liveSearch
+	revs   *transport.Revocations // followed in the store until close
 }
 
 // startStack opens (or creates) everything in data and listens on listen.
@@ -273,10 +274,15 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 		return nil, err
 	}
 	if tcfg.Revocations == nil {
-		if tcfg.Revocations, err = transport.LoadRevocations(data); err != nil {
+		// In the store, so every node sharing it refuses the same tokens.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		st.revs, err = transport.OpenRevocations(ctx, st.store, data, logger)
+		cancel()
+		if err != nil {
 			st.close()
 			return nil, err
 		}
+		tcfg.Revocations = st.revs
 	}
 	tcfg.Service, tcfg.Key, tcfg.Logger = st.svc, key, logger
 	st.search = &liveSearch{}
@@ -330,6 +336,7 @@ func (st *stack) close() {
 	if st.svc != nil {
 		st.svc.Close()
 	}
+	st.revs.Close()
 	if st.search != nil {
 		st.search.close()
 	}

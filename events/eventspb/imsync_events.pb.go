@@ -1144,6 +1144,62 @@ func (x *WatchCheckpoint) GetState() []byte {
 	return nil
 }
 
+// The tokens of user issued in or before the second of revoked_at_unix_ms
+// are refused from then on (written by the gateway's RevokeTokens; every
+// node follows the stream). A later event for the same user with an
+// earlier time changes nothing: a revocation time never moves backwards.
+type TokensRevoked struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	User            string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	RevokedAtUnixMs int64                  `protobuf:"varint,2,opt,name=revoked_at_unix_ms,json=revokedAtUnixMs,proto3" json:"revoked_at_unix_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TokensRevoked) Reset() {
+	*x = TokensRevoked{}
+	mi := &file_imsync_events_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokensRevoked) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokensRevoked) ProtoMessage() {}
+
+func (x *TokensRevoked) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_events_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokensRevoked.ProtoReflect.Descriptor instead.
+func (*TokensRevoked) Descriptor() ([]byte, []int) {
+	return file_imsync_events_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TokensRevoked) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *TokensRevoked) GetRevokedAtUnixMs() int64 {
+	if x != nil {
+		return x.RevokedAtUnixMs
+	}
+	return 0
+}
+
 // The members of a group created with more members than fit in one event:
 // ConversationCreated holds the first of them, MembersJoined events right
 // after it (in the same append when they fit) the rest. They join as the
@@ -1159,7 +1215,7 @@ type MembersJoined struct {
 
 func (x *MembersJoined) Reset() {
 	*x = MembersJoined{}
-	mi := &file_imsync_events_proto_msgTypes[15]
+	mi := &file_imsync_events_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1227,7 @@ func (x *MembersJoined) String() string {
 func (*MembersJoined) ProtoMessage() {}
 
 func (x *MembersJoined) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_events_proto_msgTypes[15]
+	mi := &file_imsync_events_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1240,7 @@ func (x *MembersJoined) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersJoined.ProtoReflect.Descriptor instead.
 func (*MembersJoined) Descriptor() ([]byte, []int) {
-	return file_imsync_events_proto_rawDescGZIP(), []int{15}
+	return file_imsync_events_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MembersJoined) GetUsers() []string {
@@ -1307,7 +1363,10 @@ const file_imsync_events_proto_rawDesc = "" +
 	"\x0fWatchCheckpoint\x12\x16\n" +
 	"\x06commit\x18\x01 \x01(\x04R\x06commit\x12\x18\n" +
 	"\aprepare\x18\x02 \x01(\x04R\aprepare\x12\x14\n" +
-	"\x05state\x18\x03 \x01(\fR\x05state\"S\n" +
+	"\x05state\x18\x03 \x01(\fR\x05state\"P\n" +
+	"\rTokensRevoked\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12+\n" +
+	"\x12revoked_at_unix_ms\x18\x02 \x01(\x03R\x0frevokedAtUnixMs\"S\n" +
 	"\rMembersJoined\x12\x14\n" +
 	"\x05users\x18\x01 \x03(\tR\x05users\x12\x0e\n" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12\x1c\n" +
@@ -1332,7 +1391,7 @@ func file_imsync_events_proto_rawDescGZIP() []byte {
 }
 
 var file_imsync_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imsync_events_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_imsync_events_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_imsync_events_proto_goTypes = []any{
 	(ConversationKind)(0),       // 0: imsync.events.v1.ConversationKind
 	(*ConversationCreated)(nil), // 1: imsync.events.v1.ConversationCreated
@@ -1350,12 +1409,13 @@ var file_imsync_events_proto_goTypes = []any{
 	(*DeviceAcked)(nil),         // 13: imsync.events.v1.DeviceAcked
 	(*FanoutCheckpoint)(nil),    // 14: imsync.events.v1.FanoutCheckpoint
 	(*WatchCheckpoint)(nil),     // 15: imsync.events.v1.WatchCheckpoint
-	(*MembersJoined)(nil),       // 16: imsync.events.v1.MembersJoined
-	nil,                         // 17: imsync.events.v1.MessageSent.MetadataEntry
+	(*TokensRevoked)(nil),       // 16: imsync.events.v1.TokensRevoked
+	(*MembersJoined)(nil),       // 17: imsync.events.v1.MembersJoined
+	nil,                         // 18: imsync.events.v1.MessageSent.MetadataEntry
 }
 var file_imsync_events_proto_depIdxs = []int32{
 	0,  // 0: imsync.events.v1.ConversationCreated.kind:type_name -> imsync.events.v1.ConversationKind
-	17, // 1: imsync.events.v1.MessageSent.metadata:type_name -> imsync.events.v1.MessageSent.MetadataEntry
+	18, // 1: imsync.events.v1.MessageSent.metadata:type_name -> imsync.events.v1.MessageSent.MetadataEntry
 	4,  // 2: imsync.events.v1.MessagePointer.message:type_name -> imsync.events.v1.MessageSent
 	0,  // 3: imsync.events.v1.MembershipChanged.kind:type_name -> imsync.events.v1.ConversationKind
 	4,  // [4:4] is the sub-list for method output_type
@@ -1376,7 +1436,7 @@ func file_imsync_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_events_proto_rawDesc), len(file_imsync_events_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -306,7 +306,9 @@ func (a *API) device(ctx context.Context, r *http.Request) (any, error) {
 
 // Disconnected answers a disconnect.
 type Disconnected struct {
-	Closed int `json:"closed"` // connections closed
+	// Closed: the device's connections, on any node of the cluster, that
+	// were told to close (those on other nodes close a moment later).
+	Closed int `json:"closed"`
 }
 
 func (a *API) disconnect(ctx context.Context, r *http.Request) (any, error) {
@@ -320,7 +322,11 @@ func (a *API) disconnect(ctx context.Context, r *http.Request) (any, error) {
 	if err := actors.ValidateID("device", device); err != nil {
 		return nil, err
 	}
-	return Disconnected{Closed: a.cfg.Gateway.Disconnect(user, device)}, nil
+	n, err := a.cfg.Gateway.DisconnectDevice(ctx, user, device)
+	if err != nil {
+		return nil, err
+	}
+	return Disconnected{Closed: n}, nil
 }
 
 // Revoked answers a revocation.
@@ -328,7 +334,10 @@ type Revoked struct {
 	// RevokedAt: tokens of the user issued in or before this second are
 	// refused from now on.
 	RevokedAt time.Time `json:"revoked_at"`
-	Closed    int       `json:"closed"` // connections closed
+	// Closed: the user's connections this node closed. The other nodes of
+	// a cluster close theirs as they read the revocation from the store
+	// (within about a second); they are not counted.
+	Closed int `json:"closed"`
 }
 
 func (a *API) revoke(ctx context.Context, r *http.Request) (any, error) {

@@ -1,0 +1,186 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/imsync/imsync/events"
+	"github.com/imsync/imsync/events/eventspb"
+)
+
+// RevocationsStream is the stream of TokensRevoked events that
+// OpenRevocations keeps and every node sharing the store follows.
+const RevocationsStream = "revocations"
+
+// revocationsTimeout bounds one read or append of the stream.
+const revocationsTimeout = 15 * time.Second
+
+// revLog is the store side of Revocations: it appends revocations and
+// follows the stream for those of other nodes.
+type revLog struct {
+	store  events.Store
+	log    *slog.Logger
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// OpenRevocations loads the revocations recorded in store's
+// RevocationsStream, adds those of dir's RevocationsFile the stream does
+// not hold yet (the file of an older version: nothing revoked there becomes
+// valid again; the file itself is left as it was and no longer written),
+// and follows the stream until Close: revocations appended by other nodes
+// apply here as soon as the store delivers them. A nil logger discards.
+func OpenRevocations(ctx context.Context, store events.Store, dir string, logger *slog.Logger) (*Revocations, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Revocations{users: map[string]time.Time{}}
+	last, err := r.load(ctx, store)
+	if err != nil {
+		return nil, err
+	}
+	fromFile, err := readRevocationsFile(dir)
+	if err != nil {
+		return nil, err
+	}
+	l := &revLog{store: store, log: logger}
+	var migrate []events.EventData
+	for user, at := range fromFile {
+		if !at.After(r.users[user]) {
+			continue
+		}
+		ev, err := revocationEvent(user, at)
+		if err != nil {
+			return nil, err
+		}
+		migrate = append(migrate, ev)
+	}
+	for len(migrate) > 0 {
+		n := min(len(migrate), events.MaxAppendEvents)
+		if _, err := store.AppendToStream(ctx, RevocationsStream, events.Any, migrate[:n]...); err != nil {
+			return nil, fmt.Errorf("transport: move %s into the store: %w", RevocationsFile, err)
+		}
+		migrate = migrate[n:]
+	}
+	for user, at := range fromFile {
+		r.apply(user, at)
+	}
+	if len(fromFile) > 0 {
+		logger.Info("revocations of the data directory's file are in the store", "file", RevocationsFile, "users", len(fromFile))
+	}
+	r.stream = l
+	l.follow(r, last)
+	return r, nil
+}
+
+// revocationEvent encodes a TokensRevoked at millisecond precision (the
+// refusal itself works in whole seconds).
+func revocationEvent(user string, at time.Time) (events.EventData, error) {
+	return events.Encode([16]byte{}, &eventspb.TokensRevoked{User: user, RevokedAtUnixMs: at.UnixMilli()})
+}
+
+// load reads the whole stream; it returns the next position to follow from.
+func (r *Revocations) load(ctx context.Context, store events.Store) (events.SubscribeFrom, error) {
+	from := events.SubscribeFromStart()
+	for next := events.Revision(0); ; {
+		c, cancel := context.WithTimeout(ctx, revocationsTimeout)
+		page, err := store.ReadStream(c, RevocationsStream, events.ReadStreamOptions{From: next, Limit: 1000})
+		cancel()
+		if errors.Is(err, events.ErrStreamNotFound) {
+			return from, nil
+		}
+		if err != nil {
+			return from, fmt.Errorf("transport: read %s: %w", RevocationsStream, err)
+		}
+		for _, e := range page {
+			if user, at, ok := decodeRevocation(e); ok {
+				r.apply(user, at)
+			}
+			next = e.Revision + 1
+			from = events.SubscribeAfterRevision(e.Revision)
+		}
+		if len(page) < 1000 {
+			return from, nil
+		}
+	}
+}
+
+func decodeRevocation(e events.RecordedEvent) (string, time.Time, bool) {
+	m, err := events.Decode(e.Type, e.Data)
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	tr, ok := m.(*eventspb.TokensRevoked)
+	if !ok || tr.User == "" {
+		return "", time.Time{}, false
+	}
+	return tr.User, time.UnixMilli(tr.RevokedAtUnixMs).UTC(), true
+}
+
+// append records one revocation durably.
+func (l *revLog) append(user string, at time.Time) error {
+	ev, err := revocationEvent(user, at)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), revocationsTimeout)
+	defer cancel()
+	if _, err := l.store.AppendToStream(ctx, RevocationsStream, events.Any, ev); err != nil {
+		return fmt.Errorf("transport: record the revocation: %w", err)
+	}
+	return nil
+}
+
+// follow applies the stream's events after from, live, until stop; a
+// broken subscription resumes after the last event applied.
+func (l *revLog) follow(r *Revocations, from events.SubscribeFrom) {
+	ctx, cancel := context.WithCancel(context.Background())
+	l.cancel, l.done = cancel, make(chan struct{})
+	go func() {
+		defer close(l.done)
+		for ctx.Err() == nil {
+			err := l.run(ctx, r, &from)
+			if ctx.Err() != nil || errors.Is(err, events.ErrClosed) {
+				return
+			}
+			l.log.Warn("following token revocations: retrying", "stream", RevocationsStream, "err", err)
+			t := time.NewTimer(time.Second)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}
+	}()
+}
+
+func (l *revLog) run(ctx context.Context, r *Revocations, from *events.SubscribeFrom) error {
+	sub, err := l.store.SubscribeToStream(ctx, RevocationsStream, *from)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	for {
+		e, err := sub.Recv(ctx)
+		if err != nil {
+			return err
+		}
+		*from = events.SubscribeAfterRevision(e.Revision)
+		user, at, ok := decodeRevocation(e)
+		if !ok {
+			l.log.Warn("not a token revocation; skipped", "stream", RevocationsStream, "revision", e.Revision, "type", e.Type)
+			continue
+		}
+		if r.apply(user, at) {
+			r.notify(user, at)
+		}
+	}
+}
+
+func (l *revLog) stop() {
+	l.cancel()
+	<-l.done
+}
