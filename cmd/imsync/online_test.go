@@ -11,8 +11,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,6 +158,11 @@ func dialUser(t *testing.T, data, addr string, key *transport.Key, user string) 
 // process of its own and has ann send to bob all along.
 func servedWithSends(t *testing.T) (data string, server *exec.Cmd, s *sender, key *transport.Key) {
 	t.Helper()
+	return servedWithSendsOpt(t, serveOptions{})
+}
+
+func servedWithSendsOpt(t *testing.T, opt serveOptions) (data string, server *exec.Cmd, s *sender, key *transport.Key) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}
@@ -166,7 +174,8 @@ func servedWithSends(t *testing.T) (data string, server *exec.Cmd, s *sender, ke
 	if err != nil {
 		t.Fatal(err)
 	}
-	server, addr := startChild(t, data)
+	ch := startServe(t, data, opt, "--listen", "127.0.0.1:0")
+	server, addr := ch.cmd, ch.addr
 	ann := dialUser(t, data, addr, key, "ann")
 	s = startSender(t, ann, "bob")
 	t.Cleanup(func() {
@@ -690,7 +699,7 @@ func startFollow(t *testing.T, args ...string) *followed {
 // tool ends with status 5 and names the position to follow on from, and
 // what it printed equals the stopped store's log.
 func TestStoreLogFollowBesideRunningServer(t *testing.T) {
-	data, server, s, _ := servedWithSends(t)
+	data, server, s, _ := servedWithSendsOpt(t, serveOptions{drain: true})
 	s.waitAcked(10)
 	all := startFollow(t, "--data", data)
 	conv := events.ConversationStream(actors.DirectID("ann", "bob"))
@@ -727,18 +736,31 @@ func TestStoreLogFollowBesideRunningServer(t *testing.T) {
 	if !strings.Contains(all.stderr.String(), "following its store live") {
 		t.Fatalf("the tool did not say it follows the running server: %q", all.stderr.String())
 	}
+	// --from 5 --prefix: exactly the conversation's events from position 5 on.
+	var wantNarrow []map[string]any
+	for _, r := range got {
+		if r["stream"] == conv && r["position"].(float64) >= 5 {
+			wantNarrow = append(wantNarrow, r)
+		}
+	}
 	for i := 0; i < 5; i++ {
-		r := <-narrow.rows
-		if r["stream"] != conv || r["position"].(float64) < 5 {
-			t.Fatalf("--from 5 --prefix %s gave %v", conv, r)
+		if r := <-narrow.rows; !reflect.DeepEqual(r, wantNarrow[i]) {
+			t.Fatalf("--from 5 --prefix %s: row %d is %v, want %v", conv, i, r, wantNarrow[i])
 		}
 	}
 
+	// A graceful stop does not wait for the followers; they end with the
+	// position to follow on from.
 	s.halt()
-	server.Process.Kill()
-	server.Wait()
-	for range all.rows {
-		got = append(got, nil) // drained below by position
+	server.Process.Signal(syscall.SIGTERM)
+	if err := server.Wait(); err != nil {
+		t.Fatalf("the server stopped with %v while tools followed it", err)
+	}
+	for r := range all.rows { // what it printed until the server stopped
+		if r["position"] != float64(len(got)+1) {
+			t.Fatalf("row %d at position %v: want %d (gapless, in order)", len(got), r["position"], len(got)+1)
+		}
+		got = append(got, r)
 	}
 	err := all.cmd.Wait()
 	var ee *exec.ExitError
@@ -750,15 +772,16 @@ func TestStoreLogFollowBesideRunningServer(t *testing.T) {
 		!strings.Contains(all.stderr.String(), "follow on with --from") {
 		t.Fatalf("follow after the server stopped: status %d (%v), stderr %q", code, err, all.stderr.String())
 	}
+	printed := len(got)
+	if m := regexp.MustCompile(`follow on with --from (\d+)`).FindStringSubmatch(all.stderr.String()); m == nil || m[1] != strconv.Itoa(printed+1) {
+		t.Fatalf("the tool printed positions 1..%d and said %q", printed, all.stderr.String())
+	}
 	stdout, stderr, err := runChild(t, "store", "log", "--data", data, "--limit", "10000")
 	if err != nil {
 		t.Fatalf("store log after the server stopped: %v\n%s", err, stderr)
 	}
 	log := lines(t, stdout)
 	for i, r := range got {
-		if r == nil {
-			break
-		}
 		if i >= len(log) {
 			t.Fatalf("followed %d rows, the stopped store holds %d", i+1, len(log))
 		}
