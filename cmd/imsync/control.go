@@ -133,6 +133,9 @@ func (c *controlServer) handle(conn net.Conn) {
 		reply(controlReply{Error: err.Error()})
 		return
 	}
+	// A peer that never sends its request must not hold the server's stop.
+	stop := context.AfterFunc(c.ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	line, err := bufio.NewReader(io.LimitReader(conn, 64<<10)).ReadBytes('\n')
 	if err != nil {
