@@ -81,10 +81,10 @@ func changes(resp clientv3.WatchResponse) map[string]string {
 	return out
 }
 
-// TestEtcdViewWatchesFromTheListing: a member that registers or leaves
+// TestClusterEtcdViewWatchesFromTheListing: a member that registers or leaves
 // between the provider's listing and its watch is still seen; a cluster
 // whose name extends this one's is not part of it.
-func TestEtcdViewWatchesFromTheListing(t *testing.T) {
+func TestClusterEtcdViewWatchesFromTheListing(t *testing.T) {
 	v, c := newTestView(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -127,10 +127,10 @@ func TestEtcdViewWatchesFromTheListing(t *testing.T) {
 	}
 }
 
-// TestEtcdViewRelistsAfterCompaction: when etcd compacted past the
+// TestClusterEtcdViewRelistsAfterCompaction: when etcd compacted past the
 // revision the provider saw, the watch cannot replay the changes; the view
 // lists the members again and delivers the difference.
-func TestEtcdViewRelistsAfterCompaction(t *testing.T) {
+func TestClusterEtcdViewRelistsAfterCompaction(t *testing.T) {
 	v, c := newTestView(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

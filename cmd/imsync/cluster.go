@@ -55,7 +55,7 @@ func (c clusterSettings) apply(acfg *actors.Config, storeURL string) error {
 		}
 		// Checks that etcd answers: nothing is created when it does not.
 		if provider, err = actors.EtcdMembers(endpoints); err != nil {
-			return fmt.Errorf("serve: --etcd: %v", err)
+			return withStatus(exitUnavailable, "serve: --etcd: %v", err)
 		}
 	} else {
 		var peers []string

@@ -66,6 +66,9 @@ func TestServeEtcdUnreachable(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "--etcd") || !strings.Contains(err.Error(), nowhere) || !strings.Contains(err.Error(), "did not answer") {
 		t.Fatalf("serve with no etcd at %s: %v, want an error that says etcd did not answer there", nowhere, err)
 	}
+	if code := exitCode(err); code != exitUnavailable {
+		t.Fatalf("exit status %d, want %d (unavailable: retry later)", code, exitUnavailable)
+	}
 	if _, err := os.Stat(data); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("serve created %s (%v)", data, err)
 	}
