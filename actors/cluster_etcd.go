@@ -129,6 +129,7 @@ func (m *etcdMembers) StartMember(c *cluster.Cluster) error {
 }
 
 func (m *etcdMembers) Shutdown(graceful bool) error {
+	m.view.leave() // the provider deletes this member's key: not an expiry
 	err := m.Provider.Shutdown(graceful)
 	m.client.Close()
 	return err
@@ -171,6 +172,7 @@ type etcdView struct {
 	mu      sync.Mutex
 	key     string // the provider's cluster key, "/imsync/NAME"
 	self    string // this member's key
+	leaving bool   // this member deregisters
 	log     *slog.Logger
 	listed  bool
 	next    int64           // the first revision the provider has not seen
@@ -185,6 +187,12 @@ func (v *etcdView) start(name, id string, log *slog.Logger) {
 	defer v.mu.Unlock()
 	v.key, v.log = etcdClusterKey(name), log
 	v.self = v.key + "/" + name + "@" + id
+}
+
+func (v *etcdView) leave() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.leaving = true
 }
 
 func (v *etcdView) isMembers(key string, opts []clientv3.OpOption) bool {
@@ -321,7 +329,7 @@ func (v *etcdView) seen(evs []*clientv3.Event) {
 			v.members[key] = true
 		case clientv3.EventTypeDelete:
 			delete(v.members, key)
-			if key == v.self && v.log != nil {
+			if key == v.self && !v.leaving && v.log != nil {
 				v.log.Error("etcd: this member's registration expired (no keep-alive within the lease TTL): " +
 					"the other members dropped it and will not take it back; restart this node")
 			}
