@@ -79,6 +79,9 @@ func EtcdEndpoints(list string) ([]string, error) {
 //   - when etcd compacted past that revision, the provider would miss the
 //     changes for ever: the view lists the members again and delivers the
 //     difference as events;
+//   - its leader election (unused here) races with its keep-alive on a
+//     map, fatally: its second and later listings come back empty, so
+//     it elects nothing (see Get);
 //   - a member restarted at the same address registers under a new id
 //     while its previous registration lives until its lease expires: the
 //     new member removes the registrations at its own address first, so
@@ -203,9 +206,23 @@ func (v *etcdView) isMembers(key string, opts []clientv3.OpOption) bool {
 
 // Get lists the members under the cluster's own prefix. The first listing
 // is the one the provider starts from: the watch begins after it.
+//
+// The provider lists them again only to elect a leader among the members
+// (for its singletons, which imsync does not use), at its start and after
+// every change, from whichever goroutine noticed; that election reads
+// this member's metadata map while the keep-alive goroutine writes it
+// (a new lease): a fatal concurrent map access that killed nodes at start.
+// Those listings come back empty, which the election takes for "no
+// leader" without reading anything.
 func (v *etcdView) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	if !v.isMembers(key, opts) {
 		return v.kv.Get(ctx, key, opts...)
+	}
+	v.mu.Lock()
+	listed := v.listed
+	v.mu.Unlock()
+	if listed {
+		return &clientv3.GetResponse{}, nil
 	}
 	resp, err := v.kv.Get(ctx, key+"/", opts...)
 	if err != nil {
@@ -213,13 +230,11 @@ func (v *etcdView) Get(ctx context.Context, key string, opts ...clientv3.OpOptio
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if !v.listed {
-		v.listed = true
-		v.next = resp.Header.Revision + 1
-		v.members = map[string]bool{}
-		for _, kv := range resp.Kvs {
-			v.members[string(kv.Key)] = true
-		}
+	v.listed = true
+	v.next = resp.Header.Revision + 1
+	v.members = map[string]bool{}
+	for _, kv := range resp.Kvs {
+		v.members[string(kv.Key)] = true
 	}
 	return resp, nil
 }
