@@ -69,7 +69,7 @@ func EtcdEndpoints(list string) ([]string, error) {
 // when it fails).
 //
 // Around the provider it mends what would break the cluster's
-// guarantees (each fix is in etcdView):
+// guarantees (in etcdView, and removePrevious for the last):
 //   - the provider lists and watches the key prefix "/imsync/NAME", which
 //     also matches the cluster "NAME2": it lists "/imsync/NAME/" instead;
 //   - it watches from "now" after listing the members, so a member that
