@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/asynkron/protoactor-go/cluster"
+
 	"github.com/imsync/imsync/actors"
 )
 
@@ -13,6 +15,7 @@ type clusterSettings struct {
 	name      string // --cluster
 	advertise string // --advertise HOST:PORT, this member's remoting address
 	peers     string // --peers HOST:PORT,... the other members' --advertise
+	etcd      string // --etcd HOST:PORT,... etcd's client endpoints, instead of --peers
 }
 
 var clusterNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -22,8 +25,8 @@ var clusterNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 // the store must be one the members share.
 func (c clusterSettings) apply(acfg *actors.Config, storeURL string) error {
 	if c.name == "" {
-		if c.advertise != "" || c.peers != "" {
-			return fmt.Errorf("%w: serve: --advertise and --peers need --cluster NAME", errUsage)
+		if c.advertise != "" || c.peers != "" || c.etcd != "" {
+			return fmt.Errorf("%w: serve: --advertise, --peers and --etcd need --cluster NAME", errUsage)
 		}
 		return nil
 	}
@@ -41,15 +44,29 @@ func (c clusterSettings) apply(acfg *actors.Config, storeURL string) error {
 	if err != nil {
 		return fmt.Errorf("%w: serve: --advertise: %v", errUsage, err)
 	}
-	var peers []string
-	for _, p := range strings.Split(c.peers, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			peers = append(peers, p)
-		}
+	if c.etcd != "" && c.peers != "" {
+		return fmt.Errorf("%w: serve: --etcd and --peers are two ways to find the members: give one", errUsage)
 	}
-	provider, err := actors.StaticPeers(c.advertise, peers)
-	if err != nil {
-		return fmt.Errorf("%w: serve: --peers: %v", errUsage, err)
+	var provider cluster.ClusterProvider
+	if c.etcd != "" {
+		endpoints, err := actors.EtcdEndpoints(c.etcd)
+		if err != nil {
+			return fmt.Errorf("%w: serve: --etcd: %v", errUsage, err)
+		}
+		// Checks that etcd answers: nothing is created when it does not.
+		if provider, err = actors.EtcdMembers(endpoints); err != nil {
+			return withStatus(exitUnavailable, "serve: --etcd: %v", err)
+		}
+	} else {
+		var peers []string
+		for _, p := range strings.Split(c.peers, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				peers = append(peers, p)
+			}
+		}
+		if provider, err = actors.StaticPeers(c.advertise, peers); err != nil {
+			return fmt.Errorf("%w: serve: --peers: %v", errUsage, err)
+		}
 	}
 	acfg.ClusterName, acfg.Provider, acfg.Host, acfg.Port = c.name, provider, host, port
 	return nil

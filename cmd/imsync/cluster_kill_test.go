@@ -61,6 +61,7 @@ func TestClusterServeChild(t *testing.T) {
 // clusterNode is one `imsync serve --cluster` process.
 type clusterNode struct {
 	data, listen, advertise string
+	ops                     string   // its --ops address (/metrics)
 	extra                   []string // more serve flags
 	cmd                     *exec.Cmd
 }
@@ -101,17 +102,18 @@ func freeUDPAddr(t *testing.T) string {
 	return pc.LocalAddr().String()
 }
 
-// start runs the node and waits until it listens.
-func (n *clusterNode) start(t *testing.T, storeURL string, peers []string) {
+// start runs the node and waits until it listens; membership is its
+// --peers or --etcd flag.
+func (n *clusterNode) start(t *testing.T, storeURL string, membership ...string) {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	args, _ := json.Marshal(append([]string{"serve", "--data", n.data, "--listen", n.listen, "--store", storeURL,
-		"--cluster", "chat", "--advertise", n.advertise, "--peers", strings.Join(peers, ","),
+		"--cluster", "chat", "--advertise", n.advertise, "--ops", n.ops,
 		// The resends at the end go as fast as the nodes answer.
-		"--request-rate", "100000", "--request-burst", "100000"}, n.extra...))
+		"--request-rate", "100000", "--request-burst", "100000"}, append(membership, n.extra...)...))
 	cmd := exec.Command(exe, "-test.run=^TestClusterServeChild$")
 	cmd.Env = append(os.Environ(), clusterChildEnv+"="+string(args))
 	out, err := cmd.StdoutPipe()
@@ -179,23 +181,36 @@ func startProtocolServer(t *testing.T, dir string) string {
 // key, certificate and stateless reset key, as docs/cluster.md says.
 type clusterFixture struct {
 	t        *testing.T
+	root     string
 	storeURL string
+	etcd     string               // the nodes' --etcd; --peers when empty
+	extra    func(i int) []string // more serve flags for node i (nil: none)
 	nodes    []*clusterNode
 	key      *transport.Key
 	pem      []byte
 }
 
-func startCluster(t *testing.T) *clusterFixture {
+// startCluster starts three nodes that know each other by --peers.
+func startCluster(t *testing.T) *clusterFixture { return startClusterWith(t, "") }
+
+// startClusterWith starts three nodes that register in the etcd at
+// etcdEndpoint, or know each other by --peers when it is empty.
+func startClusterWith(t *testing.T, etcdEndpoint string) *clusterFixture {
 	t.Helper()
-	return startClusterWith(t, nil)
+	return startClusterOf(t, etcdEndpoint, nil)
 }
 
-// startClusterWith is startCluster with more serve flags for node i
-// (extra(i)) when extra is not nil.
-func startClusterWith(t *testing.T, extra func(i int) []string) *clusterFixture {
+// startClusterExtra starts three nodes that know each other by --peers,
+// node i with the serve flags extra(i) besides.
+func startClusterExtra(t *testing.T, extra func(i int) []string) *clusterFixture {
+	t.Helper()
+	return startClusterOf(t, "", extra)
+}
+
+func startClusterOf(t *testing.T, etcdEndpoint string, extra func(i int) []string) *clusterFixture {
 	t.Helper()
 	root := t.TempDir()
-	f := &clusterFixture{t: t, storeURL: startProtocolServer(t, filepath.Join(root, "esdb"))}
+	f := &clusterFixture{t: t, root: root, etcd: etcdEndpoint, extra: extra, storeURL: startProtocolServer(t, filepath.Join(root, "esdb"))}
 	first := filepath.Join(root, "n1")
 	var err error
 	if f.key, err = transport.LoadOrCreateKey(first); err != nil {
@@ -213,33 +228,45 @@ func startClusterWith(t *testing.T, extra func(i int) []string) *clusterFixture 
 	if f.pem, err = os.ReadFile(filepath.Join(first, transport.CertFile)); err != nil {
 		t.Fatal(err)
 	}
-	files, _ := os.ReadDir(first)
-	for i := range 3 {
-		n := &clusterNode{data: filepath.Join(root, fmt.Sprintf("n%d", i+1)), listen: freeUDPAddr(t),
-			advertise: fmt.Sprintf("127.0.0.1:%d", freeMemberPort(t))}
-		if extra != nil {
-			n.extra = extra(i)
-		}
-		if i > 0 { // the others are copies of the first directory
-			if err := os.MkdirAll(n.data, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			for _, e := range files {
-				b, err := os.ReadFile(filepath.Join(first, e.Name()))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(filepath.Join(n.data, e.Name()), b, 0o600); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-		f.nodes = append(f.nodes, n)
+	for range 3 {
+		f.addNode()
 	}
 	for i := range f.nodes {
 		f.startNode(i)
 	}
 	return f
+}
+
+// addNode adds a node that is not started yet; its data directory is a
+// copy of the first node's.
+func (f *clusterFixture) addNode() {
+	t := f.t
+	t.Helper()
+	n := &clusterNode{data: filepath.Join(f.root, fmt.Sprintf("n%d", len(f.nodes)+1)), listen: freeUDPAddr(t),
+		advertise: fmt.Sprintf("127.0.0.1:%d", freeMemberPort(t)), ops: freeTCPAddr(t)}
+	if f.extra != nil {
+		n.extra = f.extra(len(f.nodes))
+	}
+	if len(f.nodes) > 0 {
+		first := f.nodes[0].data
+		files, _ := os.ReadDir(first)
+		if err := os.MkdirAll(n.data, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range files {
+			if e.IsDir() {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(first, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(n.data, e.Name()), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	f.nodes = append(f.nodes, n)
 }
 
 func (f *clusterFixture) peersOf(i int) []string {
@@ -252,7 +279,13 @@ func (f *clusterFixture) peersOf(i int) []string {
 	return out
 }
 
-func (f *clusterFixture) startNode(i int) { f.nodes[i].start(f.t, f.storeURL, f.peersOf(i)) }
+func (f *clusterFixture) startNode(i int) {
+	if f.etcd != "" {
+		f.nodes[i].start(f.t, f.storeURL, "--etcd", f.etcd)
+		return
+	}
+	f.nodes[i].start(f.t, f.storeURL, "--peers", strings.Join(f.peersOf(i), ","))
+}
 
 // dial connects a device to node i, with the other nodes to fall back on
 // when only is false.
@@ -366,15 +399,27 @@ func retryUnavailable(call func() error) error {
 // acknowledged seq, every member's sync timeline gapless and complete,
 // every device converging to it; the phones of the killed node reconnect
 // to the others and resume. A device on one node sees what is sent through
-// another, before and after the kill.
+// another, before and after the kill. It runs with each membership
+// provider: the static list (--peers) and etcd (--etcd, an etcd in the
+// test process); the killed node must leave the others' topology, and the
+// restarted one (a new member at the same address) join it again.
 func TestClusterKill9UnderLoad(t *testing.T) {
+	t.Run("peers", func(t *testing.T) {
+		clusterKill9UnderLoad(t, func(t *testing.T) *clusterFixture { return startCluster(t) })
+	})
+	t.Run("etcd", func(t *testing.T) {
+		clusterKill9UnderLoad(t, func(t *testing.T) *clusterFixture { return startClusterWith(t, startEtcd(t)) })
+	})
+}
+
+func clusterKill9UnderLoad(t *testing.T, start func(*testing.T) *clusterFixture) {
 	seed := uint64(time.Now().UnixNano())
 	if v := os.Getenv("IMSYNC_SEED"); v != "" {
 		seed, _ = strconv.ParseUint(v, 10, 64)
 	}
 	t.Logf("seed %d (rerun with IMSYNC_SEED=%d)", seed, seed)
 	began := time.Now()
-	f := startCluster(t)
+	f := start(t)
 	t.Logf("three nodes up in %s", time.Since(began).Round(time.Millisecond))
 	h := &history{}
 	probes := 0
@@ -486,6 +531,8 @@ func TestClusterKill9UnderLoad(t *testing.T) {
 	f.nodes[1].kill9()
 	atKill := ackedBy()
 	t.Logf("node 2 SIGKILLed with %d operations acknowledged", acked())
+	left := f.waitMembers(2, 30*time.Second, 0, 2)
+	t.Logf("node 2 left the others' topology %s after the kill", left.Round(time.Millisecond))
 	waitAcked(acked()+200, "with node 2 down")
 	// Every phone goes on while node 2 is down: those that were on it
 	// reconnected to another node.
@@ -506,6 +553,8 @@ func TestClusterKill9UnderLoad(t *testing.T) {
 	}
 	f.startNode(1)
 	t.Logf("node 2 started again with %d operations acknowledged", acked())
+	back := f.waitMembers(3, 30*time.Second, 0, 1, 2)
+	t.Logf("every node counted three members %s after node 2 listened", back.Round(time.Millisecond))
 	waitAcked(acked()+200, "after node 2 came back")
 	stop.Store(true)
 	wg.Wait()

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -33,7 +32,7 @@ func TestClusterRevokeAndDisconnect(t *testing.T) {
 	}
 	apis := make([]string, 3)
 	began := time.Now()
-	f := startClusterWith(t, func(i int) []string {
+	f := startClusterExtra(t, func(i int) []string {
 		apis[i] = freeTCPAddr(t)
 		return []string{"--api", apis[i], "--api-key", keyFile}
 	})
@@ -119,16 +118,6 @@ func TestClusterRevokeAndDisconnect(t *testing.T) {
 	if _, err := dial("bob", "laptop", 2); err != nil {
 		t.Fatalf("node 3 with a token issued after the revocation: %v", err)
 	}
-}
-
-func freeTCPAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // closedWith waits until c's connection ends and returns the server's

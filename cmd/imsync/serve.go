@@ -46,6 +46,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&cl.name, "cluster", "", "run as a member of the cluster NAME, with the others given by --peers (needs --store and --advertise; docs/cluster.md)")
 	fs.StringVar(&cl.advertise, "advertise", "", "HOST:PORT: this member's TCP address for the other members (cluster mode); its port + 1000 answers their health checks")
 	fs.StringVar(&cl.peers, "peers", "", "HOST:PORT,...: the other members' --advertise addresses (cluster mode)")
+	fs.StringVar(&cl.etcd, "etcd", "", "HOST:PORT,...: etcd's client endpoints, where the members register and find each other (cluster mode, instead of --peers)")
 	hostname := fs.String("hostname", "", "DNS names and IP addresses, comma-separated, for the self-signed certificate besides localhost")
 	opsAddr := fs.String("ops", "", "serve /metrics, /healthz, /readyz and /debug/pprof/ over HTTP on this TCP address, e.g. 127.0.0.1:9400 (off unless set; loopback only unless --ops-public)")
 	opsPublic := fs.Bool("ops-public", false, "allow --ops on a non-loopback address (the endpoints are not authenticated)")

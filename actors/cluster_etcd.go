@@ -1,0 +1,388 @@
+package actors
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/cluster"
+	"github.com/asynkron/protoactor-go/cluster/clusterproviders/etcd"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// EtcdLeaseTTL: a member's registration in etcd is attached to a lease of
+// this many seconds, which the member keeps alive (about every second).
+// A member that dies without leaving (SIGKILL, a lost machine) keeps its
+// registration until the lease expires: the others drop it from the
+// topology within this TTL plus etcd's expiry check (half a second) and
+// the watch's delivery. Three seconds leaves a live member two missed
+// keep-alives of slack; etcd refuses nothing shorter than its minimum
+// (2 s with its default election timeout).
+const EtcdLeaseTTL = 3 * time.Second
+
+// EtcdKeyPrefix is where members register: one key per member,
+// EtcdKeyPrefix/CLUSTER/CLUSTER@MEMBER-ID, whose value is the member's
+// address and kinds (JSON), attached to its lease.
+const EtcdKeyPrefix = "/imsync"
+
+// etcdDialTimeout bounds the check that etcd answers, before anything
+// starts.
+const etcdDialTimeout = 5 * time.Second
+
+// EtcdEndpoints parses a comma-separated list of etcd client endpoints
+// (HOST:PORT each).
+func EtcdEndpoints(list string) ([]string, error) {
+	var out []string
+	for _, e := range strings.Split(list, ",") {
+		e = strings.TrimSpace(e)
+		if e == "" {
+			continue
+		}
+		host, p, err := net.SplitHostPort(e)
+		if err != nil {
+			return nil, fmt.Errorf("etcd endpoint %q: %v (want HOST:PORT)", e, err)
+		}
+		if port, err := strconv.Atoi(p); err != nil || port < 1 || port > 65535 || host == "" {
+			return nil, fmt.Errorf("etcd endpoint %q: want HOST:PORT with a port of 1..65535", e)
+		}
+		out = append(out, e)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no etcd endpoint in %q (want HOST:PORT,...)", list)
+	}
+	return out, nil
+}
+
+// EtcdMembers is the membership provider of a cluster whose members
+// register in etcd (endpoints: its client addresses, HOST:PORT): members
+// join and leave without the others being told or restarted. It is
+// protoactor-go's etcd provider with a lease of EtcdLeaseTTL, and it
+// checks that etcd answers before returning (nothing has started yet
+// when it fails).
+//
+// Around the provider it mends what would break the cluster's
+// guarantees (in etcdView, and removePrevious for the last):
+//   - the provider lists and watches the key prefix "/imsync/NAME", which
+//     also matches the cluster "NAME2": it lists "/imsync/NAME/" instead;
+//   - it watches from "now" after listing the members, so a member that
+//     came or went in between was never seen (a dead one stayed for good):
+//     the watch starts right after the listed revision, and resumes after
+//     the last event it delivered;
+//   - when etcd compacted past that revision, the provider would miss the
+//     changes for ever: the view lists the members again and delivers the
+//     difference as events;
+//   - its leader election (unused here) races with its keep-alive on a
+//     map, fatally: its second and later listings come back empty, so
+//     it elects nothing (see Get);
+//   - a member restarted at the same address registers under a new id
+//     while its previous registration lives until its lease expires: the
+//     new member removes the registrations at its own address first, so
+//     the others do not keep a dead member (nor, when its lease expires,
+//     drop the connections to the address the new member now has).
+func EtcdMembers(endpoints []string) (cluster.ClusterProvider, error) {
+	client, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: etcdDialTimeout,
+		Logger:      zap.NewNop(), // the client's own logs are JSON on stderr; failures surface here or in the provider's logs
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd %s: %v", strings.Join(endpoints, ","), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), etcdDialTimeout)
+	defer cancel()
+	if _, err := client.Get(ctx, EtcdKeyPrefix+"/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("etcd %s did not answer within %v: %v", strings.Join(endpoints, ","), etcdDialTimeout, err)
+	}
+	view := &etcdView{kv: client.KV, watcher: client.Watcher}
+	client.KV, client.Watcher = view, view
+	provider, err := etcd.NewWithConfig(EtcdKeyPrefix, clientv3.Config{},
+		etcd.WithEtcdClient(client), etcd.WithKeepAliveTTL(EtcdLeaseTTL))
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	return &etcdMembers{Provider: provider, client: client, view: view}, nil
+}
+
+type etcdMembers struct {
+	*etcd.Provider
+	client *clientv3.Client
+	view   *etcdView
+}
+
+func (m *etcdMembers) StartMember(c *cluster.Cluster) error {
+	m.view.start(c.Config.Name, c.ActorSystem.ID, c.Logger())
+	host, port, err := c.ActorSystem.GetHostPort()
+	if err != nil {
+		return err
+	}
+	if err := m.removePrevious(c.Config.Name, c.ActorSystem.ID, host, port); err != nil {
+		return err
+	}
+	return m.Provider.StartMember(c)
+}
+
+func (m *etcdMembers) Shutdown(graceful bool) error {
+	m.view.leave() // the provider deletes this member's key: not an expiry
+	err := m.Provider.Shutdown(graceful)
+	m.client.Close()
+	return err
+}
+
+// removePrevious deletes the registrations of earlier members at this
+// member's address: they are dead (two processes cannot listen on one
+// address), only their leases have not expired yet.
+func (m *etcdMembers) removePrevious(name, id, host string, port int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), etcdDialTimeout)
+	defer cancel()
+	prefix := etcdClusterKey(name) + "/"
+	resp, err := m.view.kv.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("etcd: listing the members of %s: %v", name, err)
+	}
+	for _, kv := range resp.Kvs {
+		var n etcd.Node
+		if json.Unmarshal(kv.Value, &n) != nil || n.ID == name+"@"+id {
+			continue
+		}
+		if h, p := n.GetAddress(); h == host && p == port {
+			if _, err := m.view.kv.Delete(ctx, string(kv.Key)); err != nil {
+				return fmt.Errorf("etcd: removing %s, the previous member at %s:%d: %v", kv.Key, host, port, err)
+			}
+		}
+	}
+	return nil
+}
+
+func etcdClusterKey(name string) string { return EtcdKeyPrefix + "/" + name }
+
+// etcdView stands in for the etcd client's KV and Watcher under the
+// provider: the provider's listing and watch of the cluster's members go
+// through it (see EtcdMembers); every other call passes through.
+type etcdView struct {
+	kv      clientv3.KV
+	watcher clientv3.Watcher
+
+	mu      sync.Mutex
+	key     string // the provider's cluster key, "/imsync/NAME"
+	self    string // this member's key
+	leaving bool   // this member deregisters
+	log     *slog.Logger
+	listed  bool
+	next    int64           // the first revision the provider has not seen
+	members map[string]bool // the keys the provider has seen, as of next-1
+}
+
+var _ clientv3.KV = (*etcdView)(nil)
+var _ clientv3.Watcher = (*etcdView)(nil)
+
+func (v *etcdView) start(name, id string, log *slog.Logger) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.key, v.log = etcdClusterKey(name), log
+	v.self = v.key + "/" + name + "@" + id
+}
+
+func (v *etcdView) leave() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.leaving = true
+}
+
+func (v *etcdView) isMembers(key string, opts []clientv3.OpOption) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.key != "" && key == v.key && clientv3.IsOptsWithPrefix(opts)
+}
+
+// Get lists the members under the cluster's own prefix. The first listing
+// is the one the provider starts from: the watch begins after it.
+//
+// The provider lists them again only to elect a leader among the members
+// (for its singletons, which imsync does not use), at its start and after
+// every change, from whichever goroutine noticed; that election reads
+// this member's metadata map while the keep-alive goroutine writes it
+// (a new lease): a fatal concurrent map access that killed nodes at start.
+// Those listings come back empty, which the election takes for "no
+// leader" without reading anything.
+func (v *etcdView) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	if !v.isMembers(key, opts) {
+		return v.kv.Get(ctx, key, opts...)
+	}
+	v.mu.Lock()
+	listed := v.listed
+	v.mu.Unlock()
+	if listed {
+		return &clientv3.GetResponse{}, nil
+	}
+	resp, err := v.kv.Get(ctx, key+"/", opts...)
+	if err != nil {
+		return resp, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.listed = true
+	v.next = resp.Header.Revision + 1
+	v.members = map[string]bool{}
+	for _, kv := range resp.Kvs {
+		v.members[string(kv.Key)] = true
+	}
+	return resp, nil
+}
+
+func (v *etcdView) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
+	return v.kv.Put(ctx, key, val, opts...)
+}
+
+func (v *etcdView) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
+	return v.kv.Delete(ctx, key, opts...)
+}
+
+func (v *etcdView) Compact(ctx context.Context, rev int64, opts ...clientv3.CompactOption) (*clientv3.CompactResponse, error) {
+	return v.kv.Compact(ctx, rev, opts...)
+}
+
+func (v *etcdView) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
+	return v.kv.Do(ctx, op)
+}
+
+func (v *etcdView) Txn(ctx context.Context) clientv3.Txn { return v.kv.Txn(ctx) }
+
+func (v *etcdView) RequestProgress(ctx context.Context) error { return v.watcher.RequestProgress(ctx) }
+
+func (v *etcdView) Close() error { return v.watcher.Close() }
+
+// Watch follows the members from the first revision the provider has not
+// seen. Its channel carries only changes: no empty notifications, no
+// compaction errors (the view lists the members again instead).
+func (v *etcdView) Watch(ctx context.Context, key string, opts ...clientv3.OpOption) clientv3.WatchChan {
+	if !v.isMembers(key, opts) {
+		return v.watcher.Watch(ctx, key, opts...)
+	}
+	out := make(chan clientv3.WatchResponse)
+	go v.follow(ctx, out)
+	return out
+}
+
+func (v *etcdView) follow(ctx context.Context, out chan<- clientv3.WatchResponse) {
+	defer close(out)
+	for ctx.Err() == nil {
+		v.mu.Lock()
+		prefix, next := v.key+"/", v.next
+		v.mu.Unlock()
+		opts := []clientv3.OpOption{clientv3.WithPrefix()}
+		if next > 0 {
+			opts = append(opts, clientv3.WithRev(next))
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		compacted := false
+		for resp := range v.watcher.Watch(clientv3.WithRequireLeader(wctx), prefix, opts...) {
+			if resp.CompactRevision != 0 {
+				compacted = true
+				break
+			}
+			if err := resp.Err(); err != nil {
+				v.logger().Warn("etcd: watching the members failed; watching again", slog.Any("error", err))
+				break
+			}
+			if len(resp.Events) == 0 {
+				continue
+			}
+			v.seen(resp.Events)
+			select {
+			case out <- resp:
+			case <-ctx.Done():
+				cancel()
+				return
+			}
+		}
+		cancel()
+		if compacted {
+			if resp, ok := v.relist(ctx); ok {
+				select {
+				case out <- resp:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+		if ctx.Err() == nil {
+			select {
+			case <-time.After(time.Second): // etcd unreachable, or no leader: try again
+			case <-ctx.Done():
+			}
+		}
+	}
+}
+
+func (v *etcdView) logger() *slog.Logger {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return v.log
+}
+
+// seen records what the provider is about to learn.
+func (v *etcdView) seen(evs []*clientv3.Event) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, ev := range evs {
+		key := string(ev.Kv.Key)
+		switch ev.Type {
+		case clientv3.EventTypePut:
+			v.members[key] = true
+		case clientv3.EventTypeDelete:
+			delete(v.members, key)
+			if key == v.self && !v.leaving && v.log != nil {
+				v.log.Error("etcd: this member's registration expired (no keep-alive within the lease TTL): " +
+					"the other members dropped it and will not take it back; restart this node")
+			}
+		}
+		if ev.Kv.ModRevision >= v.next {
+			v.next = ev.Kv.ModRevision + 1
+		}
+	}
+}
+
+// relist reads the members again after a compaction and returns the
+// difference from what the provider knows, as events.
+func (v *etcdView) relist(ctx context.Context) (clientv3.WatchResponse, bool) {
+	v.mu.Lock()
+	prefix := v.key + "/"
+	v.mu.Unlock()
+	resp, err := v.kv.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		v.logger().Warn("etcd: listing the members again failed", slog.Any("error", err))
+		return clientv3.WatchResponse{}, false
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	now := map[string]bool{}
+	var evs []*clientv3.Event
+	for _, kv := range resp.Kvs {
+		now[string(kv.Key)] = true
+		evs = append(evs, &clientv3.Event{Type: clientv3.EventTypePut, Kv: kv})
+	}
+	for key := range v.members {
+		if !now[key] {
+			evs = append(evs, &clientv3.Event{Type: clientv3.EventTypeDelete,
+				Kv: &mvccpb.KeyValue{Key: []byte(key), ModRevision: resp.Header.Revision}})
+		}
+	}
+	v.members, v.next = now, resp.Header.Revision+1
+	if len(evs) == 0 {
+		return clientv3.WatchResponse{}, false
+	}
+	return clientv3.WatchResponse{Header: *resp.Header, Events: evs}, true
+}

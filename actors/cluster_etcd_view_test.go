@@ -1,0 +1,172 @@
+//go:build cluster
+
+package actors
+
+import (
+	"context"
+	"net"
+	"net/url"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// StartTestEtcd runs a one-member etcd in the test process and returns its
+// client endpoint, HOST:PORT.
+func StartTestEtcd(t testing.TB) string {
+	t.Helper()
+	free := func() *url.URL {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return &url.URL{Scheme: "http", Host: l.Addr().String()}
+	}
+	cfg := embed.NewConfig()
+	cfg.Dir = t.TempDir()
+	clientURL, peerURL := free(), free()
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*clientURL}, []url.URL{*clientURL}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peerURL}, []url.URL{*peerURL}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatalf("etcd: %v", err)
+	}
+	t.Cleanup(e.Close)
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(30 * time.Second):
+		t.Fatal("etcd did not become ready in 30 s")
+	}
+	return clientURL.Host
+}
+
+func newTestView(t *testing.T) (*etcdView, *clientv3.Client) {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{StartTestEtcd(t)}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	v := &etcdView{kv: c.KV, watcher: c.Watcher}
+	v.start("chat", "self", nil)
+	return v, c
+}
+
+// nextChange waits for the watch's next response.
+func nextChange(t *testing.T, ch clientv3.WatchChan) clientv3.WatchResponse {
+	t.Helper()
+	select {
+	case resp, ok := <-ch:
+		if !ok {
+			t.Fatal("the watch ended")
+		}
+		return resp
+	case <-time.After(10 * time.Second):
+		t.Fatal("no change in 10 s")
+	}
+	return clientv3.WatchResponse{}
+}
+
+func changes(resp clientv3.WatchResponse) map[string]string {
+	out := map[string]string{}
+	for _, ev := range resp.Events {
+		out[string(ev.Kv.Key)] = ev.Type.String()
+	}
+	return out
+}
+
+// TestClusterEtcdViewWatchesFromTheListing: a member that registers or leaves
+// between the provider's listing and its watch is still seen; a cluster
+// whose name extends this one's is not part of it; the provider's later
+// listings (for its leader election) are empty.
+func TestClusterEtcdViewWatchesFromTheListing(t *testing.T) {
+	v, c := newTestView(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	put := func(key string) {
+		if _, err := c.Put(ctx, key, `{}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("/imsync/chat/chat@a")
+	put("/imsync/chat2/chat2@x")
+	listed, err := v.Get(ctx, "/imsync/chat", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(listed.Kvs) != 1 || string(listed.Kvs[0].Key) != "/imsync/chat/chat@a" {
+		t.Fatalf("listed %v, want chat@a alone", listed.Kvs)
+	}
+	// Later listings only feed the provider's leader election, whose
+	// reading of this member's metadata races with its keep-alive: empty.
+	if again, err := v.Get(ctx, "/imsync/chat", clientv3.WithPrefix()); err != nil || len(again.Kvs) != 0 {
+		t.Fatalf("listed again: %v (%v), want nothing", again, err)
+	}
+	// Between the listing and the watch:
+	put("/imsync/chat/chat@b")
+	if _, err := c.Delete(ctx, "/imsync/chat/chat@a"); err != nil {
+		t.Fatal(err)
+	}
+	put("/imsync/chat2/chat2@y")
+	w := v.Watch(ctx, "/imsync/chat", clientv3.WithPrefix())
+	got := map[string]string{}
+	for len(got) < 2 {
+		for k, e := range changes(nextChange(t, w)) {
+			got[k] = e
+		}
+	}
+	want := map[string]string{"/imsync/chat/chat@b": "PUT", "/imsync/chat/chat@a": "DELETE"}
+	for k, e := range want {
+		if got[k] != e {
+			t.Fatalf("changes %v, want %v", got, want)
+		}
+	}
+	put("/imsync/chat/chat@c")
+	if ch := changes(nextChange(t, w)); len(ch) != 1 || ch["/imsync/chat/chat@c"] != "PUT" {
+		t.Fatalf("changes %v, want chat@c joining alone (nothing of chat2)", ch)
+	}
+}
+
+// TestClusterEtcdViewRelistsAfterCompaction: when etcd compacted past the
+// revision the provider saw, the watch cannot replay the changes; the view
+// lists the members again and delivers the difference.
+func TestClusterEtcdViewRelistsAfterCompaction(t *testing.T) {
+	v, c := newTestView(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, k := range []string{"/imsync/chat/chat@a", "/imsync/chat/chat@b"} {
+		if _, err := c.Put(ctx, k, `{}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := v.Get(ctx, "/imsync/chat", clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Delete(ctx, "/imsync/chat/chat@a"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Put(ctx, "/imsync/chat/chat@c", `{}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Compact(ctx, r.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	w := v.Watch(ctx, "/imsync/chat", clientv3.WithPrefix())
+	got := changes(nextChange(t, w))
+	if got["/imsync/chat/chat@a"] != "DELETE" || got["/imsync/chat/chat@c"] != "PUT" {
+		t.Fatalf("after the compaction: %v, want chat@a gone and chat@c there", got)
+	}
+	if _, err := c.Put(ctx, "/imsync/chat/chat@d", `{}`); err != nil {
+		t.Fatal(err)
+	}
+	if ch := changes(nextChange(t, w)); len(ch) != 1 || ch["/imsync/chat/chat@d"] != "PUT" {
+		t.Fatalf("changes %v, want chat@d joining, watched again after the listing", ch)
+	}
+}
