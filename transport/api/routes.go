@@ -30,6 +30,8 @@ func (a *API) routes() []route {
 		{"POST", "/v1/conversations/{conversation}/members", a.addMember},
 		{"DELETE", "/v1/conversations/{conversation}/members/{user}", a.removeMember},
 		{"GET", "/v1/conversations/{conversation}/messages", a.history},
+		{"PATCH", "/v1/conversations/{conversation}/messages/{seq}", a.edit},
+		{"POST", "/v1/conversations/{conversation}/messages/{seq}/recall", a.recall},
 		{"GET", "/v1/users/{user}/conversations", a.conversations},
 		{"GET", "/v1/users/{user}/devices/{device}", a.device},
 		{"POST", "/v1/users/{user}/devices/{device}/disconnect", a.disconnect},
