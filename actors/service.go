@@ -368,11 +368,6 @@ func (s *Service) changeMember(ctx context.Context, actorID, conv, user string, 
 // SendRequest is one message to send.
 type SendRequest struct {
 	Conversation string
-	// ToUser, instead of Conversation: the message goes to the direct
-	// conversation of Sender and ToUser, which it creates on first use.
-	// The creation and the message are decided together: a message the
-	// rules refuse creates nothing.
-	ToUser string
 	Sender       string
 	Device       string
 	ClientMsgID  string // makes a retry idempotent: the same id returns the first seq
@@ -386,25 +381,27 @@ type SendRequest struct {
 	// Metadata: at most MaxMetadataKeys entries of MaxMetadataSize bytes in
 	// all, stored with the message (checks may add some).
 	Metadata map[string]string
+	// ToUser, instead of Conversation: the message goes to the direct
+	// conversation of Sender and ToUser, which it creates on first use.
+	// The creation and the message are decided together: a message the
+	// rules refuse creates nothing.
+	ToUser string
 }
 
 // SendResult says where a message landed.
 type SendResult struct {
 	Conversation string // where it was sent (for ToUser, the direct conversation)
 	Seq          uint64
-	Duplicate bool // a retry of a message already stored at Seq
+	Duplicate    bool // a retry of a message already stored at Seq
 }
 
 // Send appends a message; it returns once the message is durable.
 func (s *Service) Send(ctx context.Context, r SendRequest) (SendResult, error) {
-	if err := ValidateID("user", r.Sender); err != nil {
-		return SendResult{}, err
-	}
 	if r.ToUser != "" {
 		if r.Conversation != "" {
 			return SendResult{}, fail(Code_INVALID, "a message goes to a conversation or to a user, not both")
 		}
-		if err := ValidateID("user", r.ToUser); err != nil {
+		if err := validate("user", r.Sender, "user", r.ToUser); err != nil {
 			return SendResult{}, err
 		}
 		if r.ToUser == r.Sender {
@@ -413,6 +410,9 @@ func (s *Service) Send(ctx context.Context, r SendRequest) (SendResult, error) {
 		r.Conversation = DirectID(r.Sender, r.ToUser)
 	}
 	if err := validateConvID(r.Conversation); err != nil {
+		return SendResult{}, err
+	}
+	if err := ValidateID("user", r.Sender); err != nil {
 		return SendResult{}, err
 	}
 	cid := r.ClientMsgID
