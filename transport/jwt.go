@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -80,9 +81,17 @@ func checkNumericDates(claims []byte) error {
 		if what := jsonKind(v); what != "number" {
 			return fmt.Errorf("claim %s is a JSON %s: a NumericDate must be a JSON number of seconds (RFC 7519)", name, what)
 		}
+		// Past int64 seconds, golang-jwt's conversion depends on the
+		// platform (an exp of 1e19 could mean "never expires").
+		if f, err := strconv.ParseFloat(string(v), 64); err != nil || !(f >= 0 && f <= maxNumericDate) {
+			return fmt.Errorf("claim %s is %s: want seconds from 0 to %d (the year 9999)", name, v, maxNumericDate)
+		}
 	}
 	return nil
 }
+
+// maxNumericDate is 9999-12-31T23:59:59Z in unix seconds.
+const maxNumericDate = 253402300799
 
 // jsonKind names the kind of a JSON value by its first byte.
 func jsonKind(v json.RawMessage) string {
