@@ -408,7 +408,7 @@ func TestServeRefusesBadLimits(t *testing.T) {
 		{"--request-rate", "Inf"}, {"--request-rate", "-Inf"}, {"--request-rate", "1e7"},
 		{"--request-burst", "-1"}, {"--request-burst", "2000000"},
 		{"--max-conns-per-user", "-1"}, {"--max-body-size", "-1"},
-		{"--recall-window", "1ns"}, {"--recall-window", "999ms"}, {"--recall-window", "169h"},
+		{"--recall-window", "1ns"}, {"--recall-window", "999us"}, {"--recall-window", "169h"},
 		{"--recall-window", "2562047h"}, {"--edit-window", "1ns"}, {"--edit-window", "2562047h"},
 		{"--drain-timeout", "2h"},
 	} {

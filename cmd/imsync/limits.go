@@ -22,10 +22,11 @@ const (
 	// positive rate) a connection would never get a token back.
 	minRequestRate  = 0.1
 	maxRequestBurst = 1_000_000
-	// A conversation keeps the sender, time and kind of every message of
-	// the longer window, in memory and in its snapshots: a window is at
-	// least a second and at most a week.
-	minWindow = time.Second
+	// The conversation core counts windows in milliseconds (1ms all but
+	// turns recall or edit off), and keeps the sender, time and kind of
+	// every message of the longer window, in memory and in its snapshots:
+	// a window is at most a week.
+	minWindow = time.Millisecond
 	maxWindow = 7 * 24 * time.Hour
 )
 
