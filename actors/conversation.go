@@ -156,57 +156,10 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 		return written(&eventspb.MemberRemoved{User: c.User, By: c.Actor, AtUnixMs: at})
 
 	case *SendMessage:
-		if !s.exists() || (!c.System && !s.isMember(c.Sender)) {
-			return nil, nil, notFound(s.id)
+		if c.ToUser != "" {
+			return decideSendDirect(s, c, at, lim)
 		}
-		if c.ClientMsgId != "" {
-			if seq, ok := s.clientIDs[clientKey(c.Sender, c.ClientMsgId)]; ok {
-				return duplicate(seq)
-			}
-		}
-		if len(c.Body) > lim.MaxBodySize {
-			return nil, nil, fail(Code_TOO_LARGE, "message body of %d bytes exceeds %d", len(c.Body), lim.MaxBodySize)
-		}
-		if len(c.Body) == 0 {
-			return nil, nil, fail(Code_INVALID, "empty message body")
-		}
-		if len(c.ClientMsgId) > maxIDLen || len(c.Kind) > maxIDLen || len(c.Device) > maxIDLen {
-			return nil, nil, fail(Code_INVALID, "client message id, kind or device longer than %d bytes", maxIDLen)
-		}
-		if c.ReplyTo != 0 {
-			if _, ok := s.message(c.ReplyTo); !ok {
-				return nil, nil, fail(Code_INVALID, "reply to %d: no such message", c.ReplyTo)
-			}
-		}
-		if len(c.Mentions) > lim.MaxMentions {
-			return nil, nil, fail(Code_TOO_LARGE, "%d mentions exceed %d", len(c.Mentions), lim.MaxMentions)
-		}
-		for i, m := range c.Mentions {
-			if !s.isMember(m) {
-				return nil, nil, fail(Code_INVALID, "mention of %q, who is not a member", m)
-			}
-			if slices.Contains(c.Mentions[:i], m) {
-				return nil, nil, fail(Code_INVALID, "%q is mentioned twice", m)
-			}
-		}
-		if f := checkMetadata(c.Metadata); f != nil {
-			return nil, nil, f
-		}
-		kind := c.Kind
-		if kind == "" {
-			kind = "text"
-		}
-		rules, custom := lim.ext.kind(kind)
-		if custom {
-			if f := validateKind(rules, *draftOf(s.id, c)); f != nil {
-				return nil, nil, f
-			}
-		}
-		return written(&eventspb.MessageSent{
-			Sender: c.Sender, SenderDevice: c.Device, ClientMsgId: c.ClientMsgId, Kind: kind,
-			Body: c.Body, ReplyTo: c.ReplyTo, Mentions: c.Mentions, AtUnixMs: at, Metadata: c.Metadata,
-			NotUnread: rules.NotUnread, NoBump: rules.NoBump, NoPush: rules.NoPush,
-		})
+		return decideSend(s, c, at, lim)
 
 	case *RecallMessage:
 		if _, f := s.checkAuthorOrAdmin(c.Actor, c.Seq, lim.RecallWindow, at, "recalled"); f != nil {
@@ -239,6 +192,98 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 		return written(&eventspb.MessageEdited{Seq: c.Seq, By: c.Actor, Body: c.Body, AtUnixMs: at})
 	}
 	return nil, nil, fail(Code_INVALID, "unknown command %T", cmd)
+}
+
+// decideSend decides a message to an existing conversation.
+func decideSend(s *convState, c *SendMessage, at int64, lim Limits) ([]proto.Message, *Written, *Failure) {
+	if !s.exists() || (!c.System && !s.isMember(c.Sender)) {
+		return nil, nil, notFound(s.id)
+	}
+	if c.ClientMsgId != "" {
+		if seq, ok := s.clientIDs[clientKey(c.Sender, c.ClientMsgId)]; ok {
+			return nil, &Written{Seq: seq, Duplicate: true, ConversationId: s.id}, nil
+		}
+	}
+	if len(c.Body) > lim.MaxBodySize {
+		return nil, nil, fail(Code_TOO_LARGE, "message body of %d bytes exceeds %d", len(c.Body), lim.MaxBodySize)
+	}
+	if len(c.Body) == 0 {
+		return nil, nil, fail(Code_INVALID, "empty message body")
+	}
+	if len(c.ClientMsgId) > maxIDLen || len(c.Kind) > maxIDLen || len(c.Device) > maxIDLen {
+		return nil, nil, fail(Code_INVALID, "client message id, kind or device longer than %d bytes", maxIDLen)
+	}
+	if c.ReplyTo != 0 {
+		if _, ok := s.message(c.ReplyTo); !ok {
+			return nil, nil, fail(Code_INVALID, "reply to %d: no such message", c.ReplyTo)
+		}
+	}
+	if len(c.Mentions) > lim.MaxMentions {
+		return nil, nil, fail(Code_TOO_LARGE, "%d mentions exceed %d", len(c.Mentions), lim.MaxMentions)
+	}
+	for i, m := range c.Mentions {
+		if !s.isMember(m) {
+			return nil, nil, fail(Code_INVALID, "mention of %q, who is not a member", m)
+		}
+		if slices.Contains(c.Mentions[:i], m) {
+			return nil, nil, fail(Code_INVALID, "%q is mentioned twice", m)
+		}
+	}
+	if f := checkMetadata(c.Metadata); f != nil {
+		return nil, nil, f
+	}
+	kind := c.Kind
+	if kind == "" {
+		kind = "text"
+	}
+	rules, custom := lim.ext.kind(kind)
+	if custom {
+		if f := validateKind(rules, *draftOf(s.id, c)); f != nil {
+			return nil, nil, f
+		}
+	}
+	return []proto.Message{&eventspb.MessageSent{
+		Sender: c.Sender, SenderDevice: c.Device, ClientMsgId: c.ClientMsgId, Kind: kind,
+		Body: c.Body, ReplyTo: c.ReplyTo, Mentions: c.Mentions, AtUnixMs: at, Metadata: c.Metadata,
+		NotUnread: rules.NotUnread, NoBump: rules.NoBump, NoPush: rules.NoPush,
+	}}, &Written{Seq: s.lastSeq + 1, ConversationId: s.id}, nil
+}
+
+// decideSendDirect decides a message to the direct conversation of its
+// sender and c.ToUser. While the conversation does not exist, its creation
+// and the message are decided together, on the state the creation would
+// leave: both are written or, when either is refused, neither is, so a
+// refused first message leaves no empty conversation behind. A retry with
+// the same client id finds the stored message (decideSend's dedup).
+func decideSendDirect(s *convState, c *SendMessage, at int64, lim Limits) ([]proto.Message, *Written, *Failure) {
+	if err := ValidateID("user", c.Sender); err != nil {
+		return nil, nil, err.(*Failure)
+	}
+	if err := ValidateID("user", c.ToUser); err != nil {
+		return nil, nil, err.(*Failure)
+	}
+	if c.Sender == c.ToUser {
+		return nil, nil, fail(Code_INVALID, "a direct conversation needs two different users")
+	}
+	if s.id != DirectID(c.Sender, c.ToUser) {
+		return nil, nil, fail(Code_INVALID, "direct conversation id must be %q", DirectID(c.Sender, c.ToUser))
+	}
+	if s.exists() {
+		return decideSend(s, c, at, lim)
+	}
+	created, _, f := decideCreate(s, &CreateConversation{Kind: eventspb.ConversationKind_DIRECT, Creator: c.Sender, Members: []string{c.ToUser}}, at, lim)
+	if f != nil {
+		return nil, nil, f
+	}
+	next := newConvState(s.id) // s stays as it is: decide changes nothing
+	for i, e := range created {
+		evolveConv(next, uint64(i+1), e, lim)
+	}
+	sent, w, f := decideSend(next, c, at, lim)
+	if f != nil {
+		return nil, nil, f
+	}
+	return append(created, sent...), w, nil
 }
 
 func decideCreate(s *convState, c *CreateConversation, at int64, lim Limits) ([]proto.Message, *Written, *Failure) {

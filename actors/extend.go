@@ -311,8 +311,9 @@ func draftOf(conv string, cmd any) *Draft {
 func withDraft(cmd any, d *Draft) any {
 	switch c := cmd.(type) {
 	case *SendMessage:
+		// Checks change the content only: where it goes and as whom stay.
 		out := &SendMessage{Sender: c.Sender, Device: c.Device, ClientMsgId: c.ClientMsgId, Kind: d.Kind,
-			Body: d.Body, ReplyTo: c.ReplyTo, Mentions: c.Mentions, Metadata: d.Metadata}
+			Body: d.Body, ReplyTo: c.ReplyTo, Mentions: c.Mentions, Metadata: d.Metadata, ToUser: c.ToUser, System: c.System}
 		return out
 	case *EditMessage:
 		return &EditMessage{Actor: c.Actor, Seq: c.Seq, Body: d.Body}

@@ -296,6 +296,11 @@ type SendMessage struct {
 	ReplyTo     uint64                 `protobuf:"varint,6,opt,name=reply_to,json=replyTo,proto3" json:"reply_to,omitempty"`
 	Mentions    []string               `protobuf:"bytes,7,rep,name=mentions,proto3" json:"mentions,omitempty"`
 	Metadata    map[string]string      `protobuf:"bytes,8,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The other user of a direct conversation: the conversation, whose id
+	// must be DirectID(sender, to_user), is created together with the
+	// message if it does not exist yet, in one decision, so a message the
+	// rules refuse creates nothing.
+	ToUser string `protobuf:"bytes,9,opt,name=to_user,json=toUser,proto3" json:"to_user,omitempty"`
 	// The sender need not be a member: a system or bot message from the app
 	// backend (the server API only; devices never set it).
 	System        bool `protobuf:"varint,16,opt,name=system,proto3" json:"system,omitempty"`
@@ -387,6 +392,13 @@ func (x *SendMessage) GetMetadata() map[string]string {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *SendMessage) GetToUser() string {
+	if x != nil {
+		return x.ToUser
+	}
+	return ""
 }
 
 func (x *SendMessage) GetSystem() bool {
@@ -2407,7 +2419,7 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\fChangeMember\x12\x14\n" +
 	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x10\n" +
-	"\x03add\x18\x03 \x01(\bR\x03add\"\xde\x02\n" +
+	"\x03add\x18\x03 \x01(\bR\x03add\"\xf7\x02\n" +
 	"\vSendMessage\x12\x16\n" +
 	"\x06sender\x18\x01 \x01(\tR\x06sender\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\"\n" +
@@ -2416,7 +2428,8 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\x04body\x18\x05 \x01(\fR\x04body\x12\x19\n" +
 	"\breply_to\x18\x06 \x01(\x04R\areplyTo\x12\x1a\n" +
 	"\bmentions\x18\a \x03(\tR\bmentions\x12G\n" +
-	"\bmetadata\x18\b \x03(\v2+.imsync.actors.v1.SendMessage.MetadataEntryR\bmetadata\x12\x16\n" +
+	"\bmetadata\x18\b \x03(\v2+.imsync.actors.v1.SendMessage.MetadataEntryR\bmetadata\x12\x17\n" +
+	"\ato_user\x18\t \x01(\tR\x06toUser\x12\x16\n" +
 	"\x06system\x18\x10 \x01(\bR\x06system\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +

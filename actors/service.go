@@ -381,16 +381,34 @@ type SendRequest struct {
 	// Metadata: at most MaxMetadataKeys entries of MaxMetadataSize bytes in
 	// all, stored with the message (checks may add some).
 	Metadata map[string]string
+	// ToUser, instead of Conversation: the message goes to the direct
+	// conversation of Sender and ToUser, which it creates on first use.
+	// The creation and the message are decided together: a message the
+	// rules refuse creates nothing.
+	ToUser string
 }
 
 // SendResult says where a message landed.
 type SendResult struct {
-	Seq       uint64
-	Duplicate bool // a retry of a message already stored at Seq
+	Conversation string // where it was sent (for ToUser, the direct conversation)
+	Seq          uint64
+	Duplicate    bool // a retry of a message already stored at Seq
 }
 
 // Send appends a message; it returns once the message is durable.
 func (s *Service) Send(ctx context.Context, r SendRequest) (SendResult, error) {
+	if r.ToUser != "" {
+		if r.Conversation != "" {
+			return SendResult{}, fail(Code_INVALID, "a message goes to a conversation or to a user, not both")
+		}
+		if err := validate("user", r.Sender, "user", r.ToUser); err != nil {
+			return SendResult{}, err
+		}
+		if r.ToUser == r.Sender {
+			return SendResult{}, fail(Code_INVALID, "a direct conversation needs two different users")
+		}
+		r.Conversation = DirectID(r.Sender, r.ToUser)
+	}
 	if err := validateConvID(r.Conversation); err != nil {
 		return SendResult{}, err
 	}
@@ -403,12 +421,12 @@ func (s *Service) Send(ctx context.Context, r SendRequest) (SendResult, error) {
 	}
 	w, err := call[*Written](s, ctx, r.Conversation, kindConversation, &SendMessage{
 		Sender: r.Sender, Device: r.Device, ClientMsgId: cid, Kind: r.Kind,
-		Body: r.Body, ReplyTo: r.ReplyTo, Mentions: r.Mentions, System: r.System, Metadata: r.Metadata,
+		Body: r.Body, ReplyTo: r.ReplyTo, Mentions: r.Mentions, System: r.System, Metadata: r.Metadata, ToUser: r.ToUser,
 	})
 	if err != nil {
-		return SendResult{}, err
+		return SendResult{Conversation: r.Conversation}, err
 	}
-	return SendResult{Seq: w.Seq, Duplicate: w.Duplicate}, nil
+	return SendResult{Conversation: r.Conversation, Seq: w.Seq, Duplicate: w.Duplicate}, nil
 }
 
 // Recall recalls message seq (its sender, or a group admin, within the window).

@@ -50,22 +50,18 @@ func (c *conn) handle(ctx context.Context, req *wire.Request) *wire.Response {
 	switch op := req.Op.(type) {
 	case *wire.Request_Send:
 		m := op.Send
-		conv := m.Conversation
-		if m.ToUser != "" {
-			if conv != "" {
-				err = errInvalid("send takes a conversation or a user, not both")
-				break
-			}
-			if conv, err = svc.OpenDirect(ctx, c.user, m.ToUser); err != nil {
-				break
-			}
+		if m.ToUser != "" && m.Conversation != "" {
+			err = errInvalid("send takes a conversation or a user, not both")
+			break
 		}
+		// With to_user, the first message creates the direct conversation
+		// in the same decision: a refused one creates nothing.
 		var r actors.SendResult
 		r, err = svc.Send(ctx, actors.SendRequest{
-			Conversation: conv, Sender: c.user, Device: c.device, ClientMsgID: m.ClientMsgId,
+			Conversation: m.Conversation, ToUser: m.ToUser, Sender: c.user, Device: c.device, ClientMsgID: m.ClientMsgId,
 			Kind: m.Kind, Body: m.Body, ReplyTo: m.ReplyTo, Mentions: m.Mentions, Metadata: m.Metadata,
 		})
-		res.Result = &wire.Response_Sent{Sent: &wire.Sent{Conversation: conv, Seq: r.Seq, Duplicate: r.Duplicate, ClientMsgId: m.ClientMsgId}}
+		res.Result = &wire.Response_Sent{Sent: &wire.Sent{Conversation: r.Conversation, Seq: r.Seq, Duplicate: r.Duplicate, ClientMsgId: m.ClientMsgId}}
 	case *wire.Request_CreateGroup:
 		var id string
 		id, err = svc.CreateGroup(ctx, op.CreateGroup.Id, c.user, op.CreateGroup.Name, op.CreateGroup.Members)

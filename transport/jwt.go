@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/x509"
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -51,6 +53,67 @@ type TokenRules struct {
 type deviceClaims struct {
 	Device string `json:"device"`
 	jwt.RegisteredClaims
+}
+
+// UnmarshalJSON reads the claims after checking that exp, iat and nbf, if
+// present, are JSON numbers: RFC 7519 defines a NumericDate as one, while
+// golang-jwt (through encoding/json's json.Number) would also read
+// "exp":"1767225600" or take "exp":null for no exp at all.
+func (dc *deviceClaims) UnmarshalJSON(b []byte) error {
+	if err := checkNumericDates(b); err != nil {
+		return err
+	}
+	type plain deviceClaims // without this method
+	return json.Unmarshal(b, (*plain)(dc))
+}
+
+// checkNumericDates checks the NumericDate claims of a JSON claim set.
+func checkNumericDates(claims []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(claims, &raw); err != nil {
+		return err
+	}
+	for _, name := range []string{"exp", "iat", "nbf"} {
+		v, ok := raw[name]
+		if !ok {
+			continue
+		}
+		if what := jsonKind(v); what != "number" {
+			return fmt.Errorf("claim %s is a JSON %s: a NumericDate must be a JSON number of seconds (RFC 7519)", name, what)
+		}
+		// Past int64 seconds, golang-jwt's conversion depends on the
+		// platform (an exp of 1e19 could mean "never expires").
+		if f, err := strconv.ParseFloat(string(v), 64); err != nil || !(f >= 0 && f <= maxNumericDate) {
+			return fmt.Errorf("claim %s is %s: want seconds from 0 to %d (the year 9999)", name, v, maxNumericDate)
+		}
+	}
+	return nil
+}
+
+// maxNumericDate is 9999-12-31T23:59:59Z in unix seconds.
+const maxNumericDate = 253402300799
+
+// jsonKind names the kind of a JSON value by its first byte.
+func jsonKind(v json.RawMessage) string {
+	v = bytes.TrimLeft(v, " \t\r\n")
+	if len(v) == 0 {
+		return "nothing"
+	}
+	switch c := v[0]; {
+	case c == '"':
+		return "string"
+	case c == 'n':
+		return "null"
+	case c == 't' || c == 'f':
+		return "boolean"
+	case c == '{':
+		return "object"
+	case c == '[':
+		return "array"
+	case c == '-' || c >= '0' && c <= '9':
+		return "number"
+	}
+	return "value"
 }
 
 // keyLookup finds the public key of a kid, or nil.

@@ -171,7 +171,13 @@ func (k *Key) verifyV1(token string, now time.Time) (Claims, error) {
 		return c, fmt.Errorf("%w: signature does not match", ErrBadToken)
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(body[3:])
-	if err != nil || json.Unmarshal(raw, &c) != nil {
+	if err != nil {
+		return c, fmt.Errorf("%w: unreadable claims", ErrBadToken)
+	}
+	if err := checkNumericDates(raw); err != nil {
+		return c, fmt.Errorf("%w: %v", ErrBadToken, err)
+	}
+	if json.Unmarshal(raw, &c) != nil {
 		return c, fmt.Errorf("%w: unreadable claims", ErrBadToken)
 	}
 	if actors.ValidateID("user", c.User) != nil || actors.ValidateID("device", c.Device) != nil {

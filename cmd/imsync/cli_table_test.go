@@ -395,6 +395,7 @@ func mintToken(t *testing.T, data, user, device string) string {
 // TestServeRefusesBadLimits: a limit out of its range stops serve before
 // anything is created, with an error naming the flag and the range.
 func TestServeRefusesBadLimits(t *testing.T) {
+	runCmd := serveStopped
 	for _, c := range [][2]string{
 		{"--request-rate", "0"}, {"--request-rate", "-5"}, {"--request-burst", "0"},
 		{"--max-conns-per-user", "0"}, {"--max-conns-per-user", "5000"},
@@ -402,6 +403,14 @@ func TestServeRefusesBadLimits(t *testing.T) {
 		{"--read-fanout-threshold", "0"}, {"--read-fanout-threshold", "200001"},
 		{"--recall-window", "0s"}, {"--edit-window", "-1m"},
 		{"--max-body-size", "0"}, {"--max-body-size", "300000"},
+		// Absurd values that parse: tiny, not a number, infinite, huge.
+		{"--request-rate", "1e-300"}, {"--request-rate", "0.05"}, {"--request-rate", "NaN"},
+		{"--request-rate", "Inf"}, {"--request-rate", "-Inf"}, {"--request-rate", "1e7"},
+		{"--request-burst", "-1"}, {"--request-burst", "2000000"},
+		{"--max-conns-per-user", "-1"}, {"--max-body-size", "-1"},
+		{"--recall-window", "1ns"}, {"--recall-window", "999us"}, {"--recall-window", "169h"},
+		{"--recall-window", "2562047h"}, {"--edit-window", "1ns"}, {"--edit-window", "2562047h"},
+		{"--drain-timeout", "2h"},
 	} {
 		data := filepath.Join(t.TempDir(), "data")
 		_, err := runCmd(t, "serve", "--data", data, "--max-group-size", "200000", c[0], c[1])
@@ -414,6 +423,49 @@ func TestServeRefusesBadLimits(t *testing.T) {
 		if _, statErr := os.Stat(data); !os.IsNotExist(statErr) {
 			t.Fatalf("serve %s %s created %s", c[0], c[1], data)
 		}
+	}
+}
+
+// serveStopped runs a command with a context already cancelled: a serve
+// that wrongly accepts its flags starts and stops at once (and the test
+// fails on its nil error) instead of serving until the test times out.
+func serveStopped(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out bytes.Buffer
+	err := run(ctx, args, &out)
+	return out.String(), err
+}
+
+// TestServeRefusesUnparsableLimits: values that do not even parse
+// (overflowing a duration or an int, or days past the bound) are usage
+// errors naming the flag; nothing is created.
+func TestServeRefusesUnparsableLimits(t *testing.T) {
+	runCmd := serveStopped
+	for _, c := range [][2]string{
+		{"--recall-window", "9999999999h"}, {"--edit-window", "3000000h"},
+		{"--drain-timeout", "9999999999h"},
+		{"--request-burst", "99999999999999999999"}, {"--max-group-size", "1e6"},
+		{"--request-rate", "1e400"},
+		{"--sync-retention", "106752d"}, {"--sync-retention", "3651d"}, {"--sync-retention", "87601h"},
+		{"--sync-retention", "9999999999h"},
+	} {
+		data := filepath.Join(t.TempDir(), "data")
+		_, err := runCmd(t, "serve", "--data", data, c[0], c[1])
+		if exitCode(err) != exitUsage || !strings.Contains(err.Error(), c[0][1:]+":") && !strings.Contains(err.Error(), c[0][1:]+" ") {
+			t.Fatalf("serve %s %s: %v", c[0], c[1], err)
+		}
+		if strings.HasPrefix(c[0], "--sync-retention") && !strings.Contains(err.Error(), "want ") {
+			t.Fatalf("serve %s %s: %v, want the range", c[0], c[1], err)
+		}
+		if _, statErr := os.Stat(data); !os.IsNotExist(statErr) {
+			t.Fatalf("serve %s %s created %s", c[0], c[1], data)
+		}
+	}
+	var r retentionFlag
+	if err := r.Set("3650d"); err != nil || time.Duration(r) != 3650*24*time.Hour {
+		t.Fatalf("3650d: %v, %v", time.Duration(r), err)
 	}
 }
 

@@ -18,6 +18,16 @@ const (
 	maxConnsPerUser  = 1024
 	maxRequestRate   = 1_000_000
 	minGroupSizeFlag = 2
+	// minRequestRate: one request every 10 s. Below it (1e-300 parses as a
+	// positive rate) a connection would never get a token back.
+	minRequestRate  = 0.1
+	maxRequestBurst = 1_000_000
+	// The conversation core counts windows in milliseconds (1ms all but
+	// turns recall or edit off), and keeps the sender, time and kind of
+	// every message of the longer window, in memory and in its snapshots:
+	// a window is at most a week.
+	minWindow = time.Millisecond
+	maxWindow = 7 * 24 * time.Hour
 )
 
 // limitFlags are the serve flags of the limits users can reach
@@ -36,13 +46,13 @@ type limitFlags struct {
 func registerLimitFlags(fs *flag.FlagSet) *limitFlags {
 	d := actors.DefaultLimits()
 	return &limitFlags{
-		requestRate:         fs.Float64("request-rate", 2000, "requests per second allowed on one connection (beyond: error 103)"),
-		requestBurst:        fs.Int("request-burst", 500, "requests one connection may make at once above --request-rate"),
+		requestRate:         fs.Float64("request-rate", 2000, fmt.Sprintf("requests per second allowed on one connection, %g to %d (beyond: error 103)", minRequestRate, maxRequestRate)),
+		requestBurst:        fs.Int("request-burst", 500, fmt.Sprintf("requests one connection may make at once above --request-rate, 1 to %d", maxRequestBurst)),
 		maxConnsPerUser:     fs.Int("max-conns-per-user", 16, "connections of one user at once (beyond: error 104, or the device's oldest is replaced)"),
 		maxGroupSize:        fs.Int("max-group-size", d.MaxGroupSize, "members of a group (beyond: error 5 TOO_LARGE)"),
 		readFanoutThreshold: fs.Int("read-fanout-threshold", d.ReadFanoutThreshold, "groups with more members than this are read-fanout: members pull the group's timeline instead of getting one sync entry per message"),
-		recallWindow:        fs.Duration("recall-window", d.RecallWindow, "how long after sending a message its sender may recall it"),
-		editWindow:          fs.Duration("edit-window", d.EditWindow, "how long after sending a message its sender may edit it"),
+		recallWindow:        fs.Duration("recall-window", d.RecallWindow, fmt.Sprintf("how long after sending a message its sender may recall it, %s to %s", minWindow, maxWindow)),
+		editWindow:          fs.Duration("edit-window", d.EditWindow, fmt.Sprintf("how long after sending a message its sender may edit it, %s to %s", minWindow, maxWindow)),
 		maxBodySize:         fs.Int("max-body-size", d.MaxBodySize, fmt.Sprintf("bytes of a message body, at most %d (beyond: error 5 TOO_LARGE)", maxBodySizeCap)),
 	}
 }
@@ -54,20 +64,20 @@ func (l *limitFlags) apply(tcfg *transport.Config, acfg *actors.Config) error {
 		return fmt.Errorf("%w: serve: --%s %v: %s", errUsage, flagName, v, want)
 	}
 	switch {
-	case !(*l.requestRate > 0 && *l.requestRate <= maxRequestRate):
-		return bad("request-rate", *l.requestRate, fmt.Sprintf("want a rate above 0 and at most %d per second", maxRequestRate))
-	case *l.requestBurst < 1:
-		return bad("request-burst", *l.requestBurst, "want at least 1")
+	case !(*l.requestRate >= minRequestRate && *l.requestRate <= maxRequestRate): // NaN fails both
+		return bad("request-rate", *l.requestRate, fmt.Sprintf("want %g to %d requests per second", minRequestRate, maxRequestRate))
+	case *l.requestBurst < 1 || *l.requestBurst > maxRequestBurst:
+		return bad("request-burst", *l.requestBurst, fmt.Sprintf("want 1 to %d requests", maxRequestBurst))
 	case *l.maxConnsPerUser < 1 || *l.maxConnsPerUser > maxConnsPerUser:
 		return bad("max-conns-per-user", *l.maxConnsPerUser, fmt.Sprintf("want 1 to %d", maxConnsPerUser))
 	case *l.maxGroupSize < minGroupSizeFlag || *l.maxGroupSize > maxGroupSizeCap:
 		return bad("max-group-size", *l.maxGroupSize, fmt.Sprintf("want %d to %d members", minGroupSizeFlag, maxGroupSizeCap))
 	case *l.readFanoutThreshold < 1 || *l.readFanoutThreshold > *l.maxGroupSize:
 		return bad("read-fanout-threshold", *l.readFanoutThreshold, fmt.Sprintf("want 1 to --max-group-size (%d) members", *l.maxGroupSize))
-	case *l.recallWindow <= 0:
-		return bad("recall-window", *l.recallWindow, "want a positive duration, e.g. 2m")
-	case *l.editWindow <= 0:
-		return bad("edit-window", *l.editWindow, "want a positive duration, e.g. 15m")
+	case *l.recallWindow < minWindow || *l.recallWindow > maxWindow:
+		return bad("recall-window", *l.recallWindow, fmt.Sprintf("want a duration from %s to %s, e.g. 2m", minWindow, maxWindow))
+	case *l.editWindow < minWindow || *l.editWindow > maxWindow:
+		return bad("edit-window", *l.editWindow, fmt.Sprintf("want a duration from %s to %s, e.g. 15m", minWindow, maxWindow))
 	case *l.maxBodySize < 1 || *l.maxBodySize > maxBodySizeCap:
 		return bad("max-body-size", *l.maxBodySize, fmt.Sprintf("want 1 to %d bytes", maxBodySizeCap))
 	}

@@ -126,8 +126,8 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	tcfg.TokenRules = transport.TokenRules{Audience: *jwtAudience, Issuer: *jwtIssuer}
-	if *drainTimeout <= 0 {
-		return fmt.Errorf("%w: --drain-timeout must be positive", errUsage)
+	if *drainTimeout <= 0 || *drainTimeout > maxDrainTimeout {
+		return fmt.Errorf("%w: serve: --drain-timeout %v: want a positive duration up to %s", errUsage, *drainTimeout, maxDrainTimeout)
 	}
 	if err := checkOpsAddr(*opsAddr, *opsPublic); err != nil {
 		return err
@@ -346,6 +346,10 @@ func (st *stack) close() {
 	}
 }
 
+// maxDrainTimeout bounds --drain-timeout: a stop that waits longer than
+// this is a hang (service managers kill it well before).
+const maxDrainTimeout = time.Hour
+
 // retentionFlag is a duration that also takes whole days ("30d").
 type retentionFlag time.Duration
 
@@ -357,18 +361,23 @@ func (r *retentionFlag) String() string {
 	return d.String()
 }
 
+// maxRetentionDays bounds --sync-retention (10 years; 0 keeps entries for
+// ever): days beyond 106,751 would overflow a time.Duration.
+const maxRetentionDays = 3650
+
 func (r *retentionFlag) Set(s string) error {
+	want := fmt.Sprintf("want 0 (for ever), whole days up to %dd (30d) or a duration from 1s (72h)", maxRetentionDays)
 	if days, ok := strings.CutSuffix(s, "d"); ok {
 		n, err := strconv.Atoi(days)
-		if err != nil || n < 0 {
-			return fmt.Errorf("retention %q: want whole days (30d) or a duration (72h)", s)
+		if err != nil || n < 0 || n > maxRetentionDays {
+			return fmt.Errorf("retention %q: %s", s, want)
 		}
 		*r = retentionFlag(time.Duration(n) * 24 * time.Hour)
 		return nil
 	}
 	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 || (d > 0 && d < time.Second) {
-		return fmt.Errorf("retention %q: want whole days (30d) or a duration of at least 1s (72h)", s)
+	if err != nil || d < 0 || (d > 0 && d < time.Second) || d > maxRetentionDays*24*time.Hour {
+		return fmt.Errorf("retention %q: %s", s, want)
 	}
 	*r = retentionFlag(d)
 	return nil

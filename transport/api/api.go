@@ -93,6 +93,10 @@ func LoadKey(path string) ([]byte, error) {
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Unknown paths and methods answer in the API's error format.
 	if _, pattern := a.mux.Handler(r); pattern == "" {
+		if allow := a.allowed(r); len(allow) > 0 {
+			methodNotAllowed(w, r, allow)
+			return
+		}
 		writeError(w, &wire.Error{Code: wire.CodeUnknown, Message: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
 		return
 	}

@@ -259,7 +259,7 @@ func TestErrorsUseWireCodes(t *testing.T) {
 		{"exists already", "POST", "/v1/groups", api.CreateGroupRequest{ID: "g", Creator: "bob", Name: "other", Members: []string{"cat"}}, 409, 4},
 		{"body too large", "POST", "/v1/messages", api.SendRequest{Conversation: "g", Sender: "ann", Text: strings.Repeat("x", 17<<10)}, 413, 5},
 		{"no such endpoint", "GET", "/v1/nothing", nil, 404, 101},
-		{"wrong method", "DELETE", "/v1/groups", nil, 404, 101},
+		{"wrong method", "DELETE", "/v1/groups", nil, 405, 101},
 		{"bad device id", "POST", "/v1/users/bob/devices/a%20b/disconnect", nil, 400, 1},
 	} {
 		status, e := st.call(t, c.method, c.path, c.body, nil)

@@ -30,6 +30,8 @@ func (a *API) routes() []route {
 		{"POST", "/v1/conversations/{conversation}/members", a.addMember},
 		{"DELETE", "/v1/conversations/{conversation}/members/{user}", a.removeMember},
 		{"GET", "/v1/conversations/{conversation}/messages", a.history},
+		{"PATCH", "/v1/conversations/{conversation}/messages/{seq}", a.edit},
+		{"POST", "/v1/conversations/{conversation}/messages/{seq}/recall", a.recall},
 		{"GET", "/v1/users/{user}/conversations", a.conversations},
 		{"GET", "/v1/users/{user}/devices/{device}", a.device},
 		{"POST", "/v1/users/{user}/devices/{device}/disconnect", a.disconnect},
@@ -105,22 +107,16 @@ func (a *API) send(ctx context.Context, r *http.Request) (any, error) {
 	if body == nil {
 		body = []byte(q.Text)
 	}
-	svc := a.cfg.Service
-	conv := q.Conversation
-	if q.ToUser != "" {
-		var err error
-		if conv, err = svc.OpenDirect(ctx, q.Sender, q.ToUser); err != nil {
-			return nil, err
-		}
-	}
-	res, err := svc.Send(ctx, actors.SendRequest{
-		Conversation: conv, Sender: q.Sender, Device: q.Device, ClientMsgID: q.ClientMsgID, Kind: q.Kind,
+	// With to_user, the first message creates the direct conversation in
+	// the same decision: a refused one creates nothing.
+	res, err := a.cfg.Service.Send(ctx, actors.SendRequest{
+		Conversation: q.Conversation, ToUser: q.ToUser, Sender: q.Sender, Device: q.Device, ClientMsgID: q.ClientMsgID, Kind: q.Kind,
 		Body: body, ReplyTo: q.ReplyTo, Mentions: q.Mentions, System: q.System, Metadata: q.Metadata,
 	})
 	if err != nil {
 		return nil, err
 	}
-	return Sent{Conversation: conv, Seq: res.Seq, Duplicate: res.Duplicate, ClientMsgID: q.ClientMsgID}, nil
+	return Sent{Conversation: res.Conversation, Seq: res.Seq, Duplicate: res.Duplicate, ClientMsgID: q.ClientMsgID}, nil
 }
 
 // CreateGroupRequest is the body of POST /v1/groups.
