@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"sort"
@@ -180,6 +181,10 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 		}
 		if len(c.Body) == 0 || len(c.Body) > lim.MaxBodySize {
 			return nil, nil, fail(Code_INVALID, "edited body must be 1..%d bytes", lim.MaxBodySize)
+		}
+		if cur, ok := s.edited[c.Seq]; ok && bytes.Equal(cur, c.Body) {
+			// The message already reads so: a retried edit changes nothing.
+			return duplicate(s.lastSeq)
 		}
 		// The edited message keeps its kind, so the kind's rules hold for
 		// its new body too.

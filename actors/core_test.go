@@ -65,6 +65,11 @@ func TestDecideConversation(t *testing.T) {
 		apply(t, s, send("bob", "c1", "hello"), t0) // seq 2
 		return s
 	}
+	edited := func(t *testing.T) *convState {
+		s := withMsg(t)
+		apply(t, s, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("hello!")}, t0) // seq 3
+		return s
+	}
 	cases := []struct {
 		name   string
 		state  func(*testing.T) *convState
@@ -114,6 +119,8 @@ func TestDecideConversation(t *testing.T) {
 		{"recall too late", withMsg, &RecallMessage{Actor: "bob", Seq: 2}, 3 * time.Minute, Code_EXPIRED, 0, 0, false},
 		{"recall a non-message", withMsg, &RecallMessage{Actor: "bob", Seq: 1}, 0, Code_INVALID, 0, 0, false},
 		{"sender edits", withMsg, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("hello!")}, 10 * time.Minute, 0, 1, 3, false},
+		{"retried edit", edited, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("hello!")}, time.Minute, 0, 0, 3, true},
+		{"edit of an edit", edited, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("hello!!")}, time.Minute, 0, 1, 4, false},
 		{"edit too late", withMsg, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("x")}, 16 * time.Minute, Code_EXPIRED, 0, 0, false},
 		{"other member edits", withMsg, &EditMessage{Actor: "cat", Seq: 2, Body: []byte("x")}, 0, Code_FORBIDDEN, 0, 0, false},
 		{"admin adds", group, &ChangeMember{Actor: "ann", User: "dan", Add: true}, 0, 0, 1, 2, false},
