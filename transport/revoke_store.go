@@ -49,6 +49,11 @@ func OpenRevocations(ctx context.Context, store events.Store, dir string, logger
 	l := &revLog{store: store, log: logger}
 	var migrate []events.EventData
 	for user, at := range fromFile {
+		// The stream keeps milliseconds and the file nanoseconds: compared
+		// untruncated, every file time is newer than its migrated copy and
+		// would be appended again at every start.
+		at = at.Truncate(time.Millisecond)
+		fromFile[user] = at
 		if !at.After(r.users[user]) {
 			continue
 		}
