@@ -45,7 +45,9 @@ func revocationEvents(t *testing.T, store events.Store) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		users = append(users, m.(*eventspb.TokensRevoked).User)
+		if tr, ok := m.(*eventspb.TokensRevoked); ok {
+			users = append(users, tr.User)
+		}
 	}
 	return users
 }

@@ -168,6 +168,8 @@ type Server struct {
 	wg        sync.WaitGroup
 
 	peak queuePeak // the most any connection has had queued (QueuePeak)
+
+	watcher *revWatcher // on Config.Revocations until Close (revoke.go)
 }
 
 // NewServer checks cfg and returns a server ready to Listen.
@@ -189,7 +191,8 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg.Metrics.watchServer(s)
 	}
 	if cfg.Revocations != nil {
-		cfg.Revocations.onRevoke(s.revoked) // made through other nodes (revoke_store.go)
+		s.watcher = s.revocationWatcher() // revocations and disconnects (revoke.go)
+		cfg.Revocations.watch(s.watcher)
 	}
 	return s, nil
 }
@@ -252,6 +255,9 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	if s.watcher != nil {
+		s.cfg.Revocations.unwatch(s.watcher)
+	}
 	for c := range s.conns {
 		c.CloseWithError(quic.ApplicationErrorCode(wire.CodeShutdown), "server stopping")
 	}
@@ -303,6 +309,9 @@ type conn struct {
 	emu     sync.Mutex
 	expires time.Time   // the token's expiry: the connection ends then
 	issued  int64       // the token's iat (revocations close older ones)
+	// admitted: when the connection counted against its user (a
+	// disconnect read from the store closes those admitted before it).
+	admitted time.Time
 	expiry  *time.Timer // closes the connection at expires
 	reads   *byteBudget // partially read request frames
 	writes  *byteBudget // answers being computed or written
@@ -551,6 +560,7 @@ func (s *Server) admit(c *conn) bool {
 		old = list[i]
 		list = slices.Delete(list, i, i+1)
 	}
+	c.admitted = s.cfg.Now()
 	s.perUser[c.user] = append(list, c)
 	s.mu.Unlock()
 	if old != nil {
