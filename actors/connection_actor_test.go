@@ -12,7 +12,9 @@ import (
 // actor hands it.
 type recordingSink chan string
 
-func (s recordingSink) Push(p *actors.Push) { s <- fmt.Sprintf("push %s/%s %d", p.User, p.Device, p.UserSeq) }
+func (s recordingSink) Push(p *actors.Push) {
+	s <- fmt.Sprintf("push %s/%s %d", p.User, p.Device, p.UserSeq)
+}
 
 func (s recordingSink) CloseConnection(code uint32, reason string) {
 	s <- fmt.Sprintf("close %d %s", code, reason)
