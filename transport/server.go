@@ -307,14 +307,15 @@ type conn struct {
 	limiter *rate.Limiter
 	sem     chan struct{}
 	emu     sync.Mutex
-	expires time.Time // the token's expiry: the connection ends then
-	issued  int64     // the token's iat (revocations close older ones)
+	expires time.Time   // the token's expiry: the connection ends then
+	issued  int64       // the token's iat (revocations close older ones)
+	expiry  *time.Timer // closes the connection at expires
+	reads   *byteBudget // partially read request frames
+	writes  *byteBudget // answers being computed or written
+
 	// admitted: when the connection counted against its user (a
-	// disconnect read from the store closes those admitted before it).
+	// disconnect read from the store closes those admitted by then).
 	admitted time.Time
-	expiry   *time.Timer // closes the connection at expires
-	reads    *byteBudget // partially read request frames
-	writes   *byteBudget // answers being computed or written
 
 	cmu     sync.Mutex // writes to control
 	mu      sync.Mutex // guards queue
