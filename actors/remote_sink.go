@@ -215,6 +215,9 @@ func connectionActor(user, device string, sink DeviceSink) actor.ReceiveFunc {
 // knows each connection's actor), and returns how many connections the
 // grain had: they close as their members receive the request, a moment
 // later. A connection still logging in is not counted (nor attached yet).
+// After a membership change a grain that moved knows only the connections
+// announced to it again since: transport.Server.DisconnectDevice also
+// records the disconnect in the store, which every node follows.
 func (s *Service) DisconnectDevice(ctx context.Context, user, device string, code uint32, reason string) (int, error) {
 	if err := validate("user", user, "device", device); err != nil {
 		return 0, err

@@ -81,6 +81,7 @@ func readRevocationsFile(dir string) (map[string]time.Time, error) {
 // Revoke refuses from now on every token of user issued at or before at,
 // and makes that durable (in the store or the file) before returning. A
 // time at or before the user's last revocation changes nothing.
+//
 // The servers using r (Config.Revocations) close the user's connections
 // whose token it refuses, on this node at once and, in store mode, on the
 // other nodes as they read it.
