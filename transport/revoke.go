@@ -274,13 +274,13 @@ const disconnectedMsg = "disconnected by the server"
 // the cluster with code 109 DISCONNECTED. The device may log in again: to
 // keep it out, revoke.
 //
-// With revocations on a shared store (OpenRevocations) the disconnect is
-// first recorded in RevocationsStream: every node, following the stream,
-// closes the device's connections established up to then (within about a
-// second), whether or not the device grain knows of them. This node closes
-// its own before returning, and the device grain, which knows where the
-// device's connections are attached, tells each to close too (the fast
-// path). Without a shared store only the device grain reaches other
+// This node closes its own, then asks the device grain, which knows where
+// the device's connections are attached and tells each to close (the fast
+// path, and the count). With revocations on a shared store
+// (OpenRevocations) the disconnect is then recorded in RevocationsStream:
+// every node, following the stream, closes the device's connections
+// established up to the call (within about a second), whether or not the
+// grain knew them. Without a shared store only the grain reaches other
 // nodes.
 //
 // The count is what the cluster knew: the larger of the connections this
@@ -296,25 +296,32 @@ func (s *Server) DisconnectDevice(ctx context.Context, user, device string) (int
 		return 0, err
 	}
 	at := s.cfg.Now()
-	shared := s.cfg.Revocations != nil && s.cfg.Revocations.stream != nil
-	if shared {
-		// Recorded first: once it is, no node keeps the device connected.
-		if err := s.cfg.Revocations.stream.appendDisconnect(user, device, at); err != nil {
-			return 0, err
-		}
-	}
 	local := s.closeConns(user, device, func(*conn) bool { return true }, wire.CodeDisconnected, disconnectedMsg)
-	known, err := s.cfg.Service.DisconnectDevice(ctx, user, device, wire.CodeDisconnected, disconnectedMsg)
-	if err != nil {
-		if !shared {
+	if s.cfg.Revocations == nil || s.cfg.Revocations.stream == nil {
+		known, err := s.cfg.Service.DisconnectDevice(ctx, user, device, wire.CodeDisconnected, disconnectedMsg)
+		if err != nil {
 			return 0, err
 		}
-		// The stream closes them all the same.
-		s.cfg.Logger.Warn("disconnect: the device grain did not answer; the other nodes close the device's connections from the revocations stream", "user", user, "device", device, "err", err)
+		return max(local, known), nil
+	}
+	// Asked before the stream is written: otherwise the other nodes could
+	// close (and detach) the connections before the grain counts them.
+	gctx, cancel := context.WithTimeout(ctx, disconnectGrainTimeout)
+	known, gerr := s.cfg.Service.DisconnectDevice(gctx, user, device, wire.CodeDisconnected, disconnectedMsg)
+	cancel()
+	if err := s.cfg.Revocations.stream.appendDisconnect(user, device, at); err != nil {
+		return 0, err
+	}
+	if gerr != nil {
+		s.cfg.Logger.Warn("disconnect: the device grain did not answer; the other nodes close the device's connections from the revocations stream", "user", user, "device", device, "err", gerr)
 		return local, nil
 	}
 	return max(local, known), nil
 }
+
+// disconnectGrainTimeout bounds the device grain's answer to a disconnect
+// when the store reaches every node anyway.
+const disconnectGrainTimeout = 5 * time.Second
 
 // CloseConnection ends the connection (the device grain asks, for
 // DisconnectDevice on any node).
