@@ -146,12 +146,7 @@ func (l *revLog) append(user string, at time.Time) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), revocationsTimeout)
-	defer cancel()
-	if _, err := l.store.AppendToStream(ctx, RevocationsStream, events.Any, ev); err != nil {
-		return fmt.Errorf("transport: record the revocation: %w", err)
-	}
-	return nil
+	return l.appendEvent(ev, "the revocation")
 }
 
 // appendDisconnect records a device disconnect durably.
@@ -160,10 +155,14 @@ func (l *revLog) appendDisconnect(user, device string, at time.Time) error {
 	if err != nil {
 		return err
 	}
+	return l.appendEvent(ev, "the disconnect")
+}
+
+func (l *revLog) appendEvent(ev events.EventData, what string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), revocationsTimeout)
 	defer cancel()
 	if _, err := l.store.AppendToStream(ctx, RevocationsStream, events.Any, ev); err != nil {
-		return fmt.Errorf("transport: record the disconnect: %w", err)
+		return fmt.Errorf("transport: record %s: %w", what, err)
 	}
 	return nil
 }
