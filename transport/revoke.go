@@ -40,7 +40,7 @@ type Revocations struct {
 	watchers []*revWatcher
 }
 
-// revWatcher is one server's interest in the stream (onRevoke).
+// revWatcher is one server's interest in the revocations (watch).
 type revWatcher struct {
 	revoked      func(user string, at time.Time)
 	disconnected func(user, device string, at time.Time)
