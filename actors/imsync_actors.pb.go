@@ -1494,11 +1494,16 @@ func (x *DeviceState) GetOnline() bool {
 
 // Closes every connection of a device, wherever it is: the device grain
 // sends it on to each connection actor (whose transport closes the
-// connection with code and reason) and answers ConnectionsClosed.
+// connection with code and reason) and answers ConnectionsClosed. The
+// grain names its user and device: a connection actor of another device
+// (a stale PID: actor ids repeat when a member restarts at the same
+// address) ignores it.
 type CloseConnections struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Code          uint32                 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
 	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	Device        string                 `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1543,6 +1548,20 @@ func (x *CloseConnections) GetCode() uint32 {
 func (x *CloseConnections) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *CloseConnections) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *CloseConnections) GetDevice() string {
+	if x != nil {
+		return x.Device
 	}
 	return ""
 }
@@ -2505,10 +2524,12 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\buser_seq\x18\x01 \x01(\x04R\auserSeq\"K\n" +
 	"\vDeviceState\x12$\n" +
 	"\x0eacked_user_seq\x18\x01 \x01(\x04R\fackedUserSeq\x12\x16\n" +
-	"\x06online\x18\x02 \x01(\bR\x06online\">\n" +
+	"\x06online\x18\x02 \x01(\bR\x06online\"j\n" +
 	"\x10CloseConnections\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"+\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12\x16\n" +
+	"\x06device\x18\x04 \x01(\tR\x06device\"+\n" +
 	"\x11ConnectionsClosed\x12\x16\n" +
 	"\x06closed\x18\x01 \x01(\rR\x06closed\"\xc4\x01\n" +
 	"\x04Push\x12\x12\n" +

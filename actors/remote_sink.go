@@ -190,9 +190,23 @@ type DeviceCloser interface {
 	CloseConnection(code uint32, reason string)
 }
 
-func closeSink(sink DeviceSink, m *CloseConnections) {
-	if c, ok := sink.(DeviceCloser); ok {
-		c.CloseConnection(m.Code, m.Reason)
+// connectionActor is the actor of one connection of user's device: it
+// hands the device grain's pushes and closes to sink. A grain may hold a
+// stale PID (its connection's member restarted at the same address, where
+// actor ids start again from the same numbers): what names another user
+// or device is dropped, so that it never reaches this connection.
+func connectionActor(user, device string, sink DeviceSink) actor.ReceiveFunc {
+	return func(actx actor.Context) {
+		switch m := actx.Message().(type) {
+		case *Push:
+			if m.User == user && m.Device == device {
+				sink.Push(m)
+			}
+		case *CloseConnections: // from the device grain
+			if c, ok := sink.(DeviceCloser); ok && m.User == user && m.Device == device {
+				c.CloseConnection(m.Code, m.Reason)
+			}
+		}
 	}
 }
 
@@ -201,6 +215,9 @@ func closeSink(sink DeviceSink, m *CloseConnections) {
 // knows each connection's actor), and returns how many connections the
 // grain had: they close as their members receive the request, a moment
 // later. A connection still logging in is not counted (nor attached yet).
+// After a membership change a grain that moved knows only the connections
+// announced to it again since: transport.Server.DisconnectDevice also
+// records the disconnect in the store, which every node follows.
 func (s *Service) DisconnectDevice(ctx context.Context, user, device string, code uint32, reason string) (int, error) {
 	if err := validate("user", user, "device", device); err != nil {
 		return 0, err

@@ -627,14 +627,7 @@ func (s *Service) AttachDevice(ctx context.Context, user, device string, sink De
 	if sink == nil {
 		return nil, fail(Code_INVALID, "AttachDevice needs a sink")
 	}
-	pid := s.system.Root.Spawn(actor.PropsFromFunc(func(actx actor.Context) {
-		switch m := actx.Message().(type) {
-		case *Push:
-			sink.Push(m)
-		case *CloseConnections: // from the device grain (remote_sink.go)
-			closeSink(sink, m)
-		}
-	}))
+	pid := s.system.Root.Spawn(actor.PropsFromFunc(connectionActor(user, device, sink)))
 	st, err := call[*DeviceState](s, ctx, deviceIdentity(user, device), kindDevice, &AttachDevice{Address: pid.Address, Id: pid.Id})
 	if err != nil {
 		// If the grain did attach it, it forgets it when it stops.

@@ -484,6 +484,8 @@ func (g *deviceGrain) Receive(ctx actor.Context) {
 		g.newest = max(g.newest, m.UserSeq)
 		g.notifyConns(ctx, m)
 	case *CloseConnections:
+		// Named, so that a stale PID's new owner ignores it (service.go).
+		m = &CloseConnections{Code: m.Code, Reason: m.Reason, User: g.user, Device: g.device}
 		for _, pid := range g.conns { // each detaches as its transport closes it
 			ctx.Send(pid, m)
 		}

@@ -413,7 +413,8 @@ func field(b []byte, num protowire.Number, typ protowire.Type) (val []byte, foun
 	return val, found
 }
 
-// watchServer adds the gauges that s answers: connections, devices online, draining.
+// watchServer adds the gauges that s answers: connections, devices online,
+// draining, following the revocations.
 func (m *Metrics) watchServer(s *Server) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -435,6 +436,15 @@ func (m *Metrics) watchServer(s *Server) {
 				return 1
 			}
 			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "imsync_revocations_follow_up",
+			Help: "0 while this node does not follow the revocations stream (it admits tokens revoked through other nodes), else 1.",
+		}, func() float64 {
+			if s.cfg.Revocations.FollowErr() != nil {
+				return 0
+			}
+			return 1
 		}),
 	)
 }

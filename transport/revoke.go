@@ -13,6 +13,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/transport/wire"
 )
 
@@ -23,17 +24,26 @@ import (
 // they are TokensRevoked events in the store's stream RevocationsStream:
 // every node sharing the store loads them at start and follows the stream,
 // so a revocation through one node reaches every node (and closes the
-// user's connections there) as soon as the store delivers the event.
-// Loaded from a data directory alone (LoadRevocations), they live in that
-// directory's file RevocationsFile and stay on that node.
+// user's connections there) as soon as the store delivers the event. The
+// stream also carries the servers' device disconnects (DeviceDisconnected,
+// see Server.DisconnectDevice). Loaded from a data directory alone
+// (LoadRevocations), they live in that directory's file RevocationsFile
+// and stay on that node.
 type Revocations struct {
 	path   string  // file mode: the file written on each Revoke
 	stream *revLog // store mode: the stream appended to and followed
 	mu     sync.Mutex
 	users  map[string]time.Time
-	// watchers learn of revocations made through other Revocations on the
-	// same store (servers close the user's connections).
-	watchers []func(user string, at time.Time)
+	// watchers learn of revocations (made through these Revocations or
+	// read from the store) and of disconnects read from the store: the
+	// servers using them close the connections concerned.
+	watchers []*revWatcher
+}
+
+// revWatcher is one server's interest in the revocations (watch).
+type revWatcher struct {
+	revoked      func(user string, at time.Time)
+	disconnected func(user, device string, at time.Time)
 }
 
 // RevocationsFile is the file in the data directory.
@@ -71,7 +81,17 @@ func readRevocationsFile(dir string) (map[string]time.Time, error) {
 // Revoke refuses from now on every token of user issued at or before at,
 // and makes that durable (in the store or the file) before returning. A
 // time at or before the user's last revocation changes nothing.
+//
+// The servers using r (Config.Revocations) close the user's connections
+// whose token it refuses, on this node at once and, in store mode, on the
+// other nodes as they read it.
 func (r *Revocations) Revoke(user string, at time.Time) error {
+	return r.revoke(user, at, nil)
+}
+
+// revoke is Revoke without telling skip (the server that closes its
+// connections itself, to count them).
+func (r *Revocations) revoke(user string, at time.Time, skip *revWatcher) error {
 	at = at.UTC()
 	if r.stream != nil {
 		if !at.After(r.RevokedAt(user)) {
@@ -81,13 +101,15 @@ func (r *Revocations) Revoke(user string, at time.Time) error {
 		if err := r.stream.append(user, at); err != nil {
 			return err
 		}
-		r.apply(user, at)
+		if r.apply(user, at) {
+			r.notify(user, at, skip)
+		}
 		return nil
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	prev, had := r.users[user]
 	if had && !at.After(prev) {
+		r.mu.Unlock()
 		return nil
 	}
 	r.users[user] = at
@@ -97,8 +119,11 @@ func (r *Revocations) Revoke(user string, at time.Time) error {
 		} else {
 			delete(r.users, user)
 		}
+		r.mu.Unlock()
 		return err
 	}
+	r.mu.Unlock()
+	r.notify(user, at, skip)
 	return nil
 }
 
@@ -113,20 +138,39 @@ func (r *Revocations) apply(user string, at time.Time) bool {
 	return true
 }
 
-// onRevoke registers f to learn of revocations read from the store (made
-// through any node, this one included). f must not block.
-func (r *Revocations) onRevoke(f func(user string, at time.Time)) {
+// watch registers w to learn of the revocations r applies (made through
+// r, or read from the store) and of the disconnects read from the store,
+// until unwatch. w's functions must not block.
+func (r *Revocations) watch(w *revWatcher) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.watchers = append(r.watchers, f)
+	r.watchers = append(r.watchers, w)
 }
 
-func (r *Revocations) notify(user string, at time.Time) {
+// unwatch forgets w (its server closed).
+func (r *Revocations) unwatch(w *revWatcher) {
 	r.mu.Lock()
-	ws := slices.Clone(r.watchers)
-	r.mu.Unlock()
-	for _, f := range ws {
-		f(user, at)
+	defer r.mu.Unlock()
+	r.watchers = slices.DeleteFunc(r.watchers, func(o *revWatcher) bool { return o == w })
+}
+
+func (r *Revocations) watching() []*revWatcher {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.watchers)
+}
+
+func (r *Revocations) notify(user string, at time.Time, skip *revWatcher) {
+	for _, w := range r.watching() {
+		if w != skip {
+			w.revoked(user, at)
+		}
+	}
+}
+
+func (r *Revocations) notifyDisconnect(user, device string, at time.Time) {
+	for _, w := range r.watching() {
+		w.disconnected(user, device, at)
 	}
 }
 
@@ -221,18 +265,63 @@ func (s *Server) checkRevoked(c Claims) error {
 // of the user when device is empty) with code 109 DISCONNECTED, and returns
 // how many it closed. DisconnectDevice reaches every node.
 func (s *Server) Disconnect(user, device string) int {
-	return s.closeConns(user, device, 0, wire.CodeDisconnected, "disconnected by the server")
+	return s.closeConns(user, device, func(*conn) bool { return true }, wire.CodeDisconnected, disconnectedMsg)
 }
 
+const disconnectedMsg = "disconnected by the server"
+
 // DisconnectDevice closes the connections of user's device on every node of
-// the cluster with code 109 DISCONNECTED: the device grain, which knows
-// where each connection is, tells each to close. It returns how many
-// connections the device had; those on other nodes close a moment after
-// (as soon as the request crosses). The device may log in again: to keep
-// it out, revoke.
+// the cluster with code 109 DISCONNECTED. The device may log in again: to
+// keep it out, revoke.
+//
+// This node closes its own, then asks the device grain, which knows where
+// the device's connections are attached and tells each to close (the fast
+// path, and the count). With revocations on a shared store
+// (OpenRevocations) the disconnect is then recorded in RevocationsStream:
+// every node, following the stream, closes the device's connections
+// established up to the call (within about a second), whether or not the
+// grain knew them. Without a shared store only the grain reaches other
+// nodes.
+//
+// The count is what the cluster knew: the larger of the connections this
+// node closed and those attached to the device grain. Connections on other
+// nodes close whether or not they are counted: 0 does not mean that none
+// was there (the grain may have moved and not relearnt them yet). A
+// connection still logging in is not counted and not closed.
 func (s *Server) DisconnectDevice(ctx context.Context, user, device string) (int, error) {
-	return s.cfg.Service.DisconnectDevice(ctx, user, device, wire.CodeDisconnected, "disconnected by the server")
+	if err := actors.ValidateID("user", user); err != nil {
+		return 0, err
+	}
+	if err := actors.ValidateID("device", device); err != nil {
+		return 0, err
+	}
+	at := s.cfg.Now()
+	local := s.closeConns(user, device, func(*conn) bool { return true }, wire.CodeDisconnected, disconnectedMsg)
+	if s.cfg.Revocations == nil || s.cfg.Revocations.stream == nil {
+		known, err := s.cfg.Service.DisconnectDevice(ctx, user, device, wire.CodeDisconnected, disconnectedMsg)
+		if err != nil {
+			return 0, err
+		}
+		return max(local, known), nil
+	}
+	// Asked before the stream is written: otherwise the other nodes could
+	// close (and detach) the connections before the grain counts them.
+	gctx, cancel := context.WithTimeout(ctx, disconnectGrainTimeout)
+	known, gerr := s.cfg.Service.DisconnectDevice(gctx, user, device, wire.CodeDisconnected, disconnectedMsg)
+	cancel()
+	if err := s.cfg.Revocations.stream.appendDisconnect(user, device, at); err != nil {
+		return 0, err
+	}
+	if gerr != nil {
+		s.cfg.Logger.Warn("disconnect: the device grain did not answer; the other nodes close the device's connections from the revocations stream", "user", user, "device", device, "err", gerr)
+		return local, nil
+	}
+	return max(local, known), nil
 }
+
+// disconnectGrainTimeout bounds the device grain's answer to a disconnect
+// when the store reaches every node anyway.
+const disconnectGrainTimeout = 5 * time.Second
 
 // CloseConnection ends the connection (the device grain asks, for
 // DisconnectDevice on any node).
@@ -252,27 +341,52 @@ func (s *Server) RevokeTokens(user string) (time.Time, int, error) {
 		return time.Time{}, 0, errors.New("transport: the server has no revocation list (Config.Revocations)")
 	}
 	now := s.cfg.Now()
-	if err := s.cfg.Revocations.Revoke(user, now); err != nil {
+	// This server closes its own connections below, to count them; other
+	// servers on the same Revocations learn of it from revoke.
+	if err := s.cfg.Revocations.revoke(user, now, s.watcher); err != nil {
 		return time.Time{}, 0, err
 	}
 	// A login verified before Revoke is either admitted already (closed
 	// here) or checked again once admitted (serveConn).
 	at := s.cfg.Revocations.RevokedAt(user) // now, or a later one of another node
-	return at, s.closeConns(user, "", at.Unix(), wire.CodeUnauthorized, "token revoked"), nil
+	return at, s.closeRevoked(user, at), nil
 }
 
-// revoked closes the connections whose token a revocation read from the
-// store refuses.
-func (s *Server) revoked(user string, at time.Time) {
-	if n := s.closeConns(user, "", at.Unix(), wire.CodeUnauthorized, "token revoked"); n > 0 {
-		s.cfg.Logger.Info("tokens revoked: connections closed", "user", user, "revoked_at", at.Format(time.RFC3339), "closed", n)
+// revocationWatcher closes what the revocations of other nodes (or of
+// Revocations.Revoke) and the disconnects of other nodes reach.
+func (s *Server) revocationWatcher() *revWatcher {
+	return &revWatcher{
+		revoked: func(user string, at time.Time) {
+			if n := s.closeRevoked(user, at); n > 0 {
+				s.cfg.Logger.Info("tokens revoked: connections closed", "user", user, "revoked_at", at.Format(time.RFC3339), "closed", n)
+			}
+		},
+		disconnected: func(user, device string, at time.Time) {
+			// Only those made by then: a device that logged in again
+			// after the disconnect, before this node read it, stays.
+			byThen := at.UnixMilli()
+			n := s.closeConns(user, device, func(c *conn) bool { return c.admitted.UnixMilli() <= byThen }, wire.CodeDisconnected, disconnectedMsg)
+			if n > 0 {
+				s.cfg.Logger.Info("device disconnected: connections closed", "user", user, "device", device, "at", at.Format(time.RFC3339Nano), "closed", n)
+			}
+		},
 	}
 }
 
+// closeRevoked closes user's connections whose token was issued in or
+// before the second of at (not those re-authenticated since).
+func (s *Server) closeRevoked(user string, at time.Time) int {
+	issuedBy := at.Unix()
+	return s.closeConns(user, "", func(c *conn) bool {
+		c.emu.Lock()
+		defer c.emu.Unlock()
+		return c.issued <= issuedBy
+	}, wire.CodeUnauthorized, "token revoked")
+}
+
 // closeConns closes the admitted connections of user (of device, unless
-// empty) whose token was issued in or before the second issuedBy (any
-// token when issuedBy is 0).
-func (s *Server) closeConns(user, device string, issuedBy int64, code uint32, msg string) int {
+// empty) that close approves.
+func (s *Server) closeConns(user, device string, close func(*conn) bool, code uint32, msg string) int {
 	s.mu.Lock()
 	var victims []*conn
 	for _, c := range s.perUser[user] {
@@ -283,13 +397,8 @@ func (s *Server) closeConns(user, device string, issuedBy int64, code uint32, ms
 	s.mu.Unlock()
 	n := 0
 	for _, c := range slices.Backward(victims) {
-		if issuedBy != 0 {
-			c.emu.Lock()
-			fresh := c.issued > issuedBy // re-authenticated after the revocation
-			c.emu.Unlock()
-			if fresh {
-				continue
-			}
+		if !close(c) {
+			continue
 		}
 		c.qc.CloseWithError(quic.ApplicationErrorCode(code), msg)
 		n++

@@ -5,14 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/eventspb"
 )
 
-// RevocationsStream is the stream of TokensRevoked events that
-// OpenRevocations keeps and every node sharing the store follows.
+// RevocationsStream is the stream of TokensRevoked and DeviceDisconnected
+// events that OpenRevocations keeps and every node sharing the store
+// follows.
 const RevocationsStream = "revocations"
 
 // revocationsTimeout bounds one read or append of the stream.
@@ -25,6 +27,10 @@ type revLog struct {
 	log    *slog.Logger
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	mu     sync.Mutex
+	broken error     // why the stream is not followed now (nil: it is)
+	since  time.Time // when it broke
 }
 
 // OpenRevocations loads the revocations recorded in store's
@@ -49,6 +55,11 @@ func OpenRevocations(ctx context.Context, store events.Store, dir string, logger
 	l := &revLog{store: store, log: logger}
 	var migrate []events.EventData
 	for user, at := range fromFile {
+		// The stream keeps milliseconds and the file nanoseconds: compared
+		// untruncated, every file time is newer than its migrated copy and
+		// would be appended again at every start.
+		at = at.Truncate(time.Millisecond)
+		fromFile[user] = at
 		if !at.After(r.users[user]) {
 			continue
 		}
@@ -96,8 +107,9 @@ func (r *Revocations) load(ctx context.Context, store events.Store) (events.Subs
 			return from, fmt.Errorf("transport: read %s: %w", RevocationsStream, err)
 		}
 		for _, e := range page {
-			if user, at, ok := decodeRevocation(e); ok {
-				r.apply(user, at)
+			// Disconnects are skipped: no connection here is older.
+			if tr, ok := decodeStreamEvent(e).(*eventspb.TokensRevoked); ok {
+				r.apply(tr.User, time.UnixMilli(tr.RevokedAtUnixMs).UTC())
 			}
 			next = e.Revision + 1
 			from = events.SubscribeAfterRevision(e.Revision)
@@ -108,16 +120,24 @@ func (r *Revocations) load(ctx context.Context, store events.Store) (events.Subs
 	}
 }
 
-func decodeRevocation(e events.RecordedEvent) (string, time.Time, bool) {
+// decodeStreamEvent returns a *TokensRevoked or *DeviceDisconnected, or
+// nil for anything else (unknown or damaged).
+func decodeStreamEvent(e events.RecordedEvent) any {
 	m, err := events.Decode(e.Type, e.Data)
 	if err != nil {
-		return "", time.Time{}, false
+		return nil
 	}
-	tr, ok := m.(*eventspb.TokensRevoked)
-	if !ok || tr.User == "" {
-		return "", time.Time{}, false
+	switch m := m.(type) {
+	case *eventspb.TokensRevoked:
+		if m.User != "" {
+			return m
+		}
+	case *eventspb.DeviceDisconnected:
+		if m.User != "" && m.Device != "" {
+			return m
+		}
 	}
-	return tr.User, time.UnixMilli(tr.RevokedAtUnixMs).UTC(), true
+	return nil
 }
 
 // append records one revocation durably.
@@ -126,10 +146,23 @@ func (l *revLog) append(user string, at time.Time) error {
 	if err != nil {
 		return err
 	}
+	return l.appendEvent(ev, "the revocation")
+}
+
+// appendDisconnect records a device disconnect durably.
+func (l *revLog) appendDisconnect(user, device string, at time.Time) error {
+	ev, err := events.Encode([16]byte{}, &eventspb.DeviceDisconnected{User: user, Device: device, AtUnixMs: at.UnixMilli()})
+	if err != nil {
+		return err
+	}
+	return l.appendEvent(ev, "the disconnect")
+}
+
+func (l *revLog) appendEvent(ev events.EventData, what string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), revocationsTimeout)
 	defer cancel()
 	if _, err := l.store.AppendToStream(ctx, RevocationsStream, events.Any, ev); err != nil {
-		return fmt.Errorf("transport: record the revocation: %w", err)
+		return fmt.Errorf("transport: record %s: %w", what, err)
 	}
 	return nil
 }
@@ -146,6 +179,7 @@ func (l *revLog) follow(r *Revocations, from events.SubscribeFrom) {
 			if ctx.Err() != nil || errors.Is(err, events.ErrClosed) {
 				return
 			}
+			l.setBroken(err)
 			l.log.Warn("following token revocations: retrying", "stream", RevocationsStream, "err", err)
 			t := time.NewTimer(time.Second)
 			select {
@@ -163,21 +197,55 @@ func (l *revLog) run(ctx context.Context, r *Revocations, from *events.Subscribe
 		return err
 	}
 	defer sub.Close()
+	l.setBroken(nil)
 	for {
 		e, err := sub.Recv(ctx)
 		if err != nil {
 			return err
 		}
 		*from = events.SubscribeAfterRevision(e.Revision)
-		user, at, ok := decodeRevocation(e)
-		if !ok {
-			l.log.Warn("not a token revocation; skipped", "stream", RevocationsStream, "revision", e.Revision, "type", e.Type)
-			continue
-		}
-		if r.apply(user, at) {
-			r.notify(user, at)
+		switch m := decodeStreamEvent(e).(type) {
+		case *eventspb.TokensRevoked:
+			if at := time.UnixMilli(m.RevokedAtUnixMs).UTC(); r.apply(m.User, at) {
+				r.notify(m.User, at, nil)
+			}
+		case *eventspb.DeviceDisconnected:
+			r.notifyDisconnect(m.User, m.Device, time.UnixMilli(m.AtUnixMs).UTC())
+		default:
+			l.log.Warn("not a token revocation or disconnect; skipped", "stream", RevocationsStream, "revision", e.Revision, "type", e.Type)
 		}
 	}
+}
+
+// setBroken records why the stream is not followed (nil: it is again).
+func (l *revLog) setBroken(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case err == nil:
+		l.broken = nil
+	case l.broken == nil:
+		l.broken, l.since = err, time.Now()
+	default:
+		l.broken = err // still broken since the first failure
+	}
+}
+
+// FollowErr says why this node does not follow the revocations of the
+// other nodes now (its subscription to RevocationsStream broke and has not
+// been resumed yet): while it does not, tokens revoked through other nodes
+// are still accepted here. Nil while it follows, and always in file mode.
+func (r *Revocations) FollowErr() error {
+	if r == nil || r.stream == nil {
+		return nil
+	}
+	l := r.stream
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.broken == nil {
+		return nil
+	}
+	return fmt.Errorf("not following the %s stream since %s: %w", RevocationsStream, l.since.UTC().Format(time.RFC3339), l.broken)
 }
 
 func (l *revLog) stop() {

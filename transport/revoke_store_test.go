@@ -45,7 +45,9 @@ func revocationEvents(t *testing.T, store events.Store) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		users = append(users, m.(*eventspb.TokensRevoked).User)
+		if tr, ok := m.(*eventspb.TokensRevoked); ok {
+			users = append(users, tr.User)
+		}
 	}
 	return users
 }
@@ -261,5 +263,35 @@ func TestRevocationFromTheStoreSparesNewerTokens(t *testing.T) {
 	defer cancel()
 	if _, err := newer.Conversations(ctx); err != nil {
 		t.Fatalf("the newer token's connection: %v", err)
+	}
+}
+
+// An older version's file, written with nanosecond times (Revoke with
+// time.Now() in file mode), moves into the store once: the stream keeps
+// milliseconds, and the next starts find the file's times already there.
+func TestRevocationsFileMigratesOnce(t *testing.T) {
+	dir := t.TempDir()
+	old, err := transport.LoadRevocations(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Unix(1_700_000_000, 123_456_789) // a sub-millisecond part, as time.Now() has
+	if err := old.Revoke("ann", at); err != nil {
+		t.Fatal(err)
+	}
+	data := teststore.NewDurable(t, filepath.Join(dir, "store"))
+	for start := 1; start <= 3; start++ {
+		store := data.Open()
+		revs := openRevocations(t, store, dir)
+		got := revocationEvents(t, store)
+		revoked := revs.Revoked("ann", at)
+		revs.Close()
+		store.Close()
+		if len(got) != 1 {
+			t.Fatalf("after start %d the stream holds %d revocations (%v), want 1", start, len(got), got)
+		}
+		if !revoked {
+			t.Fatalf("after start %d a token issued at the file's revocation is accepted", start)
+		}
 	}
 }

@@ -168,6 +168,8 @@ type Server struct {
 	wg        sync.WaitGroup
 
 	peak queuePeak // the most any connection has had queued (QueuePeak)
+
+	watcher *revWatcher // on Config.Revocations until Close (revoke.go)
 }
 
 // NewServer checks cfg and returns a server ready to Listen.
@@ -189,7 +191,8 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg.Metrics.watchServer(s)
 	}
 	if cfg.Revocations != nil {
-		cfg.Revocations.onRevoke(s.revoked) // made through other nodes (revoke_store.go)
+		s.watcher = s.revocationWatcher() // revocations and disconnects (revoke.go)
+		cfg.Revocations.watch(s.watcher)
 	}
 	return s, nil
 }
@@ -252,6 +255,9 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	if s.watcher != nil {
+		s.cfg.Revocations.unwatch(s.watcher)
+	}
 	for c := range s.conns {
 		c.CloseWithError(quic.ApplicationErrorCode(wire.CodeShutdown), "server stopping")
 	}
@@ -306,6 +312,10 @@ type conn struct {
 	expiry  *time.Timer // closes the connection at expires
 	reads   *byteBudget // partially read request frames
 	writes  *byteBudget // answers being computed or written
+
+	// admitted: when the connection counted against its user (a
+	// disconnect read from the store closes those admitted by then).
+	admitted time.Time
 
 	cmu     sync.Mutex // writes to control
 	mu      sync.Mutex // guards queue
@@ -551,6 +561,7 @@ func (s *Server) admit(c *conn) bool {
 		old = list[i]
 		list = slices.Delete(list, i, i+1)
 	}
+	c.admitted = s.cfg.Now()
 	s.perUser[c.user] = append(list, c)
 	s.mu.Unlock()
 	if old != nil {

@@ -92,13 +92,17 @@ func (st *stack) startOps(addr string, logger *slog.Logger) (*ops.Server, error)
 var errDraining = errors.New("draining")
 
 // ready: the store answers a read, the cluster has this member, the
-// gateway takes connections.
+// revocations of other nodes reach this one, the gateway takes
+// connections.
 func (st *stack) ready(ctx context.Context) error {
 	if st.srv.Draining() {
 		return errDraining
 	}
 	if st.svc.Members() < 1 {
 		return errors.New("cluster not joined")
+	}
+	if err := st.srv.Config().Revocations.FollowErr(); err != nil {
+		return fmt.Errorf("revocations: %w", err)
 	}
 	_, err := st.store.ReadStream(ctx, "ready-probe", events.ReadStreamOptions{Limit: 1})
 	if err != nil && !errors.Is(err, events.ErrStreamNotFound) {

@@ -1200,6 +1200,71 @@ func (x *TokensRevoked) GetRevokedAtUnixMs() int64 {
 	return 0
 }
 
+// The connections of user's device established in or before the
+// millisecond at_unix_ms are closed with 109 DISCONNECTED (written by the
+// gateway's DisconnectDevice; every node follows the stream and closes
+// those it holds). Connections made after it stay: the device may log in
+// again. Read at start, it closes nothing (no connection is older).
+type DeviceDisconnected struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	AtUnixMs      int64                  `protobuf:"varint,3,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceDisconnected) Reset() {
+	*x = DeviceDisconnected{}
+	mi := &file_imsync_events_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceDisconnected) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceDisconnected) ProtoMessage() {}
+
+func (x *DeviceDisconnected) ProtoReflect() protoreflect.Message {
+	mi := &file_imsync_events_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceDisconnected.ProtoReflect.Descriptor instead.
+func (*DeviceDisconnected) Descriptor() ([]byte, []int) {
+	return file_imsync_events_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DeviceDisconnected) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *DeviceDisconnected) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *DeviceDisconnected) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
+	}
+	return 0
+}
+
 // The members of a group created with more members than fit in one event:
 // ConversationCreated holds the first of them, MembersJoined events right
 // after it (in the same append when they fit) the rest. They join as the
@@ -1215,7 +1280,7 @@ type MembersJoined struct {
 
 func (x *MembersJoined) Reset() {
 	*x = MembersJoined{}
-	mi := &file_imsync_events_proto_msgTypes[16]
+	mi := &file_imsync_events_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1292,7 @@ func (x *MembersJoined) String() string {
 func (*MembersJoined) ProtoMessage() {}
 
 func (x *MembersJoined) ProtoReflect() protoreflect.Message {
-	mi := &file_imsync_events_proto_msgTypes[16]
+	mi := &file_imsync_events_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1305,7 @@ func (x *MembersJoined) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersJoined.ProtoReflect.Descriptor instead.
 func (*MembersJoined) Descriptor() ([]byte, []int) {
-	return file_imsync_events_proto_rawDescGZIP(), []int{16}
+	return file_imsync_events_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MembersJoined) GetUsers() []string {
@@ -1366,7 +1431,12 @@ const file_imsync_events_proto_rawDesc = "" +
 	"\x05state\x18\x03 \x01(\fR\x05state\"P\n" +
 	"\rTokensRevoked\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12+\n" +
-	"\x12revoked_at_unix_ms\x18\x02 \x01(\x03R\x0frevokedAtUnixMs\"S\n" +
+	"\x12revoked_at_unix_ms\x18\x02 \x01(\x03R\x0frevokedAtUnixMs\"^\n" +
+	"\x12DeviceDisconnected\x12\x12\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x03 \x01(\x03R\batUnixMs\"S\n" +
 	"\rMembersJoined\x12\x14\n" +
 	"\x05users\x18\x01 \x03(\tR\x05users\x12\x0e\n" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12\x1c\n" +
@@ -1391,7 +1461,7 @@ func file_imsync_events_proto_rawDescGZIP() []byte {
 }
 
 var file_imsync_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_imsync_events_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_imsync_events_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_imsync_events_proto_goTypes = []any{
 	(ConversationKind)(0),       // 0: imsync.events.v1.ConversationKind
 	(*ConversationCreated)(nil), // 1: imsync.events.v1.ConversationCreated
@@ -1410,12 +1480,13 @@ var file_imsync_events_proto_goTypes = []any{
 	(*FanoutCheckpoint)(nil),    // 14: imsync.events.v1.FanoutCheckpoint
 	(*WatchCheckpoint)(nil),     // 15: imsync.events.v1.WatchCheckpoint
 	(*TokensRevoked)(nil),       // 16: imsync.events.v1.TokensRevoked
-	(*MembersJoined)(nil),       // 17: imsync.events.v1.MembersJoined
-	nil,                         // 18: imsync.events.v1.MessageSent.MetadataEntry
+	(*DeviceDisconnected)(nil),  // 17: imsync.events.v1.DeviceDisconnected
+	(*MembersJoined)(nil),       // 18: imsync.events.v1.MembersJoined
+	nil,                         // 19: imsync.events.v1.MessageSent.MetadataEntry
 }
 var file_imsync_events_proto_depIdxs = []int32{
 	0,  // 0: imsync.events.v1.ConversationCreated.kind:type_name -> imsync.events.v1.ConversationKind
-	18, // 1: imsync.events.v1.MessageSent.metadata:type_name -> imsync.events.v1.MessageSent.MetadataEntry
+	19, // 1: imsync.events.v1.MessageSent.metadata:type_name -> imsync.events.v1.MessageSent.MetadataEntry
 	4,  // 2: imsync.events.v1.MessagePointer.message:type_name -> imsync.events.v1.MessageSent
 	0,  // 3: imsync.events.v1.MembershipChanged.kind:type_name -> imsync.events.v1.ConversationKind
 	4,  // [4:4] is the sub-list for method output_type
@@ -1436,7 +1507,7 @@ func file_imsync_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_imsync_events_proto_rawDesc), len(file_imsync_events_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

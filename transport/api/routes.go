@@ -302,8 +302,11 @@ func (a *API) device(ctx context.Context, r *http.Request) (any, error) {
 
 // Disconnected answers a disconnect.
 type Disconnected struct {
-	// Closed: the device's connections, on any node of the cluster, that
-	// were told to close (those on other nodes close a moment later).
+	// Closed: the device's connections known when asked, the larger of
+	// those the answering node closed and those the device grain knew.
+	// Every node closes the device's connections as it reads the
+	// disconnect from the store (a moment later), counted or not: 0 does
+	// not mean that nothing was closed (transport.Server.DisconnectDevice).
 	Closed int `json:"closed"`
 }
 
