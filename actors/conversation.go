@@ -33,8 +33,8 @@ type convState struct {
 	msgs     []msgRef            // every message, by seq: "is it a message", unread counts
 	recent   map[uint64]*msgInfo // messages still inside the recall/edit window
 	order    []uint64            // seqs of recent, oldest first
-	recalled map[uint64]bool
-	edited   map[uint64][]byte // latest body of edited messages
+	recalled map[uint64]uint64  // recalled message → seq of its recall (0: from an older snapshot)
+	edited   map[uint64]edition // edited message → its latest edit
 
 	clientIDs   map[string]uint64 // sender\x00client id → seq (dedup)
 	clientOrder []string          // FIFO bounding clientIDs
@@ -44,6 +44,12 @@ type msgRef struct {
 	seq       uint64
 	sender    string
 	uncounted bool // its kind does not count as unread
+}
+
+// edition is the latest edit of a message.
+type edition struct {
+	body []byte
+	seq  uint64 // of the edit (0: from an older snapshot)
 }
 
 type msgInfo struct {
@@ -59,8 +65,8 @@ func newConvState(id string) *convState {
 		members:   map[string]bool{},
 		joined:    map[string]uint64{},
 		recent:    map[uint64]*msgInfo{},
-		recalled:  map[uint64]bool{},
-		edited:    map[uint64][]byte{},
+		recalled:  map[uint64]uint64{},
+		edited:    map[uint64]edition{},
 		clientIDs: map[string]uint64{},
 	}
 }
@@ -104,7 +110,7 @@ func (s *convState) unreadAfter(user string, after uint64) uint64 {
 		if m.sender == user {
 			break
 		}
-		if !s.recalled[m.seq] {
+		if _, recalled := s.recalled[m.seq]; !recalled {
 			n++
 		}
 	}
@@ -163,28 +169,39 @@ func decideConv(s *convState, cmd proto.Message, now time.Time, lim Limits) ([]p
 		return decideSend(s, c, at, lim)
 
 	case *RecallMessage:
-		if _, f := s.checkAuthorOrAdmin(c.Actor, c.Seq, lim.RecallWindow, at, "recalled"); f != nil {
+		if f := s.checkAuthorOrAdmin(c.Actor, c.Seq, "recalled"); f != nil {
 			return nil, nil, f
 		}
-		if s.recalled[c.Seq] {
-			return duplicate(s.lastSeq)
+		if seq, ok := s.recalled[c.Seq]; ok {
+			// A retry, even after the window: the same answer as the recall.
+			return duplicate(s.seqOr(seq))
+		}
+		if _, f := s.checkWindow(c.Seq, lim.RecallWindow, at, "recalled"); f != nil {
+			return nil, nil, f
 		}
 		return written(&eventspb.MessageRecalled{Seq: c.Seq, By: c.Actor, AtUnixMs: at})
 
 	case *EditMessage:
-		info, f := s.checkAuthorOrAdmin(c.Actor, c.Seq, lim.EditWindow, at, "edited")
-		if f != nil {
+		if f := s.checkAuthorOrAdmin(c.Actor, c.Seq, "edited"); f != nil {
 			return nil, nil, f
 		}
-		if s.recalled[c.Seq] {
+		if _, ok := s.recalled[c.Seq]; ok {
 			return nil, nil, fail(Code_INVALID, "message %d was recalled", c.Seq)
 		}
-		if len(c.Body) == 0 || len(c.Body) > lim.MaxBodySize {
-			return nil, nil, fail(Code_INVALID, "edited body must be 1..%d bytes", lim.MaxBodySize)
+		if len(c.Body) == 0 {
+			return nil, nil, fail(Code_INVALID, "edited body is empty")
 		}
-		if cur, ok := s.edited[c.Seq]; ok && bytes.Equal(cur, c.Body) {
-			// The message already reads so: a retried edit changes nothing.
-			return duplicate(s.lastSeq)
+		if len(c.Body) > lim.MaxBodySize {
+			return nil, nil, fail(Code_TOO_LARGE, "edited body of %d bytes is over the limit of %d", len(c.Body), lim.MaxBodySize)
+		}
+		if cur, ok := s.edited[c.Seq]; ok && bytes.Equal(cur.body, c.Body) {
+			// The message already reads so: a retry, even after the window,
+			// gets the same answer as the edit and changes nothing.
+			return duplicate(s.seqOr(cur.seq))
+		}
+		info, f := s.checkWindow(c.Seq, lim.EditWindow, at, "edited")
+		if f != nil {
+			return nil, nil, f
 		}
 		// The edited message keeps its kind, so the kind's rules hold for
 		// its new body too.
@@ -367,18 +384,31 @@ func chunkMembers(ids []string, minFirst, maxBytes int) [][]string {
 
 // checkAuthorOrAdmin allows the sender of message seq, or a group admin,
 // within window after it was sent.
-func (s *convState) checkAuthorOrAdmin(actor string, seq uint64, window time.Duration, at int64, what string) (*msgInfo, *Failure) {
+func (s *convState) checkAuthorOrAdmin(actor string, seq uint64, what string) *Failure {
 	if !s.exists() || !s.isMember(actor) {
-		return nil, notFound(s.id)
+		return notFound(s.id)
 	}
 	ref, ok := s.message(seq)
 	if !ok {
-		return nil, fail(Code_INVALID, "seq %d is not a message", seq)
+		return fail(Code_INVALID, "seq %d is not a message", seq)
 	}
 	admin := s.kind == eventspb.ConversationKind_GROUP && s.members[actor]
 	if ref.sender != actor && !admin {
-		return nil, fail(Code_FORBIDDEN, "only the sender or a group admin may have message %d %s", seq, what)
+		return fail(Code_FORBIDDEN, "only the sender or a group admin may have message %d %s", seq, what)
 	}
+	return nil
+}
+
+// seqOr is seq, or for what an older snapshot did not record, the latest.
+func (s *convState) seqOr(seq uint64) uint64 {
+	if seq == 0 {
+		return s.lastSeq
+	}
+	return seq
+}
+
+// checkWindow refuses a recall or edit of message seq after window.
+func (s *convState) checkWindow(seq uint64, window time.Duration, at int64, what string) (*msgInfo, *Failure) {
 	info := s.recent[seq]
 	if info == nil || at-info.at > window.Milliseconds() {
 		return nil, fail(Code_EXPIRED, "message %d can no longer be %s (window %s)", seq, what, window)
@@ -434,11 +464,11 @@ func evolveConv(s *convState, seq uint64, ev proto.Message, lim Limits) {
 			}
 		}
 	case *eventspb.MessageRecalled:
-		s.recalled[e.Seq] = true
+		s.recalled[e.Seq] = seq
 		delete(s.edited, e.Seq)
 		s.lastActivity = e.AtUnixMs
 	case *eventspb.MessageEdited:
-		s.edited[e.Seq] = e.Body
+		s.edited[e.Seq] = edition{body: e.Body, seq: seq}
 		s.lastActivity = e.AtUnixMs
 	}
 }
@@ -561,8 +591,12 @@ func (s *convState) snapshot() *ConvSnapshot {
 		out.Recalled = append(out.Recalled, seq)
 	}
 	sort.Slice(out.Recalled, func(i, j int) bool { return out.Recalled[i] < out.Recalled[j] })
-	for seq, body := range s.edited {
-		out.Edited = append(out.Edited, &EditedBody{Seq: seq, Body: body})
+	out.RecallSeqs = make([]uint64, len(out.Recalled))
+	for i, seq := range out.Recalled {
+		out.RecallSeqs[i] = s.recalled[seq]
+	}
+	for seq, e := range s.edited {
+		out.Edited = append(out.Edited, &EditedBody{Seq: seq, Body: e.body, EditSeq: e.seq})
 	}
 	sort.Slice(out.Edited, func(i, j int) bool { return out.Edited[i].Seq < out.Edited[j].Seq })
 	for _, k := range s.clientOrder {
@@ -575,7 +609,8 @@ func (s *convState) snapshot() *ConvSnapshot {
 // convStateFromSnapshot is the state a snapshot covering lastSeq events
 // holds; it fails on a snapshot whose parallel lists do not match.
 func convStateFromSnapshot(id string, lastSeq uint64, snap *ConvSnapshot) (*convState, error) {
-	if len(snap.Joined) != len(snap.Members) || len(snap.MsgSenders) != len(snap.MsgSeqs) || len(snap.ClientSeqs) != len(snap.ClientKeys) {
+	if len(snap.Joined) != len(snap.Members) || len(snap.MsgSenders) != len(snap.MsgSeqs) || len(snap.ClientSeqs) != len(snap.ClientKeys) ||
+		(len(snap.RecallSeqs) > 0 && len(snap.RecallSeqs) != len(snap.Recalled)) {
 		return nil, fmt.Errorf("conversation snapshot of %s: lists of different lengths", id)
 	}
 	s := newConvState(id)
@@ -609,11 +644,14 @@ func convStateFromSnapshot(id string, lastSeq uint64, snap *ConvSnapshot) (*conv
 		s.recent[m.Seq] = &msgInfo{sender: m.Sender, at: m.AtUnixMs, kind: m.Kind, replyTo: m.ReplyTo}
 		s.order = append(s.order, m.Seq)
 	}
-	for _, seq := range snap.Recalled {
-		s.recalled[seq] = true
+	for i, seq := range snap.Recalled {
+		s.recalled[seq] = 0
+		if len(snap.RecallSeqs) > 0 {
+			s.recalled[seq] = snap.RecallSeqs[i]
+		}
 	}
 	for _, e := range snap.Edited {
-		s.edited[e.Seq] = e.Body
+		s.edited[e.Seq] = edition{body: e.Body, seq: e.EditSeq}
 	}
 	for i, k := range snap.ClientKeys {
 		s.clientIDs[k] = snap.ClientSeqs[i]

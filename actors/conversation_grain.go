@@ -523,18 +523,20 @@ func (g *conversationGrain) history(ctx actor.Context, m *GetHistory) {
 	}()
 }
 
-func cloneSet(m map[uint64]bool) map[uint64]bool {
+// cloneSet copies the recalled seqs for a reader off the grain.
+func cloneSet(m map[uint64]uint64) map[uint64]bool {
 	out := make(map[uint64]bool, len(m))
-	for k, v := range m {
-		out[k] = v
+	for k := range m {
+		out[k] = true
 	}
 	return out
 }
 
-func cloneEdits(m map[uint64][]byte) map[uint64][]byte {
+// cloneEdits copies the edited bodies for a reader off the grain.
+func cloneEdits(m map[uint64]edition) map[uint64][]byte {
 	out := make(map[uint64][]byte, len(m))
 	for k, v := range m {
-		out[k] = v
+		out[k] = v.body
 	}
 	return out
 }

@@ -70,6 +70,17 @@ func TestDecideConversation(t *testing.T) {
 		apply(t, s, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("hello!")}, t0) // seq 3
 		return s
 	}
+	editedThenSent := func(t *testing.T) *convState {
+		s := edited(t)
+		apply(t, s, send("ann", "c9", "later"), t0) // seq 4
+		return s
+	}
+	recalledThenSent := func(t *testing.T) *convState {
+		s := withMsg(t)
+		apply(t, s, &RecallMessage{Actor: "bob", Seq: 2}, t0) // seq 3
+		apply(t, s, send("ann", "c9", "later"), t0)           // seq 4
+		return s
+	}
 	cases := []struct {
 		name   string
 		state  func(*testing.T) *convState
@@ -120,6 +131,15 @@ func TestDecideConversation(t *testing.T) {
 		{"recall a non-message", withMsg, &RecallMessage{Actor: "bob", Seq: 1}, 0, Code_INVALID, 0, 0, false},
 		{"sender edits", withMsg, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("hello!")}, 10 * time.Minute, 0, 1, 3, false},
 		{"retried edit", edited, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("hello!")}, time.Minute, 0, 0, 3, true},
+		{"retried edit answers the edit's seq", editedThenSent, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("hello!")}, time.Minute, 0, 0, 3, true},
+		{"retried edit after the window", editedThenSent, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("hello!")}, time.Hour, 0, 0, 3, true},
+		{"stranger repeats an edit", editedThenSent, &EditMessage{Actor: "eve", Seq: 2, Body: []byte("hello!")}, time.Minute, Code_NOT_FOUND, 0, 0, false},
+		{"other member repeats an edit", editedThenSent, &EditMessage{Actor: "cat", Seq: 2, Body: []byte("hello!")}, time.Minute, Code_FORBIDDEN, 0, 0, false},
+		{"edit too large", withMsg, &EditMessage{Actor: "bob", Seq: 2, Body: []byte(strings.Repeat("x", 33))}, time.Minute, Code_TOO_LARGE, 0, 0, false},
+		{"empty edit", withMsg, &EditMessage{Actor: "bob", Seq: 2}, time.Minute, Code_INVALID, 0, 0, false},
+		{"retried recall answers the recall's seq", recalledThenSent, &RecallMessage{Actor: "bob", Seq: 2}, time.Minute, 0, 0, 3, true},
+		{"retried recall after the window", recalledThenSent, &RecallMessage{Actor: "bob", Seq: 2}, time.Hour, 0, 0, 3, true},
+		{"stranger repeats a recall", recalledThenSent, &RecallMessage{Actor: "eve", Seq: 2}, time.Minute, Code_NOT_FOUND, 0, 0, false},
 		{"edit of an edit", edited, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("hello!!")}, time.Minute, 0, 1, 4, false},
 		{"edit too late", withMsg, &EditMessage{Actor: "bob", Seq: 2, Body: []byte("x")}, 16 * time.Minute, Code_EXPIRED, 0, 0, false},
 		{"other member edits", withMsg, &EditMessage{Actor: "cat", Seq: 2, Body: []byte("x")}, 0, Code_FORBIDDEN, 0, 0, false},

@@ -2115,8 +2115,9 @@ type ConvSnapshot struct {
 	Edited        []*EditedBody             `protobuf:"bytes,16,rep,name=edited,proto3" json:"edited,omitempty"`
 	ClientKeys    []string                  `protobuf:"bytes,17,rep,name=client_keys,json=clientKeys,proto3" json:"client_keys,omitempty"` // dedup window, oldest first
 	ClientSeqs    []uint64                  `protobuf:"varint,18,rep,packed,name=client_seqs,json=clientSeqs,proto3" json:"client_seqs,omitempty"`
-	LargeSince    uint64                    `protobuf:"varint,19,opt,name=large_since,json=largeSince,proto3" json:"large_since,omitempty"` // the seq at which the group became large
-	Uncounted     []uint64                  `protobuf:"varint,20,rep,packed,name=uncounted,proto3" json:"uncounted,omitempty"`              // seqs of messages that do not count as unread (their kind says so)
+	LargeSince    uint64                    `protobuf:"varint,19,opt,name=large_since,json=largeSince,proto3" json:"large_since,omitempty"`        // the seq at which the group became large
+	Uncounted     []uint64                  `protobuf:"varint,20,rep,packed,name=uncounted,proto3" json:"uncounted,omitempty"`                     // seqs of messages that do not count as unread (their kind says so)
+	RecallSeqs    []uint64                  `protobuf:"varint,21,rep,packed,name=recall_seqs,json=recallSeqs,proto3" json:"recall_seqs,omitempty"` // per recalled message, same order: the seq of its recall (empty in older snapshots)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2291,6 +2292,13 @@ func (x *ConvSnapshot) GetUncounted() []uint64 {
 	return nil
 }
 
+func (x *ConvSnapshot) GetRecallSeqs() []uint64 {
+	if x != nil {
+		return x.RecallSeqs
+	}
+	return nil
+}
+
 type RecentMessage struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Seq      uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -2373,6 +2381,7 @@ type EditedBody struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	Body          []byte                 `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	EditSeq       uint64                 `protobuf:"varint,3,opt,name=edit_seq,json=editSeq,proto3" json:"edit_seq,omitempty"` // the seq of the latest edit (0 in older snapshots)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2419,6 +2428,13 @@ func (x *EditedBody) GetBody() []byte {
 		return x.Body
 	}
 	return nil
+}
+
+func (x *EditedBody) GetEditSeq() uint64 {
+	if x != nil {
+		return x.EditSeq
+	}
+	return 0
 }
 
 var File_imsync_actors_proto protoreflect.FileDescriptor
@@ -2569,7 +2585,7 @@ const file_imsync_actors_proto_rawDesc = "" +
 	" \x03(\x04R\x06unread\x12#\n" +
 	"\rlast_activity\x18\v \x01(\x03R\flastActivity\x12\x1d\n" +
 	"\n" +
-	"changed_at\x18\f \x01(\x04R\tchangedAt\"\xb1\x05\n" +
+	"changed_at\x18\f \x01(\x04R\tchangedAt\"\xd2\x05\n" +
 	"\fConvSnapshot\x126\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\".imsync.events.v1.ConversationKindR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -2596,18 +2612,21 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"clientSeqs\x12\x1f\n" +
 	"\vlarge_since\x18\x13 \x01(\x04R\n" +
 	"largeSince\x12\x1c\n" +
-	"\tuncounted\x18\x14 \x03(\x04R\tuncounted\"\x86\x01\n" +
+	"\tuncounted\x18\x14 \x03(\x04R\tuncounted\x12\x1f\n" +
+	"\vrecall_seqs\x18\x15 \x03(\x04R\n" +
+	"recallSeqs\"\x86\x01\n" +
 	"\rRecentMessage\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06sender\x18\x02 \x01(\tR\x06sender\x12\x1c\n" +
 	"\n" +
 	"at_unix_ms\x18\x03 \x01(\x03R\batUnixMs\x12\x12\n" +
 	"\x04kind\x18\x04 \x01(\tR\x04kind\x12\x19\n" +
-	"\breply_to\x18\x05 \x01(\x04R\areplyTo\"2\n" +
+	"\breply_to\x18\x05 \x01(\x04R\areplyTo\"M\n" +
 	"\n" +
 	"EditedBody\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
-	"\x04body\x18\x02 \x01(\fR\x04body*\xa2\x01\n" +
+	"\x04body\x18\x02 \x01(\fR\x04body\x12\x19\n" +
+	"\bedit_seq\x18\x03 \x01(\x04R\aeditSeq*\xa2\x01\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aINVALID\x10\x01\x12\r\n" +
