@@ -33,8 +33,8 @@ type convState struct {
 	msgs     []msgRef            // every message, by seq: "is it a message", unread counts
 	recent   map[uint64]*msgInfo // messages still inside the recall/edit window
 	order    []uint64            // seqs of recent, oldest first
-	recalled map[uint64]uint64  // recalled message → seq of its recall (0: from an older snapshot)
-	edited   map[uint64]edition // edited message → its latest edit
+	recalled map[uint64]uint64   // recalled message → seq of its recall (0: from an older snapshot)
+	edited   map[uint64]edition  // edited message → its latest edit
 
 	clientIDs   map[string]uint64 // sender\x00client id → seq (dedup)
 	clientOrder []string          // FIFO bounding clientIDs
