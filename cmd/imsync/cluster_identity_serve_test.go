@@ -48,6 +48,7 @@ func TestServeClusterRefusesForeignSecrets(t *testing.T) {
 
 	n4 := filepath.Join(root, "n4")
 	err = serve(n4)
+	t.Logf("serve on a missing data directory: %v", err)
 	if !errors.Is(err, errClusterIdentity) || exitCode(err) != exitUsage || !strings.Contains(err.Error(), "token.key is missing") {
 		t.Fatalf("serve on a missing data directory: %v (exit %d), want a usage error about the cluster's secrets", err, exitCode(err))
 	}
