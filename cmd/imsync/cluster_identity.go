@@ -30,7 +30,7 @@ import (
 // its own before it joins, and refuses to start on a difference. Only
 // fingerprints are stored, never the secrets.
 
-// ClusterIdentityPrefix names the identity streams: cluster-NAME.
+// clusterIdentityPrefix names the identity streams: cluster-NAME.
 const clusterIdentityPrefix = "cluster-"
 
 // clusterIdentityType is the event type of an identity record (JSON).
