@@ -207,7 +207,9 @@ func localIdentity(data string, ownCert bool) (id clusterIdentity, missing []str
 		case err != nil:
 			return id, nil, err
 		default:
-			id.Certificate = fingerprint("certificate", cert.Certificate[0])
+			// Plain, as `openssl x509 -fingerprint -sha256` prints it: public.
+			sum := sha256.Sum256(cert.Certificate[0])
+			id.Certificate = "sha256:" + hex.EncodeToString(sum[:])
 		}
 	}
 	path := filepath.Join(data, transport.ResetKeyFile)

@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"log/slog"
 	"os"
@@ -102,6 +105,18 @@ func TestClusterIdentityFirstNodeRecords(t *testing.T) {
 	}
 	if !bytes.Contains(recs[0].Data, []byte(key.KID())) || !bytes.Contains(recs[0].Data, []byte(`"recorded_by":"127.0.0.1:8101"`)) {
 		t.Fatalf("the record does not name the key id %s and its node: %s", key.KID(), recs[0].Data)
+	}
+	var rec clusterIdentity
+	if err := json.Unmarshal(recs[0].Data, &rec); err != nil {
+		t.Fatal(err)
+	}
+	crt, err := os.ReadFile(filepath.Join(n1, transport.CertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(crt)
+	if sum := sha256.Sum256(block.Bytes); rec.Certificate != "sha256:"+hex.EncodeToString(sum[:]) {
+		t.Fatalf("recorded certificate fingerprint %s, want the SHA-256 of server.crt %x", rec.Certificate, sum)
 	}
 	for _, f := range []string{"token.key", "server.key", transport.ResetKeyFile} {
 		secret, err := os.ReadFile(filepath.Join(n1, f))
