@@ -16,6 +16,9 @@ type clusterSettings struct {
 	advertise string // --advertise HOST:PORT, this member's remoting address
 	peers     string // --peers HOST:PORT,... the other members' --advertise
 	etcd      string // --etcd HOST:PORT,... etcd's client endpoints, instead of --peers
+	// --cluster-reset-identity: record this node's secrets as the
+	// cluster's, replacing the record in the store (cluster_identity.go).
+	resetIdentity bool
 }
 
 var clusterNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -25,8 +28,8 @@ var clusterNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 // the store must be one the members share.
 func (c clusterSettings) apply(acfg *actors.Config, storeURL string) error {
 	if c.name == "" {
-		if c.advertise != "" || c.peers != "" || c.etcd != "" {
-			return fmt.Errorf("%w: serve: --advertise, --peers and --etcd need --cluster NAME", errUsage)
+		if c.advertise != "" || c.peers != "" || c.etcd != "" || c.resetIdentity {
+			return fmt.Errorf("%w: serve: --advertise, --peers, --etcd and --cluster-reset-identity need --cluster NAME", errUsage)
 		}
 		return nil
 	}
@@ -70,4 +73,16 @@ func (c clusterSettings) apply(acfg *actors.Config, storeURL string) error {
 	}
 	acfg.ClusterName, acfg.Provider, acfg.Host, acfg.Port = c.name, provider, host, port
 	return nil
+}
+
+// checkNewSecrets refuses --new-key and --new-cert in cluster mode unless
+// the node also makes its secrets the cluster's: a new key or certificate
+// on one node alone would differ from the others'.
+func (c clusterSettings) checkNewSecrets(allow dataDirAllow) error {
+	if c.name == "" || c.resetIdentity || (!allow.key && !allow.cert) {
+		return nil
+	}
+	return fmt.Errorf("%w: serve: --new-key and --new-cert in a cluster would give this node secrets the others do not have: "+
+		"copy token.key, server.crt, server.key and reset.key from another node's data directory instead, "+
+		"or add --cluster-reset-identity to make the new ones the cluster's (then copy them to every node; docs/cluster.md)", errUsage)
 }

@@ -47,6 +47,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&cl.advertise, "advertise", "", "HOST:PORT: this member's TCP address for the other members (cluster mode); its port + 1000 answers their health checks")
 	fs.StringVar(&cl.peers, "peers", "", "HOST:PORT,...: the other members' --advertise addresses (cluster mode)")
 	fs.StringVar(&cl.etcd, "etcd", "", "HOST:PORT,...: etcd's client endpoints, where the members register and find each other (cluster mode, instead of --peers)")
+	fs.BoolVar(&cl.resetIdentity, "cluster-reset-identity", false, "record this node's token key, certificate and reset key as the cluster's, replacing the record the nodes are checked against (cluster mode; docs/cluster.md)")
 	hostname := fs.String("hostname", "", "DNS names and IP addresses, comma-separated, for the self-signed certificate besides localhost")
 	opsAddr := fs.String("ops", "", "serve /metrics, /healthz, /readyz and /debug/pprof/ over HTTP on this TCP address, e.g. 127.0.0.1:9400 (off unless set; loopback only unless --ops-public)")
 	opsPublic := fs.Bool("ops-public", false, "allow --ops on a non-loopback address (the endpoints are not authenticated)")
@@ -114,6 +115,9 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	if err := cl.apply(&acfg, *storeURL); err != nil {
 		return err
 	}
+	if err := cl.checkNewSecrets(allow); err != nil {
+		return err
+	}
 	if *certFile != "" {
 		if certs, err = transport.LoadCertFiles(*certFile, *keyFile); err != nil {
 			return fmt.Errorf("serve: %w", err)
@@ -135,6 +139,16 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	logger, err := newLogger(os.Stderr, *logFormat, *logLevel, *verbose)
 	if err != nil {
 		return err
+	}
+	if cl.name != "" {
+		// Before anything is created and before the member joins: a node
+		// without the cluster's secrets would join and refuse every client.
+		if err := checkClusterIdentityOf(*data, *storeURL, identityCheck{
+			cluster: cl.name, advertise: cl.advertise, data: *data, ownCert: *certFile != "", jwks: *jwksFile != "",
+			certHosts: hosts, allow: allow, reset: cl.resetIdentity,
+		}, logger); err != nil {
+			return err
+		}
 	}
 	if allow != (dataDirAllow{}) {
 		if err := createAllowed(*data, allow, tcfg.TLS != nil, logger); err != nil {

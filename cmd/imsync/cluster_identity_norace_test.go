@@ -1,0 +1,6 @@
+//go:build !race
+
+package main
+
+// identityRaceDetector: the tests run under the race detector.
+const identityRaceDetector = false
