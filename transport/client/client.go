@@ -96,6 +96,28 @@ type Config struct {
 	IdleTimeout time.Duration
 	Logger      *slog.Logger
 	Client      string // sent in Hello, for the server's logs
+	// OnConnState, when set, is told when the connection is lost and the
+	// client starts reconnecting, and when it has reconnected and logged
+	// in again (not for Dial's first connection, nor when the client stops
+	// for good: Err says why). It is called from the client's reconnecting
+	// goroutine, one call at a time: it must return quickly and must not
+	// call Close.
+	OnConnState func(ConnState)
+}
+
+// ConnState is a change of a client's connection, for Config.OnConnState.
+type ConnState struct {
+	// Connected: true when the client has reconnected and logged in,
+	// false when its connection was lost and it is reconnecting.
+	Connected bool
+	// Addr is the server's address: the one that was lost, or the one
+	// that answered the reconnection.
+	Addr string
+	// Err says why the connection was lost (when Connected is false).
+	Err error
+	// LastUserSeq is the last user seq delivered on Entries: after a
+	// reconnection, the timeline resumes after it.
+	LastUserSeq uint64
 }
 
 // PinnedTLS trusts exactly the certificate(s) in pem (the server's
@@ -374,6 +396,7 @@ func (c *Client) supervise(s *session) {
 			c.stop(s.err)
 			return
 		}
+		c.connState(ConnState{Addr: s.qc.RemoteAddr().String(), Err: s.err})
 		backoff := 50 * time.Millisecond
 		for {
 			select {
@@ -387,6 +410,7 @@ func (c *Client) supervise(s *session) {
 			if err == nil {
 				c.install(next, w)
 				s = next
+				c.connState(ConnState{Connected: true, Addr: next.qc.RemoteAddr().String()})
 				break
 			}
 			c.cfg.Logger.Debug("reconnect failed", "err", err)
@@ -397,6 +421,14 @@ func (c *Client) supervise(s *session) {
 			}
 			backoff = min(max(backoff*2, 100*time.Millisecond), 5*time.Second)
 		}
+	}
+}
+
+// connState tells Config.OnConnState, if set, of a change.
+func (c *Client) connState(st ConnState) {
+	if f := c.cfg.OnConnState; f != nil {
+		st.LastUserSeq = c.last.Load()
+		f(st)
 	}
 }
 
