@@ -88,7 +88,9 @@ func TestTailSaysWhenItReconnects(t *testing.T) {
 	})
 	_, _, stop2 := serveInProcess(t, serveArgs(t, data, "--listen", addr)...)
 	defer stop2()
-	waitFor("line about the reconnection", func() bool { return strings.Contains(errOut.String(), "imsync tail: reconnected to "+addr+"; resuming after user seq ") })
+	waitFor("line about the reconnection", func() bool {
+		return strings.Contains(errOut.String(), "imsync tail: reconnected to "+addr+"; resuming after user seq ")
+	})
 	send("two")
 	waitFor("message after the restart", func() bool { return strings.Contains(out.String(), "text=\"text two\"") })
 
