@@ -59,10 +59,10 @@ const ALPN = "imsync/1"
 type Config struct {
 	Addr string // host:port of the server (UDP); several, comma-separated, are tried in turn
 	// Addrs are more addresses of the same service (the nodes of a
-	// cluster, docs/cluster.md): a connection, and each reconnection, goes
-	// to the first of Addr and Addrs that answers, starting with the one
-	// that answered last; an address that does not answer within 3 s is
-	// passed over.
+	// cluster, docs/cluster.md): a connection goes to the first of Addr
+	// and Addrs that answers, and a reconnection to the first that answers
+	// after the one whose connection was lost (that one last); an address
+	// that does not answer within 3 s is passed over.
 	Addrs []string
 	Token string // a device token (docs/tokens.md); unused when TokenSource is set
 	// TokenSource, when set, returns a current token (typically from the
@@ -397,6 +397,7 @@ func (c *Client) supervise(s *session) {
 			return
 		}
 		c.connState(ConnState{Addr: s.qc.RemoteAddr().String(), Err: s.err})
+		c.passOver()
 		backoff := 50 * time.Millisecond
 		for {
 			select {
