@@ -106,6 +106,10 @@ func TestTailSaysWhenItReconnects(t *testing.T) {
 	if want := "resuming after user seq " + lastBefore + "\n"; !strings.Contains(errOut.String(), want) {
 		t.Fatalf("stderr %q, want %q", errOut.String(), want)
 	}
+	cancel() // an interrupt ends tail without a word about its connection
+	if err := <-ended; err != nil {
+		t.Fatalf("tail ended with %v after the interrupt", err)
+	}
 	t.Logf("stderr:\n%s", errOut.String())
 	if n := strings.Count(errOut.String(), "\n"); n != 3 {
 		t.Fatalf("stderr has %d lines, want 3 (start, lost, reconnected): %q", n, errOut.String())

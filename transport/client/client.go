@@ -402,6 +402,11 @@ func (c *Client) supervise(s *session) {
 			c.stop(s.err)
 			return
 		}
+		select {
+		case <-c.closed: // ended by Close: nothing to report
+			return
+		default:
+		}
 		c.connState(ConnState{Addr: s.qc.RemoteAddr().String(), Err: s.err})
 		c.passOver()
 		backoff := 50 * time.Millisecond
