@@ -46,6 +46,9 @@ func EtcdEndpoints(list string) ([]string, error) {
 		if e == "" {
 			continue
 		}
+		if scheme, rest, ok := strings.Cut(e, "://"); ok {
+			return nil, fmt.Errorf("etcd endpoint %q: want HOST:PORT without a scheme (%s, not %s://)", e, rest, scheme)
+		}
 		host, p, err := net.SplitHostPort(e)
 		if err != nil {
 			return nil, fmt.Errorf("etcd endpoint %q: %v (want HOST:PORT)", e, err)

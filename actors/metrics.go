@@ -95,7 +95,7 @@ func (g *conversationGrain) observeFanout(done []fanoutItem) {
 // unless asked for, its warnings and errors are.
 func protoactorLogger(logger *slog.Logger) func(*actor.ActorSystem) *slog.Logger {
 	return func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(demoted{logger.Handler()}).With("lib", "protoactor")
+		return slog.New(newProtoactorHandler(logger.Handler())).With("lib", "protoactor")
 	}
 }
 

@@ -70,6 +70,13 @@ func withStdin(ctx context.Context, r io.Reader) context.Context {
 	return context.WithValue(ctx, stdinKey{}, r)
 }
 
+type stderrKey struct{}
+
+// withStderr makes w the standard error of commands run with ctx.
+func withStderr(ctx context.Context, w io.Writer) context.Context {
+	return context.WithValue(ctx, stderrKey{}, w)
+}
+
 // errFlagsCaptured ends a run started only to learn its flags.
 var errFlagsCaptured = errors.New("flags captured")
 
@@ -92,6 +99,9 @@ func runCommand(ctx context.Context, c *command, args []string, out io.Writer) e
 	inv := &invocation{cmd: c, out: out, stdin: os.Stdin}
 	if r, ok := ctx.Value(stdinKey{}).(io.Reader); ok {
 		inv.stdin = r
+	}
+	if w, ok := ctx.Value(stderrKey{}).(io.Writer); ok {
+		inv.stderr = w
 	}
 	err := c.run(context.WithValue(ctx, invocationKey{}, inv), args, out)
 	if inv.done {

@@ -26,6 +26,8 @@ type clientFlags struct {
 	server, token, ca string
 	insecure, json    bool
 	timeout           time.Duration
+	// onConnState, when set before dial, hears of reconnections.
+	onConnState func(client.ConnState)
 }
 
 func (f *clientFlags) register(fs *flag.FlagSet) {
@@ -71,7 +73,7 @@ func (f *clientFlags) dial(ctx context.Context, last uint64, fromNewest bool) (*
 	}
 	dctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	c, err := client.Dial(dctx, client.Config{Addr: f.server, Token: f.token, TLS: t, LastUserSeq: last, FromNewest: fromNewest, Client: "imsync-cli/1"})
+	c, err := client.Dial(dctx, client.Config{Addr: f.server, Token: f.token, TLS: t, LastUserSeq: last, FromNewest: fromNewest, Client: "imsync-cli/1", OnConnState: f.onConnState})
 	if err != nil {
 		return nil, explainDial(err, f.server, f.ca)
 	}
@@ -174,6 +176,18 @@ func tailEnded(err error) error {
 		return fmt.Errorf("tail: %w", err)
 	}
 	return errors.New("tail: the connection ended")
+}
+
+// tailConnNotice is tail's line for a change of its connection.
+func tailConnNotice(st client.ConnState) string {
+	if st.Connected {
+		return fmt.Sprintf("imsync tail: reconnected to %s; resuming after user seq %d", st.Addr, st.LastUserSeq)
+	}
+	why := "no reason given"
+	if st.Err != nil {
+		why = strings.TrimPrefix(strings.TrimPrefix(st.Err.Error(), "client: connection lost: "), "client: ")
+	}
+	return fmt.Sprintf("imsync tail: connection to %s lost (%s); reconnecting", st.Addr, why)
 }
 
 var entryFields = []string{"user_seq", "type", "conversation", "seq", "sender", "text", "reply_to", "mentions", "user", "added", "recalled_seq", "edited_seq", "read_seq"}
@@ -613,6 +627,10 @@ func runTail(ctx context.Context, args []string, out io.Writer) error {
 	if fs.NArg() != 0 {
 		return fmt.Errorf("%w: tail takes no arguments", errUsage)
 	}
+	// Reconnections are said on standard error, so that a quiet tail is not
+	// taken for a stuck one; standard output stays the timeline alone.
+	stderr := stderrOf(ctx)
+	cf.onConnState = func(st client.ConnState) { fmt.Fprintln(stderr, tailConnNotice(st)) }
 	c, err := cf.dial(ctx, 0, true)
 	if err != nil {
 		return err

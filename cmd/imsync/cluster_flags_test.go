@@ -34,6 +34,7 @@ func TestServeClusterFlagsRefused(t *testing.T) {
 		{"etcd and peers", []string{"--store", store, "--cluster", "chat", "--advertise", "127.0.0.1:8101", "--peers", "127.0.0.1:8102", "--etcd", "127.0.0.1:2379"}, "give one"},
 		{"etcd without port", []string{"--store", store, "--cluster", "chat", "--advertise", "127.0.0.1:8101", "--etcd", "127.0.0.1"}, "--etcd"},
 		{"etcd port out of range", []string{"--store", store, "--cluster", "chat", "--advertise", "127.0.0.1:8101", "--etcd", "127.0.0.1:2379,127.0.0.1:70000"}, "--etcd"},
+		{"etcd with a scheme", []string{"--store", store, "--cluster", "chat", "--advertise", "127.0.0.1:8101", "--etcd", "http://127.0.0.1:2379"}, "want HOST:PORT without a scheme (127.0.0.1:2379, not http://)"},
 		{"etcd empty list", []string{"--store", store, "--cluster", "chat", "--advertise", "127.0.0.1:8101", "--etcd", ","}, "--etcd"},
 		{"etcd without advertise", []string{"--store", store, "--cluster", "chat", "--etcd", "127.0.0.1:2379"}, "--advertise"},
 	} {

@@ -44,7 +44,7 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	jwtIssuer := fs.String("jwt-issuer", "", "the iss claim every device token must carry")
 	var cl clusterSettings
 	fs.StringVar(&cl.name, "cluster", "", "run as a member of the cluster NAME, found through --etcd or listed by --peers (needs --store and --advertise; docs/cluster.md)")
-	fs.StringVar(&cl.advertise, "advertise", "", "HOST:PORT: this member's TCP address for the other members (cluster mode); its port + 1000 answers their health checks")
+	fs.StringVar(&cl.advertise, "advertise", "", "HOST:PORT: this member's TCP address for the other members (cluster mode); with --peers, its port + 1000 also answers their health checks (HTTP)")
 	fs.StringVar(&cl.peers, "peers", "", "HOST:PORT,...: the other members' --advertise addresses (cluster mode)")
 	fs.StringVar(&cl.etcd, "etcd", "", "HOST:PORT,...: etcd's client endpoints, where the members register and find each other (cluster mode, instead of --peers)")
 	fs.BoolVar(&cl.resetIdentity, "cluster-reset-identity", false, "record this node's token key, certificate and reset key as the cluster's, replacing the record the nodes are checked against (cluster mode; docs/cluster.md)")

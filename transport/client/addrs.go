@@ -36,6 +36,15 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// passOver makes the next dial start with the address after the one that
+// answered last: after a lost connection, that node is likely down (a
+// crash, a restart, a drain), and a node that is down costs addrTry.
+func (c *Client) passOver() {
+	if n := len(c.cfg.addrs()); n > 1 {
+		c.addrAt.Store((c.addrAt.Load() + 1) % int32(n))
+	}
+}
+
 // dial connects to the first address that answers, starting with the one
 // that answered last time (then Addr's first).
 func (c *Client) dial(ctx context.Context, t *tls.Config, qcfg *quic.Config) (*quic.Conn, error) {

@@ -117,3 +117,78 @@ func TestReconnectToAnotherAddress(t *testing.T) {
 		t.Fatalf("call after the first node went: %d %v", seq, err)
 	}
 }
+
+// After a lost connection the client reconnects to the next address first,
+// even when the lost one answers again: a node that just went away is
+// likely down, and a node that is down costs seconds of handshake.
+func TestReconnectStartsWithTheNextAddress(t *testing.T) {
+	dir := t.TempDir()
+	cert, err := transport.LoadOrCreateCert(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, err := os.ReadFile(filepath.Join(dir, transport.CertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsConf, err := client.PinnedTLS(pem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := func() (string, chan *quic.Conn) {
+		ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{client.ALPN}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		conns := make(chan *quic.Conn, 16)
+		go func() {
+			for {
+				qc, err := ln.Accept(context.Background())
+				if err != nil {
+					return
+				}
+				conns <- qc
+				go fakeConn(qc)
+			}
+		}()
+		return ln.Addr().String(), conns
+	}
+	addrs := make([]string, 3)
+	conns := make([]chan *quic.Conn, 3)
+	for i := range addrs {
+		addrs[i], conns[i] = listen()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Config{Addr: strings.Join(addrs, ","), Token: "any", TLS: tlsConf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	accepted := func(i int) *quic.Conn {
+		t.Helper()
+		select {
+		case qc := <-conns[i]:
+			return qc
+		case <-ctx.Done():
+			t.Fatalf("no connection at address %d", i)
+			return nil
+		}
+	}
+	qc := accepted(0)
+	for _, next := range []int{1, 2, 0} { // round the list, every node up
+		qc.CloseWithError(0, "node stopping")
+		qc = accepted(next)
+		if _, err := c.MarkRead(ctx, "c", 4); err != nil {
+			t.Fatalf("call after moving to address %d: %v", next, err)
+		}
+	}
+	for i := range conns {
+		select {
+		case extra := <-conns[i]:
+			t.Fatalf("an extra connection at address %d from %s", i, extra.RemoteAddr())
+		default:
+		}
+	}
+}

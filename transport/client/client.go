@@ -59,10 +59,10 @@ const ALPN = "imsync/1"
 type Config struct {
 	Addr string // host:port of the server (UDP); several, comma-separated, are tried in turn
 	// Addrs are more addresses of the same service (the nodes of a
-	// cluster, docs/cluster.md): a connection, and each reconnection, goes
-	// to the first of Addr and Addrs that answers, starting with the one
-	// that answered last; an address that does not answer within 3 s is
-	// passed over.
+	// cluster, docs/cluster.md): a connection goes to the first of Addr
+	// and Addrs that answers, and a reconnection to the first that answers
+	// after the one whose connection was lost (that one last); an address
+	// that does not answer within 3 s is passed over.
 	Addrs []string
 	Token string // a device token (docs/tokens.md); unused when TokenSource is set
 	// TokenSource, when set, returns a current token (typically from the
@@ -83,19 +83,47 @@ type Config struct {
 	// NoReconnect: report a lost connection instead of reconnecting.
 	NoReconnect bool
 	// KeepAlive is how often an idle connection pings the server (default
-	// DefaultKeepAlive, 3 s; negative: never). It bounds how long the
+	// DefaultKeepAlive, 2 s; negative: never). It bounds how long the
 	// client takes to notice a restarted server, which answers the first
 	// packet of an old connection with a stateless reset; then the client
-	// reconnects at once. Longer periods save mobile radio wake-ups (each
-	// ping is one small packet each way) at the price of a later notice.
+	// reconnects at once. Longer periods save mobile radio wake-ups and
+	// battery (each ping is one small packet each way) at the price of a
+	// later notice; keep it at most a third of IdleTimeout.
 	KeepAlive time.Duration
 	// IdleTimeout: a connection that hears nothing from the server this
-	// long is taken for dead (default DefaultIdleTimeout, 15 s; QUIC uses
+	// long is taken for dead (default DefaultIdleTimeout, 8 s; QUIC uses
 	// the smaller of the client's and the server's). It is how the client
-	// notices a server that is gone and not back.
+	// notices a server that is gone and not back (a crash without restart,
+	// a lost network): the time until it reconnects elsewhere. Shorter
+	// ends connections over a patchy mobile network more often (each one
+	// a new handshake and a sync from the last user seq, nothing lost);
+	// an app in the background can use KeepAlive 10 s and IdleTimeout
+	// 30 s, or close the connection and rely on push notifications.
 	IdleTimeout time.Duration
 	Logger      *slog.Logger
 	Client      string // sent in Hello, for the server's logs
+	// OnConnState, when set, is told when the connection is lost and the
+	// client starts reconnecting, and when it has reconnected and logged
+	// in again (not for Dial's first connection, nor when the client stops
+	// for good: Err says why). It is called from the client's reconnecting
+	// goroutine, one call at a time: it must return quickly and must not
+	// call Close.
+	OnConnState func(ConnState)
+}
+
+// ConnState is a change of a client's connection, for Config.OnConnState.
+type ConnState struct {
+	// Connected: true when the client has reconnected and logged in,
+	// false when its connection was lost and it is reconnecting.
+	Connected bool
+	// Addr is the server's address: the one that was lost, or the one
+	// that answered the reconnection.
+	Addr string
+	// Err says why the connection was lost (when Connected is false).
+	Err error
+	// LastUserSeq is the last user seq delivered on Entries: after a
+	// reconnection, the timeline resumes after it.
+	LastUserSeq uint64
 }
 
 // PinnedTLS trusts exactly the certificate(s) in pem (the server's
@@ -374,6 +402,13 @@ func (c *Client) supervise(s *session) {
 			c.stop(s.err)
 			return
 		}
+		select {
+		case <-c.closed: // ended by Close: nothing to report
+			return
+		default:
+		}
+		c.connState(ConnState{Addr: s.qc.RemoteAddr().String(), Err: s.err})
+		c.passOver()
 		backoff := 50 * time.Millisecond
 		for {
 			select {
@@ -387,6 +422,7 @@ func (c *Client) supervise(s *session) {
 			if err == nil {
 				c.install(next, w)
 				s = next
+				c.connState(ConnState{Connected: true, Addr: next.qc.RemoteAddr().String()})
 				break
 			}
 			c.cfg.Logger.Debug("reconnect failed", "err", err)
@@ -397,6 +433,14 @@ func (c *Client) supervise(s *session) {
 			}
 			backoff = min(max(backoff*2, 100*time.Millisecond), 5*time.Second)
 		}
+	}
+}
+
+// connState tells Config.OnConnState, if set, of a change.
+func (c *Client) connState(st ConnState) {
+	if f := c.cfg.OnConnState; f != nil {
+		st.LastUserSeq = c.last.Load()
+		f(st)
 	}
 }
 

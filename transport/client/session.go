@@ -13,10 +13,13 @@ import (
 	"github.com/imsync/imsync/transport/wire"
 )
 
-// Defaults of Config.KeepAlive and Config.IdleTimeout.
+// Defaults of Config.KeepAlive and Config.IdleTimeout: a server that is
+// gone (a crash, a lost network) is noticed within 8 s, and four pings
+// fit in that time, so that one or two lost packets do not end a healthy
+// connection.
 const (
-	DefaultKeepAlive   = 3 * time.Second
-	DefaultIdleTimeout = 15 * time.Second
+	DefaultKeepAlive   = 2 * time.Second
+	DefaultIdleTimeout = 8 * time.Second
 )
 
 // errLost marks a call that failed because its connection or its request
