@@ -77,7 +77,7 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("%w: %s needs --data DIR", errUsage, cmd)
 	}
 	if limit != nil && (*limit < 1 || *limit > events.MaxReadLimit) && !(follow != nil && *follow) {
-		return fmt.Errorf("%w: --limit %d: want 1 to %d", errUsage, *limit, events.MaxReadLimit)
+		return fmt.Errorf("%w: store %s: --limit %d: want 1 to %d", errUsage, cmd, *limit, events.MaxReadLimit)
 	}
 	if cmd == "recover" {
 		return runRecover(*data, *accept, out)
