@@ -370,3 +370,26 @@ func TestFailureIs(t *testing.T) {
 		t.Fatal("DirectID depends on the order")
 	}
 }
+
+// "." and ".." are refused as ids: as parts of URL paths (/v1/users/../...)
+// they are cleaned away, so such a user could never be addressed.
+func TestValidateIDRefusesDotNames(t *testing.T) {
+	for _, id := range []string{".", ".."} {
+		for _, what := range []string{"user", "device", "conversation"} {
+			if err := ValidateID(what, id); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), what+" id") {
+				t.Errorf("ValidateID(%q, %q) = %v, want an invalid %s id", what, id, err, what)
+			}
+		}
+		if err := validateConvID(id); !errors.Is(err, ErrInvalid) {
+			t.Errorf("conversation %q: %v", id, err)
+		}
+		if err := validateConvID(DirectID(id, "ann")); !errors.Is(err, ErrInvalid) {
+			t.Errorf("direct conversation with %q: %v", id, err)
+		}
+	}
+	for _, id := range []string{"...", ".a", "a..b", "a."} {
+		if err := ValidateID("user", id); err != nil {
+			t.Errorf("ValidateID(user, %q) = %v, want valid", id, err)
+		}
+	}
+}

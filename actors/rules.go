@@ -120,10 +120,14 @@ func idNotAvailable(conv string) *Failure {
 const maxIDLen = 128
 
 // ValidateID checks a user, device or conversation id: 1..128 bytes of
-// letters, digits and . _ - @ (ids become parts of stream names).
+// letters, digits and . _ - @, other than "." and ".." (ids become parts
+// of stream names and of URL paths, where those two mean directories).
 func ValidateID(what, id string) error {
 	if id == "" {
 		return fail(Code_INVALID, "empty %s id", what)
+	}
+	if id == "." || id == ".." {
+		return fail(Code_INVALID, "%s id %q: . and .. are not ids (they name directories in paths)", what, id)
 	}
 	if len(id) > maxIDLen {
 		return fail(Code_INVALID, "%s id of %d bytes exceeds %d", what, len(id), maxIDLen)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/eventspb"
 )
@@ -59,6 +60,15 @@ func OpenRevocations(ctx context.Context, store events.Store, dir string, logger
 		// untruncated, every file time is newer than its migrated copy and
 		// would be appended again at every start.
 		at = at.Truncate(time.Millisecond)
+		if err := validMigratedRevocation(user, at, time.Now()); err != nil {
+			// Never appended: the stream holds only what the server would
+			// have recorded itself, and nothing invalid comes back at the
+			// next start.
+			logger.Warn("an entry of the data directory's revocations file is not valid; skipped",
+				"file", RevocationsFile, "user", user, "revoked_at", at, "err", err)
+			delete(fromFile, user)
+			continue
+		}
 		fromFile[user] = at
 		if !at.After(r.users[user]) {
 			continue
@@ -85,6 +95,26 @@ func OpenRevocations(ctx context.Context, store events.Store, dir string, logger
 	r.stream = l
 	l.follow(r, last)
 	return r, nil
+}
+
+// maxRevocationAhead bounds how far in the future a migrated revocation
+// may be: further on, it would refuse every token of the user for years.
+const maxRevocationAhead = 24 * time.Hour
+
+// validMigratedRevocation checks an entry of an older version's
+// RevocationsFile: a valid user id, and a time after 1970 and not more
+// than maxRevocationAhead after now.
+func validMigratedRevocation(user string, at, now time.Time) error {
+	if err := actors.ValidateID("user", user); err != nil {
+		return err
+	}
+	if !at.After(time.Unix(0, 0)) {
+		return fmt.Errorf("revocation time %s is not after 1970", at.UTC().Format(time.RFC3339Nano))
+	}
+	if at.After(now.Add(maxRevocationAhead)) {
+		return fmt.Errorf("revocation time %s is more than %s ahead of now", at.UTC().Format(time.RFC3339Nano), maxRevocationAhead)
+	}
+	return nil
 }
 
 // revocationEvent encodes a TokensRevoked at millisecond precision (the

@@ -312,9 +312,11 @@ func isBoolFlag(f *flag.Flag) bool {
 }
 
 // applyConfigFile sets the flags not set yet from a file of `name = value`
-// lines; # starts a comment, a value may be Go-quoted ("a b"), a name may
-// repeat only for a repeatable flag. An unknown name, a bad value or a
-// repeated setting is an error naming its line.
+// lines; # starts a comment at the start of a line or after a blank (a #
+// inside a value, as in a URL or a password, stays), a value may be
+// Go-quoted ("a b", and "a #b" for a value with a blank before its #), a
+// name may repeat only for a repeatable flag. An unknown name, a bad value
+// or a repeated setting is an error naming its line.
 func applyConfigFile(fs *flag.FlagSet, path string, set map[string]bool) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -334,9 +336,26 @@ func applyConfigFile(fs *flag.FlagSet, path string, set map[string]bool) error {
 			return fmt.Errorf("%s:%d: want `flag = value`, got %q", path, n, line)
 		}
 		if strings.HasPrefix(val, `"`) {
-			if val, err = strconv.Unquote(val); err != nil {
+			q, err := strconv.QuotedPrefix(val)
+			if err == nil {
+				// After the closing quote: nothing, or a blank and a comment.
+				if after := val[len(q):]; after != "" {
+					if rest, _ := cutComment(after); rest != "" || (after[0] != ' ' && after[0] != '\t') {
+						err = fmt.Errorf("%q follows the closing quote (a comment is # after a blank)", after)
+					}
+				}
+			}
+			if err == nil {
+				val, err = strconv.Unquote(q)
+			}
+			if err != nil {
 				return fmt.Errorf("%s:%d: %s: bad quoted value: %v", path, n, key, err)
 			}
+		} else if cut, ok := cutComment(val); ok {
+			if cut == "" {
+				return fmt.Errorf("%s:%d: %s: the value is only a comment: quote a value that starts with # (%s = \"#...\")", path, n, key, key)
+			}
+			val = cut
 		}
 		fl := fs.Lookup(key)
 		if fl == nil || key == "config" {
@@ -360,6 +379,17 @@ func applyConfigFile(fs *flag.FlagSet, path string, set map[string]bool) error {
 		return fmt.Errorf("--config %s: %w", path, err)
 	}
 	return nil
+}
+
+// cutComment cuts a trailing comment off an unquoted value: a # at its
+// start or after a blank.
+func cutComment(val string) (string, bool) {
+	for i := 0; i < len(val); i++ {
+		if val[i] == '#' && (i == 0 || val[i-1] == ' ' || val[i-1] == '\t') {
+			return strings.TrimSpace(val[:i]), true
+		}
+	}
+	return val, false
 }
 
 // printOverview prints every visible command, by section.

@@ -67,6 +67,8 @@ func TestTokenBadValuesAreUsageErrors(t *testing.T) {
 		{"--user", "ann", "--device", "phone", "--ttl", "0s"},
 		{"--user", "a b", "--device", "phone"},
 		{"--user", "ann", "--device", strings.Repeat("d", 200)},
+		{"--user", "..", "--device", "phone"},
+		{"--user", "ann", "--device", "."},
 	} {
 		out, err := runCmd(t, append([]string{"token", "--data", data}, args...)...)
 		if exitCode(err) != exitUsage || out != "" {

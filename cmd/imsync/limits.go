@@ -33,6 +33,7 @@ const (
 // limitFlags are the serve flags of the limits users can reach
 // (actors.Limits and transport.Config).
 type limitFlags struct {
+	fs                  *flag.FlagSet // to tell the flags given (flag, env or config) from defaults
 	requestRate         *float64
 	requestBurst        *int
 	maxConnsPerUser     *int
@@ -46,11 +47,12 @@ type limitFlags struct {
 func registerLimitFlags(fs *flag.FlagSet) *limitFlags {
 	d := actors.DefaultLimits()
 	return &limitFlags{
+		fs:                  fs,
 		requestRate:         fs.Float64("request-rate", 2000, fmt.Sprintf("requests per second allowed on one connection, %g to %d (beyond: error 103)", minRequestRate, maxRequestRate)),
 		requestBurst:        fs.Int("request-burst", 500, fmt.Sprintf("requests one connection may make at once above --request-rate, 1 to %d", maxRequestBurst)),
 		maxConnsPerUser:     fs.Int("max-conns-per-user", 16, "connections of one user at once (beyond: error 104, or the device's oldest is replaced)"),
 		maxGroupSize:        fs.Int("max-group-size", d.MaxGroupSize, "members of a group (beyond: error 5 TOO_LARGE)"),
-		readFanoutThreshold: fs.Int("read-fanout-threshold", d.ReadFanoutThreshold, "groups with more members than this are read-fanout: members pull the group's timeline instead of getting one sync entry per message"),
+		readFanoutThreshold: fs.Int("read-fanout-threshold", d.ReadFanoutThreshold, "groups with more members than this are read-fanout: members pull the group's timeline instead of getting one sync entry per message; 1 to --max-group-size (when not given: 500, or --max-group-size if smaller)"),
 		recallWindow:        fs.Duration("recall-window", d.RecallWindow, fmt.Sprintf("how long after sending a message its sender may recall it, %s to %s", minWindow, maxWindow)),
 		editWindow:          fs.Duration("edit-window", d.EditWindow, fmt.Sprintf("how long after sending a message its sender may edit it, %s to %s", minWindow, maxWindow)),
 		maxBodySize:         fs.Int("max-body-size", d.MaxBodySize, fmt.Sprintf("bytes of a message body, at most %d (beyond: error 5 TOO_LARGE)", maxBodySizeCap)),
@@ -62,6 +64,11 @@ func registerLimitFlags(fs *flag.FlagSet) *limitFlags {
 func (l *limitFlags) apply(tcfg *transport.Config, acfg *actors.Config) error {
 	bad := func(flagName string, v any, want string) error {
 		return fmt.Errorf("%w: serve: --%s %v: %s", errUsage, flagName, v, want)
+	}
+	if !l.given("read-fanout-threshold") {
+		// The default follows a smaller --max-group-size instead of
+		// refusing a flag the operator did not set.
+		*l.readFanoutThreshold = min(*l.readFanoutThreshold, *l.maxGroupSize)
 	}
 	switch {
 	case !(*l.requestRate >= minRequestRate && *l.requestRate <= maxRequestRate): // NaN fails both
@@ -90,4 +97,12 @@ func (l *limitFlags) apply(tcfg *transport.Config, acfg *actors.Config) error {
 	acfg.Limits.EditWindow = *l.editWindow
 	acfg.Limits.MaxBodySize = *l.maxBodySize
 	return nil
+}
+
+// given says whether the flag was set on the command line, in the
+// environment or in the --config file (all of them set it on l.fs).
+func (l *limitFlags) given(name string) bool {
+	found := false
+	l.fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
 }

@@ -23,7 +23,8 @@ import (
 // runStore runs `imsync store CMD`: tools that open the event store
 // directly. append, scavenge and recover need the server stopped; read
 // and log run beside it, on a checkpoint of its store, and log --follow
-// follows the running server's store through its control socket.
+// follows the running server's store through its control socket (with no
+// server running it refuses: nothing new can arrive in a stopped store).
 func runStore(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%w: store needs a command: append, read, log, scavenge or recover", errUsage)
@@ -32,7 +33,9 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	data := fs.String("data", "", "store directory")
-	stream := fs.String("stream", "", "stream name")
+	// Each command declares only the flags it reads, so that a flag that
+	// does not apply (store log --stream) is a usage error, not ignored.
+	var stream *string
 	var prefixes multiFlag
 	var (
 		typ       *string
@@ -46,18 +49,20 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 	)
 	switch cmd {
 	case "append":
+		stream = fs.String("stream", "", "stream name")
 		typ = fs.String("type", "Text", "event type")
 		expect = fs.String("expect", "any", "expected revision: any, no-stream, exists or a revision")
 	case "read":
+		stream = fs.String("stream", "", "stream name")
 		from = fs.String("from", "", "first revision (default: start, or end with --backwards)")
-		limit = fs.Int("limit", 100, "events to read")
+		limit = fs.Int("limit", 100, "events to read, 1 to 10000")
 		backwards = fs.Bool("backwards", false, "read newest first")
 		raw = fs.Bool("raw", false, "print the stored payload (text, or base64 bytes) instead of the decoded event")
 	case "log":
 		from = fs.String("from", "", "first global position (default: start)")
-		limit = fs.Int("limit", 100, "events to read (without --follow)")
+		limit = fs.Int("limit", 100, "events to read, 1 to 10000 (without --follow)")
 		fs.Var(&prefixes, "prefix", "only streams with this name prefix (repeatable)")
-		follow = fs.Bool("follow", false, "keep following new events until interrupted")
+		follow = fs.Bool("follow", false, "follow the running server's store live until interrupted (with no server running: refused, status 5)")
 		raw = fs.Bool("raw", false, "print the stored payload (text, or base64 bytes) instead of the decoded event")
 	case "scavenge":
 	case "recover":
@@ -70,6 +75,9 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if *data == "" {
 		return fmt.Errorf("%w: %s needs --data DIR", errUsage, cmd)
+	}
+	if limit != nil && (*limit < 1 || *limit > events.MaxReadLimit) && !(follow != nil && *follow) {
+		return fmt.Errorf("%w: store %s: --limit %d: want 1 to %d", errUsage, cmd, *limit, events.MaxReadLimit)
 	}
 	if cmd == "recover" {
 		return runRecover(*data, *accept, out)
@@ -95,6 +103,15 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 		s, err := events.Open(storeDir(*data), events.Options{ScavengeInterval: -1})
 		if errors.Is(err, events.ErrInUse) && cmd == "log" {
 			return followBesideServer(ctx, *data, *from, prefixes, out, raw != nil && *raw)
+		}
+		if err == nil && cmd == "log" {
+			// No server holds the store: following it would only keep its
+			// lock, and keep a server from starting on it.
+			if err := s.Close(); err != nil {
+				return err
+			}
+			return withStatus(exitUnavailable, "store log --follow: no server is running on %s: nothing new can arrive; "+
+				"run `store log` without --follow, or start the server and follow again", *data)
 		}
 		if errors.Is(err, events.ErrInUse) {
 			return fmt.Errorf("store %s: %w; it writes to the store, which needs the server on %s stopped "+
@@ -157,34 +174,11 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 			pos = events.Position{Commit: n, Prepare: n}
 		}
 		filter := events.Filter{StreamPrefixes: prefixes}
-		if !*follow {
-			evs, err := store.ReadAll(ctx, events.ReadAllOptions{From: pos, Limit: *limit, Filter: filter})
-			if err != nil {
-				return err
-			}
-			return encodeAll(enc, evs, show)
-		}
-		start := events.SubscribeFromStart()
-		if pos.Commit > 0 {
-			start = events.SubscribeAfterPosition(events.Position{Commit: pos.Commit - 1, Prepare: pos.Commit - 1})
-		}
-		sub, err := store.SubscribeToAll(ctx, events.SubscribeAllOptions{From: start, Filter: filter})
+		evs, err := store.ReadAll(ctx, events.ReadAllOptions{From: pos, Limit: *limit, Filter: filter})
 		if err != nil {
 			return err
 		}
-		defer sub.Close()
-		for {
-			e, err := sub.Recv(ctx)
-			if ctx.Err() != nil {
-				return nil // interrupted: a normal end for --follow
-			}
-			if err != nil {
-				return err
-			}
-			if err := enc.Encode(show(e)); err != nil {
-				return err
-			}
-		}
+		return encodeAll(enc, evs, show)
 	case "scavenge":
 		return store.(*events.Embedded).Scavenge(ctx)
 	}

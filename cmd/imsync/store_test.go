@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -85,19 +87,30 @@ func TestAppendReadLog(t *testing.T) {
 	}
 }
 
-func TestFollowStopsOnCancel(t *testing.T) {
+// With no server running, nothing new can arrive in the store: log
+// --follow refuses at once with status 5 and leaves the store free, so
+// that a server starts on the directory.
+func TestFollowWithoutServerRefuses(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	if _, err := runCmd(t, "store", "append", "--data", dir, "--stream", "s", "one"); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var out bytes.Buffer
-	if err := run(ctx, []string{"store", "log", "--data", dir, "--follow"}, &out); err != nil {
-		t.Fatal(err)
+	err := run(ctx, []string{"store", "log", "--data", dir, "--follow"}, &out)
+	if ctx.Err() != nil {
+		t.Fatal("store log --follow kept following a store no server runs on")
 	}
-	if got := lines(t, out.String()); len(got) != 1 || got[0]["text"] != "one" {
-		t.Fatalf("log --follow printed %v", got)
+	if exitCode(err) != exitUnavailable || !strings.Contains(fmt.Sprint(err), "no server is running on "+dir) {
+		t.Fatalf("store log --follow without a server: status %d, %v; want status %d naming the directory", exitCode(err), err, exitUnavailable)
+	}
+	if out.Len() != 0 {
+		t.Fatalf("the refusal printed %q", out.String())
+	}
+	_, _, stop := serveInProcess(t, "serve", "--data", dir, "--listen", "127.0.0.1:0", "--log-level", "error")
+	if err := stop(); err != nil {
+		t.Fatalf("serve after the refused follow: %v", err)
 	}
 }
 
@@ -116,10 +129,24 @@ func TestBadUsage(t *testing.T) {
 		{"store", "append", "--data", dir, "--stream", "x", "--expect", "sometimes", "t"},
 		{"store", "read", "--data", dir, "--stream", "x", "--from", "-1"},
 		{"store", "read", "--data", dir, "--nosuchflag"},
+		{"store", "log", "--data", dir, "--stream", "x"},
+		{"store", "scavenge", "--data", dir, "--stream", "x"},
+		{"store", "log", "--data", dir, "--limit", "100000"},
+		{"store", "log", "--data", dir, "--limit", "0"},
+		{"store", "read", "--data", dir, "--stream", "x", "--limit", "10001"},
 	} {
 		if _, err := runCmd(t, args...); !errors.Is(err, errUsage) {
 			t.Errorf("%v: got %v, want a usage error", args, err)
 		}
+	}
+	// A bad --limit is refused by name before anything is opened.
+	fresh := filepath.Join(t.TempDir(), "fresh")
+	if _, err := runCmd(t, "store", "log", "--data", fresh, "--limit", "100000"); !errors.Is(err, errUsage) ||
+		!strings.Contains(err.Error(), "--limit 100000: want 1 to 10000") {
+		t.Errorf("store log --limit 100000: %v", err)
+	}
+	if _, err := os.Stat(fresh); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused --limit touched %s: %v", fresh, err)
 	}
 	if _, err := runCmd(t, "store", "append", "--data", dir, "--stream", "", "t"); !errors.Is(err, events.ErrInvalidArgument) {
 		t.Errorf("empty stream: %v", err)

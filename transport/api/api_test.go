@@ -470,3 +470,84 @@ func TestAuthSchemeIsCaseInsensitive(t *testing.T) {
 		t.Errorf("the key in upper case: %d, want 401", status)
 	}
 }
+
+// A send's device is an id like any other: a control character or a
+// space in it is refused and nothing is stored.
+func TestSendRefusesABadDevice(t *testing.T) {
+	st := start(t)
+	st.must(t, "POST", "/v1/groups", api.CreateGroupRequest{ID: "g", Creator: "ann", Name: "G", Members: []string{"bob"}}, nil)
+	for _, device := range []string{"x\n\u001b[31mEVIL\u0000", "a b", "..", strings.Repeat("d", 129)} {
+		status, e := st.call(t, "POST", "/v1/messages", api.SendRequest{Conversation: "g", Sender: "ann", Device: device, Text: "hi"}, nil)
+		if status != http.StatusBadRequest || e.Code != 1 || !strings.Contains(e.Error, "device id") {
+			t.Errorf("device %q: %d %+v, want 400 naming the device id", device, status, e)
+		}
+		status, e = st.call(t, "POST", "/v1/messages", api.SendRequest{ToUser: "cat", Sender: "ann", Device: device, Text: "hi"}, nil)
+		if status != http.StatusBadRequest {
+			t.Errorf("device %q to a user: %d %+v, want 400", device, status, e)
+		}
+	}
+	var h api.History
+	st.must(t, "GET", "/v1/conversations/g/messages?reader=ann", nil, &h)
+	if len(h.Messages) != 0 {
+		t.Fatalf("refused sends stored %d messages", len(h.Messages))
+	}
+	var sent api.Sent
+	st.must(t, "POST", "/v1/messages", api.SendRequest{Conversation: "g", Sender: "ann", Device: "phone-1", Text: "hi"}, &sent)
+	st.must(t, "GET", "/v1/conversations/g/messages?reader=ann", nil, &h)
+	if len(h.Messages) != 1 || h.Messages[0].SenderDevice != "phone-1" {
+		t.Fatalf("a valid device: %+v", h.Messages)
+	}
+}
+
+// rawCall posts body as it is, with the API key; it returns the status.
+func (st *stack) rawCall(t *testing.T, path, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx(t), "POST", st.http.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+apiKey)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+// revoke-tokens and disconnect take no parameters: an empty body or {}
+// runs them; any other body is refused before anything is done.
+func TestActionsRefuseABody(t *testing.T) {
+	st := start(t)
+	issued := time.Now()
+	phone, err := st.dial(t, "bob", "phone", issued, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/v1/users/bob/revoke-tokens", "/v1/users/bob/devices/phone/disconnect"} {
+		for _, body := range []string{"not json", `{"all":true}`, `[]`, `{}{}`, `"x"`, `{"user":"ann"}`} {
+			if status, b := st.rawCall(t, path, body); status != http.StatusBadRequest || !strings.Contains(b, "request body") {
+				t.Errorf("%s with body %q: %d %s, want 400", path, body, status, b)
+			}
+		}
+	}
+	if err := phone.Err(); err != nil {
+		t.Fatalf("refused requests closed bob's phone: %v", err)
+	}
+	revs, err := transport.LoadRevocations(st.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if revs.Revoked("bob", issued) {
+		t.Fatal("a refused revoke-tokens revoked bob's tokens")
+	}
+	for _, body := range []string{"", "{}", " { } \n"} {
+		if status, b := st.rawCall(t, "/v1/users/zed/revoke-tokens", body); status != http.StatusOK {
+			t.Errorf("revoke-tokens with body %q: %d %s", body, status, b)
+		}
+		if status, b := st.rawCall(t, "/v1/users/zed/devices/phone/disconnect", body); status != http.StatusOK {
+			t.Errorf("disconnect with body %q: %d %s", body, status, b)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -102,6 +103,13 @@ func (a *API) send(ctx context.Context, r *http.Request) (any, error) {
 	}
 	if (q.Text == "") == (q.Body == nil) {
 		return nil, invalid("a message has text or body (base64): one of them")
+	}
+	// The device is stored with the message and shown to every member: it
+	// follows the id rules like every other device id.
+	if q.Device != "" {
+		if err := actors.ValidateID("device", q.Device); err != nil {
+			return nil, err
+		}
 	}
 	body := q.Body
 	if body == nil {
@@ -300,6 +308,33 @@ func (a *API) device(ctx context.Context, r *http.Request) (any, error) {
 	return Device{User: user, Device: device, AckedUserSeq: d.AckedUserSeq, Online: d.Online}, nil
 }
 
+// emptyBody accepts the body of an action that takes no parameters: none
+// or {}. Anything else (not JSON, unknown fields) is refused before the
+// action runs, as in every other request.
+func emptyBody(r *http.Request) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<10))
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return err
+		}
+		return invalid("request body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	d := json.NewDecoder(bytes.NewReader(body))
+	d.DisallowUnknownFields()
+	var none struct{}
+	if err := d.Decode(&none); err != nil {
+		return invalid("request body: this request takes no fields, only an empty body or {}: %v", err)
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return invalid("request body: one JSON object expected")
+	}
+	return nil
+}
+
 // Disconnected answers a disconnect.
 type Disconnected struct {
 	// Closed: the device's connections known when asked, the larger of
@@ -319,6 +354,9 @@ func (a *API) disconnect(ctx context.Context, r *http.Request) (any, error) {
 		return nil, err
 	}
 	if err := actors.ValidateID("device", device); err != nil {
+		return nil, err
+	}
+	if err := emptyBody(r); err != nil {
 		return nil, err
 	}
 	n, err := a.cfg.Gateway.DisconnectDevice(ctx, user, device)
@@ -345,6 +383,9 @@ func (a *API) revoke(ctx context.Context, r *http.Request) (any, error) {
 	}
 	user := r.PathValue("user")
 	if err := actors.ValidateID("user", user); err != nil {
+		return nil, err
+	}
+	if err := emptyBody(r); err != nil {
 		return nil, err
 	}
 	at, n, err := a.cfg.Gateway.RevokeTokens(user)
