@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/imsync/imsync/actors"
+	"github.com/imsync/imsync/actors/etcdtest"
 )
 
 // TestClusterEtcdMembership: members register in etcd and find each other
@@ -25,7 +26,7 @@ import (
 // (its lease not expired yet) is gone once the member has started; a
 // member that leaves is dropped at once.
 func TestClusterEtcdMembership(t *testing.T) {
-	endpoint := actors.StartTestEtcd(t)
+	endpoint := etcdtest.Start(t)
 	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +109,7 @@ func (b *syncBuffer) String() string {
 // back (protoactor-go keeps a member that left out for good), as
 // docs/cluster.md says: it must be restarted.
 func TestClusterEtcdRegistrationExpired(t *testing.T) {
-	endpoint := actors.StartTestEtcd(t)
+	endpoint := etcdtest.Start(t)
 	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)

@@ -8,43 +8,15 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
+	"github.com/imsync/imsync/actors/etcdtest"
 
 	"github.com/imsync/imsync/transport/client"
 )
-
-// startEtcd runs a one-member etcd in the test process (the nodes are
-// other processes: a node SIGKILLed does not take etcd with it) and
-// returns its client endpoint, HOST:PORT.
-func startEtcd(t *testing.T) string {
-	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	clientURL, _ := url.Parse("http://" + freeTCPAddr(t))
-	peerURL, _ := url.Parse("http://" + freeTCPAddr(t))
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*clientURL}, []url.URL{*clientURL}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peerURL}, []url.URL{*peerURL}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatalf("etcd: %v", err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		t.Fatal("etcd did not become ready in 30 s")
-	}
-	return clientURL.Host
-}
 
 func freeTCPAddr(t *testing.T) string {
 	t.Helper()
@@ -116,7 +88,7 @@ func (f *clusterFixture) waitMembers(want int, within time.Duration, nodes ...in
 // and pushed; the store holds each acknowledged message once at its seq.
 func TestClusterNodeJoinsThroughEtcd(t *testing.T) {
 	began := time.Now()
-	f := startClusterWith(t, startEtcd(t))
+	f := startClusterWith(t, etcdtest.Start(t))
 	f.waitMembers(3, 30*time.Second, 0, 1, 2)
 	t.Logf("three nodes up in %s", time.Since(began).Round(time.Millisecond))
 

@@ -29,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imsync/imsync/actors/etcdtest"
 	"github.com/imsync/imsync/events"
 	"github.com/imsync/imsync/events/esdb"
 	"github.com/imsync/imsync/events/eventspb"
@@ -408,7 +409,7 @@ func TestClusterKill9UnderLoad(t *testing.T) {
 		clusterKill9UnderLoad(t, func(t *testing.T) *clusterFixture { return startCluster(t) })
 	})
 	t.Run("etcd", func(t *testing.T) {
-		clusterKill9UnderLoad(t, func(t *testing.T) *clusterFixture { return startClusterWith(t, startEtcd(t)) })
+		clusterKill9UnderLoad(t, func(t *testing.T) *clusterFixture { return startClusterWith(t, etcdtest.Start(t)) })
 	})
 }
 
