@@ -63,19 +63,7 @@ func TestDialSeveralAddresses(t *testing.T) {
 // When the node it is connected to goes away, the client reconnects to
 // another of its addresses and its calls go on there.
 func TestReconnectToAnotherAddress(t *testing.T) {
-	dir := t.TempDir()
-	cert, err := transport.LoadOrCreateCert(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pem, err := os.ReadFile(filepath.Join(dir, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsConf, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert, tlsConf := pinnedTestCert(t)
 	type node struct {
 		*quic.Listener
 		conns chan *quic.Conn
@@ -122,19 +110,7 @@ func TestReconnectToAnotherAddress(t *testing.T) {
 // even when the lost one answers again: a node that just went away is
 // likely down, and a node that is down costs seconds of handshake.
 func TestReconnectStartsWithTheNextAddress(t *testing.T) {
-	dir := t.TempDir()
-	cert, err := transport.LoadOrCreateCert(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pem, err := os.ReadFile(filepath.Join(dir, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsConf, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert, tlsConf := pinnedTestCert(t)
 	listen := func() (string, chan *quic.Conn) {
 		ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{client.ALPN}}, nil)
 		if err != nil {
@@ -191,4 +167,24 @@ func TestReconnectStartsWithTheNextAddress(t *testing.T) {
 		default:
 		}
 	}
+}
+
+// pinnedTestCert is a new self-signed server certificate and the client
+// TLS configuration that pins it.
+func pinnedTestCert(t *testing.T) (tls.Certificate, *tls.Config) {
+	t.Helper()
+	dir := t.TempDir()
+	cert, err := transport.LoadOrCreateCert(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, err := os.ReadFile(filepath.Join(dir, transport.CertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsConf, err := client.PinnedTLS(pem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert, tlsConf
 }

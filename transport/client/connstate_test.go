@@ -3,14 +3,11 @@ package client_test
 import (
 	"context"
 	"crypto/tls"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/quic-go/quic-go"
 
-	"github.com/imsync/imsync/transport"
 	"github.com/imsync/imsync/transport/client"
 )
 
@@ -19,22 +16,11 @@ import (
 // addresses and the position the timeline resumes from; Dial's own
 // connection is not reported.
 func TestOnConnStateAcrossServerRestart(t *testing.T) {
-	dir := t.TempDir()
-	cert, err := transport.LoadOrCreateCert(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pem, err := os.ReadFile(filepath.Join(dir, transport.CertFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsConf, err := client.PinnedTLS(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert, tlsConf := pinnedTestCert(t)
 	serve := func(addr string) (*quic.Listener, chan *quic.Conn) {
 		// The stopped server's socket closes in the background: retry.
 		var ln *quic.Listener
+		var err error
 		for end := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 			if ln, err = quic.ListenAddr(addr, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{client.ALPN}}, nil); err == nil {
 				break
