@@ -145,17 +145,7 @@ func TestRevokeAndDisconnectReachAnotherGateway(t *testing.T) {
 	two := transporttest.Listen(t, dir, transport.Config{Service: svc, Revocations: openRevocations(t, store, t.TempDir())})
 	issued := time.Now()
 	dial := func(g *transporttest.Gateway, user, device string) (*client.Client, error) {
-		tok, err := g.Key.Mint(user, device, time.Hour, issued)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		c, err := client.Dial(ctx, client.Config{Addr: g.Addr, Token: tok, TLS: g.TLS, NoReconnect: true})
-		if err == nil {
-			t.Cleanup(func() { c.Close() })
-		}
-		return c, err
+		return dialGateway(t, g, user, device, issued)
 	}
 	phone, err := dial(two, "bob", "phone")
 	if err != nil {
