@@ -134,6 +134,10 @@ func (m *etcdMembers) StartMember(c *cluster.Cluster) error {
 	return m.Provider.StartMember(c)
 }
 
+// Lost is closed when this member's registration expired: the others
+// dropped it for good, and only a restart brings the node back.
+func (m *etcdMembers) Lost() <-chan struct{} { return m.view.lostChan() }
+
 func (m *etcdMembers) Shutdown(graceful bool) error {
 	m.view.leave() // the provider deletes this member's key: not an expiry
 	err := m.Provider.Shutdown(graceful)
@@ -166,6 +170,16 @@ func (m *etcdMembers) removePrevious(name, id, host string, port int) error {
 	return nil
 }
 
+// MembershipLost returns a channel closed when the member provider p says
+// the other members dropped this one for good (the etcd provider's
+// registration expired), or nil when p cannot lose its membership so.
+func MembershipLost(p cluster.ClusterProvider) <-chan struct{} {
+	if l, ok := p.(interface{ Lost() <-chan struct{} }); ok {
+		return l.Lost()
+	}
+	return nil
+}
+
 func etcdClusterKey(name string) string { return EtcdKeyPrefix + "/" + name }
 
 // etcdView stands in for the etcd client's KV and Watcher under the
@@ -183,6 +197,7 @@ type etcdView struct {
 	listed  bool
 	next    int64           // the first revision the provider has not seen
 	members map[string]bool // the keys the provider has seen, as of next-1
+	lost    chan struct{}   // closed when this member's registration expired
 }
 
 var _ clientv3.KV = (*etcdView)(nil)
@@ -327,6 +342,28 @@ func (v *etcdView) follow(ctx context.Context, out chan<- clientv3.WatchResponse
 	}
 }
 
+// loseOnce closes lost (v.mu held).
+func (v *etcdView) loseOnce() {
+	if v.lost == nil {
+		v.lost = make(chan struct{})
+	}
+	select {
+	case <-v.lost:
+	default:
+		close(v.lost)
+	}
+}
+
+// lostChan is closed when this member's registration expired.
+func (v *etcdView) lostChan() <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.lost == nil {
+		v.lost = make(chan struct{})
+	}
+	return v.lost
+}
+
 func (v *etcdView) logger() *slog.Logger {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -347,9 +384,12 @@ func (v *etcdView) seen(evs []*clientv3.Event) {
 			v.members[key] = true
 		case clientv3.EventTypeDelete:
 			delete(v.members, key)
-			if key == v.self && !v.leaving && v.log != nil {
-				v.log.Error("etcd: this member's registration expired (no keep-alive within the lease TTL): " +
-					"the other members dropped it and will not take it back; restart this node")
+			if key == v.self && !v.leaving {
+				if v.log != nil {
+					v.log.Error("etcd: this member's registration expired (no keep-alive within the lease TTL): " +
+						"the other members dropped it and will not take it back; restart this node")
+				}
+				v.loseOnce()
 			}
 		}
 		if ev.Kv.ModRevision >= v.next {

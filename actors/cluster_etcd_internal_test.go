@@ -25,12 +25,24 @@ func TestEtcdViewSaysWhenItsRegistrationExpired(t *testing.T) {
 	if log.Len() != 0 {
 		t.Fatalf("another member leaving logged %q", log.String())
 	}
+	lost := v.lostChan()
+	select {
+	case <-lost:
+		t.Fatal("lost before this member's registration went")
+	default:
+	}
 	v.seen(deleted("/imsync/chat/chat@me", 6))
 	if !strings.Contains(log.String(), "level=ERROR") || !strings.Contains(log.String(), "restart this node") {
 		t.Fatalf("own registration expired: logged %q, want an error that says to restart", log.String())
 	}
-	if v.next != 7 {
-		t.Fatalf("next revision %d after revision 6, want 7", v.next)
+	select {
+	case <-lost:
+	default:
+		t.Fatal("the expiry of this member's registration did not close Lost")
+	}
+	v.seen(deleted("/imsync/chat/chat@me", 7)) // a second deletion closes nothing twice
+	if v.next != 8 {
+		t.Fatalf("next revision %d after revision 7, want 8", v.next)
 	}
 	log.Reset()
 	v.leave()

@@ -5,16 +5,21 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/imsync/imsync/actors/etcdtest"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
+	"github.com/imsync/imsync/actors"
+	"github.com/imsync/imsync/actors/etcdtest"
 	"github.com/imsync/imsync/transport/client"
 )
 
@@ -158,5 +163,49 @@ func TestClusterNodeJoinsThroughEtcd(t *testing.T) {
 	store := f.openStore()
 	defer store.Close()
 	h.checkConversations(t, store)
+
+	// A node whose registration expires (its lease revoked here, as etcd
+	// does when no keep-alive came within the TTL) is dropped for good: it
+	// stops with status 5, for its supervisor to start it again.
+	expireRegistration(t, f.etcd, f.nodes[2].advertise)
+	exited := make(chan error, 1)
+	go func() { exited <- f.nodes[2].cmd.Wait() }()
+	select {
+	case err := <-exited:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != exitUnavailable {
+			t.Fatalf("node 3 ended with %v after its registration expired, want exit status %d", err, exitUnavailable)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("node 3 still runs 30 s after its registration expired")
+	}
+	f.waitMembers(2, 30*time.Second, 0, 1)
 	t.Logf("%d operations; %s", len(h.snapshot()), time.Since(began).Round(time.Millisecond))
+}
+
+// expireRegistration revokes the etcd lease of the node advertised at
+// advertise, as etcd does when the node's keep-alives stop.
+func expireRegistration(t *testing.T, endpoint, advertise string) {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.Get(ctx, actors.EtcdKeyPrefix+"/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(advertise)
+	for _, kv := range resp.Kvs {
+		if strings.Contains(string(kv.Value), `"port":`+port+`,`) {
+			if _, err := c.Revoke(ctx, clientv3.LeaseID(kv.Lease)); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatalf("no registration of %s in etcd", advertise)
 }

@@ -55,7 +55,7 @@ func TestClusterServeChild(t *testing.T) {
 	defer stop()
 	if err := run(ctx, args, os.Stdout); err != nil {
 		fmt.Println("serve:", err)
-		os.Exit(2)
+		os.Exit(exitCode(err))
 	}
 }
 

@@ -202,17 +202,27 @@ func runServe(ctx context.Context, args []string, out io.Writer) error {
 	if tcfg.JWKS != nil {
 		fmt.Fprintf(out, "jwks: %s (kids: %s)\n", tcfg.JWKS.Path(), strings.Join(tcfg.JWKS.Kids(), ", "))
 	}
+	// A member the others dropped for good (its etcd registration expired)
+	// serves nobody's grains: it stops, so that a supervisor restarts it
+	// as a new member (docs/cluster.md).
+	lost := actors.MembershipLost(acfg.Provider)
+	var stopErr error
 	for done := false; !done; {
 		select {
 		case <-hup:
 			reload(certs, tcfg.JWKS, out, logger)
 		case <-ctx.Done():
 			done = true
+		case <-lost:
+			stopErr = withStatus(exitUnavailable, "serve: this node's etcd registration expired (no keep-alive reached etcd within %v) "+
+				"and the other members dropped it for good; it stopped so that it can start again as a new member "+
+				"(a supervisor with Restart=on-failure does it)", actors.EtcdLeaseTTL)
+			done = true
 		}
 	}
 	fmt.Fprintln(out, "imsync stopping")
 	st.drain(*drainTimeout, logger)
-	return nil
+	return stopErr
 }
 
 // stack is the whole product in one process: the event store, a cluster
