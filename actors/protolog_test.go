@@ -3,6 +3,7 @@ package actors
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -107,5 +108,64 @@ func TestProtoactorLogLevels(t *testing.T) {
 	quiet.Error("EndpointWriter lost connection", "address", "127.0.0.1:8102", "error", "EOF")
 	if buf.Len() != 0 {
 		t.Fatalf("at level WARN: %q", buf.String())
+	}
+}
+
+// A burst of distinct keys within one window (peers coming and going, a
+// message naming a PID) keeps the limiter at its bound: the key let
+// through longest ago makes room, and the newest ones are still limited.
+func TestRepeatLimiterStaysBounded(t *testing.T) {
+	l := newRepeatLimiter(time.Minute, repeatLimit)
+	now := time.Unix(1_700_000_000, 0)
+	l.now = func() time.Time { return now }
+	for i := range 20 * repeatLimit {
+		if pass, _ := l.admit(fmt.Sprintf("m\x00peer-%d\x00", i)); !pass {
+			t.Fatalf("key %d, never seen, was held back", i)
+		}
+		if n := len(l.seen); n > repeatLimit || n != l.order.Len() {
+			t.Fatalf("after %d keys the limiter holds %d (order %d), want at most %d", i+1, n, l.order.Len(), repeatLimit)
+		}
+	}
+	last := fmt.Sprintf("m\x00peer-%d\x00", 20*repeatLimit-1)
+	if pass, _ := l.admit(last); pass {
+		t.Fatal("the newest key was forgotten")
+	}
+	if pass, _ := l.admit("m\x00peer-0\x00"); !pass {
+		t.Fatal("the oldest key was kept past the bound")
+	}
+}
+
+// A PID names a process, not a peer: lines naming a thousand PIDs all pass
+// and leave the limiter empty.
+func TestProtoactorLogPidIsNoPeer(t *testing.T) {
+	var buf bytes.Buffer
+	log, _ := protoactorLog(&buf, slog.LevelInfo)
+	for i := range 1000 {
+		log.Error("EndpointReader failed to get local process", "pid", fmt.Sprintf("pid-%d", i))
+	}
+	if n := len(logLines(&buf)); n != 1000 {
+		t.Fatalf("%d of 1000 lines passed", n)
+	}
+	h := log.Handler().(protoactorHandler)
+	if n := len(h.lim.seen); n != 0 {
+		t.Fatalf("the limiter holds %d keys for lines that name no peer", n)
+	}
+}
+
+// A different error about the same peer is news: it goes through at once;
+// the same error again is held back.
+func TestProtoactorLogDifferentErrorPasses(t *testing.T) {
+	var buf bytes.Buffer
+	log, _ := protoactorLog(&buf, slog.LevelInfo)
+	fail := func(key, err string) {
+		log.Error("EndpointWriter failed to connect", "address", "10.0.0.2:8090", key, err)
+	}
+	fail("error", "connection refused")
+	fail("error", "x509: certificate signed by unknown authority")
+	fail("err", "no route to host")
+	fail("error", "connection refused")
+	lines := logLines(&buf)
+	if len(lines) != 3 || !strings.Contains(lines[1], "x509") || !strings.Contains(lines[2], "no route") {
+		t.Fatalf("got %q, want the three different errors once each", lines)
 	}
 }
