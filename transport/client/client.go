@@ -107,7 +107,10 @@ type Config struct {
 	// in again (not for Dial's first connection, nor when the client stops
 	// for good: Err says why). It is called from the client's reconnecting
 	// goroutine, one call at a time: it must return quickly and must not
-	// call Close.
+	// call Close. It may run while another goroutine calls Close (Close
+	// then waits for it to return), so it must not wait for a lock that
+	// the caller of Close may hold. Once Close has begun no call starts:
+	// a reconnection that completes during Close is closed unreported.
 	OnConnState func(ConnState)
 }
 
@@ -171,6 +174,8 @@ type Client struct {
 	once    sync.Once
 	endOnce sync.Once // closes entries and changes
 	wg      sync.WaitGroup
+
+	stateMu sync.Mutex // held by an OnConnState call, so Close can wait for it
 
 	mu      sync.Mutex
 	sess    *session
@@ -296,10 +301,12 @@ func (c *Client) LastUserSeq() uint64 { return c.last.Load() }
 // Close ends the connection and the background work.
 func (c *Client) Close() error {
 	c.once.Do(func() {
-		close(c.closed)
 		c.mu.Lock()
+		close(c.closed) // under mu: install sees it or is seen here
 		s := c.sess
 		c.mu.Unlock()
+		c.stateMu.Lock() // a callback that began before: let it end
+		c.stateMu.Unlock()
 		if s != nil {
 			s.close(ErrClosed)
 		}
@@ -321,9 +328,17 @@ func (c *Client) end() {
 	})
 }
 
-func (c *Client) install(s *session, w *wire.Welcome) {
-	s.start(w)
+// install makes s the current session; false (s left unused) when the
+// client was closed meanwhile.
+func (c *Client) install(s *session, w *wire.Welcome) bool {
 	c.mu.Lock()
+	select {
+	case <-c.closed:
+		c.mu.Unlock()
+		return false
+	default:
+	}
+	s.start(w)
 	c.welcome = w
 	select {
 	case <-s.done: // lost already: supervise reconnects
@@ -333,6 +348,7 @@ func (c *Client) install(s *session, w *wire.Welcome) {
 	}
 	c.mu.Unlock()
 	c.hear(w.UserSeq)
+	return true
 }
 
 // forget clears s as the current session: calls wait for the next one.
@@ -402,12 +418,9 @@ func (c *Client) supervise(s *session) {
 			c.stop(s.err)
 			return
 		}
-		select {
-		case <-c.closed: // ended by Close: nothing to report
-			return
-		default:
+		if !c.connState(ConnState{Addr: s.qc.RemoteAddr().String(), Err: s.err}) {
+			return // ended by Close: nothing to report
 		}
-		c.connState(ConnState{Addr: s.qc.RemoteAddr().String(), Err: s.err})
 		c.passOver()
 		backoff := 50 * time.Millisecond
 		for {
@@ -420,7 +433,10 @@ func (c *Client) supervise(s *session) {
 			next, w, err := c.connect(ctx)
 			cancel()
 			if err == nil {
-				c.install(next, w)
+				if !c.install(next, w) { // Close ran during the reconnection
+					next.close(ErrClosed)
+					return
+				}
 				s = next
 				c.connState(ConnState{Connected: true, Addr: next.qc.RemoteAddr().String()})
 				break
@@ -436,12 +452,22 @@ func (c *Client) supervise(s *session) {
 	}
 }
 
-// connState tells Config.OnConnState, if set, of a change.
-func (c *Client) connState(st ConnState) {
+// connState tells Config.OnConnState, if set, of a change, unless Close
+// has begun (then it says false). The check and the call are one step
+// under stateMu, which Close takes after closing c.closed.
+func (c *Client) connState(st ConnState) bool {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	select {
+	case <-c.closed:
+		return false
+	default:
+	}
 	if f := c.cfg.OnConnState; f != nil {
 		st.LastUserSeq = c.last.Load()
 		f(st)
 	}
+	return true
 }
 
 // session waits for a live connection.

@@ -3,6 +3,8 @@ package client_test
 import (
 	"context"
 	"crypto/tls"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,5 +95,86 @@ func TestOnConnStateAcrossServerRestart(t *testing.T) {
 	case st := <-states:
 		t.Fatalf("unexpected further state %+v", st)
 	default:
+	}
+}
+
+// Close while a reconnection is under way (here held in its login, in the
+// token source): the connection it completes is closed and not used, and
+// OnConnState hears of no reconnection.
+func TestCloseDuringReconnection(t *testing.T) {
+	cert, tlsConf := pinnedTestCert(t)
+	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{client.ALPN}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	conns := make(chan *quic.Conn, 16)
+	go func() {
+		for {
+			qc, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			conns <- qc
+			go fakeConn(qc)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	var logins atomic.Int32
+	relogin, release := make(chan struct{}), make(chan struct{})
+	tokens := func(context.Context) (string, error) {
+		if logins.Add(1) == 2 {
+			close(relogin)
+			<-release
+		}
+		return "any", nil
+	}
+	states := make(chan client.ConnState, 16)
+	c, err := client.Dial(ctx, client.Config{Addr: ln.Addr().String(), TokenSource: tokens, TLS: tlsConf, OnConnState: func(st client.ConnState) { states <- st }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := <-conns
+	first.CloseWithError(0, "lost")
+	select {
+	case <-relogin: // the reconnection is logging in on a new connection
+	case <-ctx.Done():
+		t.Fatal("no reconnection")
+	}
+	closed := make(chan struct{})
+	go func() {
+		c.Close()
+		close(closed)
+	}()
+	for c.Err() != client.ErrClosed { // Close has begun
+		if ctx.Err() != nil {
+			t.Fatal("Close did not begin")
+		}
+		runtime.Gosched()
+	}
+	close(release)
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		t.Fatal("Close did not return")
+	}
+	second := <-conns
+	select {
+	case <-second.Context().Done(): // the reconnection's connection is closed
+	case <-ctx.Done():
+		t.Fatal("the connection completed during Close stays open")
+	}
+	close(states)
+	var got []client.ConnState
+	for st := range states {
+		got = append(got, st)
+	}
+	if len(got) != 1 || got[0].Connected {
+		t.Fatalf("states %+v, want only the loss", got)
+	}
+	if _, err := c.MarkRead(ctx, "c", 1); err != client.ErrClosed {
+		t.Fatalf("call after Close: %v, want ErrClosed", err)
 	}
 }
