@@ -88,6 +88,13 @@ func checkClusterIdentity(ctx context.Context, store events.Store, c identityChe
 	if rec != nil && !c.reset {
 		return c.compare(rec)
 	}
+	if rec != nil && c.sameAs(rec) {
+		// --cluster-reset-identity on a node whose secrets are already the
+		// cluster's (the flag left in a unit file): nothing to replace.
+		logger.Info("--cluster-reset-identity: this node's secrets are already the cluster's identity: the record stays as it is; the flag can be removed",
+			"cluster", c.cluster, "stream", stream)
+		return nil
+	}
 	// A first start (or a reset): what --new-* and --hostname create comes
 	// first, then the directory's own refusals, so that a missing key of a
 	// used directory is never replaced here.
@@ -153,8 +160,10 @@ func checkClusterIdentity(ctx context.Context, store events.Store, c identityChe
 		return withStatus(exitUnavailable, "serve: --cluster: record the cluster's identity in the store's stream %s: %w", stream, err)
 	}
 	if rec != nil {
-		logger.Warn("replaced the cluster's identity with this node's secrets (--cluster-reset-identity): every other node must now start with a copy of this data directory's token.key, server.crt, server.key and reset.key",
-			"cluster", c.cluster, "stream", stream, "token_kid", mine.TokenKid)
+		logger.Warn("replaced the cluster's identity with this node's secrets (--cluster-reset-identity): this node's secrets now define the cluster; "+
+			"every other node must now start with a copy of this data directory's token.key, server.crt, server.key and reset.key, "+
+			"and the flag should be removed from this node's command line",
+			"cluster", c.cluster, "stream", stream, "token_kid", mine.TokenKid, "previous_recorded_by", rec.RecordedBy)
 	} else {
 		logger.Info("recorded the cluster's identity: the other nodes must start with a copy of this data directory's secrets",
 			"cluster", c.cluster, "stream", stream, "token_kid", mine.TokenKid)
@@ -234,6 +243,17 @@ func fingerprint(what string, b []byte) string {
 	io.WriteString(h, "imsync cluster identity: "+what+"\n")
 	h.Write(b)
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
+}
+
+// sameAs says whether c's directory already holds every secret the record
+// names, identical, and nothing more is recorded (a --cert node matches
+// only a record without a certificate): a reset would write the same.
+func (c identityCheck) sameAs(rec *clusterIdentity) bool {
+	mine, missing, err := localIdentity(c.data, c.ownCert)
+	if err != nil || len(missing) > 0 {
+		return false // the reset path creates or refuses as usual
+	}
+	return mine.TokenKey == rec.TokenKey && mine.Certificate == rec.Certificate && mine.ResetKey == rec.ResetKey
 }
 
 // compare refuses c's directory unless its secrets are the record's.

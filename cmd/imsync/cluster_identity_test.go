@@ -397,3 +397,52 @@ func TestClusterIdentityNotARecord(t *testing.T) {
 		t.Fatalf("created %s (%v)", data, err)
 	}
 }
+
+// TestClusterIdentityResetNoop: --cluster-reset-identity on a node whose
+// secrets already are the cluster's (the flag left in a unit file) writes
+// no record and warns of no replacement; on a node whose secrets differ it
+// replaces the record and says the flag should be removed.
+func TestClusterIdentityResetNoop(t *testing.T) {
+	store := identityStore(t)
+	root := t.TempDir()
+	n1, n2, other := filepath.Join(root, "n1"), filepath.Join(root, "n2"), filepath.Join(root, "other")
+	if err := checkIdentity(t, store, identityOf(n1)); err != nil {
+		t.Fatal(err)
+	}
+	copyDataDir(t, n1, n2)
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	for _, dir := range []string{n1, n2} {
+		c := identityOf(dir)
+		c.reset = true
+		if err := checkClusterIdentity(context.Background(), store, c, logger); err != nil {
+			t.Fatalf("reset on %s, whose secrets are the cluster's: %v", dir, err)
+		}
+	}
+	if n := len(identityRecords(t, store)); n != 1 {
+		t.Fatalf("identity stream: %d records after resets with the same secrets, want 1", n)
+	}
+	if strings.Contains(logs.String(), "replaced") || strings.Contains(logs.String(), "level=WARN") {
+		t.Fatalf("a reset that changed nothing warned:\n%s", logs.String())
+	}
+
+	// A node with secrets of its own: the reset replaces the record.
+	if err := checkIdentity(t, store, identityOf(other)); !errors.Is(err, errClusterIdentity) && !errors.Is(err, errDataDir) {
+		t.Fatalf("a fresh directory without reset: %v, want a refusal", err)
+	}
+	logs.Reset()
+	c := identityOf(other)
+	c.reset = true
+	if err := checkClusterIdentity(context.Background(), store, c, logger); err != nil {
+		t.Fatalf("reset with other secrets: %v", err)
+	}
+	if n := len(identityRecords(t, store)); n != 2 {
+		t.Fatalf("identity stream: %d records after a real reset, want 2", n)
+	}
+	if out := logs.String(); !strings.Contains(out, "level=WARN") || !strings.Contains(out, "now define the cluster") || !strings.Contains(out, "flag should be removed") {
+		t.Fatalf("a replacing reset logged:\n%s", out)
+	}
+	if err := checkIdentity(t, store, identityOf(n1)); !errors.Is(err, errClusterIdentity) {
+		t.Fatalf("the old secrets after the reset: %v, want a refusal", err)
+	}
+}
