@@ -410,6 +410,11 @@ func TestClusterIdentityResetNoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	copyDataDir(t, n1, n2)
+	for _, dir := range []string{n1, n2} {
+		if err := markDataDir(dir); err != nil { // both have served
+			t.Fatal(err)
+		}
+	}
 	var logs bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	for _, dir := range []string{n1, n2} {
