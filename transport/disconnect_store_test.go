@@ -3,7 +3,9 @@ package transport_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -241,5 +243,41 @@ func TestRevocationsReportABrokenSubscription(t *testing.T) {
 	waitUntil(t, "following again", func() bool { return revs.FollowErr() == nil })
 	if g := gauge(); g != 1 {
 		t.Fatalf("imsync_revocations_follow_up following again: %v", g)
+	}
+}
+
+// appendFailing is a store whose appends to the revocations stream fail
+// while fail is set.
+type appendFailing struct {
+	events.Store
+	fail atomic.Bool
+}
+
+func (s *appendFailing) AppendToStream(ctx context.Context, stream string, expected events.ExpectedRevision, evs ...events.EventData) (events.WriteResult, error) {
+	if s.fail.Load() && stream == transport.RevocationsStream {
+		return events.WriteResult{}, errors.New("store unavailable")
+	}
+	return s.Store.AppendToStream(ctx, stream, expected, evs...)
+}
+
+// A disconnect whose record in the store fails has closed this node's
+// connections already: it says how many along with the error.
+func TestDisconnectUnrecordedReportsClosed(t *testing.T) {
+	store := &appendFailing{Store: teststore.Open(t)}
+	g := transporttest.Listen(t, t.TempDir(), transport.Config{
+		Service:     transporttest.Service(t, actors.Config{Store: store.Store}),
+		Revocations: openRevocations(t, store, t.TempDir()),
+	})
+	tablet, err := dialGateway(t, g, "ann", "tablet", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store.fail.Store(true)
+	n, err := g.Server.DisconnectDevice(context.Background(), "ann", "tablet")
+	if err == nil || n != 1 || !strings.Contains(err.Error(), "1 connection(s)") {
+		t.Fatalf("disconnect with a failing store: %d, %v; want 1 and an error saying so", n, err)
+	}
+	if code := endCode(t, tablet); code != wire.CodeDisconnected {
+		t.Fatalf("the tablet ended with code %d, want %d", code, wire.CodeDisconnected)
 	}
 }

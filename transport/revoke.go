@@ -288,6 +288,10 @@ const disconnectedMsg = "disconnected by the server"
 // nodes close whether or not they are counted: 0 does not mean that none
 // was there (the grain may have moved and not relearnt them yet). A
 // connection still logging in is not counted and not closed.
+//
+// If recording the disconnect in the store fails, the connections closed
+// already (by this node and through the grain) stay closed: the count of
+// those comes with the error, and a retry is safe.
 func (s *Server) DisconnectDevice(ctx context.Context, user, device string) (int, error) {
 	if err := actors.ValidateID("user", user); err != nil {
 		return 0, err
@@ -300,7 +304,7 @@ func (s *Server) DisconnectDevice(ctx context.Context, user, device string) (int
 	if s.cfg.Revocations == nil || s.cfg.Revocations.stream == nil {
 		known, err := s.cfg.Service.DisconnectDevice(ctx, user, device, wire.CodeDisconnected, disconnectedMsg)
 		if err != nil {
-			return 0, err
+			return local, err // this node's are closed all the same
 		}
 		return max(local, known), nil
 	}
@@ -309,14 +313,18 @@ func (s *Server) DisconnectDevice(ctx context.Context, user, device string) (int
 	gctx, cancel := context.WithTimeout(ctx, disconnectGrainTimeout)
 	known, gerr := s.cfg.Service.DisconnectDevice(gctx, user, device, wire.CodeDisconnected, disconnectedMsg)
 	cancel()
+	closed := local
+	if gerr == nil {
+		closed = max(local, known)
+	}
 	if err := s.cfg.Revocations.stream.appendDisconnect(user, device, at); err != nil {
-		return 0, err
+		// What is closed stays closed: say how many along with the error.
+		return closed, fmt.Errorf("%w (%d connection(s) of the device closed already; other nodes may keep theirs: ask again)", err, closed)
 	}
 	if gerr != nil {
 		s.cfg.Logger.Warn("disconnect: the device grain did not answer; the other nodes close the device's connections from the revocations stream", "user", user, "device", device, "err", gerr)
-		return local, nil
 	}
-	return max(local, known), nil
+	return closed, nil
 }
 
 // disconnectGrainTimeout bounds the device grain's answer to a disconnect
