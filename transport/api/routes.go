@@ -342,6 +342,9 @@ type Disconnected struct {
 	// Every node closes the device's connections as it reads the
 	// disconnect from the store (a moment later), counted or not: 0 does
 	// not mean that nothing was closed (transport.Server.DisconnectDevice).
+	// When the store fails to record the disconnect the answer is an
+	// error (503 UNAVAILABLE) whose message says how many were closed
+	// already; asking again is safe.
 	Closed int `json:"closed"`
 }
 
@@ -360,6 +363,13 @@ func (a *API) disconnect(ctx context.Context, r *http.Request) (any, error) {
 		return nil, err
 	}
 	n, err := a.cfg.Gateway.DisconnectDevice(ctx, user, device)
+	var f *actors.Failure
+	if err != nil && !errors.As(err, &f) {
+		// The store did not take the record: 503, safe to repeat. The
+		// connections closed already stay closed; the message says how
+		// many (an error answer has no "closed" field).
+		return nil, &actors.Failure{Code: actors.Code_UNAVAILABLE, Message: err.Error()}
+	}
 	if err != nil {
 		return nil, err
 	}
