@@ -197,6 +197,7 @@ type etcdView struct {
 	listed  bool
 	next    int64           // the first revision the provider has not seen
 	members map[string]bool // the keys the provider has seen, as of next-1
+	created int64           // this member's key's CreateRevision when first seen (0: not yet)
 	lost    chan struct{}   // closed when this member's registration expired
 }
 
@@ -253,6 +254,7 @@ func (v *etcdView) Get(ctx context.Context, key string, opts ...clientv3.OpOptio
 	v.members = map[string]bool{}
 	for _, kv := range resp.Kvs {
 		v.members[string(kv.Key)] = true
+		v.noteSelf(kv)
 	}
 	return resp, nil
 }
@@ -373,6 +375,26 @@ func (v *etcdView) logger() *slog.Logger {
 	return v.log
 }
 
+// noteSelf records the CreateRevision of this member's key when first
+// seen (v.mu held): a later registration under a new lease has a newer one.
+func (v *etcdView) noteSelf(kv *mvccpb.KeyValue) {
+	if string(kv.Key) == v.self && v.created == 0 {
+		v.created = kv.CreateRevision
+	}
+}
+
+// expired closes lost unless this member deregisters (v.mu held).
+func (v *etcdView) expired() {
+	if v.leaving {
+		return
+	}
+	if v.log != nil {
+		v.log.Error("etcd: this member's registration expired (no keep-alive within the lease TTL): " +
+			"the other members dropped it and will not take it back; restart this node")
+	}
+	v.loseOnce()
+}
+
 // seen records what the provider is about to learn.
 func (v *etcdView) seen(evs []*clientv3.Event) {
 	v.mu.Lock()
@@ -382,14 +404,11 @@ func (v *etcdView) seen(evs []*clientv3.Event) {
 		switch ev.Type {
 		case clientv3.EventTypePut:
 			v.members[key] = true
+			v.noteSelf(ev.Kv)
 		case clientv3.EventTypeDelete:
 			delete(v.members, key)
-			if key == v.self && !v.leaving {
-				if v.log != nil {
-					v.log.Error("etcd: this member's registration expired (no keep-alive within the lease TTL): " +
-						"the other members dropped it and will not take it back; restart this node")
-				}
-				v.loseOnce()
+			if key == v.self {
+				v.expired()
 			}
 		}
 		if ev.Kv.ModRevision >= v.next {
@@ -413,9 +432,19 @@ func (v *etcdView) relist(ctx context.Context) (clientv3.WatchResponse, bool) {
 	defer v.mu.Unlock()
 	now := map[string]bool{}
 	var evs []*clientv3.Event
+	selfExpired := v.created != 0 // unless its first registration is still there
 	for _, kv := range resp.Kvs {
 		now[string(kv.Key)] = true
 		evs = append(evs, &clientv3.Event{Type: clientv3.EventTypePut, Kv: kv})
+		if string(kv.Key) == v.self && kv.CreateRevision == v.created {
+			selfExpired = false
+		}
+	}
+	// The events in between are gone: this member's key missing, or
+	// created again (the provider's keep-alive registers anew under a
+	// new lease), means its registration expired and the others dropped it.
+	if selfExpired {
+		v.expired()
 	}
 	for key := range v.members {
 		if !now[key] {

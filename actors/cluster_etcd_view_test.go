@@ -136,3 +136,99 @@ func TestClusterEtcdViewRelistsAfterCompaction(t *testing.T) {
 		t.Fatalf("changes %v, want chat@d joining, watched again after the listing", ch)
 	}
 }
+
+// relistAfter registers this member ("chat@self") and another, lets the view
+// list them, applies change to etcd, compacts past it and returns the
+// relisted difference with the view's Lost channel.
+func relistAfter(t *testing.T, leaving bool, change func(ctx context.Context, c *clientv3.Client)) (map[string]string, <-chan struct{}) {
+	t.Helper()
+	v, c := newTestView(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	for _, k := range []string{"/imsync/chat/chat@self", "/imsync/chat/chat@b"} {
+		if _, err := c.Put(ctx, k, `{}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := v.Get(ctx, "/imsync/chat", clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	lost := v.lostChan()
+	if leaving {
+		v.leave()
+	}
+	change(ctx, c)
+	r, err := c.Put(ctx, "/imsync/chat/chat@x", `{}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Compact(ctx, r.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	return changes(nextChange(t, v.Watch(ctx, "/imsync/chat", clientv3.WithPrefix()))), lost
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// TestEtcdViewRelistLosesOwnExpiry: this member's registration expired
+// while it could not watch and etcd compacted past the deletion: the
+// relisting finds its key gone and closes Lost (the others dropped it).
+func TestEtcdViewRelistLosesOwnExpiry(t *testing.T) {
+	got, lost := relistAfter(t, false, func(ctx context.Context, c *clientv3.Client) {
+		if _, err := c.Delete(ctx, "/imsync/chat/chat@self"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if got["/imsync/chat/chat@self"] != "DELETE" {
+		t.Fatalf("relisted %v, want chat@self deleted", got)
+	}
+	if !isClosed(lost) {
+		t.Fatal("own registration gone at the relisting, but Lost is open")
+	}
+}
+
+// TestEtcdViewRelistLosesOwnReregistration: the provider's keep-alive
+// registered this member again under a new lease after the first expired;
+// the relisting sees the key with a newer CreateRevision: lost all the same.
+func TestEtcdViewRelistLosesOwnReregistration(t *testing.T) {
+	_, lost := relistAfter(t, false, func(ctx context.Context, c *clientv3.Client) {
+		if _, err := c.Delete(ctx, "/imsync/chat/chat@self"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Put(ctx, "/imsync/chat/chat@self", `{}`); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if !isClosed(lost) {
+		t.Fatal("own key created again under a new lease, but Lost is open")
+	}
+}
+
+// TestEtcdViewRelistKeepsLiveOrLeavingMember: a relisting that finds this
+// member's first registration (its value refreshed), or that runs while
+// it deregisters, does not close Lost.
+func TestEtcdViewRelistKeepsLiveOrLeavingMember(t *testing.T) {
+	_, lost := relistAfter(t, false, func(ctx context.Context, c *clientv3.Client) {
+		if _, err := c.Put(ctx, "/imsync/chat/chat@self", `{"refreshed":true}`); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if isClosed(lost) {
+		t.Fatal("own registration still there, but Lost closed")
+	}
+	_, lost = relistAfter(t, true, func(ctx context.Context, c *clientv3.Client) {
+		if _, err := c.Delete(ctx, "/imsync/chat/chat@self"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if isClosed(lost) {
+		t.Fatal("this member deregistered, but Lost closed")
+	}
+}
