@@ -34,7 +34,9 @@ const EtcdLeaseTTL = 3 * time.Second
 const EtcdKeyPrefix = "/imsync"
 
 // etcdDialTimeout bounds the check that etcd answers, before anything
-// starts.
+// starts, and every call to etcd that has no deadline of its own: the
+// provider's calls have none, and etcd's client waits without end for a
+// connection, so an unreachable etcd would hang start and shutdown.
 const etcdDialTimeout = 5 * time.Second
 
 // EtcdEndpoints parses a comma-separated list of etcd client endpoints
@@ -107,6 +109,7 @@ func EtcdMembers(endpoints []string) (cluster.ClusterProvider, error) {
 	}
 	view := &etcdView{kv: client.KV, watcher: client.Watcher}
 	client.KV, client.Watcher = view, view
+	client.Lease = boundedLease{client.Lease}
 	provider, err := etcd.NewWithConfig(EtcdKeyPrefix, clientv3.Config{},
 		etcd.WithEtcdClient(client), etcd.WithKeepAliveTTL(EtcdLeaseTTL))
 	if err != nil {
@@ -141,6 +144,9 @@ func (m *etcdMembers) Lost() <-chan struct{} { return m.view.lostChan() }
 func (m *etcdMembers) Shutdown(graceful bool) error {
 	m.view.leave() // the provider deletes this member's key: not an expiry
 	err := m.Provider.Shutdown(graceful)
+	// When its deletion failed (etcd unreachable) the provider returns
+	// before it stops watching: the view ends the watch itself.
+	m.view.stop()
 	m.client.Close()
 	return err
 }
@@ -189,6 +195,9 @@ type etcdView struct {
 	kv      clientv3.KV
 	watcher clientv3.Watcher
 
+	stopOnce sync.Once
+	done     chan struct{} // closed by stop: the watch ends
+
 	mu      sync.Mutex
 	key     string // the provider's cluster key, "/imsync/NAME"
 	self    string // this member's key
@@ -209,6 +218,38 @@ func (v *etcdView) start(name, id string, log *slog.Logger) {
 	defer v.mu.Unlock()
 	v.key, v.log = etcdClusterKey(name), log
 	v.self = v.key + "/" + name + "@" + id
+}
+
+// stop ends the view's watch of the members, if any.
+func (v *etcdView) stop() {
+	v.stopOnce.Do(func() { close(v.stopped()) })
+}
+
+func (v *etcdView) stopped() chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.done == nil {
+		v.done = make(chan struct{})
+	}
+	return v.done
+}
+
+// bounded gives a call without a deadline one of etcdDialTimeout.
+func bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, etcdDialTimeout)
+}
+
+// boundedLease bounds the provider's lease grants (see bounded); the
+// keep-alive stream passes through.
+type boundedLease struct{ clientv3.Lease }
+
+func (l boundedLease) Grant(ctx context.Context, ttl int64) (*clientv3.LeaseGrantResponse, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	return l.Lease.Grant(ctx, ttl)
 }
 
 func (v *etcdView) leave() {
@@ -234,6 +275,8 @@ func (v *etcdView) isMembers(key string, opts []clientv3.OpOption) bool {
 // Those listings come back empty, which the election takes for "no
 // leader" without reading anything.
 func (v *etcdView) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	if !v.isMembers(key, opts) {
 		return v.kv.Get(ctx, key, opts...)
 	}
@@ -260,18 +303,26 @@ func (v *etcdView) Get(ctx context.Context, key string, opts ...clientv3.OpOptio
 }
 
 func (v *etcdView) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	return v.kv.Put(ctx, key, val, opts...)
 }
 
 func (v *etcdView) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	return v.kv.Delete(ctx, key, opts...)
 }
 
 func (v *etcdView) Compact(ctx context.Context, rev int64, opts ...clientv3.CompactOption) (*clientv3.CompactResponse, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	return v.kv.Compact(ctx, rev, opts...)
 }
 
 func (v *etcdView) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	return v.kv.Do(ctx, op)
 }
 
@@ -289,6 +340,15 @@ func (v *etcdView) Watch(ctx context.Context, key string, opts ...clientv3.OpOpt
 		return v.watcher.Watch(ctx, key, opts...)
 	}
 	out := make(chan clientv3.WatchResponse)
+	ctx, cancel := context.WithCancel(ctx)
+	done := v.stopped()
+	go func() {
+		defer cancel()
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+	}()
 	go v.follow(ctx, out)
 	return out
 }
@@ -423,6 +483,8 @@ func (v *etcdView) relist(ctx context.Context) (clientv3.WatchResponse, bool) {
 	v.mu.Lock()
 	prefix := v.key + "/"
 	v.mu.Unlock()
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	resp, err := v.kv.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
 		v.logger().Warn("etcd: listing the members again failed", slog.Any("error", err))

@@ -166,3 +166,30 @@ func TestClusterEtcdRegistrationExpired(t *testing.T) {
 		m.Crash() // no graceful handover to wait for
 	}
 }
+
+// TestClusterEtcdCloseWhileEtcdDown: a member asked to stop while etcd is
+// unreachable (SIGTERM during an outage) does not wait for etcd: its
+// deregistration gives up and it stops.
+func TestClusterEtcdCloseWhileEtcdDown(t *testing.T) {
+	endpoint, stopEtcd := etcdtest.Run(t)
+	store := newStore(t)
+	member := func() *actors.Service {
+		t.Helper()
+		p, err := actors.EtcdMembers([]string{endpoint})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return start(t, actors.Config{Store: store, ClusterName: "chat", Provider: p})
+	}
+	a, b := member(), member()
+	eventually(t, "two members", func() bool { return a.Members() == 2 && b.Members() == 2 })
+	stopEtcd()
+	closed := make(chan struct{})
+	go func() { a.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(60 * time.Second):
+		t.Fatal("Close still blocked 60 s into an etcd outage")
+	}
+	b.Crash()
+}

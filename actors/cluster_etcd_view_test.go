@@ -4,6 +4,7 @@ package actors
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -230,5 +231,74 @@ func TestEtcdViewRelistKeepsLiveOrLeavingMember(t *testing.T) {
 	})
 	if isClosed(lost) {
 		t.Fatal("this member deregistered, but Lost closed")
+	}
+}
+
+// TestEtcdViewBoundsCallsWhenEtcdDown: the provider calls etcd without a
+// deadline (its deregistration at shutdown, its registration and listing
+// at start); etcd's client would wait for a connection for ever, so with
+// etcd unreachable every such call through the view returns an error
+// within etcdDialTimeout instead.
+func TestEtcdViewBoundsCallsWhenEtcdDown(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there: etcd is down
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	v := &etcdView{kv: c.KV, watcher: c.Watcher}
+	v.start("chat", "self", nil)
+	lease := boundedLease{c.Lease}
+	calls := map[string]func() error{
+		"delete": func() error { _, err := v.Delete(context.TODO(), "/imsync/chat/chat@self"); return err },
+		"put":    func() error { _, err := v.Put(context.TODO(), "/imsync/chat/chat@self", `{}`); return err },
+		"list":   func() error { _, err := v.Get(context.TODO(), "/imsync/chat", clientv3.WithPrefix()); return err },
+		"grant":  func() error { _, err := lease.Grant(context.TODO(), 3); return err },
+	}
+	done := make(chan string, len(calls))
+	for name, call := range calls {
+		go func() {
+			if err := call(); err == nil {
+				t.Errorf("%s with etcd down: no error", name)
+			}
+			done <- name
+		}()
+	}
+	deadline := time.After(3 * etcdDialTimeout)
+	for range calls {
+		select {
+		case <-done:
+		case <-deadline:
+			t.Fatalf("a call to etcd still blocked after %v with etcd down: start or shutdown would hang", 3*etcdDialTimeout)
+		}
+	}
+}
+
+// TestEtcdViewStopEndsTheWatch: the provider's watch context is never
+// cancelled when its deregistration fails; stop ends the view's watch
+// (and its retries against a closed client) all the same.
+func TestEtcdViewStopEndsTheWatch(t *testing.T) {
+	v, c := newTestView(t)
+	if _, err := v.Get(context.Background(), "/imsync/chat", clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	w := v.Watch(context.Background(), "/imsync/chat", clientv3.WithPrefix())
+	v.stop()
+	c.Close()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case _, ok := <-w:
+			if !ok {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the watch still runs 10 s after stop")
+		}
 	}
 }
