@@ -74,7 +74,7 @@ func EtcdEndpoints(list string) ([]string, error) {
 // when it fails).
 //
 // Around the provider it mends what would break the cluster's
-// guarantees (in etcdView, and removePrevious for the last):
+// guarantees (in etcdView, and waitForPredecessor for the last):
 //   - the provider lists and watches the key prefix "/imsync/NAME", which
 //     also matches the cluster "NAME2": it lists "/imsync/NAME/" instead;
 //   - it watches from "now" after listing the members, so a member that
@@ -89,9 +89,11 @@ func EtcdEndpoints(list string) ([]string, error) {
 //     it elects nothing (see Get);
 //   - a member restarted at the same address registers under a new id
 //     while its previous registration lives until its lease expires: the
-//     new member removes the registrations at its own address first, so
-//     the others do not keep a dead member (nor, when its lease expires,
-//     drop the connections to the address the new member now has).
+//     new member waits for the registrations at its own address to expire
+//     first, so the others do not keep a dead member (nor, when its lease
+//     expires, drop the connections to the address the new member now
+//     has); one still there after etcdSameAddressWait is a live member
+//     given the same address, and the new member refuses to start.
 func EtcdMembers(endpoints []string) (cluster.ClusterProvider, error) {
 	client, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
@@ -131,7 +133,7 @@ func (m *etcdMembers) StartMember(c *cluster.Cluster) error {
 	if err != nil {
 		return err
 	}
-	if err := m.removePrevious(c.Config.Name, c.ActorSystem.ID, host, port); err != nil {
+	if err := m.waitForPredecessor(c.Config.Name, c.ActorSystem.ID, host, port); err != nil {
 		return err
 	}
 	return m.Provider.StartMember(c)
@@ -151,16 +153,44 @@ func (m *etcdMembers) Shutdown(graceful bool) error {
 	return err
 }
 
-// removePrevious deletes the registrations of earlier members at this
-// member's address: they are dead (two processes cannot listen on one
-// address), only their leases have not expired yet.
-func (m *etcdMembers) removePrevious(name, id, host string, port int) error {
+// etcdSameAddressWait is how long a new member waits for a registration
+// at its own address to go: a dead predecessor's within its lease's TTL
+// and etcd's expiry check; two lease TTLs and a second leave it slack.
+const etcdSameAddressWait = 2*EtcdLeaseTTL + time.Second
+
+// waitForPredecessor waits until no other member is registered at this
+// member's address. Such a registration is a predecessor that died without
+// leaving (a restart after SIGKILL), whose lease expires within
+// EtcdLeaseTTL, or a live member elsewhere given the same address: one
+// that is still there after etcdSameAddressWait is refused, rather than
+// deleted (two such nodes would remove each other's registrations and
+// restart each other for ever).
+func (m *etcdMembers) waitForPredecessor(name, id, host string, port int) error {
+	deadline := time.Now().Add(etcdSameAddressWait)
+	for {
+		other, err := m.registeredAt(name, id, host, port)
+		if err != nil {
+			return err
+		}
+		if other == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("etcd: another live member is registered at %s (%s, still there after %v): "+
+				"each node needs its own --advertise", net.JoinHostPort(host, strconv.Itoa(port)), other, etcdSameAddressWait)
+		}
+		time.Sleep(200 * time.Millisecond) // poll: the lease expires on etcd's side
+	}
+}
+
+// registeredAt returns the key of another member of cluster name
+// registered at host:port, or "".
+func (m *etcdMembers) registeredAt(name, id, host string, port int) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), etcdDialTimeout)
 	defer cancel()
-	prefix := etcdClusterKey(name) + "/"
-	resp, err := m.view.kv.Get(ctx, prefix, clientv3.WithPrefix())
+	resp, err := m.view.kv.Get(ctx, etcdClusterKey(name)+"/", clientv3.WithPrefix())
 	if err != nil {
-		return fmt.Errorf("etcd: listing the members of %s: %v", name, err)
+		return "", fmt.Errorf("etcd: listing the members of %s: %v", name, err)
 	}
 	for _, kv := range resp.Kvs {
 		var n etcd.Node
@@ -168,12 +198,10 @@ func (m *etcdMembers) removePrevious(name, id, host string, port int) error {
 			continue
 		}
 		if h, p := n.GetAddress(); h == host && p == port {
-			if _, err := m.view.kv.Delete(ctx, string(kv.Key)); err != nil {
-				return fmt.Errorf("etcd: removing %s, the previous member at %s:%d: %v", kv.Key, host, port, err)
-			}
+			return string(kv.Key), nil
 		}
 	}
-	return nil
+	return "", nil
 }
 
 // MembershipLost returns a channel closed when the member provider p says
