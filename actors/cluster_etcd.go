@@ -129,6 +129,15 @@ type etcdMembers struct {
 
 func (m *etcdMembers) StartMember(c *cluster.Cluster) error {
 	m.view.start(c.Config.Name, c.ActorSystem.ID, c.Logger())
+	err := m.startMember(c)
+	if err != nil { // the member never started: nothing else closes the client
+		m.view.stop()
+		m.client.Close()
+	}
+	return err
+}
+
+func (m *etcdMembers) startMember(c *cluster.Cluster) error {
 	host, port, err := c.ActorSystem.GetHostPort()
 	if err != nil {
 		return err
