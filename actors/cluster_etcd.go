@@ -34,7 +34,9 @@ const EtcdLeaseTTL = 3 * time.Second
 const EtcdKeyPrefix = "/imsync"
 
 // etcdDialTimeout bounds the check that etcd answers, before anything
-// starts.
+// starts, and every call to etcd that has no deadline of its own: the
+// provider's calls have none, and etcd's client waits without end for a
+// connection, so an unreachable etcd would hang start and shutdown.
 const etcdDialTimeout = 5 * time.Second
 
 // EtcdEndpoints parses a comma-separated list of etcd client endpoints
@@ -72,7 +74,7 @@ func EtcdEndpoints(list string) ([]string, error) {
 // when it fails).
 //
 // Around the provider it mends what would break the cluster's
-// guarantees (in etcdView, and removePrevious for the last):
+// guarantees (in etcdView, and waitForPredecessor for the last):
 //   - the provider lists and watches the key prefix "/imsync/NAME", which
 //     also matches the cluster "NAME2": it lists "/imsync/NAME/" instead;
 //   - it watches from "now" after listing the members, so a member that
@@ -87,9 +89,11 @@ func EtcdEndpoints(list string) ([]string, error) {
 //     it elects nothing (see Get);
 //   - a member restarted at the same address registers under a new id
 //     while its previous registration lives until its lease expires: the
-//     new member removes the registrations at its own address first, so
-//     the others do not keep a dead member (nor, when its lease expires,
-//     drop the connections to the address the new member now has).
+//     new member waits for the registrations at its own address to expire
+//     first, so the others do not keep a dead member (nor, when its lease
+//     expires, drop the connections to the address the new member now
+//     has); one still there after etcdSameAddressWait is a live member
+//     given the same address, and the new member refuses to start.
 func EtcdMembers(endpoints []string) (cluster.ClusterProvider, error) {
 	client, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
@@ -107,6 +111,7 @@ func EtcdMembers(endpoints []string) (cluster.ClusterProvider, error) {
 	}
 	view := &etcdView{kv: client.KV, watcher: client.Watcher}
 	client.KV, client.Watcher = view, view
+	client.Lease = boundedLease{client.Lease}
 	provider, err := etcd.NewWithConfig(EtcdKeyPrefix, clientv3.Config{},
 		etcd.WithEtcdClient(client), etcd.WithKeepAliveTTL(EtcdLeaseTTL))
 	if err != nil {
@@ -124,11 +129,20 @@ type etcdMembers struct {
 
 func (m *etcdMembers) StartMember(c *cluster.Cluster) error {
 	m.view.start(c.Config.Name, c.ActorSystem.ID, c.Logger())
+	err := m.startMember(c)
+	if err != nil { // the member never started: nothing else closes the client
+		m.view.stop()
+		m.client.Close()
+	}
+	return err
+}
+
+func (m *etcdMembers) startMember(c *cluster.Cluster) error {
 	host, port, err := c.ActorSystem.GetHostPort()
 	if err != nil {
 		return err
 	}
-	if err := m.removePrevious(c.Config.Name, c.ActorSystem.ID, host, port); err != nil {
+	if err := m.waitForPredecessor(c.Config.Name, c.ActorSystem.ID, host, port); err != nil {
 		return err
 	}
 	return m.Provider.StartMember(c)
@@ -141,20 +155,51 @@ func (m *etcdMembers) Lost() <-chan struct{} { return m.view.lostChan() }
 func (m *etcdMembers) Shutdown(graceful bool) error {
 	m.view.leave() // the provider deletes this member's key: not an expiry
 	err := m.Provider.Shutdown(graceful)
+	// When its deletion failed (etcd unreachable) the provider returns
+	// before it stops watching: the view ends the watch itself.
+	m.view.stop()
 	m.client.Close()
 	return err
 }
 
-// removePrevious deletes the registrations of earlier members at this
-// member's address: they are dead (two processes cannot listen on one
-// address), only their leases have not expired yet.
-func (m *etcdMembers) removePrevious(name, id, host string, port int) error {
+// etcdSameAddressWait is how long a new member waits for a registration
+// at its own address to go: a dead predecessor's within its lease's TTL
+// and etcd's expiry check; two lease TTLs and a second leave it slack.
+const etcdSameAddressWait = 2*EtcdLeaseTTL + time.Second
+
+// waitForPredecessor waits until no other member is registered at this
+// member's address. Such a registration is a predecessor that died without
+// leaving (a restart after SIGKILL), whose lease expires within
+// EtcdLeaseTTL, or a live member elsewhere given the same address: one
+// that is still there after etcdSameAddressWait is refused, rather than
+// deleted (two such nodes would remove each other's registrations and
+// restart each other for ever).
+func (m *etcdMembers) waitForPredecessor(name, id, host string, port int) error {
+	deadline := time.Now().Add(etcdSameAddressWait)
+	for {
+		other, err := m.registeredAt(name, id, host, port)
+		if err != nil {
+			return err
+		}
+		if other == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("etcd: another live member is registered at %s (%s, still there after %v): "+
+				"each node needs its own --advertise", net.JoinHostPort(host, strconv.Itoa(port)), other, etcdSameAddressWait)
+		}
+		time.Sleep(200 * time.Millisecond) // poll: the lease expires on etcd's side
+	}
+}
+
+// registeredAt returns the key of another member of cluster name
+// registered at host:port, or "".
+func (m *etcdMembers) registeredAt(name, id, host string, port int) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), etcdDialTimeout)
 	defer cancel()
-	prefix := etcdClusterKey(name) + "/"
-	resp, err := m.view.kv.Get(ctx, prefix, clientv3.WithPrefix())
+	resp, err := m.view.kv.Get(ctx, etcdClusterKey(name)+"/", clientv3.WithPrefix())
 	if err != nil {
-		return fmt.Errorf("etcd: listing the members of %s: %v", name, err)
+		return "", fmt.Errorf("etcd: listing the members of %s: %v", name, err)
 	}
 	for _, kv := range resp.Kvs {
 		var n etcd.Node
@@ -162,12 +207,10 @@ func (m *etcdMembers) removePrevious(name, id, host string, port int) error {
 			continue
 		}
 		if h, p := n.GetAddress(); h == host && p == port {
-			if _, err := m.view.kv.Delete(ctx, string(kv.Key)); err != nil {
-				return fmt.Errorf("etcd: removing %s, the previous member at %s:%d: %v", kv.Key, host, port, err)
-			}
+			return string(kv.Key), nil
 		}
 	}
-	return nil
+	return "", nil
 }
 
 // MembershipLost returns a channel closed when the member provider p says
@@ -189,6 +232,9 @@ type etcdView struct {
 	kv      clientv3.KV
 	watcher clientv3.Watcher
 
+	stopOnce sync.Once
+	done     chan struct{} // closed by stop: the watch ends
+
 	mu      sync.Mutex
 	key     string // the provider's cluster key, "/imsync/NAME"
 	self    string // this member's key
@@ -197,6 +243,7 @@ type etcdView struct {
 	listed  bool
 	next    int64           // the first revision the provider has not seen
 	members map[string]bool // the keys the provider has seen, as of next-1
+	created int64           // this member's key's CreateRevision when first seen (0: not yet)
 	lost    chan struct{}   // closed when this member's registration expired
 }
 
@@ -208,6 +255,38 @@ func (v *etcdView) start(name, id string, log *slog.Logger) {
 	defer v.mu.Unlock()
 	v.key, v.log = etcdClusterKey(name), log
 	v.self = v.key + "/" + name + "@" + id
+}
+
+// stop ends the view's watch of the members, if any.
+func (v *etcdView) stop() {
+	v.stopOnce.Do(func() { close(v.stopped()) })
+}
+
+func (v *etcdView) stopped() chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.done == nil {
+		v.done = make(chan struct{})
+	}
+	return v.done
+}
+
+// bounded gives a call without a deadline one of etcdDialTimeout.
+func bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, etcdDialTimeout)
+}
+
+// boundedLease bounds the provider's lease grants (see bounded); the
+// keep-alive stream passes through.
+type boundedLease struct{ clientv3.Lease }
+
+func (l boundedLease) Grant(ctx context.Context, ttl int64) (*clientv3.LeaseGrantResponse, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	return l.Lease.Grant(ctx, ttl)
 }
 
 func (v *etcdView) leave() {
@@ -233,6 +312,8 @@ func (v *etcdView) isMembers(key string, opts []clientv3.OpOption) bool {
 // Those listings come back empty, which the election takes for "no
 // leader" without reading anything.
 func (v *etcdView) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	if !v.isMembers(key, opts) {
 		return v.kv.Get(ctx, key, opts...)
 	}
@@ -253,23 +334,32 @@ func (v *etcdView) Get(ctx context.Context, key string, opts ...clientv3.OpOptio
 	v.members = map[string]bool{}
 	for _, kv := range resp.Kvs {
 		v.members[string(kv.Key)] = true
+		v.noteSelf(kv)
 	}
 	return resp, nil
 }
 
 func (v *etcdView) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	return v.kv.Put(ctx, key, val, opts...)
 }
 
 func (v *etcdView) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	return v.kv.Delete(ctx, key, opts...)
 }
 
 func (v *etcdView) Compact(ctx context.Context, rev int64, opts ...clientv3.CompactOption) (*clientv3.CompactResponse, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	return v.kv.Compact(ctx, rev, opts...)
 }
 
 func (v *etcdView) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	return v.kv.Do(ctx, op)
 }
 
@@ -287,6 +377,15 @@ func (v *etcdView) Watch(ctx context.Context, key string, opts ...clientv3.OpOpt
 		return v.watcher.Watch(ctx, key, opts...)
 	}
 	out := make(chan clientv3.WatchResponse)
+	ctx, cancel := context.WithCancel(ctx)
+	done := v.stopped()
+	go func() {
+		defer cancel()
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+	}()
 	go v.follow(ctx, out)
 	return out
 }
@@ -373,6 +472,26 @@ func (v *etcdView) logger() *slog.Logger {
 	return v.log
 }
 
+// noteSelf records the CreateRevision of this member's key when first
+// seen (v.mu held): a later registration under a new lease has a newer one.
+func (v *etcdView) noteSelf(kv *mvccpb.KeyValue) {
+	if string(kv.Key) == v.self && v.created == 0 {
+		v.created = kv.CreateRevision
+	}
+}
+
+// expired closes lost unless this member deregisters (v.mu held).
+func (v *etcdView) expired() {
+	if v.leaving {
+		return
+	}
+	if v.log != nil {
+		v.log.Error("etcd: this member's registration expired (no keep-alive within the lease TTL): " +
+			"the other members dropped it and will not take it back; restart this node")
+	}
+	v.loseOnce()
+}
+
 // seen records what the provider is about to learn.
 func (v *etcdView) seen(evs []*clientv3.Event) {
 	v.mu.Lock()
@@ -382,14 +501,11 @@ func (v *etcdView) seen(evs []*clientv3.Event) {
 		switch ev.Type {
 		case clientv3.EventTypePut:
 			v.members[key] = true
+			v.noteSelf(ev.Kv)
 		case clientv3.EventTypeDelete:
 			delete(v.members, key)
-			if key == v.self && !v.leaving {
-				if v.log != nil {
-					v.log.Error("etcd: this member's registration expired (no keep-alive within the lease TTL): " +
-						"the other members dropped it and will not take it back; restart this node")
-				}
-				v.loseOnce()
+			if key == v.self {
+				v.expired()
 			}
 		}
 		if ev.Kv.ModRevision >= v.next {
@@ -404,6 +520,8 @@ func (v *etcdView) relist(ctx context.Context) (clientv3.WatchResponse, bool) {
 	v.mu.Lock()
 	prefix := v.key + "/"
 	v.mu.Unlock()
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	resp, err := v.kv.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
 		v.logger().Warn("etcd: listing the members again failed", slog.Any("error", err))
@@ -413,9 +531,19 @@ func (v *etcdView) relist(ctx context.Context) (clientv3.WatchResponse, bool) {
 	defer v.mu.Unlock()
 	now := map[string]bool{}
 	var evs []*clientv3.Event
+	selfExpired := v.created != 0 // unless its first registration is still there
 	for _, kv := range resp.Kvs {
 		now[string(kv.Key)] = true
 		evs = append(evs, &clientv3.Event{Type: clientv3.EventTypePut, Kv: kv})
+		if string(kv.Key) == v.self && kv.CreateRevision == v.created {
+			selfExpired = false
+		}
+	}
+	// The events in between are gone: this member's key missing, or
+	// created again (the provider's keep-alive registers anew under a
+	// new lease), means its registration expired and the others dropped it.
+	if selfExpired {
+		v.expired()
 	}
 	for key := range v.members {
 		if !now[key] {

@@ -22,9 +22,10 @@ import (
 
 // TestClusterEtcdMembership: members register in etcd and find each other
 // there; a member of a cluster whose name extends this one's is not one of
-// them; a registration that a dead predecessor left at a member's address
-// (its lease not expired yet) is gone once the member has started; a
-// member that leaves is dropped at once.
+// them; a member whose address still has the registration of a dead
+// predecessor (its lease not expired yet, never kept alive again) starts
+// once that expired, and nobody counts the dead one; a member that leaves
+// is dropped at once.
 func TestClusterEtcdMembership(t *testing.T) {
 	endpoint := etcdtest.Start(t)
 	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
@@ -41,7 +42,7 @@ func TestClusterEtcdMembership(t *testing.T) {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	lease, err := etcd.Grant(ctx, 600)
+	lease, err := etcd.Grant(ctx, int64(actors.EtcdLeaseTTL/time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +68,7 @@ func TestClusterEtcdMembership(t *testing.T) {
 		return a.Members() == 2 && b.Members() == 2 && other.Members() == 1
 	})
 	if r, err := etcd.Get(ctx, ghostKey); err != nil || r.Count != 0 {
-		t.Fatalf("the predecessor's registration at %d: %v (%v), want it removed", port, r.Kvs, err)
+		t.Fatalf("the predecessor's registration at %d: %v (%v), want it expired", port, r.Kvs, err)
 	}
 	// Grains are reached on both members.
 	for i := range 6 {
@@ -164,5 +165,80 @@ func TestClusterEtcdRegistrationExpired(t *testing.T) {
 	}
 	for _, m := range []*actors.Service{a, b, c} {
 		m.Crash() // no graceful handover to wait for
+	}
+}
+
+// TestClusterEtcdCloseWhileEtcdDown: a member asked to stop while etcd is
+// unreachable (SIGTERM during an outage) does not wait for etcd: its
+// deregistration gives up and it stops.
+func TestClusterEtcdCloseWhileEtcdDown(t *testing.T) {
+	endpoint, stopEtcd := etcdtest.Run(t)
+	store := newStore(t)
+	member := func() *actors.Service {
+		t.Helper()
+		p, err := actors.EtcdMembers([]string{endpoint})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return start(t, actors.Config{Store: store, ClusterName: "chat", Provider: p})
+	}
+	a, b := member(), member()
+	eventually(t, "two members", func() bool { return a.Members() == 2 && b.Members() == 2 })
+	stopEtcd()
+	closed := make(chan struct{})
+	go func() { a.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(60 * time.Second):
+		t.Fatal("Close still blocked 60 s into an etcd outage")
+	}
+	b.Crash()
+}
+
+// TestClusterEtcdRefusesLiveMemberAtSameAddress: a node given the address
+// of a live member (two machines with the same --advertise) does not
+// remove that member's registration: it refuses to start, saying why.
+func TestClusterEtcdRefusesLiveMemberAtSameAddress(t *testing.T) {
+	endpoint := etcdtest.Start(t)
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer etcd.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	lease, err := etcd.Grant(ctx, int64(actors.EtcdLeaseTTL/time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := etcd.KeepAlive(ctx, lease.ID); err != nil { // alive elsewhere
+		t.Fatal(err)
+	}
+	const liveKey = actors.EtcdKeyPrefix + "/chat/chat@elsewhere"
+	live := fmt.Sprintf(`{"id":"chat@elsewhere","name":"chat@elsewhere","host":"127.0.0.1","address":"127.0.0.1","port":%d,"kinds":["conversation","user","device"],"alive":true}`, port)
+	if _, err := etcd.Put(ctx, liveKey, live, clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	p, err := actors.EtcdMembers([]string{endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := actors.Start(actors.Config{Store: newStore(t), ClusterName: "chat", Provider: p, Port: port})
+	if err == nil {
+		svc.Crash()
+		t.Fatal("started at the address of a live member")
+	}
+	want := fmt.Sprintf("another live member is registered at 127.0.0.1:%d", port)
+	if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "--advertise") {
+		t.Fatalf("error %q, want it to say %q and name --advertise", err, want)
+	}
+	if r, err := etcd.Get(ctx, liveKey); err != nil || r.Count != 1 {
+		t.Fatalf("the live member's registration: %v (%v), want it untouched", r.Kvs, err)
 	}
 }

@@ -4,6 +4,7 @@ package actors
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -134,5 +135,170 @@ func TestClusterEtcdViewRelistsAfterCompaction(t *testing.T) {
 	}
 	if ch := changes(nextChange(t, w)); len(ch) != 1 || ch["/imsync/chat/chat@d"] != "PUT" {
 		t.Fatalf("changes %v, want chat@d joining, watched again after the listing", ch)
+	}
+}
+
+// relistAfter registers this member ("chat@self") and another, lets the view
+// list them, applies change to etcd, compacts past it and returns the
+// relisted difference with the view's Lost channel.
+func relistAfter(t *testing.T, leaving bool, change func(ctx context.Context, c *clientv3.Client)) (map[string]string, <-chan struct{}) {
+	t.Helper()
+	v, c := newTestView(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	for _, k := range []string{"/imsync/chat/chat@self", "/imsync/chat/chat@b"} {
+		if _, err := c.Put(ctx, k, `{}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := v.Get(ctx, "/imsync/chat", clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	lost := v.lostChan()
+	if leaving {
+		v.leave()
+	}
+	change(ctx, c)
+	r, err := c.Put(ctx, "/imsync/chat/chat@x", `{}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Compact(ctx, r.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	return changes(nextChange(t, v.Watch(ctx, "/imsync/chat", clientv3.WithPrefix()))), lost
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// TestEtcdViewRelistLosesOwnExpiry: this member's registration expired
+// while it could not watch and etcd compacted past the deletion: the
+// relisting finds its key gone and closes Lost (the others dropped it).
+func TestEtcdViewRelistLosesOwnExpiry(t *testing.T) {
+	got, lost := relistAfter(t, false, func(ctx context.Context, c *clientv3.Client) {
+		if _, err := c.Delete(ctx, "/imsync/chat/chat@self"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if got["/imsync/chat/chat@self"] != "DELETE" {
+		t.Fatalf("relisted %v, want chat@self deleted", got)
+	}
+	if !isClosed(lost) {
+		t.Fatal("own registration gone at the relisting, but Lost is open")
+	}
+}
+
+// TestEtcdViewRelistLosesOwnReregistration: the provider's keep-alive
+// registered this member again under a new lease after the first expired;
+// the relisting sees the key with a newer CreateRevision: lost all the same.
+func TestEtcdViewRelistLosesOwnReregistration(t *testing.T) {
+	_, lost := relistAfter(t, false, func(ctx context.Context, c *clientv3.Client) {
+		if _, err := c.Delete(ctx, "/imsync/chat/chat@self"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Put(ctx, "/imsync/chat/chat@self", `{}`); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if !isClosed(lost) {
+		t.Fatal("own key created again under a new lease, but Lost is open")
+	}
+}
+
+// TestEtcdViewRelistKeepsLiveOrLeavingMember: a relisting that finds this
+// member's first registration (its value refreshed), or that runs while
+// it deregisters, does not close Lost.
+func TestEtcdViewRelistKeepsLiveOrLeavingMember(t *testing.T) {
+	_, lost := relistAfter(t, false, func(ctx context.Context, c *clientv3.Client) {
+		if _, err := c.Put(ctx, "/imsync/chat/chat@self", `{"refreshed":true}`); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if isClosed(lost) {
+		t.Fatal("own registration still there, but Lost closed")
+	}
+	_, lost = relistAfter(t, true, func(ctx context.Context, c *clientv3.Client) {
+		if _, err := c.Delete(ctx, "/imsync/chat/chat@self"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if isClosed(lost) {
+		t.Fatal("this member deregistered, but Lost closed")
+	}
+}
+
+// TestEtcdViewBoundsCallsWhenEtcdDown: the provider calls etcd without a
+// deadline (its deregistration at shutdown, its registration and listing
+// at start); etcd's client would wait for a connection for ever, so with
+// etcd unreachable every such call through the view returns an error
+// within etcdDialTimeout instead.
+func TestEtcdViewBoundsCallsWhenEtcdDown(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there: etcd is down
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, DialTimeout: time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	v := &etcdView{kv: c.KV, watcher: c.Watcher}
+	v.start("chat", "self", nil)
+	lease := boundedLease{c.Lease}
+	calls := map[string]func() error{
+		"delete": func() error { _, err := v.Delete(context.TODO(), "/imsync/chat/chat@self"); return err },
+		"put":    func() error { _, err := v.Put(context.TODO(), "/imsync/chat/chat@self", `{}`); return err },
+		"list":   func() error { _, err := v.Get(context.TODO(), "/imsync/chat", clientv3.WithPrefix()); return err },
+		"grant":  func() error { _, err := lease.Grant(context.TODO(), 3); return err },
+	}
+	done := make(chan string, len(calls))
+	for name, call := range calls {
+		go func() {
+			if err := call(); err == nil {
+				t.Errorf("%s with etcd down: no error", name)
+			}
+			done <- name
+		}()
+	}
+	deadline := time.After(3 * etcdDialTimeout)
+	for range calls {
+		select {
+		case <-done:
+		case <-deadline:
+			t.Fatalf("a call to etcd still blocked after %v with etcd down: start or shutdown would hang", 3*etcdDialTimeout)
+		}
+	}
+}
+
+// TestEtcdViewStopEndsTheWatch: the provider's watch context is never
+// cancelled when its deregistration fails; stop ends the view's watch
+// (and its retries against a closed client) all the same.
+func TestEtcdViewStopEndsTheWatch(t *testing.T) {
+	v, c := newTestView(t)
+	if _, err := v.Get(context.Background(), "/imsync/chat", clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	w := v.Watch(context.Background(), "/imsync/chat", clientv3.WithPrefix())
+	v.stop()
+	c.Close()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case _, ok := <-w:
+			if !ok {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the watch still runs 10 s after stop")
+		}
 	}
 }

@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -163,7 +164,10 @@ func Start(cfg Config) (*Service, error) {
 	ccfg := cluster.Configure(cfg.ClusterName, cfg.Provider, newPlacementLookup(), remote.Configure(cfg.Host, cfg.Port), opts...)
 	s.cluster = cluster.New(s.system, ccfg)
 	s.followTopology()
-	s.cluster.StartMember()
+	if err := startMember(s.cluster); err != nil {
+		s.system.Shutdown()
+		return nil, err
+	}
 	if !cfg.NoFanoutWatch {
 		s.watch = startFanoutWatch(s)
 	}
@@ -672,4 +676,21 @@ func (s *Service) Device(ctx context.Context, user, device string) (*DeviceState
 func (s *Service) EnsureFanout(ctx context.Context, conv string, seq uint64) error {
 	_, err := call[*Written](s, ctx, conv, kindConversation, &EnsureFanout{Seq: seq})
 	return err
+}
+
+// startMember joins the cluster; protoactor-go panics when the member
+// provider refuses (etcd unreachable, another member at this address):
+// that is an error for the caller.
+func startMember(c *cluster.Cluster) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if e, ok := r.(error); ok {
+				err = e
+			} else {
+				err = fmt.Errorf("joining the cluster: %v", r)
+			}
+		}
+	}()
+	c.StartMember()
+	return nil
 }

@@ -13,6 +13,7 @@ package etcdtest
 import (
 	"net"
 	"net/url"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +24,14 @@ import (
 // Start runs etcd on free loopback ports and returns its client endpoint,
 // HOST:PORT, once it is ready.
 func Start(t testing.TB) string {
+	t.Helper()
+	endpoint, _ := Run(t)
+	return endpoint
+}
+
+// Run is Start that also returns a function stopping etcd (an outage);
+// calling it more than once does no harm.
+func Run(t testing.TB) (endpoint string, stop func()) {
 	t.Helper()
 	free := func() *url.URL {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -43,11 +52,13 @@ func Start(t testing.TB) string {
 	if err != nil {
 		t.Fatalf("etcd: %v", err)
 	}
-	t.Cleanup(e.Close)
+	var once sync.Once
+	stop = func() { once.Do(e.Close) }
+	t.Cleanup(stop)
 	select {
 	case <-e.Server.ReadyNotify():
 	case <-time.After(30 * time.Second):
 		t.Fatal("etcd did not become ready in 30 s")
 	}
-	return clientURL.Host
+	return clientURL.Host, stop
 }
