@@ -14,7 +14,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/actors/etcdtest"
@@ -28,11 +27,7 @@ import (
 // is dropped at once.
 func TestClusterEtcdMembership(t *testing.T) {
 	endpoint := etcdtest.Start(t)
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer etcd.Close()
+	etcd := etcdtest.Client(t, endpoint)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -111,11 +106,7 @@ func (b *syncBuffer) String() string {
 // docs/cluster.md says: it must be restarted.
 func TestClusterEtcdRegistrationExpired(t *testing.T) {
 	endpoint := etcdtest.Start(t)
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer etcd.Close()
+	etcd := etcdtest.Client(t, endpoint)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	store := newStore(t)
@@ -200,11 +191,7 @@ func TestClusterEtcdCloseWhileEtcdDown(t *testing.T) {
 // remove that member's registration: it refuses to start, saying why.
 func TestClusterEtcdRefusesLiveMemberAtSameAddress(t *testing.T) {
 	endpoint := etcdtest.Start(t)
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer etcd.Close()
+	etcd := etcdtest.Client(t, endpoint)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -15,11 +15,7 @@ import (
 
 func newTestView(t *testing.T) (*etcdView, *clientv3.Client) {
 	t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdtest.Start(t)}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := etcdtest.Client(t, etcdtest.Start(t))
 	v := &etcdView{kv: c.KV, watcher: c.Watcher}
 	v.start("chat", "self", nil)
 	return v, c

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -61,4 +62,15 @@ func Run(t testing.TB) (endpoint string, stop func()) {
 		t.Fatal("etcd did not become ready in 30 s")
 	}
 	return clientURL.Host, stop
+}
+
+// Client is a client of the etcd at endpoint, closed when t ends.
+func Client(t testing.TB, endpoint string) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

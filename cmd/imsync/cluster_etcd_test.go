@@ -16,7 +16,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/imsync/imsync/actors"
 	"github.com/imsync/imsync/actors/etcdtest"
@@ -187,11 +186,7 @@ func TestClusterNodeJoinsThroughEtcd(t *testing.T) {
 // advertise, as etcd does when the node's keep-alives stop.
 func expireRegistration(t *testing.T, endpoint, advertise string) {
 	t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := etcdtest.Client(t, endpoint)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := c.Get(ctx, actors.EtcdKeyPrefix+"/", clientv3.WithPrefix())
