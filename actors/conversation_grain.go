@@ -125,18 +125,21 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 	case *actor.Stopping:
 		g.idle.stop()
 	case *EnsureFanout:
-		if g.ensureReady(ctx) && m.Seq > g.fanout.cursor {
+		if !g.ensureReady(ctx) || !g.current(ctx, m.Seq > g.state.lastSeq) {
+			return
+		}
+		if m.Seq > g.fanout.cursor {
 			g.waiters = append(g.waiters, ensureWaiter{m.Seq, ctx.Sender()})
 			return
 		}
 		ctx.Respond(&Written{Seq: g.fanout.cursor, ConversationId: g.id})
 	case *GetConversation:
-		if !g.ensureReady(ctx) {
+		if !g.ensureReady(ctx) || !g.current(ctx, g.hidden(m.Reader) || m.SeenSeq > g.state.lastSeq) {
 			return
 		}
 		ctx.Respond(g.info(m))
 	case *GetHistory:
-		if !g.ensureReady(ctx) {
+		if !g.ensureReady(ctx) || !g.current(ctx, g.hidden(m.Reader)) {
 			return
 		}
 		g.history(ctx, m)
@@ -162,6 +165,39 @@ func (g *conversationGrain) ensureReady(ctx actor.Context) bool {
 	}
 	g.startFanout(ctx)
 	return true
+}
+
+// hidden: the conversation is not there for reader (reads answer NOT_FOUND).
+func (g *conversationGrain) hidden(reader string) bool {
+	return !g.state.exists() || !g.state.isMember(reader)
+}
+
+// current makes sure, when suspect (the state alone would refuse the
+// request, or ends before what the caller knows of), that the state is not
+// behind the stream (catchUp). It answers the request and reports false
+// when the stream cannot say.
+func (g *conversationGrain) current(ctx actor.Context, suspect bool) bool {
+	if !suspect {
+		return true
+	}
+	if _, f := g.catchUp(ctx); f != nil {
+		ctx.Respond(f)
+		return false
+	}
+	return true
+}
+
+// catchUp reloads the state if another activation wrote the stream (see
+// catchUp in journal.go).
+func (g *conversationGrain) catchUp(ctx actor.Context) (bool, *Failure) {
+	return catchUp(g.svc, g.j, func() error {
+		if err := g.load(); err != nil {
+			g.broken = true
+			return err
+		}
+		g.startFanout(ctx)
+		return nil
+	}, "conversation "+g.id)
 }
 
 // load rebuilds the state from conv-<id>; events after the fanout
@@ -238,6 +274,14 @@ func (g *conversationGrain) snapshot(force bool) {
 func (g *conversationGrain) write(ctx actor.Context, sender *actor.PID, cmd proto.Message) {
 	lim := g.svc.cfg.Limits
 	evs, w, f := decideConv(g.state, cmd, g.svc.cfg.Now(), lim)
+	if f != nil {
+		reloaded, uf := g.catchUp(ctx)
+		if uf != nil {
+			f = uf
+		} else if reloaded {
+			evs, w, f = decideConv(g.state, cmd, g.svc.cfg.Now(), lim)
+		}
+	}
 	if f != nil {
 		answer(ctx, sender, f)
 		return

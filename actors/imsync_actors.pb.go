@@ -598,12 +598,16 @@ func (x *GetHistory) GetFromStart() bool {
 }
 
 type GetConversation struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reader        string                 `protobuf:"bytes,1,opt,name=reader,proto3" json:"reader,omitempty"`
-	ReadSeq       uint64                 `protobuf:"varint,2,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"`                // the reader's read marker, for ConversationInfo.unread
-	NoMembers     bool                   `protobuf:"varint,3,opt,name=no_members,json=noMembers,proto3" json:"no_members,omitempty"`          // the list line only: no member page
-	MembersAfter  string                 `protobuf:"bytes,4,opt,name=members_after,json=membersAfter,proto3" json:"members_after,omitempty"`  // the member page starts after this id
-	MembersLimit  uint32                 `protobuf:"varint,5,opt,name=members_limit,json=membersLimit,proto3" json:"members_limit,omitempty"` // members in the page (default and at most 1,000)
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Reader       string                 `protobuf:"bytes,1,opt,name=reader,proto3" json:"reader,omitempty"`
+	ReadSeq      uint64                 `protobuf:"varint,2,opt,name=read_seq,json=readSeq,proto3" json:"read_seq,omitempty"`                // the reader's read marker, for ConversationInfo.unread
+	NoMembers    bool                   `protobuf:"varint,3,opt,name=no_members,json=noMembers,proto3" json:"no_members,omitempty"`          // the list line only: no member page
+	MembersAfter string                 `protobuf:"bytes,4,opt,name=members_after,json=membersAfter,proto3" json:"members_after,omitempty"`  // the member page starts after this id
+	MembersLimit uint32                 `protobuf:"varint,5,opt,name=members_limit,json=membersLimit,proto3" json:"members_limit,omitempty"` // members in the page (default and at most 1,000)
+	// The caller knows of this seq (a read marker's target): a grain whose
+	// state ends before it checks its stream first (it may be a stale
+	// activation in a cluster).
+	SeenSeq       uint64 `protobuf:"varint,6,opt,name=seen_seq,json=seenSeq,proto3" json:"seen_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -669,6 +673,13 @@ func (x *GetConversation) GetMembersAfter() string {
 func (x *GetConversation) GetMembersLimit() uint32 {
 	if x != nil {
 		return x.MembersLimit
+	}
+	return 0
+}
+
+func (x *GetConversation) GetSeenSeq() uint64 {
+	if x != nil {
+		return x.SeenSeq
 	}
 	return 0
 }
@@ -2484,14 +2495,15 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\tafter_seq\x18\x03 \x01(\x04R\bafterSeq\x12\x14\n" +
 	"\x05limit\x18\x04 \x01(\rR\x05limit\x12\x1d\n" +
 	"\n" +
-	"from_start\x18\x05 \x01(\bR\tfromStart\"\xad\x01\n" +
+	"from_start\x18\x05 \x01(\bR\tfromStart\"\xc8\x01\n" +
 	"\x0fGetConversation\x12\x16\n" +
 	"\x06reader\x18\x01 \x01(\tR\x06reader\x12\x19\n" +
 	"\bread_seq\x18\x02 \x01(\x04R\areadSeq\x12\x1d\n" +
 	"\n" +
 	"no_members\x18\x03 \x01(\bR\tnoMembers\x12#\n" +
 	"\rmembers_after\x18\x04 \x01(\tR\fmembersAfter\x12#\n" +
-	"\rmembers_limit\x18\x05 \x01(\rR\fmembersLimit\"b\n" +
+	"\rmembers_limit\x18\x05 \x01(\rR\fmembersLimit\x12\x19\n" +
+	"\bseen_seq\x18\x06 \x01(\x04R\aseenSeq\"b\n" +
 	"\aWritten\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12'\n" +

@@ -142,6 +142,51 @@ func (j *journal) done(ctx actor.Context, d *appendDone) error {
 
 func (j *journal) idle() bool { return j.flying == 0 && len(j.queue) == 0 }
 
+// behind reports whether the stream holds events after those this journal
+// knows of (durable, in flight or queued): then another activation of the
+// grain wrote it. The exact expected revision fences that activation's
+// writes, but not answers decided on its state alone; see catchUp.
+func (j *journal) behind(ctx context.Context) (bool, error) {
+	page, err := j.store.ReadStream(ctx, j.stream, events.ReadStreamOptions{From: events.Revision(j.applied), Limit: 1})
+	if errors.Is(err, events.ErrStreamNotFound) {
+		return false, nil
+	}
+	return len(page) > 0, err
+}
+
+// catchUp is what a grain does before it answers from its state alone with
+// a refusal, or with less than the caller already knows of. In a cluster,
+// while members disagree on who owns a grain, a second activation may load
+// it and write; the first then holds a state that ends early (its own
+// writes would fail on the expected revision and make it rebuild, but a
+// refusal writes nothing). So a grain that may have company (Config.Provider
+// given) reads its stream past what it knows: when more is there it
+// reloads (reload) while its journal is idle and reports true, and the
+// caller decides again; while its own writes are in flight (they will
+// fail and make it rebuild) the request gets UNAVAILABLE, which callers
+// retry. A grain alone pays nothing.
+func catchUp(svc *Service, j *journal, reload func() error, what string) (reloaded bool, f *Failure) {
+	if !svc.shared || j == nil {
+		return false, nil
+	}
+	c, cancel := context.WithTimeout(context.Background(), appendTimeout)
+	defer cancel()
+	behind, err := j.behind(c)
+	switch {
+	case err != nil:
+		return false, unavailable(err)
+	case !behind:
+		return false, nil
+	case !j.idle():
+		return false, fail(Code_UNAVAILABLE, "%s: another member wrote %s; retry", what, j.stream)
+	}
+	svc.log.Info("grain behind its stream (another member wrote it); reloading", "stream", j.stream)
+	if err := reload(); err != nil {
+		return false, unavailable(err)
+	}
+	return true, nil
+}
+
 // replay reads a whole stream in order, calling fn with each event's
 // revision count (revision+1) and decoded message.
 func replay(ctx context.Context, store events.Store, stream string, fn func(n uint64, m proto.Message)) (uint64, error) {

@@ -103,6 +103,10 @@ type Service struct {
 	// view: this member's latest placement, for grains to check they own
 	// their identity (owned.go).
 	view placementView
+	// shared: other members may activate this member's grains too (a
+	// Provider was given), so a grain checks its stream before answering
+	// from its state alone (catchUp in journal.go).
+	shared bool
 }
 
 // Start starts a cluster member with the conversation, user and device
@@ -133,7 +137,8 @@ func Start(cfg Config) (*Service, error) {
 	if cfg.ClusterName == "" {
 		cfg.ClusterName = "imsync"
 	}
-	if cfg.Provider == nil {
+	shared := cfg.Provider != nil
+	if !shared {
 		cfg.Provider = test.NewTestProvider(test.NewInMemAgent())
 	}
 	if cfg.Host == "" {
@@ -144,7 +149,7 @@ func Start(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	cfg.Limits.ext = ext
-	s := &Service{cfg: cfg, store: cfg.Store, log: cfg.Logger, ext: ext}
+	s := &Service{cfg: cfg, store: cfg.Store, log: cfg.Logger, ext: ext, shared: shared}
 	acfg := actor.NewConfig()
 	acfg.LoggerFactory = protoactorLogger(cfg.Logger)
 	if cfg.Metrics.MeterProvider != nil {
@@ -499,7 +504,7 @@ func (s *Service) MarkRead(ctx context.Context, user, device, conv string, seq u
 	if err := validateConvID(conv); err != nil {
 		return 0, err
 	}
-	info, err := call[*eventspb.ConversationInfo](s, ctx, conv, kindConversation, &GetConversation{Reader: user, NoMembers: true})
+	info, err := call[*eventspb.ConversationInfo](s, ctx, conv, kindConversation, &GetConversation{Reader: user, NoMembers: true, SeenSeq: seq})
 	if err != nil {
 		return 0, err
 	}

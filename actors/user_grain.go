@@ -143,6 +143,18 @@ func (g *userGrain) Receive(ctx actor.Context) {
 
 func (g *userGrain) ready(ctx actor.Context) bool { return rebuild(ctx, &g.broken, g.load) }
 
+// catchUp reloads the state if another activation wrote the inbox (see
+// catchUp in journal.go).
+func (g *userGrain) catchUp() (bool, *Failure) {
+	return catchUp(g.svc, g.j, func() error {
+		if err := g.load(); err != nil {
+			g.broken = true
+			return err
+		}
+		return nil
+	}, "user "+g.id)
+}
+
 // snapshotIdleAge: an active grain with something new writes a snapshot at
 // its idle check when its latest one is older than this, so that a grain
 // that never passivates (a user with devices online) is still covered long
@@ -257,6 +269,14 @@ func (g *userGrain) deliver(ctx actor.Context, d *Deliver) {
 func (g *userGrain) markRead(ctx actor.Context, m *MarkRead) {
 	ev, marker, f := decideMarkRead(g.state, m)
 	if f != nil {
+		reloaded, uf := g.catchUp()
+		if uf != nil {
+			f = uf
+		} else if reloaded {
+			ev, marker, f = decideMarkRead(g.state, m)
+		}
+	}
+	if f != nil {
 		ctx.Respond(f)
 		return
 	}
@@ -326,6 +346,13 @@ func (g *userGrain) sync(ctx actor.Context, m *SyncRequest) {
 	if limit <= 0 || limit > MaxSyncLimit {
 		ctx.Respond(fail(Code_INVALID, "sync limit must be 1..%d", MaxSyncLimit))
 		return
+	}
+	if m.AfterUserSeq > g.j.durable {
+		// The device saw more than this grain knows of.
+		if _, f := g.catchUp(); f != nil {
+			ctx.Respond(f)
+			return
+		}
 	}
 	newest := g.j.durable
 	if m.AfterUserSeq >= newest {
