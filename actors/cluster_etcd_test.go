@@ -31,22 +31,8 @@ func TestClusterEtcdMembership(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	lease, err := etcd.Grant(ctx, int64(actors.EtcdLeaseTTL/time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	const ghostKey = actors.EtcdKeyPrefix + "/chat/chat@ghost"
-	ghost := fmt.Sprintf(`{"id":"chat@ghost","name":"chat@ghost","host":"127.0.0.1","address":"127.0.0.1","port":%d,"kinds":["conversation","user","device"],"alive":true}`, port)
-	if _, err := etcd.Put(ctx, ghostKey, ghost, clientv3.WithLease(lease.ID)); err != nil {
-		t.Fatal(err)
-	}
-
+	// A dead predecessor at a's address: its lease runs out, never renewed.
+	port, _ := registerAtFreePort(t, ctx, etcd, "chat@ghost")
 	store := newStore(t)
 	member := func(name string, port int) *actors.Service {
 		t.Helper()
@@ -62,7 +48,7 @@ func TestClusterEtcdMembership(t *testing.T) {
 	eventually(t, "two members of chat, one of chatty", func() bool {
 		return a.Members() == 2 && b.Members() == 2 && other.Members() == 1
 	})
-	if r, err := etcd.Get(ctx, ghostKey); err != nil || r.Count != 0 {
+	if r, err := etcd.Get(ctx, actors.EtcdKeyPrefix+"/chat/chat@ghost"); err != nil || r.Count != 0 {
 		t.Fatalf("the predecessor's registration at %d: %v (%v), want it expired", port, r.Kvs, err)
 	}
 	// Grains are reached on both members.
@@ -194,22 +180,8 @@ func TestClusterEtcdRefusesLiveMemberAtSameAddress(t *testing.T) {
 	etcd := etcdtest.Client(t, endpoint)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	lease, err := etcd.Grant(ctx, int64(actors.EtcdLeaseTTL/time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := etcd.KeepAlive(ctx, lease.ID); err != nil { // alive elsewhere
-		t.Fatal(err)
-	}
-	const liveKey = actors.EtcdKeyPrefix + "/chat/chat@elsewhere"
-	live := fmt.Sprintf(`{"id":"chat@elsewhere","name":"chat@elsewhere","host":"127.0.0.1","address":"127.0.0.1","port":%d,"kinds":["conversation","user","device"],"alive":true}`, port)
-	if _, err := etcd.Put(ctx, liveKey, live, clientv3.WithLease(lease.ID)); err != nil {
+	port, lease := registerAtFreePort(t, ctx, etcd, "chat@elsewhere")
+	if _, err := etcd.KeepAlive(ctx, lease); err != nil { // alive elsewhere
 		t.Fatal(err)
 	}
 	p, err := actors.EtcdMembers([]string{endpoint})
@@ -225,7 +197,29 @@ func TestClusterEtcdRefusesLiveMemberAtSameAddress(t *testing.T) {
 	if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "--advertise") {
 		t.Fatalf("error %q, want it to say %q and name --advertise", err, want)
 	}
-	if r, err := etcd.Get(ctx, liveKey); err != nil || r.Count != 1 {
+	if r, err := etcd.Get(ctx, actors.EtcdKeyPrefix+"/chat/chat@elsewhere"); err != nil || r.Count != 1 {
 		t.Fatalf("the live member's registration: %v (%v), want it untouched", r.Kvs, err)
 	}
+}
+
+// registerAtFreePort registers member id of cluster chat in etcd, as a node
+// would, at a free loopback port under a lease of EtcdLeaseTTL (not kept
+// alive), and returns the port and the lease.
+func registerAtFreePort(t *testing.T, ctx context.Context, etcd *clientv3.Client, id string) (int, clientv3.LeaseID) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	lease, err := etcd.Grant(ctx, int64(actors.EtcdLeaseTTL/time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := fmt.Sprintf(`{"id":%[1]q,"name":%[1]q,"host":"127.0.0.1","address":"127.0.0.1","port":%[2]d,"kinds":["conversation","user","device"],"alive":true}`, id, port)
+	if _, err := etcd.Put(ctx, actors.EtcdKeyPrefix+"/chat/"+id, v, clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	return port, lease.ID
 }

@@ -142,7 +142,13 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 		if !g.ensureReady(ctx) || !g.current(ctx, g.hidden(m.Reader)) {
 			return
 		}
-		g.history(ctx, m)
+		g.history(ctx, m, ctx.Sender(), false)
+	case *historyAgain:
+		if _, f := g.catchUp(ctx); f != nil {
+			answer(ctx, m.sender, f)
+			return
+		}
+		g.history(ctx, m.m, m.sender, true)
 	case *CreateConversation, *ChangeMember, *SendMessage, *RecallMessage, *EditMessage:
 		if !g.ensureReady(ctx) {
 			return
@@ -160,11 +166,20 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 // ensureReady rebuilds the state after a failed append; it answers the
 // request with UNAVAILABLE if the store cannot be read.
 func (g *conversationGrain) ensureReady(ctx actor.Context) bool {
-	if !rebuild(ctx, &g.broken, g.load) {
-		return false
+	return rebuild(ctx, &g.broken, func() error { return g.reload(ctx) })
+}
+
+// reload rebuilds the state from the store (after a failed append, or
+// when another activation wrote the stream) and resumes what depends on
+// it: the fanout, the callers waiting for it, the read-fanout watchers.
+func (g *conversationGrain) reload(ctx actor.Context) error {
+	if err := g.load(); err != nil {
+		return err
 	}
 	g.startFanout(ctx)
-	return true
+	g.releaseWaiters(ctx) // another activation may have fanned out past them
+	g.scheduleNotify(ctx)
+	return nil
 }
 
 // hidden: the conversation is not there for reader (reads answer NOT_FOUND).
@@ -191,11 +206,10 @@ func (g *conversationGrain) current(ctx actor.Context, suspect bool) bool {
 // catchUp in journal.go).
 func (g *conversationGrain) catchUp(ctx actor.Context) (bool, *Failure) {
 	return catchUp(g.svc, g.j, func() error {
-		if err := g.load(); err != nil {
+		if err := g.reload(ctx); err != nil {
 			g.broken = true
 			return err
 		}
-		g.startFanout(ctx)
 		return nil
 	}, "conversation "+g.id)
 }
@@ -271,15 +285,25 @@ func (g *conversationGrain) snapshot(force bool) {
 	g.snap = snapshotMark{covers: g.j.durable, at: time.Now()}
 }
 
-func (g *conversationGrain) write(ctx actor.Context, sender *actor.PID, cmd proto.Message) {
+// write decides a write, hands its events to the journal and answers the
+// sender once they are durable. unchecked: the write skipped its checks
+// (Extensions.Checks) because the rules alone answered it (a refusal or a
+// duplicate).
+func (g *conversationGrain) write(ctx actor.Context, sender *actor.PID, cmd proto.Message, unchecked bool) {
 	lim := g.svc.cfg.Limits
 	evs, w, f := decideConv(g.state, cmd, g.svc.cfg.Now(), lim)
-	if f != nil {
+	// A refusal, or "nothing to do" (a member already added, an edit to
+	// the same text), may come from a stale state.
+	if f != nil || w.Duplicate {
 		reloaded, uf := g.catchUp(ctx)
-		if uf != nil {
+		switch {
+		case uf != nil:
 			f = uf
-		} else if reloaded {
+		case reloaded:
 			evs, w, f = decideConv(g.state, cmd, g.svc.cfg.Now(), lim)
+			if f == nil && !w.Duplicate && unchecked {
+				f = fail(Code_UNAVAILABLE, "conversation %s changed while deciding; retry", g.id)
+			}
 		}
 	}
 	if f != nil {
@@ -424,15 +448,7 @@ func (g *conversationGrain) fanoutDone(ctx actor.Context, d *fanoutDone) {
 	f.pending = f.pending[i:]
 	defer g.countBacklog(false) // fanout ends in continuations, outside Receive
 	f.cursor = max(f.cursor, d.upTo)
-	kept := g.waiters[:0]
-	for _, w := range g.waiters {
-		if w.seq <= f.cursor {
-			ctx.Send(w.sender, &Written{Seq: f.cursor, ConversationId: g.id})
-		} else {
-			kept = append(kept, w)
-		}
-	}
-	g.waiters = kept
+	g.releaseWaiters(ctx)
 	// Not after every batch: a checkpoint per message would double the
 	// appends of a quiet conversation. Passivation writes the last one.
 	if f.cursor-f.checkpointed >= 256 {
@@ -440,6 +456,19 @@ func (g *conversationGrain) fanoutDone(ctx actor.Context, d *fanoutDone) {
 	}
 	g.startFanout(ctx)
 	g.snapshot(false)
+}
+
+// releaseWaiters answers the EnsureFanout callers the cursor has reached.
+func (g *conversationGrain) releaseWaiters(ctx actor.Context) {
+	kept := g.waiters[:0]
+	for _, w := range g.waiters {
+		if w.seq <= g.fanout.cursor {
+			ctx.Send(w.sender, &Written{Seq: g.fanout.cursor, ConversationId: g.id})
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	g.waiters = kept
 }
 
 // writeCheckpoint records the fanout cursor. Losing one only means
@@ -514,26 +543,29 @@ func (g *conversationGrain) info(m *GetConversation) proto.Message {
 
 // history pages messages from the store (the page rules are historyRead
 // and historyView). Only members read.
-func (g *conversationGrain) history(ctx actor.Context, m *GetHistory) {
+func (g *conversationGrain) history(ctx actor.Context, m *GetHistory, sender *actor.PID, again bool) {
 	s := g.state
 	if !s.exists() || !s.isMember(m.Reader) {
-		ctx.Respond(notFound(g.id))
+		answer(ctx, sender, notFound(g.id))
 		return
 	}
 	opts, empty, f := historyRead(m)
 	if f != nil {
-		ctx.Respond(f)
+		answer(ctx, sender, f)
 		return
 	}
 	if empty {
-		ctx.Respond(&eventspb.History{LastSeq: g.j.durable})
+		answer(ctx, sender, &eventspb.History{LastSeq: g.j.durable})
 		return
 	}
 	opts.Limit = min(opts.Limit, readChunk)
 	store, conv := g.svc.store, g.id
 	v := newHistoryView(int(m.Limit), g.j.durable, cloneSet(s.recalled), cloneEdits(s.edited))
-	sender := ctx.Sender()
-	root := ctx.ActorSystem().Root
+	// Events at or past known are not this activation's: another one
+	// wrote the stream (catchUp), and the recalls and edits applied below
+	// may miss some. Once, the grain catches up and reads again.
+	known := g.j.applied
+	root, self := ctx.ActorSystem().Root, ctx.Self()
 	// Reading is I/O: do it off the grain's goroutine.
 	go func() {
 		c, cancel := context.WithTimeout(context.Background(), appendTimeout)
@@ -548,6 +580,10 @@ func (g *conversationGrain) history(ctx actor.Context, m *GetHistory) {
 				break
 			}
 			for _, e := range page {
+				if uint64(e.Revision) >= known && g.svc.shared && !again {
+					root.Send(self, &historyAgain{m: m, sender: sender})
+					return
+				}
 				if err := v.add(e); err != nil {
 					root.Send(sender, unavailable(err))
 					return
@@ -565,6 +601,13 @@ func (g *conversationGrain) history(ctx actor.Context, m *GetHistory) {
 		}
 		root.Send(sender, v.out)
 	}()
+}
+
+// historyAgain: a history read found the stream written by another
+// activation; the grain catches up and answers it again.
+type historyAgain struct {
+	m      *GetHistory
+	sender *actor.PID
 }
 
 // cloneSet copies the recalled seqs for a reader off the grain.

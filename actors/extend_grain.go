@@ -12,6 +12,9 @@ type checkedWrite struct {
 	sender  *actor.PID
 	done    bool
 	failure *Failure // the checks refused it (or failed, fail-closed)
+	// unchecked: the rules alone answered it (refusal, duplicate), so the
+	// checks did not run.
+	unchecked bool
 }
 
 // checksDone comes back to the grain from the goroutine that ran a write's
@@ -39,7 +42,7 @@ func (g *conversationGrain) submit(ctx actor.Context, cmd proto.Message) {
 		}
 	}
 	if len(g.checking) == 0 && (len(checks) == 0 || draft == nil) {
-		g.write(ctx, ctx.Sender(), cmd)
+		g.write(ctx, ctx.Sender(), cmd, false)
 		return
 	}
 	w := &checkedWrite{cmd: cmd, sender: ctx.Sender()}
@@ -54,10 +57,17 @@ func (g *conversationGrain) submit(ctx actor.Context, cmd proto.Message) {
 	// rules alone, so a retried send never gets a second, different
 	// verdict. (The decision in order below stays the one that counts: it
 	// also sees the writes queued before this one.)
-	if _, written, f := decideConv(g.state, cmd, g.svc.cfg.Now(), g.svc.cfg.Limits); f != nil || written.Duplicate {
-		w.done = true
-		g.decideChecked(ctx)
-		return
+	answered := func() bool {
+		_, written, f := decideConv(g.state, cmd, g.svc.cfg.Now(), g.svc.cfg.Limits)
+		return f != nil || written.Duplicate
+	}
+	// (A stale state may answer what the stream would not: catchUp.)
+	if answered() {
+		if reloaded, _ := g.catchUp(ctx); !reloaded || answered() {
+			w.done, w.unchecked = true, len(checks) > 0
+			g.decideChecked(ctx)
+			return
+		}
 	}
 	root, self, log := ctx.ActorSystem().Root, ctx.Self(), g.svc.log
 	conv := g.id
@@ -81,14 +91,13 @@ func (g *conversationGrain) decideChecked(ctx actor.Context) {
 			continue
 		}
 		if g.broken {
-			if err := g.load(); err != nil {
+			if err := g.reload(ctx); err != nil {
 				answer(ctx, w.sender, unavailable(err))
 				continue
 			}
 			g.broken = false
-			g.startFanout(ctx)
 		}
-		g.write(ctx, w.sender, w.cmd)
+		g.write(ctx, w.sender, w.cmd, w.unchecked)
 	}
 	if len(g.checking) == 0 {
 		g.checking = nil

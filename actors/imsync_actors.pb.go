@@ -1194,7 +1194,10 @@ func (x *DevicePresence) GetEpoch() uint64 {
 
 // Asks a user grain for its newest user seq; answered with Delivered.
 type GetUserSeq struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller heard of this user seq: a grain whose timeline ends before
+	// it checks its stream first (it may be a stale activation in a cluster).
+	AtLeast       uint64 `protobuf:"varint,1,opt,name=at_least,json=atLeast,proto3" json:"at_least,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1227,6 +1230,13 @@ func (x *GetUserSeq) ProtoReflect() protoreflect.Message {
 // Deprecated: Use GetUserSeq.ProtoReflect.Descriptor instead.
 func (*GetUserSeq) Descriptor() ([]byte, []int) {
 	return file_imsync_actors_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GetUserSeq) GetAtLeast() uint64 {
+	if x != nil {
+		return x.AtLeast
+	}
+	return 0
 }
 
 // One more connection of a device: the PID of its connection actor (see
@@ -2534,9 +2544,10 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\x0eDevicePresence\x12\x16\n" +
 	"\x06device\x18\x01 \x01(\tR\x06device\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\f\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"'\n" +
 	"\n" +
-	"GetUserSeq\"8\n" +
+	"GetUserSeq\x12\x19\n" +
+	"\bat_least\x18\x01 \x01(\x04R\aatLeast\"8\n" +
 	"\fAttachDevice\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"8\n" +

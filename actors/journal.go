@@ -143,11 +143,12 @@ func (j *journal) done(ctx actor.Context, d *appendDone) error {
 func (j *journal) idle() bool { return j.flying == 0 && len(j.queue) == 0 }
 
 // behind reports whether the stream holds events after those this journal
-// knows of (durable, in flight or queued): then another activation of the
-// grain wrote it. The exact expected revision fences that activation's
-// writes, but not answers decided on its state alone; see catchUp.
+// wrote (durable, or in the append in flight, which may have landed): then
+// another activation of the grain wrote it. The exact expected revision
+// fences that activation's writes, but not answers decided on its state
+// alone; see catchUp.
 func (j *journal) behind(ctx context.Context) (bool, error) {
-	page, err := j.store.ReadStream(ctx, j.stream, events.ReadStreamOptions{From: events.Revision(j.applied), Limit: 1})
+	page, err := j.store.ReadStream(ctx, j.stream, events.ReadStreamOptions{From: events.Revision(j.durable + uint64(j.flying)), Limit: 1})
 	if errors.Is(err, events.ErrStreamNotFound) {
 		return false, nil
 	}

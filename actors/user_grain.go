@@ -127,9 +127,16 @@ func (g *userGrain) Receive(ctx actor.Context) {
 			g.markRead(ctx, m)
 		}
 	case *GetUserSeq:
-		if g.ready(ctx) {
-			ctx.Respond(&Delivered{UserSeq: g.j.durable})
+		if !g.ready(ctx) {
+			return
 		}
+		if m.AtLeast > g.j.durable {
+			if _, f := g.catchUp(ctx); f != nil {
+				ctx.Respond(f)
+				return
+			}
+		}
+		ctx.Respond(&Delivered{UserSeq: g.j.durable})
 	case *SyncRequest:
 		if g.ready(ctx) {
 			g.sync(ctx, m)
@@ -145,12 +152,13 @@ func (g *userGrain) ready(ctx actor.Context) bool { return rebuild(ctx, &g.broke
 
 // catchUp reloads the state if another activation wrote the inbox (see
 // catchUp in journal.go).
-func (g *userGrain) catchUp() (bool, *Failure) {
+func (g *userGrain) catchUp(ctx actor.Context) (bool, *Failure) {
 	return catchUp(g.svc, g.j, func() error {
 		if err := g.load(); err != nil {
 			g.broken = true
 			return err
 		}
+		g.setWatches(ctx, false) // the conversations may have changed
 		return nil
 	}, "user "+g.id)
 }
@@ -269,7 +277,7 @@ func (g *userGrain) deliver(ctx actor.Context, d *Deliver) {
 func (g *userGrain) markRead(ctx actor.Context, m *MarkRead) {
 	ev, marker, f := decideMarkRead(g.state, m)
 	if f != nil {
-		reloaded, uf := g.catchUp()
+		reloaded, uf := g.catchUp(ctx)
 		if uf != nil {
 			f = uf
 		} else if reloaded {
@@ -349,7 +357,7 @@ func (g *userGrain) sync(ctx actor.Context, m *SyncRequest) {
 	}
 	if m.AfterUserSeq > g.j.durable {
 		// The device saw more than this grain knows of.
-		if _, f := g.catchUp(); f != nil {
+		if _, f := g.catchUp(ctx); f != nil {
 			ctx.Respond(f)
 			return
 		}
@@ -603,7 +611,7 @@ func (g *deviceGrain) ack(ctx actor.Context, a *AckDevice) {
 	}
 	if a.UserSeq > g.newest {
 		// Heard of nothing that new: ask the user grain where the timeline is.
-		res, err := g.svc.request(context.Background(), g.user, kindUser, &GetUserSeq{})
+		res, err := g.svc.request(context.Background(), g.user, kindUser, &GetUserSeq{AtLeast: a.UserSeq})
 		if err != nil {
 			ctx.Respond(unavailable(err))
 			return
