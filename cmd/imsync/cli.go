@@ -495,3 +495,11 @@ func stdinOf(ctx context.Context) io.Reader {
 	}
 	return os.Stdin
 }
+
+// flagGiven says whether the flag was set: on the command line, in the
+// environment or in a --config file (all of them set it on fs).
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	found := false
+	fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
+}

@@ -484,8 +484,7 @@ func runHistory(ctx context.Context, args []string, out io.Writer) error {
 	if *limit <= 0 {
 		return fmt.Errorf("%w: history --limit must be positive", errUsage)
 	}
-	afterSet := false
-	fs.Visit(func(f *flag.Flag) { afterSet = afterSet || f.Name == "after" })
+	afterSet := flagGiven(fs, "after")
 	c, ctx, done, err := cf.oneRequest(ctx)
 	if err != nil {
 		return err

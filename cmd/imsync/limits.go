@@ -101,8 +101,4 @@ func (l *limitFlags) apply(tcfg *transport.Config, acfg *actors.Config) error {
 
 // given says whether the flag was set on the command line, in the
 // environment or in the --config file (all of them set it on l.fs).
-func (l *limitFlags) given(name string) bool {
-	found := false
-	l.fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
-	return found
-}
+func (l *limitFlags) given(name string) bool { return flagGiven(l.fs, name) }

@@ -60,7 +60,7 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 		raw = fs.Bool("raw", false, "print the stored payload (text, or base64 bytes) instead of the decoded event")
 	case "log":
 		from = fs.String("from", "", "first global position (default: start)")
-		limit = fs.Int("limit", 100, "events to read, 1 to 10000 (without --follow)")
+		limit = fs.Int("limit", 100, "events to read, 1 to 10000 (not with --follow)")
 		fs.Var(&prefixes, "prefix", "only streams with this name prefix (repeatable)")
 		follow = fs.Bool("follow", false, "follow the running server's store live until interrupted (with no server running: refused, status 5)")
 		raw = fs.Bool("raw", false, "print the stored payload (text, or base64 bytes) instead of the decoded event")
@@ -75,6 +75,10 @@ func runStore(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if *data == "" {
 		return fmt.Errorf("%w: %s needs --data DIR", errUsage, cmd)
+	}
+	if follow != nil && *follow && flagGiven(fs, "limit") {
+		return fmt.Errorf("%w: store log: --limit does not go with --follow (which prints every event until interrupted); "+
+			"to read a bounded range use --from and --limit without --follow", errUsage)
 	}
 	if limit != nil && (*limit < 1 || *limit > events.MaxReadLimit) && !(follow != nil && *follow) {
 		return fmt.Errorf("%w: store %s: --limit %d: want 1 to %d", errUsage, cmd, *limit, events.MaxReadLimit)

@@ -134,6 +134,7 @@ func TestBadUsage(t *testing.T) {
 		{"store", "log", "--data", dir, "--limit", "100000"},
 		{"store", "log", "--data", dir, "--limit", "0"},
 		{"store", "read", "--data", dir, "--stream", "x", "--limit", "10001"},
+		{"store", "log", "--data", dir, "--follow", "--limit", "10"},
 	} {
 		if _, err := runCmd(t, args...); !errors.Is(err, errUsage) {
 			t.Errorf("%v: got %v, want a usage error", args, err)
