@@ -62,7 +62,12 @@ func TestClusterEtcdMembership(t *testing.T) {
 	if _, err := a.OpenDirect(ctx, "ann", "u0"); err != nil {
 		t.Fatal(err)
 	}
-	a.Crash() // alone in its cluster, as other is: nothing to hand over
+	// Alone, a leaves without handing over, and still deregisters: its
+	// key goes at once, not when its lease expires.
+	a.Close()
+	if r, err := etcd.Get(ctx, actors.EtcdKeyPrefix+"/chat/", clientv3.WithPrefix()); err != nil || r.Count != 0 {
+		t.Fatalf("registrations left after the last member closed: %v (%v)", r.Kvs, err)
+	}
 	other.Crash()
 }
 

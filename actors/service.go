@@ -200,7 +200,16 @@ func (s *Service) Close() error {
 		}
 		// Graceful leaving hands identities over to other members (and sleeps
 		// two seconds for it); alone, there is no one to hand over to.
-		s.cluster.Shutdown(s.cluster.MemberList.Length() > 1)
+		graceful := s.cluster.MemberList.Length() > 1
+		s.cluster.Shutdown(graceful)
+		if !graceful {
+			// protoactor-go tells the provider only on a graceful leave: a
+			// lone member would stay registered (in etcd, until its lease
+			// expires) and keep its provider's connections.
+			if err := s.cfg.Provider.Shutdown(false); err != nil {
+				s.log.Warn("membership provider did not shut down", "err", err)
+			}
+		}
 	})
 	return nil
 }
