@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,4 +127,83 @@ func testMemberLoss(t *testing.T, lose func(*actors.Service)) {
 		}
 	}
 	t.Logf("%d of %d conversations moved off the lost member", len(moved), len(convs))
+}
+
+// TestClusterRequestFailsOverWhenItsMemberLeaves: a request waiting on a
+// grain whose member dies goes again to the grain's new owner as soon as
+// the member leaves the topology (it does not wait out its attempt's
+// timeout), and what it wrote is stored once.
+func TestClusterRequestFailsOverWhenItsMemberLeaves(t *testing.T) {
+	store := newStore(t)
+	agent := test.NewInMemAgent()
+	// The first check holds the send on the member that is then killed.
+	release := make(chan struct{})
+	var checked atomic.Int32
+	hold := actors.Check{Name: "hold", Timeout: 2 * time.Second, Func: func(ctx context.Context, _ *actors.Draft) error {
+		if checked.Add(1) == 1 {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				// (The killed member's goroutines live on in this process:
+				// its send must not be decided.)
+				return ctx.Err()
+			}
+		}
+		return nil
+	}}
+	var members []*actors.Service
+	for range 3 {
+		members = append(members, start(t, actors.Config{
+			Store: store, ClusterName: "failover", Provider: test.NewTestProvider(agent),
+			Extensions: actors.Extensions{Checks: []actors.Check{hold}},
+		}))
+	}
+	eventually(t, "three members", func() bool {
+		for _, m := range members {
+			if m.Members() != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	via, doomed := members[0], members[2]
+	conv := ""
+	for i := 0; conv == ""; i++ {
+		if id := fmt.Sprintf("room%d", i); via.Host(actors.KindConversation, id) == doomed.Address() {
+			conv = id
+		}
+	}
+	if _, err := via.CreateGroup(ctx, conv, "ann", conv, []string{"bob"}); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		r   actors.SendResult
+		err error
+	}
+	sent := make(chan result, 1)
+	go func() {
+		r, err := via.Send(ctx, actors.SendRequest{Conversation: conv, Sender: "ann", ClientMsgID: "m1", Body: []byte("hi")})
+		sent <- result{r, err}
+	}()
+	defer close(release)
+	eventually(t, "the send held on its member", func() bool { return checked.Load() == 1 })
+	killed := time.Now()
+	doomed.Crash()
+	res := <-sent
+	t.Logf("the send was answered %v after its member died", time.Since(killed).Round(time.Millisecond))
+	if res.err != nil {
+		t.Fatalf("send while its conversation's member died: %v", res.err)
+	}
+	if via.RequestsFailedOver() == 0 {
+		t.Fatal("the send waited out its attempt's timeout: nothing failed over when the member left")
+	}
+	h, err := via.History(ctx, "ann", conv, actors.HistoryQuery{Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Messages) != 1 || h.Messages[0].Seq != res.r.Seq {
+		t.Fatalf("history after the failover: %v, want one message at %d", h.Messages, res.r.Seq)
+	}
 }

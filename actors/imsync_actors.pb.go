@@ -1009,9 +1009,13 @@ func (x *MarkRead) GetDevice() string {
 }
 
 type SyncRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AfterUserSeq  uint64                 `protobuf:"varint,1,opt,name=after_user_seq,json=afterUserSeq,proto3" json:"after_user_seq,omitempty"`
-	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	AfterUserSeq uint64                 `protobuf:"varint,1,opt,name=after_user_seq,json=afterUserSeq,proto3" json:"after_user_seq,omitempty"`
+	Limit        uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// The device heard of this user seq (a push, its last session): a grain
+	// whose timeline ends before it checks its stream first (it may be a
+	// stale activation in a cluster).
+	AtLeast       uint64 `protobuf:"varint,3,opt,name=at_least,json=atLeast,proto3" json:"at_least,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1060,6 +1064,13 @@ func (x *SyncRequest) GetLimit() uint32 {
 	return 0
 }
 
+func (x *SyncRequest) GetAtLeast() uint64 {
+	if x != nil {
+		return x.AtLeast
+	}
+	return 0
+}
+
 // Answered with a page of ConversationList.
 type ListConversations struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1067,6 +1078,7 @@ type ListConversations struct {
 	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`                                   // lines per page, 1..1000
 	ChangedAfter  uint64                 `protobuf:"varint,3,opt,name=changed_after,json=changedAfter,proto3" json:"changed_after,omitempty"` // only lines changed after this user seq (0: all)
 	Conversation  string                 `protobuf:"bytes,4,opt,name=conversation,proto3" json:"conversation,omitempty"`                      // only this conversation's line
+	AtLeast       uint64                 `protobuf:"varint,5,opt,name=at_least,json=atLeast,proto3" json:"at_least,omitempty"`                // as SyncRequest.at_least
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1127,6 +1139,13 @@ func (x *ListConversations) GetConversation() string {
 		return x.Conversation
 	}
 	return ""
+}
+
+func (x *ListConversations) GetAtLeast() uint64 {
+	if x != nil {
+		return x.AtLeast
+	}
+	return 0
 }
 
 // From a device grain: the device's first connection came or its last one
@@ -2532,15 +2551,17 @@ const file_imsync_actors_proto_rawDesc = "" +
 	"\bMarkRead\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x16\n" +
-	"\x06device\x18\x03 \x01(\tR\x06device\"I\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\"d\n" +
 	"\vSyncRequest\x12$\n" +
 	"\x0eafter_user_seq\x18\x01 \x01(\x04R\fafterUserSeq\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x8a\x01\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x19\n" +
+	"\bat_least\x18\x03 \x01(\x04R\aatLeast\"\xa5\x01\n" +
 	"\x11ListConversations\x12\x16\n" +
 	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12#\n" +
 	"\rchanged_after\x18\x03 \x01(\x04R\fchangedAfter\x12\"\n" +
-	"\fconversation\x18\x04 \x01(\tR\fconversation\"V\n" +
+	"\fconversation\x18\x04 \x01(\tR\fconversation\x12\x19\n" +
+	"\bat_least\x18\x05 \x01(\x04R\aatLeast\"V\n" +
 	"\x0eDevicePresence\x12\x16\n" +
 	"\x06device\x18\x01 \x01(\tR\x06device\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12\x14\n" +

@@ -25,6 +25,7 @@ type Metrics struct {
 // memberCounts are counters of this member (for metrics).
 type memberCounts struct {
 	fanoutBacklog atomic.Int64
+	failedOver    atomic.Int64
 }
 
 // GrainCounts is how many grains are active on this member, by kind.
@@ -47,6 +48,10 @@ func (s *Service) GrainsActive() GrainCounts {
 // FanoutBacklog is the number of conversation events on this member that
 // are appended (or being appended) but not yet in every member's inbox.
 func (s *Service) FanoutBacklog() int64 { return s.counts.fanoutBacklog.Load() }
+
+// RequestsFailedOver counts the grain requests this member sent again to a
+// grain's new owner because the member hosting it left while they waited.
+func (s *Service) RequestsFailedOver() int64 { return s.counts.failedOver.Load() }
 
 // SettleFanout waits until the fanout backlog of this member is empty, or
 // ctx ends (then it returns ctx's error and the backlog left). Fanout that

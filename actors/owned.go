@@ -1,7 +1,9 @@
 package actors
 
 import (
+	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -35,6 +37,80 @@ func (v *placementView) update(t *cluster.ClusterTopology) {
 	r := cluster.NewRendezvous()
 	r.UpdateMembers(t.Members)
 	v.rdv.Store(r)
+}
+
+// owner is the member that owns the grain in this view: "" while this
+// member is alone, or when it is self.
+func (v *placementView) owner(identity, kind, self string) string {
+	rdv := v.rdv.Load()
+	if rdv == nil {
+		return ""
+	}
+	if o := rdv.GetByClusterIdentity(cluster.NewClusterIdentity(identity, kind)); o != self {
+		return o
+	}
+	return ""
+}
+
+// errOwnerLeft fails a request whose grain's member left while it waited:
+// the request goes again, to the grain's new owner.
+var errOwnerLeft = errors.New("the grain's member left")
+
+// waiting holds the grain requests in flight to other members, by member
+// address. A request to a member that dies would wait out its attempt's
+// timeout (protoactor-go does not fail requests to a member that left):
+// when the member leaves the topology, its requests fail at once and are
+// sent again, to the new owner.
+type waiting struct {
+	mu sync.Mutex
+	by map[string]map[chan struct{}]struct{}
+}
+
+// wait is one request's registration (zero: not registered; ch is nil).
+type wait struct {
+	addr string
+	ch   chan struct{}
+}
+
+func (w *waiting) add(addr string) wait {
+	if addr == "" {
+		return wait{}
+	}
+	ch := make(chan struct{})
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.by == nil {
+		w.by = map[string]map[chan struct{}]struct{}{}
+	}
+	if w.by[addr] == nil {
+		w.by[addr] = map[chan struct{}]struct{}{}
+	}
+	w.by[addr][ch] = struct{}{}
+	return wait{addr, ch}
+}
+
+func (w *waiting) remove(x wait) {
+	if x.ch == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if m := w.by[x.addr]; m != nil {
+		delete(m, x.ch)
+		if len(m) == 0 {
+			delete(w.by, x.addr)
+		}
+	}
+}
+
+// left fails the requests waiting on the member at addr.
+func (w *waiting) left(addr string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for ch := range w.by[addr] {
+		close(ch)
+	}
+	delete(w.by, addr)
 }
 
 // ownedOnly is the grains' receive middleware that enforces ownership.

@@ -114,6 +114,9 @@ func (s *Service) followTopology() {
 			return
 		}
 		s.view.update(t)
+		for _, m := range t.Left {
+			s.waiting.left(m.Address())
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		if stopped {

@@ -103,6 +103,9 @@ type Service struct {
 	// view: this member's latest placement, for grains to check they own
 	// their identity (owned.go).
 	view placementView
+	// waiting: the grain requests in flight, by the member expected to
+	// answer them (owned.go).
+	waiting waiting
 	// shared: other members may activate this member's grains too (a
 	// Provider was given), so a grain checks its stream before answering
 	// from its state alone (catchUp in journal.go).
@@ -202,10 +205,11 @@ func (s *Service) Close() error {
 		// two seconds for it); alone, there is no one to hand over to.
 		graceful := s.cluster.MemberList.Length() > 1
 		s.cluster.Shutdown(graceful)
-		if !graceful {
+		if !graceful && s.shared {
 			// protoactor-go tells the provider only on a graceful leave: a
 			// lone member would stay registered (in etcd, until its lease
-			// expires) and keep its provider's connections.
+			// expires) and keep its provider's connections. (The default
+			// provider lives and dies with this member.)
 			if err := s.cfg.Provider.Shutdown(false); err != nil {
 				s.log.Warn("membership provider did not shut down", "err", err)
 			}
@@ -270,7 +274,9 @@ func (s *Service) request(ctx context.Context, identity, kind string, msg proto.
 const attemptTimeout = 3 * time.Second
 
 func (s *Service) attempt(ctx context.Context, identity, kind string, msg proto.Message, timeout time.Duration) (any, error) {
-	if ctx.Done() == nil {
+	gone := s.waiting.add(s.view.owner(identity, kind, s.system.Address()))
+	defer s.waiting.remove(gone)
+	if ctx.Done() == nil && gone.ch == nil {
 		// Nothing can cancel the caller (fanout, background work): no need
 		// for a goroutine to watch it.
 		return s.cluster.Request(identity, kind, msg, cluster.WithTimeout(timeout))
@@ -289,6 +295,9 @@ func (s *Service) attempt(ctx context.Context, identity, kind string, msg proto.
 		return r.res, r.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-gone.ch:
+		s.counts.failedOver.Add(1)
+		return nil, errOwnerLeft
 	}
 }
 
@@ -559,10 +568,24 @@ func (s *Service) History(ctx context.Context, reader, conv string, q HistoryQue
 
 // Sync returns the user's sync timeline after afterUserSeq.
 func (s *Service) Sync(ctx context.Context, user string, afterUserSeq uint64, limit int) (*eventspb.SyncPage, error) {
+	return s.SyncPage(ctx, user, SyncQuery{After: afterUserSeq, Limit: limit})
+}
+
+// SyncQuery selects a page of a sync timeline: the entries after After,
+// at most Limit (1..MaxSyncLimit). Heard is the newest user seq the device
+// heard of (pushed to it, or from its last session), when known.
+type SyncQuery struct {
+	After uint64
+	Limit int
+	Heard uint64
+}
+
+// SyncPage returns a page of the user's sync timeline.
+func (s *Service) SyncPage(ctx context.Context, user string, q SyncQuery) (*eventspb.SyncPage, error) {
 	if err := ValidateID("user", user); err != nil {
 		return nil, err
 	}
-	return call[*eventspb.SyncPage](s, ctx, user, kindUser, &SyncRequest{AfterUserSeq: afterUserSeq, Limit: uint32(max(0, min(limit, 1<<20)))})
+	return call[*eventspb.SyncPage](s, ctx, user, kindUser, &SyncRequest{AfterUserSeq: q.After, Limit: uint32(max(0, min(q.Limit, 1<<20))), AtLeast: q.Heard})
 }
 
 // ListQuery selects a page of a user's conversation list, newest activity
@@ -575,6 +598,7 @@ type ListQuery struct {
 	Limit        int
 	ChangedAfter uint64
 	Conversation string
+	Heard        uint64 // as SyncQuery.Heard
 }
 
 // ConversationPage returns one page of the user's conversation list.
@@ -587,6 +611,7 @@ func (s *Service) ConversationPage(ctx context.Context, user string, q ListQuery
 	}
 	return call[*eventspb.ConversationList](s, ctx, user, kindUser, &ListConversations{
 		Cursor: q.Cursor, Limit: uint32(max(0, min(q.Limit, 1<<20))), ChangedAfter: q.ChangedAfter, Conversation: q.Conversation,
+		AtLeast: q.Heard,
 	})
 }
 

@@ -355,7 +355,7 @@ func (g *userGrain) sync(ctx actor.Context, m *SyncRequest) {
 		ctx.Respond(fail(Code_INVALID, "sync limit must be 1..%d", MaxSyncLimit))
 		return
 	}
-	if m.AfterUserSeq > g.j.durable {
+	if max(m.AfterUserSeq, m.AtLeast) > g.j.durable {
 		// The device saw more than this grain knows of.
 		if _, f := g.catchUp(ctx); f != nil {
 			ctx.Respond(f)
@@ -404,6 +404,13 @@ func (g *userGrain) list(ctx actor.Context, q *ListConversations) {
 	if q.Limit == 0 || q.Limit > MaxListLimit {
 		ctx.Respond(fail(Code_INVALID, "list limit must be 1..%d", MaxListLimit))
 		return
+	}
+	if max(q.ChangedAfter, q.AtLeast) > g.j.durable {
+		// The device saw more than this grain knows of.
+		if _, f := g.catchUp(ctx); f != nil {
+			ctx.Respond(f)
+			return
+		}
 	}
 	lines, userSeq := listLines(g.state, q), g.j.durable
 	var ask []*eventspb.ConversationSummary

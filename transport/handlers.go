@@ -98,7 +98,7 @@ func (c *conn) handle(ctx context.Context, req *wire.Request) *wire.Response {
 		}
 		// The page is cut by its encoded size (actors.MaxPageBytes), so it
 		// fits a frame compressed or not.
-		r, e := svc.Sync(ctx, c.user, op.Sync.AfterUserSeq, min(limit, actors.MaxSyncLimit))
+		r, e := svc.SyncPage(ctx, c.user, actors.SyncQuery{After: op.Sync.AfterUserSeq, Limit: min(limit, actors.MaxSyncLimit), Heard: uint64(c.heard.Load())})
 		err = e
 		res.Result = &wire.Response_Sync{Sync: r}
 		if e == nil && op.Sync.Zstd && proto.Size(r) >= wire.CompressMin {

@@ -142,6 +142,9 @@ func (m *Metrics) WatchService(svc *actors.Service) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "imsync_cluster_members", Help: "Members of the cluster as this member sees them.",
 		}, func() float64 { return float64(svc.Members()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "imsync_cluster_requests_failed_over_total", Help: "Grain requests sent again to the grain's new owner because the member hosting it left while they waited.",
+		}, func() float64 { return float64(svc.RequestsFailedOver()) }),
 	)
 }
 

@@ -193,11 +193,12 @@ func TestOpsMetrics(t *testing.T) {
 	waitFor(t, 10*time.Second, "conversation appends timed", at("imsync_store_append_duration_seconds", n, "stream", "conversation"))
 	waitFor(t, 10*time.Second, "inbox appends timed", at("imsync_store_append_duration_seconds", 1, "stream", "inbox"))
 	for name, want := range map[string]float64{
-		"imsync_connections":     2,
-		"imsync_devices_online":  2,
-		"imsync_users_online":    2,
-		"imsync_draining":        0,
-		"imsync_cluster_members": 1,
+		"imsync_connections":                        2,
+		"imsync_devices_online":                     2,
+		"imsync_users_online":                       2,
+		"imsync_draining":                           0,
+		"imsync_cluster_members":                    1,
+		"imsync_cluster_requests_failed_over_total": 0,
 	} {
 		if got := metricValue(fams, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -324,6 +325,10 @@ type conn struct {
 	wake    chan struct{}
 	dropped int // notifications coalesced away (slow device)
 
+	// heard: the newest user seq pushed to the device. Its syncs pass it
+	// on, so that a grain behind that (in a cluster) catches up first.
+	heard atomic.Int64
+
 	welcomed bool      // the welcome is written (guarded by cmu)
 	away     sync.Once // the going-away notice (goAway)
 	warned   warnings  // slow-consumer conditions logged once
@@ -585,6 +590,7 @@ func (s *Server) leave(c *conn) {
 
 // Push is how the device's grain reaches this connection (actors.DeviceSink).
 func (c *conn) Push(p *actors.Push) {
+	raise(&c.heard, int64(p.UserSeq))
 	c.s.cfg.Metrics.pushQueued(p.Entry)
 	c.enqueue(&wire.Notify{UserSeq: p.UserSeq, Entry: p.Entry, ConversationId: p.ConversationId, ConvSeq: p.ConvSeq})
 }
