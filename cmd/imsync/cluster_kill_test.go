@@ -535,6 +535,7 @@ func clusterKill9UnderLoad(t *testing.T, start func(*testing.T) *clusterFixture)
 		return n
 	}
 	waitAcked(200, "before the kill")
+	killedAt := time.Now()
 	f.nodes[1].kill9()
 	atKill := ackedBy()
 	t.Logf("node 2 SIGKILLed with %d operations acknowledged", acked())
@@ -568,6 +569,8 @@ func clusterKill9UnderLoad(t *testing.T, start func(*testing.T) *clusterFixture)
 	if t.Failed() {
 		t.FailNow()
 	}
+	n, longest := h.across(killedAt)
+	t.Logf("%d operations were in flight at the kill; the longest was acknowledged after %s", n, longest.Round(time.Millisecond))
 	// The restarted node takes part again: a device on it sees what is
 	// sent through another node, and the other way round.
 	took = f.crossNodePush(h, "cat", "dan", 0, 1, &probes)

@@ -52,7 +52,9 @@ type op struct {
 	add    bool   // member: add (or remove)
 
 	acked   bool
-	retried bool   // the first try's outcome was unknown
+	retried bool // the first try's outcome was unknown
+	began   time.Time
+	ackedAt time.Time
 	answer  uint64 // send: seq; read: the resulting marker; recall, member: the seq answered
 	dup     bool   // send: answered as a duplicate
 }
@@ -114,6 +116,7 @@ type history struct {
 func (h *history) begin(o *op) *op {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	o.began = time.Now()
 	h.ops = append(h.ops, o)
 	return o
 }
@@ -121,7 +124,21 @@ func (h *history) begin(o *op) *op {
 func (h *history) ack(o *op, answer uint64, dup bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	o.acked, o.answer, o.dup = true, answer, dup
+	o.acked, o.answer, o.dup, o.ackedAt = true, answer, dup, time.Now()
+}
+
+// across returns how many operations were begun before at and
+// acknowledged after it, and the longest of them.
+func (h *history) across(at time.Time) (n int, longest time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, o := range h.ops {
+		if o.acked && o.began.Before(at) && o.ackedAt.After(at) {
+			n++
+			longest = max(longest, o.ackedAt.Sub(o.began))
+		}
+	}
+	return n, longest
 }
 
 // pending returns the operations not acknowledged yet, and marks them
