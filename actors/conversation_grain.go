@@ -397,7 +397,7 @@ func (g *conversationGrain) startFanout(ctx actor.Context) {
 		for next < len(users) {
 			user := users[next]
 			next++
-			fut, err := g.svc.deliverFuture(g.id, user, per[user])
+			fut, done, err := g.svc.deliverFuture(g.id, user, per[user])
 			if err != nil {
 				if settle(err) {
 					return
@@ -405,6 +405,7 @@ func (g *conversationGrain) startFanout(ctx actor.Context) {
 				continue // this slot is free: the next user takes it
 			}
 			ctx.ReenterAfter(fut, func(res any, err error) {
+				done()
 				if f, ok := res.(*Failure); ok && err == nil {
 					err = f
 				}

@@ -63,52 +63,72 @@ var errOwnerLeft = errors.New("the grain's member left")
 // sent again, to the new owner.
 type waiting struct {
 	mu sync.Mutex
-	by map[string]map[chan struct{}]struct{}
+	by map[string]map[*wait]struct{}
 }
 
-// wait is one request's registration (zero: not registered; ch is nil).
+// wait is one request's registration: a request of Service.request
+// watches ch; a fanout delivery is a future, which is answered instead.
 type wait struct {
-	addr string
-	ch   chan struct{}
+	addr   string
+	ch     chan struct{}
+	future *actor.PID
 }
 
-func (w *waiting) add(addr string) wait {
+// add registers a request waiting on the member at addr (nil when addr
+// is "": this member, or alone).
+func (w *waiting) add(addr string, future *actor.PID) *wait {
 	if addr == "" {
-		return wait{}
+		return nil
 	}
-	ch := make(chan struct{})
+	x := &wait{addr: addr, future: future}
+	if future == nil {
+		x.ch = make(chan struct{})
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.by == nil {
-		w.by = map[string]map[chan struct{}]struct{}{}
+		w.by = map[string]map[*wait]struct{}{}
 	}
 	if w.by[addr] == nil {
-		w.by[addr] = map[chan struct{}]struct{}{}
+		w.by[addr] = map[*wait]struct{}{}
 	}
-	w.by[addr][ch] = struct{}{}
-	return wait{addr, ch}
+	w.by[addr][x] = struct{}{}
+	return x
 }
 
-func (w *waiting) remove(x wait) {
-	if x.ch == nil {
+func (w *waiting) remove(x *wait) {
+	if x == nil {
 		return
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if m := w.by[x.addr]; m != nil {
-		delete(m, x.ch)
+		delete(m, x)
 		if len(m) == 0 {
 			delete(w.by, x.addr)
 		}
 	}
 }
 
-// left fails the requests waiting on the member at addr.
-func (w *waiting) left(addr string) {
+// gone is what a request to a member that left is failed with.
+func (x *wait) gone() <-chan struct{} {
+	if x == nil {
+		return nil
+	}
+	return x.ch
+}
+
+// left fails the requests waiting on the member at addr; answer answers
+// a future.
+func (w *waiting) left(addr string, answer func(future *actor.PID)) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for ch := range w.by[addr] {
-		close(ch)
+	for x := range w.by[addr] {
+		if x.future != nil {
+			answer(x.future)
+		} else {
+			close(x.ch)
+		}
 	}
 	delete(w.by, addr)
 }

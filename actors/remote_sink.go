@@ -115,7 +115,10 @@ func (s *Service) followTopology() {
 		}
 		s.view.update(t)
 		for _, m := range t.Left {
-			s.waiting.left(m.Address())
+			s.waiting.left(m.Address(), func(future *actor.PID) {
+				s.counts.failedOver.Add(1)
+				s.system.Root.Send(future, fail(Code_UNAVAILABLE, "member %s left", m.Address()))
+			})
 		}
 		mu.Lock()
 		defer mu.Unlock()

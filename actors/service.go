@@ -274,9 +274,9 @@ func (s *Service) request(ctx context.Context, identity, kind string, msg proto.
 const attemptTimeout = 3 * time.Second
 
 func (s *Service) attempt(ctx context.Context, identity, kind string, msg proto.Message, timeout time.Duration) (any, error) {
-	gone := s.waiting.add(s.view.owner(identity, kind, s.system.Address()))
+	gone := s.waiting.add(s.view.owner(identity, kind, s.system.Address()), nil)
 	defer s.waiting.remove(gone)
-	if ctx.Done() == nil && gone.ch == nil {
+	if ctx.Done() == nil && gone == nil {
 		// Nothing can cancel the caller (fanout, background work): no need
 		// for a goroutine to watch it.
 		return s.cluster.Request(identity, kind, msg, cluster.WithTimeout(timeout))
@@ -295,7 +295,7 @@ func (s *Service) attempt(ctx context.Context, identity, kind string, msg proto.
 		return r.res, r.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case <-gone.ch:
+	case <-gone.gone():
 		s.counts.failedOver.Add(1)
 		return nil, errOwnerLeft
 	}
@@ -304,13 +304,20 @@ func (s *Service) attempt(ctx context.Context, identity, kind string, msg proto.
 // deliverFuture hands one fanout batch to a user grain and returns the
 // future of its answer (one attempt: a failed batch is retried whole by the
 // conversation, and the user grain drops what it already has).
-func (s *Service) deliverFuture(conv, user string, items []*InboxItem) (actor.Future, error) {
+// done must be called once the future is answered: a future waiting on a
+// member that leaves is answered at once with UNAVAILABLE (waiting).
+func (s *Service) deliverFuture(conv, user string, items []*InboxItem) (fut actor.Future, done func(), err error) {
 	if h := s.cfg.BeforeDeliver; h != nil {
 		if err := h(conv, user); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return s.cluster.RequestFuture(user, kindUser, &Deliver{ConversationId: conv, Items: items}, cluster.WithTimeout(attemptTimeout))
+	fut, err = s.cluster.RequestFuture(user, kindUser, &Deliver{ConversationId: conv, Items: items}, cluster.WithTimeout(attemptTimeout))
+	if err != nil {
+		return nil, nil, err
+	}
+	x := s.waiting.add(s.view.owner(user, kindUser, s.system.Address()), fut.PID())
+	return fut, func() { s.waiting.remove(x) }, nil
 }
 
 func call[T proto.Message](s *Service, ctx context.Context, identity, kind string, msg proto.Message) (T, error) {

@@ -127,18 +127,20 @@ func (h *history) ack(o *op, answer uint64, dup bool) {
 	o.acked, o.answer, o.dup, o.ackedAt = true, answer, dup, time.Now()
 }
 
-// across returns how many operations were begun before at and
-// acknowledged after it, and the longest of them.
-func (h *history) across(at time.Time) (n int, longest time.Duration) {
+// across returns how many operations of the users in who were begun
+// before at and acknowledged after it, and the longest of them.
+func (h *history) across(at time.Time, who func(user string) bool) (n int, longest time.Duration, which *op) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, o := range h.ops {
-		if o.acked && o.began.Before(at) && o.ackedAt.After(at) {
+		if o.acked && o.began.Before(at) && o.ackedAt.After(at) && who(o.user) {
 			n++
-			longest = max(longest, o.ackedAt.Sub(o.began))
+			if d := o.ackedAt.Sub(o.began); d > longest {
+				longest, which = d, o
+			}
 		}
 	}
-	return n, longest
+	return n, longest, which
 }
 
 // pending returns the operations not acknowledged yet, and marks them
