@@ -1,0 +1,122 @@
+//go:build cluster
+
+package actors_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/imsync/imsync/actors"
+	"github.com/imsync/imsync/actors/etcdtest"
+)
+
+// TestClusterEtcdTLSAuth: two members register and find each other
+// through an etcd that serves TLS only, requires client certificates and
+// has authentication enabled, as a user whose role may only read and
+// write the members' keys (the permissions docs/cluster.md grants).
+func TestClusterEtcdTLSAuth(t *testing.T) {
+	s := etcdtest.StartWith(t, etcdtest.Options{ClientCerts: true, RootPassword: "root-secret"})
+	root := s.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, step := range []func() error{
+		func() error { _, err := root.UserAdd(ctx, "imsync", "imsync-secret"); return err },
+		func() error { _, err := root.RoleAdd(ctx, "imsync"); return err },
+		func() error {
+			_, err := root.RoleGrantPermission(ctx, "imsync", actors.EtcdKeyPrefix+"/", clientv3.GetPrefixRangeEnd(actors.EtcdKeyPrefix+"/"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := root.UserGrantRole(ctx, "imsync", "imsync"); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store := newStore(t)
+	member := func() *actors.Service {
+		t.Helper()
+		p, err := actors.EtcdMembersConfig(actors.EtcdConfig{Endpoints: []string{s.Endpoint}, TLS: s.ClientTLS(t),
+			Username: "imsync", Password: "imsync-secret"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return start(t, actors.Config{Store: store, ClusterName: "chat", Provider: p})
+	}
+	a, b := member(), member()
+	eventually(t, "two members", func() bool { return a.Members() == 2 && b.Members() == 2 })
+	r, err := root.Get(ctx, actors.EtcdKeyPrefix+"/chat/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || r.Count != 2 {
+		t.Fatalf("registrations in etcd: %v (%v), want 2", r, err)
+	}
+	if _, err := b.OpenDirect(ctx, "ann", "bob"); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	eventually(t, "a alone", func() bool { return a.Members() == 1 })
+	a.Crash()
+}
+
+// TestClusterEtcdTLSRefused: EtcdMembersConfig fails with an error that
+// names the cause, and registers nothing, when etcd's certificate is not
+// from the CA given, when etcd requires a client certificate and none is
+// given, when the password is wrong, when etcd requires a user and none
+// is given, and when one side speaks TLS and the other does not.
+func TestClusterEtcdTLSRefused(t *testing.T) {
+	secure := etcdtest.StartWith(t, etcdtest.Options{ClientCerts: true, RootPassword: "root-secret"})
+	plain := etcdtest.Start(t)
+	good := secure.ClientTLS(t)
+	otherCA := good.Clone()
+	otherCA.RootCAs = etcdtest.NewCA(t).Pool()
+	noCert := good.Clone()
+	noCert.Certificates = nil
+	for _, tc := range []struct {
+		name string
+		cfg  actors.EtcdConfig
+		want []string
+	}{
+		{"wrong CA", actors.EtcdConfig{Endpoints: []string{secure.Endpoint}, TLS: otherCA, Username: "root", Password: "root-secret"},
+			[]string{"certificate is not trusted", "x509"}},
+		{"no client certificate", actors.EtcdConfig{Endpoints: []string{secure.Endpoint}, TLS: noCert, Username: "root", Password: "root-secret"},
+			[]string{"refused this client's certificate", "certificate required"}},
+		{"wrong password", actors.EtcdConfig{Endpoints: []string{secure.Endpoint}, TLS: good, Username: "root", Password: "wrong"},
+			[]string{`user "root"`, "authentication failed"}},
+		{"no user", actors.EtcdConfig{Endpoints: []string{secure.Endpoint}, TLS: good},
+			[]string{"denied access", "needs a user and password"}},
+		{"plaintext client, TLS etcd", actors.EtcdConfig{Endpoints: []string{secure.Endpoint}},
+			[]string{"etcd serves TLS there, and this client connects in plaintext"}},
+		{"TLS client, plaintext etcd", actors.EtcdConfig{Endpoints: []string{plain}, TLS: good},
+			[]string{"does not speak TLS there"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // most wait out the client's dial timeout
+			p, err := actors.EtcdMembersConfig(tc.cfg)
+			if err == nil {
+				p.Shutdown(false)
+				t.Fatal("EtcdMembersConfig succeeded")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Fatalf("error %q does not say %q", err, w)
+				}
+			}
+			if !strings.Contains(err.Error(), tc.cfg.Endpoints[0]) {
+				t.Fatalf("error %q does not name the endpoint %s", err, tc.cfg.Endpoints[0])
+			}
+			t.Log(err)
+		})
+	}
+	t.Cleanup(func() { // after the subtests: nothing registered
+		for _, c := range []*clientv3.Client{secure.Client(t), etcdtest.Client(t, plain)} {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			r, err := c.Get(ctx, actors.EtcdKeyPrefix+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+			cancel()
+			if err != nil || r.Count != 0 {
+				t.Errorf("etcd holds registrations after the refusals: %v (%v)", r, err)
+			}
+		}
+	})
+}
