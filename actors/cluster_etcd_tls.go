@@ -20,7 +20,7 @@ const etcdProbeTimeout = 2 * time.Second
 
 // etcdRefused is the error of EtcdMembersConfig's first calls to etcd.
 // etcd's own refusals (a wrong password, auth required, no permission)
-// come back as they are, named. A connection that failed shows only as
+// come back named, wrapping etcd's error (rpctypes.ErrAuthFailed, ...). A connection that failed shows only as
 // the client's deadline passing: the etcd client retries it and keeps the
 // cause to itself. The endpoints are then probed for it: TLS on one side
 // only, a certificate one side does not trust.
@@ -31,16 +31,16 @@ func etcdRefused(cfg EtcdConfig, err error) error {
 	if errors.As(err, &refused) {
 		switch {
 		case errors.Is(err, rpctypes.ErrAuthFailed):
-			return fmt.Errorf("etcd %s: user %q: %v", endpoints, cfg.Username, err)
+			return fmt.Errorf("etcd %s: user %q: %w", endpoints, cfg.Username, err)
 		case errors.Is(err, rpctypes.ErrUserEmpty), errors.Is(err, rpctypes.ErrInvalidAuthToken):
-			return fmt.Errorf("etcd %s requires a user and password (its authentication is enabled): %v", endpoints, err)
+			return fmt.Errorf("etcd %s requires a user and password (its authentication is enabled): %w", endpoints, err)
 		case errors.Is(err, rpctypes.ErrPermissionDenied) && cfg.Username == "":
 			return fmt.Errorf("etcd %s denied access (its authentication is enabled): it needs a user and password, "+
-				"or a client certificate whose common name is a user that may read and write %s/: %v", endpoints, EtcdKeyPrefix, err)
+				"or a client certificate whose common name is a user that may read and write %s/: %w", endpoints, EtcdKeyPrefix, err)
 		case errors.Is(err, rpctypes.ErrPermissionDenied):
-			return fmt.Errorf("etcd %s: user %q may not read and write %s/: %v", endpoints, cfg.Username, EtcdKeyPrefix, err)
+			return fmt.Errorf("etcd %s: user %q may not read and write %s/: %w", endpoints, cfg.Username, EtcdKeyPrefix, err)
 		}
-		return fmt.Errorf("etcd %s refused: %v", endpoints, err)
+		return fmt.Errorf("etcd %s refused: %w", endpoints, err)
 	}
 	var causes []string
 	for _, ep := range cfg.Endpoints {

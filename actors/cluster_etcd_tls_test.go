@@ -4,6 +4,7 @@ package actors_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +17,9 @@ import (
 
 // TestClusterEtcdTLSAuth: two members register and find each other
 // through an etcd that serves TLS only, requires client certificates and
-// has authentication enabled, as a user whose role may only read and
-// write the members' keys (the permissions docs/cluster.md grants).
+// has authentication enabled: two as a user with a password whose role
+// may only read and write the members' keys (the permissions
+// docs/cluster.md grants), one as the user its client certificate names.
 func TestClusterEtcdTLSAuth(t *testing.T) {
 	s := etcdtest.StartWith(t, etcdtest.Options{ClientCerts: true, RootPassword: "root-secret"})
 	root := s.Client(t)
@@ -31,31 +33,41 @@ func TestClusterEtcdTLSAuth(t *testing.T) {
 			return err
 		},
 		func() error { _, err := root.UserGrantRole(ctx, "imsync", "imsync"); return err },
+		// The client certificate's common name, a user without a password.
+		func() error {
+			_, err := root.UserAddWithOptions(ctx, "client", "", &clientv3.UserAddOptions{NoPassword: true})
+			return err
+		},
+		func() error { _, err := root.UserGrantRole(ctx, "client", "imsync"); return err },
 	} {
 		if err := step(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	store := newStore(t)
-	member := func() *actors.Service {
+	member := func(user, password string) *actors.Service {
 		t.Helper()
 		p, err := actors.EtcdMembersConfig(actors.EtcdConfig{Endpoints: []string{s.Endpoint}, TLS: s.ClientTLS(t),
-			Username: "imsync", Password: "imsync-secret"})
+			Username: user, Password: password})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return start(t, actors.Config{Store: store, ClusterName: "chat", Provider: p})
 	}
-	a, b := member(), member()
-	eventually(t, "two members", func() bool { return a.Members() == 2 && b.Members() == 2 })
+	a, b := member("imsync", "imsync-secret"), member("imsync", "imsync-secret")
+	c := member("", "") // authenticated by its certificate
+	eventually(t, "three members", func() bool { return a.Members() == 3 && b.Members() == 3 && c.Members() == 3 })
 	r, err := root.Get(ctx, actors.EtcdKeyPrefix+"/chat/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil || r.Count != 2 {
-		t.Fatalf("registrations in etcd: %v (%v), want 2", r, err)
+	if err != nil || r.Count != 3 {
+		t.Fatalf("registrations in etcd: %v (%v), want 3", r, err)
 	}
-	if _, err := b.OpenDirect(ctx, "ann", "bob"); err != nil {
-		t.Fatal(err)
+	for i := range 6 { // grains on every member
+		if _, err := b.OpenDirect(ctx, "ann", fmt.Sprintf("u%d", i)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	b.Close()
+	c.Close()
 	eventually(t, "a alone", func() bool { return a.Members() == 1 })
 	a.Crash()
 }

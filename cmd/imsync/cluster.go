@@ -66,7 +66,7 @@ func (c clusterSettings) apply(acfg *actors.Config, storeURL string) error {
 		}
 		// Checks that etcd answers: nothing is created when it does not.
 		if provider, err = actors.EtcdMembersConfig(ecfg); err != nil {
-			return withStatus(exitUnavailable, "serve: --etcd: %v", err)
+			return withStatus(exitUnavailable, "serve: --etcd: %v%s", err, etcdHint(err))
 		}
 	} else {
 		var peers []string

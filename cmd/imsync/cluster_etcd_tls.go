@@ -4,9 +4,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/imsync/imsync/actors"
 )
@@ -89,6 +92,17 @@ func (a etcdAccess) config(endpoints []string) (actors.EtcdConfig, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// etcdHint names the flags behind etcd's refusal, if any.
+func etcdHint(err error) string {
+	switch {
+	case errors.Is(err, rpctypes.ErrAuthFailed):
+		return " (check --etcd-user and " + etcdPasswordEnv + ")"
+	case errors.Is(err, rpctypes.ErrUserEmpty), errors.Is(err, rpctypes.ErrInvalidAuthToken), errors.Is(err, rpctypes.ErrPermissionDenied):
+		return " (--etcd-user NAME, with the password in " + etcdPasswordEnv + "; docs/cluster.md)"
+	}
+	return ""
 }
 
 func readEtcdFile(flagName, file string) ([]byte, error) {
