@@ -42,14 +42,19 @@ func etcdRefused(cfg EtcdConfig, err error) error {
 		}
 		return fmt.Errorf("etcd %s refused: %w", endpoints, err)
 	}
-	var causes []string
+	var causes, unanswered []string
 	for _, ep := range cfg.Endpoints {
-		if cause := probeEtcd(ep, cfg.TLS); cause != "" {
+		if cause, connected := probeEtcd(ep, cfg.TLS); connected && cause != "" {
 			causes = append(causes, ep+": "+cause)
+		} else if !connected {
+			unanswered = append(unanswered, ep+": "+cause)
 		}
 	}
-	if len(causes) > 0 {
+	switch {
+	case len(causes) > 0:
 		return fmt.Errorf("etcd %s cannot be reached: %s", endpoints, strings.Join(causes, "; "))
+	case len(unanswered) == len(cfg.Endpoints):
+		return fmt.Errorf("etcd %s did not answer within %v: %s", endpoints, etcdDialTimeout, strings.Join(unanswered, "; "))
 	}
 	return fmt.Errorf("etcd %s did not answer within %v: %v", endpoints, etcdDialTimeout, err)
 }
@@ -60,15 +65,21 @@ const http2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + "\x00\x00\x00\x04\x00\
 
 // probeEtcd connects to one etcd endpoint as the client does (over TLS
 // with conf, or in plaintext when conf is nil) and says why etcd cannot
-// be reached there, or "" when it finds nothing wrong.
-func probeEtcd(endpoint string, conf *tls.Config) string {
+// be reached there, or "" when it finds nothing wrong. connected is false
+// when no TCP connection was made (cause says why).
+func probeEtcd(endpoint string, conf *tls.Config) (cause string, connected bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), etcdProbeTimeout)
 	defer cancel()
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", endpoint)
 	if err != nil {
-		return err.Error()
+		return err.Error(), false
 	}
+	return probeTLS(ctx, conn, endpoint, conf), true
+}
+
+// probeTLS is probeEtcd's check of the connection conn to endpoint.
+func probeTLS(ctx context.Context, conn net.Conn, endpoint string, conf *tls.Config) string {
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(etcdProbeTimeout))
 	if conf == nil {
