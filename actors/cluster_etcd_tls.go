@@ -20,10 +20,11 @@ const etcdProbeTimeout = 2 * time.Second
 
 // etcdRefused is the error of EtcdMembersConfig's first calls to etcd.
 // etcd's own refusals (a wrong password, auth required, no permission)
-// come back named, wrapping etcd's error (rpctypes.ErrAuthFailed, ...). A connection that failed shows only as
-// the client's deadline passing: the etcd client retries it and keeps the
-// cause to itself. The endpoints are then probed for it: TLS on one side
-// only, a certificate one side does not trust.
+// come back named, wrapping etcd's error (rpctypes.ErrAuthFailed, ...).
+// A connection that failed shows only as the client's deadline passing:
+// the etcd client retries it and keeps the cause to itself. The endpoints
+// are then probed for it: TLS on one side only, a certificate one side
+// does not trust, nothing listening.
 func etcdRefused(cfg EtcdConfig, err error) error {
 	endpoints := strings.Join(cfg.Endpoints, ",")
 	err = rpctypes.Error(err)
