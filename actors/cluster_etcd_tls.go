@@ -14,6 +14,25 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 )
 
+// Why EtcdMembersConfig could not connect to etcd (errors.Is), besides
+// etcd's own refusals (rpctypes.ErrAuthFailed, ...).
+var (
+	ErrEtcdServesTLS       = errors.New("etcd serves TLS there, and this client connects in plaintext")
+	ErrEtcdServesPlaintext = errors.New("etcd does not speak TLS there (it serves plaintext), and this client connects with TLS")
+	ErrEtcdUntrusted       = errors.New("etcd's certificate is not trusted (verified against the given CA, or the system's roots without one)")
+	ErrEtcdRefusedCert     = errors.New("etcd refused this client's certificate, or the lack of one")
+)
+
+// etcdCauses is the error of a connection that failed at one or more
+// endpoints, each with its cause.
+type etcdCauses struct {
+	msg    string
+	causes []error
+}
+
+func (e *etcdCauses) Error() string   { return e.msg }
+func (e *etcdCauses) Unwrap() []error { return e.causes }
+
 // etcdProbeTimeout bounds each endpoint's probe for the cause of a
 // failed first call (see etcdRefused).
 const etcdProbeTimeout = 2 * time.Second
@@ -43,21 +62,26 @@ func etcdRefused(cfg EtcdConfig, err error) error {
 		}
 		return fmt.Errorf("etcd %s refused: %w", endpoints, err)
 	}
-	var causes, unanswered []string
+	var causes, unanswered []error
+	var refusedAt, unansweredAt []string
 	for _, ep := range cfg.Endpoints {
-		if cause, connected := probeEtcd(ep, cfg.TLS); connected && cause != "" {
-			causes = append(causes, ep+": "+cause)
-		} else if !connected {
-			unanswered = append(unanswered, ep+": "+cause)
+		cause, connected := probeEtcd(ep, cfg.TLS)
+		switch {
+		case !connected:
+			unanswered = append(unanswered, cause)
+			unansweredAt = append(unansweredAt, ep+": "+cause.Error())
+		case cause != nil:
+			causes = append(causes, cause)
+			refusedAt = append(refusedAt, ep+": "+cause.Error())
 		}
 	}
 	switch {
 	case len(causes) > 0:
-		return fmt.Errorf("etcd %s cannot be reached: %s", endpoints, strings.Join(causes, "; "))
+		return &etcdCauses{msg: fmt.Sprintf("etcd %s cannot be reached: %s", endpoints, strings.Join(refusedAt, "; ")), causes: causes}
 	case len(unanswered) == len(cfg.Endpoints):
-		return fmt.Errorf("etcd %s did not answer within %v: %s", endpoints, etcdDialTimeout, strings.Join(unanswered, "; "))
+		return &etcdCauses{msg: fmt.Sprintf("etcd %s did not answer within %v: %s", endpoints, etcdDialTimeout, strings.Join(unansweredAt, "; ")), causes: unanswered}
 	}
-	return fmt.Errorf("etcd %s did not answer within %v: %v", endpoints, etcdDialTimeout, err)
+	return fmt.Errorf("etcd %s did not answer within %v: %w", endpoints, etcdDialTimeout, err)
 }
 
 // http2Preface opens an HTTP/2 connection (etcd's gRPC): the client's
@@ -66,21 +90,21 @@ const http2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + "\x00\x00\x00\x04\x00\
 
 // probeEtcd connects to one etcd endpoint as the client does (over TLS
 // with conf, or in plaintext when conf is nil) and says why etcd cannot
-// be reached there, or "" when it finds nothing wrong. connected is false
+// be reached there, or nil when it finds nothing wrong. connected is false
 // when no TCP connection was made (cause says why).
-func probeEtcd(endpoint string, conf *tls.Config) (cause string, connected bool) {
+func probeEtcd(endpoint string, conf *tls.Config) (cause error, connected bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), etcdProbeTimeout)
 	defer cancel()
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", endpoint)
 	if err != nil {
-		return err.Error(), false
+		return err, false
 	}
 	return probeTLS(ctx, conn, endpoint, conf), true
 }
 
 // probeTLS is probeEtcd's check of the connection conn to endpoint.
-func probeTLS(ctx context.Context, conn net.Conn, endpoint string, conf *tls.Config) string {
+func probeTLS(ctx context.Context, conn net.Conn, endpoint string, conf *tls.Config) error {
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(etcdProbeTimeout))
 	if conf == nil {
@@ -88,9 +112,9 @@ func probeTLS(ctx context.Context, conn net.Conn, endpoint string, conf *tls.Con
 		// handshake: its certificate is not checked.
 		tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
 		if err := tc.HandshakeContext(ctx); err == nil || isRemoteAlert(err) {
-			return "etcd serves TLS there, and this client connects in plaintext: give the CA of etcd's certificate"
+			return ErrEtcdServesTLS
 		}
-		return ""
+		return nil
 	}
 	c := conf.Clone()
 	if c.ServerName == "" {
@@ -106,24 +130,24 @@ func probeTLS(ctx context.Context, conn net.Conn, endpoint string, conf *tls.Con
 		var invalid x509.CertificateInvalidError
 		switch {
 		case errors.As(err, &header), errors.Is(err, io.EOF) && speaksPlaintext(endpoint):
-			return "etcd does not speak TLS there (it serves plaintext), and this client connects with TLS"
+			return ErrEtcdServesPlaintext
 		case errors.As(err, &verify), errors.As(err, &unknown), errors.As(err, &host), errors.As(err, &invalid):
-			return fmt.Sprintf("etcd's certificate is not trusted (verified against the given CA, or the system's roots without one): %v", err)
+			return fmt.Errorf("%w: %v", ErrEtcdUntrusted, err)
 		case isRemoteAlert(err):
-			return fmt.Sprintf("etcd refused this client's certificate, or the lack of one: %v", err)
+			return fmt.Errorf("%w: %v", ErrEtcdRefusedCert, err)
 		}
-		return fmt.Sprintf("TLS handshake: %v", err)
+		return fmt.Errorf("TLS handshake: %w", err)
 	}
 	// With TLS 1.3 etcd checks the client's certificate after the
 	// client's side of the handshake ended: its verdict comes with its
 	// first answer.
 	if _, err := tc.Write([]byte(http2Preface)); err != nil {
-		return fmt.Sprintf("after the TLS handshake: %v", err)
+		return fmt.Errorf("after the TLS handshake: %w", err)
 	}
 	if _, err := tc.Read(make([]byte, 1)); err != nil && isRemoteAlert(err) {
-		return fmt.Sprintf("etcd refused this client's certificate, or the lack of one (does it require a client certificate?): %v", err)
+		return fmt.Errorf("%w: %v", ErrEtcdRefusedCert, err)
 	}
-	return ""
+	return nil
 }
 
 // speaksPlaintext reports whether etcd at endpoint answers an HTTP/2

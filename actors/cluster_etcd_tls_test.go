@@ -4,11 +4,13 @@ package actors_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/imsync/imsync/actors"
@@ -89,19 +91,20 @@ func TestClusterEtcdTLSRefused(t *testing.T) {
 		name string
 		cfg  actors.EtcdConfig
 		want []string
+		is   error
 	}{
 		{"wrong CA", actors.EtcdConfig{Endpoints: []string{secure.Endpoint}, TLS: otherCA, Username: "root", Password: "root-secret"},
-			[]string{"certificate is not trusted", "x509"}},
+			[]string{"certificate is not trusted", "x509"}, actors.ErrEtcdUntrusted},
 		{"no client certificate", actors.EtcdConfig{Endpoints: []string{secure.Endpoint}, TLS: noCert, Username: "root", Password: "root-secret"},
-			[]string{"refused this client's certificate", "certificate required"}},
+			[]string{"refused this client's certificate", "certificate required"}, actors.ErrEtcdRefusedCert},
 		{"wrong password", actors.EtcdConfig{Endpoints: []string{secure.Endpoint}, TLS: good, Username: "root", Password: "wrong"},
-			[]string{`user "root"`, "authentication failed"}},
+			[]string{`user "root"`, "authentication failed"}, rpctypes.ErrAuthFailed},
 		{"no user", actors.EtcdConfig{Endpoints: []string{secure.Endpoint}, TLS: good},
-			[]string{"denied access", "needs a user and password"}},
+			[]string{"denied access", "needs a user and password"}, rpctypes.ErrPermissionDenied},
 		{"plaintext client, TLS etcd", actors.EtcdConfig{Endpoints: []string{secure.Endpoint}},
-			[]string{"etcd serves TLS there, and this client connects in plaintext"}},
+			[]string{"etcd serves TLS there, and this client connects in plaintext"}, actors.ErrEtcdServesTLS},
 		{"TLS client, plaintext etcd", actors.EtcdConfig{Endpoints: []string{plain}, TLS: good},
-			[]string{"does not speak TLS there"}},
+			[]string{"does not speak TLS there"}, actors.ErrEtcdServesPlaintext},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel() // most wait out the client's dial timeout
@@ -114,6 +117,9 @@ func TestClusterEtcdTLSRefused(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Fatalf("error %q does not say %q", err, w)
 				}
+			}
+			if !errors.Is(err, tc.is) {
+				t.Fatalf("error %q is not %v", err, tc.is)
 			}
 			if !strings.Contains(err.Error(), tc.cfg.Endpoints[0]) {
 				t.Fatalf("error %q does not name the endpoint %s", err, tc.cfg.Endpoints[0])

@@ -101,6 +101,14 @@ func etcdHint(err error) string {
 		return " (check --etcd-user and " + etcdPasswordEnv + ")"
 	case errors.Is(err, rpctypes.ErrUserEmpty), errors.Is(err, rpctypes.ErrInvalidAuthToken), errors.Is(err, rpctypes.ErrPermissionDenied):
 		return " (--etcd-user NAME, with the password in " + etcdPasswordEnv + "; docs/cluster.md)"
+	case errors.Is(err, actors.ErrEtcdServesTLS):
+		return " (give --etcd-cacert FILE, the CA of etcd's certificate)"
+	case errors.Is(err, actors.ErrEtcdServesPlaintext):
+		return " (drop --etcd-cacert, --etcd-cert and --etcd-key, or serve etcd with TLS)"
+	case errors.Is(err, actors.ErrEtcdUntrusted):
+		return " (--etcd-cacert must hold the CA that signed etcd's certificate, and that certificate must name the host of --etcd)"
+	case errors.Is(err, actors.ErrEtcdRefusedCert):
+		return " (--etcd-cert and --etcd-key: a client certificate signed by a CA that etcd trusts, its --trusted-ca-file)"
 	}
 	return ""
 }

@@ -20,24 +20,38 @@ import (
 
 // TestClusterEtcdTLSNodeJoins: against an etcd that serves TLS only,
 // requires client certificates and has authentication enabled, serve
-// with a wrong IMSYNC_ETCD_PASSWORD stops at start with status 5 and an
-// error naming the failed authentication, creating nothing; with the
-// right one a node registers, counts itself a member and delivers a
-// message.
+// with a wrong IMSYNC_ETCD_PASSWORD, or without the TLS flags, stops at
+// start with status 5 and an error naming the cause and the flags,
+// creating nothing; with the right ones a node registers, counts itself
+// a member and delivers a message.
 func TestClusterEtcdTLSNodeJoins(t *testing.T) {
 	began := time.Now()
 	s := etcdtest.StartWith(t, etcdtest.Options{ClientCerts: true, RootPassword: "root-secret"})
 	etcdFlags := []string{"--etcd-cacert", s.CAFile, "--etcd-cert", s.CertFile, "--etcd-key", s.KeyFile, "--etcd-user", "root"}
 
-	t.Setenv(etcdPasswordEnv, "wrong")
-	data := filepath.Join(t.TempDir(), "data")
-	err := run(context.Background(), append([]string{"serve", "--data", data, "--listen", "127.0.0.1:0",
-		"--store", "esdb://127.0.0.1:1?tls=false", "--cluster", "chat", "--advertise", "127.0.0.1:8101", "--etcd", s.Endpoint}, etcdFlags...), io.Discard)
-	if exitCode(err) != exitUnavailable || !strings.Contains(err.Error(), "authentication failed") || !strings.Contains(err.Error(), `user "root"`) || !strings.Contains(err.Error(), etcdPasswordEnv) {
-		t.Fatalf("serve with a wrong etcd password: %v (exit status %d), want status %d naming the failed authentication", err, exitCode(err), exitUnavailable)
-	}
-	if _, err := os.Stat(data); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("serve created %s (%v)", data, err)
+	for _, tc := range []struct {
+		name, password string
+		flags          []string
+		want           []string
+	}{
+		{"wrong password", "wrong", etcdFlags, []string{"authentication failed", `user "root"`, etcdPasswordEnv}},
+		{"no TLS flags", "root-secret", nil, []string{"etcd serves TLS there", "--etcd-cacert"}},
+	} {
+		t.Setenv(etcdPasswordEnv, tc.password)
+		data := filepath.Join(t.TempDir(), "data")
+		err := run(context.Background(), append([]string{"serve", "--data", data, "--listen", "127.0.0.1:0",
+			"--store", "esdb://127.0.0.1:1?tls=false", "--cluster", "chat", "--advertise", "127.0.0.1:8101", "--etcd", s.Endpoint}, tc.flags...), io.Discard)
+		if exitCode(err) != exitUnavailable {
+			t.Fatalf("%s: serve: %v (exit status %d), want status %d", tc.name, err, exitCode(err), exitUnavailable)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Fatalf("%s: serve: %q does not say %q", tc.name, err, w)
+			}
+		}
+		if _, err := os.Stat(data); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: serve created %s (%v)", tc.name, data, err)
+		}
 	}
 
 	t.Setenv(etcdPasswordEnv, "root-secret") // the node's process inherits it
