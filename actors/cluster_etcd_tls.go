@@ -65,7 +65,7 @@ func etcdRefused(cfg EtcdConfig, err error) error {
 	var causes, unanswered []error
 	var refusedAt, unansweredAt []string
 	for _, ep := range cfg.Endpoints {
-		cause, connected := probeEtcd(ep, cfg.TLS)
+		connected, cause := probeEtcd(ep, cfg.TLS)
 		switch {
 		case !connected:
 			unanswered = append(unanswered, cause)
@@ -92,15 +92,15 @@ const http2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + "\x00\x00\x00\x04\x00\
 // with conf, or in plaintext when conf is nil) and says why etcd cannot
 // be reached there, or nil when it finds nothing wrong. connected is false
 // when no TCP connection was made (cause says why).
-func probeEtcd(endpoint string, conf *tls.Config) (cause error, connected bool) {
+func probeEtcd(endpoint string, conf *tls.Config) (connected bool, cause error) {
 	ctx, cancel := context.WithTimeout(context.Background(), etcdProbeTimeout)
 	defer cancel()
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", endpoint)
 	if err != nil {
-		return err, false
+		return false, err
 	}
-	return probeTLS(ctx, conn, endpoint, conf), true
+	return true, probeTLS(ctx, conn, endpoint, conf)
 }
 
 // probeTLS is probeEtcd's check of the connection conn to endpoint.
