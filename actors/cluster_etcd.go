@@ -2,7 +2,9 @@ package actors
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -95,19 +97,51 @@ func EtcdEndpoints(list string) ([]string, error) {
 //     has); one still there after etcdSameAddressWait is a live member
 //     given the same address, and the new member refuses to start.
 func EtcdMembers(endpoints []string) (cluster.ClusterProvider, error) {
+	return EtcdMembersConfig(EtcdConfig{Endpoints: endpoints})
+}
+
+// EtcdConfig says how to reach etcd: its client endpoints (HOST:PORT),
+// and for an etcd that requires them, TLS and a user.
+type EtcdConfig struct {
+	Endpoints []string
+	// TLS, when set, is the configuration of every connection to etcd:
+	// RootCAs verifies etcd's certificate (nil: the system's roots),
+	// Certificates holds the client certificate when etcd requires one.
+	// Nil: plaintext.
+	TLS *tls.Config
+	// Username and Password authenticate to etcd when its auth is
+	// enabled (both or neither).
+	Username, Password string
+}
+
+// EtcdMembersConfig is EtcdMembers for an etcd reached as cfg says. When
+// etcd refuses the connection (a certificate it does not trust or that
+// this side does not, TLS on one side only, a wrong password), the error
+// names the cause.
+func EtcdMembersConfig(cfg EtcdConfig) (cluster.ClusterProvider, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcd: no endpoint")
+	}
+	if (cfg.Username == "") != (cfg.Password == "") {
+		return nil, errors.New("etcd: a user needs a password (and a password a user)")
+	}
+	endpoints := strings.Join(cfg.Endpoints, ",")
 	client, err := clientv3.New(clientv3.Config{
-		Endpoints:   endpoints,
+		Endpoints:   cfg.Endpoints,
 		DialTimeout: etcdDialTimeout,
+		TLS:         cfg.TLS,
+		Username:    cfg.Username,
+		Password:    cfg.Password,
 		Logger:      zap.NewNop(), // the client's own logs are JSON on stderr; failures surface here or in the provider's logs
 	})
-	if err != nil {
-		return nil, fmt.Errorf("etcd %s: %v", strings.Join(endpoints, ","), err)
+	if err != nil { // with a user, the client authenticates before it returns
+		return nil, etcdRefused(cfg, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), etcdDialTimeout)
 	defer cancel()
 	if _, err := client.Get(ctx, EtcdKeyPrefix+"/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
 		client.Close()
-		return nil, fmt.Errorf("etcd %s did not answer within %v: %v", strings.Join(endpoints, ","), etcdDialTimeout, err)
+		return nil, etcdRefused(cfg, err)
 	}
 	view := &etcdView{kv: client.KV, watcher: client.Watcher}
 	client.KV, client.Watcher = view, view
@@ -116,7 +150,7 @@ func EtcdMembers(endpoints []string) (cluster.ClusterProvider, error) {
 		etcd.WithEtcdClient(client), etcd.WithKeepAliveTTL(EtcdLeaseTTL))
 	if err != nil {
 		client.Close()
-		return nil, err
+		return nil, fmt.Errorf("etcd %s: %v", endpoints, err)
 	}
 	return &etcdMembers{Provider: provider, client: client, view: view}, nil
 }

@@ -12,10 +12,11 @@ import (
 
 // clusterSettings are serve's cluster flags (docs/cluster.md).
 type clusterSettings struct {
-	name      string // --cluster
-	advertise string // --advertise HOST:PORT, this member's remoting address
-	peers     string // --peers HOST:PORT,... the other members' --advertise
-	etcd      string // --etcd HOST:PORT,... etcd's client endpoints, instead of --peers
+	name       string // --cluster
+	advertise  string // --advertise HOST:PORT, this member's remoting address
+	peers      string // --peers HOST:PORT,... the other members' --advertise
+	etcd       string // --etcd HOST:PORT,... etcd's client endpoints, instead of --peers
+	etcdAccess        // --etcd-cacert, --etcd-cert, --etcd-key, --etcd-user (cluster_etcd_tls.go)
 	// --cluster-reset-identity: record this node's secrets as the
 	// cluster's, replacing the record in the store (cluster_identity.go).
 	resetIdentity bool
@@ -27,6 +28,9 @@ var clusterNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 // --cluster the member is alone in this process (the default); with it,
 // the store must be one the members share.
 func (c clusterSettings) apply(acfg *actors.Config, storeURL string) error {
+	if given := c.etcdAccess.flags(); len(given) > 0 && c.etcd == "" {
+		return fmt.Errorf("%w: serve: %s configure the connection to etcd: they need --etcd HOST:PORT,...", errUsage, strings.Join(given, ", "))
+	}
 	if c.name == "" {
 		if c.advertise != "" || c.peers != "" || c.etcd != "" || c.resetIdentity {
 			return fmt.Errorf("%w: serve: --advertise, --peers, --etcd and --cluster-reset-identity need --cluster NAME", errUsage)
@@ -56,9 +60,13 @@ func (c clusterSettings) apply(acfg *actors.Config, storeURL string) error {
 		if err != nil {
 			return fmt.Errorf("%w: serve: --etcd: %v", errUsage, err)
 		}
+		ecfg, err := c.etcdAccess.config(endpoints)
+		if err != nil {
+			return err
+		}
 		// Checks that etcd answers: nothing is created when it does not.
-		if provider, err = actors.EtcdMembers(endpoints); err != nil {
-			return withStatus(exitUnavailable, "serve: --etcd: %v", err)
+		if provider, err = actors.EtcdMembersConfig(ecfg); err != nil {
+			return withStatus(exitUnavailable, "serve: --etcd: %v%s", err, etcdHint(err))
 		}
 	} else {
 		var peers []string

@@ -210,6 +210,20 @@ func startClusterExtra(t *testing.T, extra func(i int) []string) *clusterFixture
 
 func startClusterOf(t *testing.T, etcdEndpoint string, extra func(i int) []string) *clusterFixture {
 	t.Helper()
+	f := newClusterFixture(t, etcdEndpoint, extra)
+	for range 3 {
+		f.addNode()
+	}
+	for i := range f.nodes {
+		f.startNode(i)
+	}
+	return f
+}
+
+// newClusterFixture starts the protocol server and makes the secrets the
+// nodes share; it adds no node.
+func newClusterFixture(t *testing.T, etcdEndpoint string, extra func(i int) []string) *clusterFixture {
+	t.Helper()
 	root := t.TempDir()
 	f := &clusterFixture{t: t, root: root, etcd: etcdEndpoint, extra: extra, storeURL: startProtocolServer(t, filepath.Join(root, "esdb"))}
 	first := filepath.Join(root, "n1")
@@ -228,12 +242,6 @@ func startClusterOf(t *testing.T, etcdEndpoint string, extra func(i int) []strin
 	}
 	if f.pem, err = os.ReadFile(filepath.Join(first, transport.CertFile)); err != nil {
 		t.Fatal(err)
-	}
-	for range 3 {
-		f.addNode()
-	}
-	for i := range f.nodes {
-		f.startNode(i)
 	}
 	return f
 }
