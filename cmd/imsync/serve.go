@@ -260,9 +260,10 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 		return nil, err
 	}
 	if storeURL != "" {
-		// The events live on the remote store: a directory a server has
-		// used (its marker) counts as having its store.
-		dir.store = dir.marker
+		// The events live on the remote store: none can be missing from
+		// the directory (a first cluster node's secrets, just created by
+		// the identity check, are not the sign of a lost store).
+		dir.store = true
 	}
 	if err := dir.check(tcfg.TLS != nil); err != nil {
 		return nil, err
