@@ -22,18 +22,26 @@ import (
 // waits until each sees the others.
 func threeMembers(t *testing.T, passivateAfter time.Duration) []*actors.Service {
 	t.Helper()
-	store := newStore(t)
+	return startMembers(t, 3, actors.Config{ClusterName: "pushes", HeartbeatExpiration: 2 * time.Second, PassivateAfter: passivateAfter})
+}
+
+// startMembers starts n members of one cluster configured as cfg, over
+// cfg's store (a new one if nil), and waits until each sees the others.
+func startMembers(t *testing.T, n int, cfg actors.Config) []*actors.Service {
+	t.Helper()
+	if cfg.Store == nil {
+		cfg.Store = newStore(t)
+	}
 	agent := test.NewInMemAgent()
 	var members []*actors.Service
-	for range 3 {
-		members = append(members, start(t, actors.Config{
-			Store: store, ClusterName: "pushes", HeartbeatExpiration: 2 * time.Second,
-			Provider: test.NewTestProvider(agent), PassivateAfter: passivateAfter,
-		}))
+	for range n {
+		c := cfg
+		c.Provider = test.NewTestProvider(agent)
+		members = append(members, start(t, c))
 	}
-	eventually(t, "three members", func() bool {
+	eventually(t, fmt.Sprintf("%d members", n), func() bool {
 		for _, m := range members {
-			if m.Members() != 3 {
+			if m.Members() != n {
 				return false
 			}
 		}

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/asynkron/protoactor-go/cluster/clusterproviders/test"
-
 	"github.com/imsync/imsync/actors"
 )
 
@@ -26,23 +24,7 @@ func TestClusterGrainsMoveWithoutLoss(t *testing.T) {
 }
 
 func testMemberLoss(t *testing.T, lose func(*actors.Service)) {
-	store := newStore(t)
-	agent := test.NewInMemAgent()
-	var members []*actors.Service
-	for range 3 {
-		members = append(members, start(t, actors.Config{
-			Store: store, ClusterName: "multi", HeartbeatExpiration: 2 * time.Second,
-			Provider: test.NewTestProvider(agent),
-		}))
-	}
-	eventually(t, "three members", func() bool {
-		for _, m := range members {
-			if m.Members() != 3 {
-				return false
-			}
-		}
-		return true
-	})
+	members := startMembers(t, 3, actors.Config{ClusterName: "multi", HeartbeatExpiration: 2 * time.Second})
 	// Members leave and grains move: on a loaded machine that takes longer
 	// than the other tests' 20 s.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -134,8 +116,6 @@ func testMemberLoss(t *testing.T, lose func(*actors.Service)) {
 // the member leaves the topology (it does not wait out its attempt's
 // timeout), and what it wrote is stored once.
 func TestClusterRequestFailsOverWhenItsMemberLeaves(t *testing.T) {
-	store := newStore(t)
-	agent := test.NewInMemAgent()
 	// The first check holds the send on the member that is then killed.
 	release := make(chan struct{})
 	var checked atomic.Int32
@@ -151,21 +131,7 @@ func TestClusterRequestFailsOverWhenItsMemberLeaves(t *testing.T) {
 		}
 		return nil
 	}}
-	var members []*actors.Service
-	for range 3 {
-		members = append(members, start(t, actors.Config{
-			Store: store, ClusterName: "failover", Provider: test.NewTestProvider(agent),
-			Extensions: actors.Extensions{Checks: []actors.Check{hold}},
-		}))
-	}
-	eventually(t, "three members", func() bool {
-		for _, m := range members {
-			if m.Members() != 3 {
-				return false
-			}
-		}
-		return true
-	})
+	members := startMembers(t, 3, actors.Config{ClusterName: "failover", Extensions: actors.Extensions{Checks: []actors.Check{hold}}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	via, doomed := members[0], members[2]

@@ -171,8 +171,6 @@ func (g *userGrain) conversationNotice(ctx actor.Context, m *ConversationNotice)
 		return
 	}
 	for dev := range g.devices {
-		if pid := g.svc.cluster.Get(deviceIdentity(g.id, dev), kindDevice); pid != nil {
-			ctx.Send(pid, &NotifyDevice{UserSeq: g.j.durable, ConversationId: m.ConversationId, ConvSeq: m.Seq})
-		}
+		g.svc.sendGrain(deviceIdentity(g.id, dev), kindDevice, &NotifyDevice{UserSeq: g.j.durable, ConversationId: m.ConversationId, ConvSeq: m.Seq})
 	}
 }

@@ -312,12 +312,46 @@ func (s *Service) deliverFuture(conv, user string, items []*InboxItem) (fut acto
 			return nil, nil, err
 		}
 	}
-	fut, err = s.cluster.RequestFuture(user, kindUser, &Deliver{ConversationId: conv, Items: items}, cluster.WithTimeout(attemptTimeout))
-	if err != nil {
-		return nil, nil, err
-	}
+	fut = s.requestGrainFuture(user, kindUser, &Deliver{ConversationId: conv, Items: items}, attemptTimeout)
 	x := s.waiting.add(s.view.owner(user, kindUser, s.system.Address()), fut.PID())
 	return fut, func() { s.waiting.remove(x) }, nil
+}
+
+// Finding a grain's PID that this member has not cached means asking its
+// owner's placement actor, and waiting up to a request timeout when that
+// member just died: a grain must not wait like that on its own goroutine
+// (its other callers would time out behind it). requestGrainFuture and
+// sendGrain find the PID on another goroutine when it is not cached.
+
+// requestGrainFuture asks a grain and returns the future of its answer
+// (UNAVAILABLE when the grain cannot be reached), without blocking.
+func (s *Service) requestGrainFuture(identity, kind string, msg proto.Message, timeout time.Duration) actor.Future {
+	if pid, ok := s.cluster.PidCache.Get(identity, kind); ok {
+		return s.system.Root.RequestFuture(pid, msg, timeout)
+	}
+	fut := actor.NewFuture(s.system, timeout)
+	go func() {
+		res, err := s.cluster.Request(identity, kind, msg, cluster.WithTimeout(timeout))
+		if err != nil {
+			res = fail(Code_UNAVAILABLE, "%s %s: %v", kind, identity, err)
+		}
+		s.system.Root.Send(fut.PID(), res)
+	}()
+	return fut
+}
+
+// sendGrain sends msg to a grain without blocking.
+func (s *Service) sendGrain(identity, kind string, msg proto.Message) {
+	if pid, ok := s.cluster.PidCache.Get(identity, kind); ok {
+		s.system.Root.Send(pid, msg)
+		return
+	}
+	go func() {
+		if pid := s.cluster.Get(identity, kind); pid != nil {
+			s.cluster.PidCache.Set(identity, kind, pid)
+			s.system.Root.Send(pid, msg)
+		}
+	}()
 }
 
 func call[T proto.Message](s *Service, ctx context.Context, identity, kind string, msg proto.Message) (T, error) {

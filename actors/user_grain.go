@@ -340,10 +340,7 @@ func (g *userGrain) commit(ctx actor.Context, msgs []proto.Message, reply proto.
 
 func (g *userGrain) notifyDevices(ctx actor.Context, userSeq uint64, newest *eventspb.SyncEntry) {
 	for dev := range g.devices {
-		pid := g.svc.cluster.Get(deviceIdentity(g.id, dev), kindDevice)
-		if pid != nil {
-			ctx.Send(pid, &NotifyDevice{UserSeq: userSeq, Entry: newest})
-		}
+		g.svc.sendGrain(deviceIdentity(g.id, dev), kindDevice, &NotifyDevice{UserSeq: userSeq, Entry: newest})
 	}
 }
 
