@@ -29,7 +29,11 @@ var clusterNameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 // the store must be one the members share.
 func (c clusterSettings) apply(acfg *actors.Config, storeURL string) error {
 	if given := c.etcdAccess.flags(); len(given) > 0 && c.etcd == "" {
-		return fmt.Errorf("%w: serve: %s configure the connection to etcd: they need --etcd HOST:PORT,...", errUsage, strings.Join(given, ", "))
+		verb, pron := "configure", "they need"
+		if len(given) == 1 {
+			verb, pron = "configures", "it needs"
+		}
+		return fmt.Errorf("%w: serve: %s %s the connection to etcd: %s --etcd HOST:PORT,...", errUsage, strings.Join(given, ", "), verb, pron)
 	}
 	if c.name == "" {
 		if c.advertise != "" || c.peers != "" || c.etcd != "" || c.resetIdentity {

@@ -50,10 +50,10 @@ func TestServeEtcdTLSFlagsRefused(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{"cacert without etcd", with(cluster, "--etcd-cacert", crt(certA)), []string{"--etcd-cacert", "need --etcd"}},
-		{"cert and key without etcd", with(cluster, "--etcd-cert", crt(certA), "--etcd-key", key(certA)), []string{"--etcd-cert, --etcd-key", "need --etcd"}},
-		{"user without etcd", with(cluster, "--etcd-user", "imsync"), []string{"--etcd-user", "need --etcd"}},
-		{"cacert without cluster", []string{"--store", store, "--etcd-cacert", crt(certA)}, []string{"--etcd-cacert", "need --etcd"}},
+		{"cacert without etcd", with(cluster, "--etcd-cacert", crt(certA)), []string{"--etcd-cacert", "it needs --etcd"}},
+		{"cert and key without etcd", with(cluster, "--etcd-cert", crt(certA), "--etcd-key", key(certA)), []string{"--etcd-cert, --etcd-key", "they need --etcd"}},
+		{"user without etcd", with(cluster, "--etcd-user", "imsync"), []string{"--etcd-user", "it needs --etcd"}},
+		{"cacert without cluster", []string{"--store", store, "--etcd-cacert", crt(certA)}, []string{"--etcd-cacert", "it needs --etcd"}},
 		{"cacert missing", with(withEtcd, "--etcd-cacert", missing), []string{"--etcd-cacert", "no such file"}},
 		{"cacert unreadable", with(withEtcd, "--etcd-cacert", dir), []string{"--etcd-cacert", "is a directory"}},
 		{"cacert not PEM", with(withEtcd, "--etcd-cacert", garbage), []string{"--etcd-cacert", "no PEM certificate"}},
