@@ -435,8 +435,30 @@ func (v *etcdView) follow(ctx context.Context, out chan<- clientv3.WatchResponse
 			opts = append(opts, clientv3.WithRev(next))
 		}
 		wctx, cancel := context.WithCancel(ctx)
-		compacted := false
-		for resp := range v.watcher.Watch(clientv3.WithRequireLeader(wctx), prefix, opts...) {
+		compacted, relisted := false, false
+		watch := v.watcher.Watch(clientv3.WithRequireLeader(wctx), prefix, opts...)
+		recheck := time.NewTicker(etcdRecheck)
+	watching:
+		for {
+			var resp clientv3.WatchResponse
+			select {
+			case r, ok := <-watch:
+				if !ok {
+					break watching
+				}
+				resp = r
+			case <-recheck.C:
+				// A watch can stall without an error (after an etcd restart
+				// its stream may keep presenting a login token etcd forgot):
+				// list the members with a plain call, which logs in again.
+				if r, ok := v.relist(ctx, true); ok {
+					resp, relisted = r, true
+					break
+				}
+				continue
+			case <-ctx.Done():
+				break watching
+			}
 			if resp.CompactRevision != 0 {
 				compacted = true
 				break
@@ -448,17 +470,27 @@ func (v *etcdView) follow(ctx context.Context, out chan<- clientv3.WatchResponse
 			if len(resp.Events) == 0 {
 				continue
 			}
-			v.seen(resp.Events)
+			if !relisted {
+				v.seen(resp.Events)
+			}
 			select {
 			case out <- resp:
 			case <-ctx.Done():
+				recheck.Stop()
 				cancel()
 				return
 			}
+			if relisted {
+				break // the watch was behind: watch again from the listing
+			}
 		}
+		recheck.Stop()
 		cancel()
+		if relisted {
+			continue
+		}
 		if compacted {
-			if resp, ok := v.relist(ctx); ok {
+			if resp, ok := v.relist(ctx, false); ok {
 				select {
 				case out <- resp:
 				case <-ctx.Done():
@@ -475,6 +507,10 @@ func (v *etcdView) follow(ctx context.Context, out chan<- clientv3.WatchResponse
 	}
 }
 
+// etcdRecheck: how often a member lists the members with a plain call
+// besides its watch (a stalled watch is noticed within this).
+const etcdRecheck = 2 * time.Second
+
 // loseOnce closes lost (v.mu held).
 func (v *etcdView) loseOnce() {
 	if v.lost == nil {
@@ -484,6 +520,15 @@ func (v *etcdView) loseOnce() {
 	case <-v.lost:
 	default:
 		close(v.lost)
+	}
+}
+
+func isClosedChan(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -516,7 +561,7 @@ func (v *etcdView) noteSelf(kv *mvccpb.KeyValue) {
 
 // expired closes lost unless this member deregisters (v.mu held).
 func (v *etcdView) expired() {
-	if v.leaving {
+	if v.leaving || v.lost != nil && isClosedChan(v.lost) {
 		return
 	}
 	if v.log != nil {
@@ -549,8 +594,10 @@ func (v *etcdView) seen(evs []*clientv3.Event) {
 }
 
 // relist reads the members again after a compaction and returns the
-// difference from what the provider knows, as events.
-func (v *etcdView) relist(ctx context.Context) (clientv3.WatchResponse, bool) {
+// difference from what the provider knows, as events (every member's
+// registration again, and the deletions); with onlyNew, only the members
+// it does not know and the deletions.
+func (v *etcdView) relist(ctx context.Context, onlyNew bool) (clientv3.WatchResponse, bool) {
 	v.mu.Lock()
 	prefix := v.key + "/"
 	v.mu.Unlock()
@@ -568,7 +615,10 @@ func (v *etcdView) relist(ctx context.Context) (clientv3.WatchResponse, bool) {
 	selfExpired := v.created != 0 // unless its first registration is still there
 	for _, kv := range resp.Kvs {
 		now[string(kv.Key)] = true
-		evs = append(evs, &clientv3.Event{Type: clientv3.EventTypePut, Kv: kv})
+		v.noteSelf(kv) // (the first time, if the watch never showed it)
+		if !onlyNew || !v.members[string(kv.Key)] {
+			evs = append(evs, &clientv3.Event{Type: clientv3.EventTypePut, Kv: kv})
+		}
 		if string(kv.Key) == v.self && kv.CreateRevision == v.created {
 			selfExpired = false
 		}
@@ -584,6 +634,9 @@ func (v *etcdView) relist(ctx context.Context) (clientv3.WatchResponse, bool) {
 			evs = append(evs, &clientv3.Event{Type: clientv3.EventTypeDelete,
 				Kv: &mvccpb.KeyValue{Key: []byte(key), ModRevision: resp.Header.Revision}})
 		}
+	}
+	if onlyNew && len(evs) == 0 {
+		return clientv3.WatchResponse{}, false // nothing new: the watch goes on from where it is
 	}
 	v.members, v.next = now, resp.Header.Revision+1
 	if len(evs) == 0 {

@@ -10,11 +10,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// TestEtcdViewSaysWhenItsRegistrationExpired: the deletion of this
+// TestClusterEtcdViewSaysWhenItsRegistrationExpired: the deletion of this
 // member's own key while it runs (its lease expired: the others dropped
 // it) is logged as an error naming the fix; another member's, or its own
 // when it leaves, is not.
-func TestEtcdViewSaysWhenItsRegistrationExpired(t *testing.T) {
+func TestClusterEtcdViewSaysWhenItsRegistrationExpired(t *testing.T) {
 	var log bytes.Buffer
 	v := &etcdView{members: map[string]bool{}}
 	v.start("chat", "me", slog.New(slog.NewTextHandler(&log, nil)))

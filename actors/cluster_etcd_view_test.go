@@ -174,10 +174,10 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
-// TestEtcdViewRelistLosesOwnExpiry: this member's registration expired
+// TestClusterEtcdViewRelistLosesOwnExpiry: this member's registration expired
 // while it could not watch and etcd compacted past the deletion: the
 // relisting finds its key gone and closes Lost (the others dropped it).
-func TestEtcdViewRelistLosesOwnExpiry(t *testing.T) {
+func TestClusterEtcdViewRelistLosesOwnExpiry(t *testing.T) {
 	got, lost := relistAfter(t, false, func(ctx context.Context, c *clientv3.Client) {
 		if _, err := c.Delete(ctx, "/imsync/chat/chat@self"); err != nil {
 			t.Fatal(err)
@@ -191,10 +191,10 @@ func TestEtcdViewRelistLosesOwnExpiry(t *testing.T) {
 	}
 }
 
-// TestEtcdViewRelistLosesOwnReregistration: the provider's keep-alive
+// TestClusterEtcdViewRelistLosesOwnReregistration: the provider's keep-alive
 // registered this member again under a new lease after the first expired;
 // the relisting sees the key with a newer CreateRevision: lost all the same.
-func TestEtcdViewRelistLosesOwnReregistration(t *testing.T) {
+func TestClusterEtcdViewRelistLosesOwnReregistration(t *testing.T) {
 	_, lost := relistAfter(t, false, func(ctx context.Context, c *clientv3.Client) {
 		if _, err := c.Delete(ctx, "/imsync/chat/chat@self"); err != nil {
 			t.Fatal(err)
@@ -208,10 +208,10 @@ func TestEtcdViewRelistLosesOwnReregistration(t *testing.T) {
 	}
 }
 
-// TestEtcdViewRelistKeepsLiveOrLeavingMember: a relisting that finds this
+// TestClusterEtcdViewRelistKeepsLiveOrLeavingMember: a relisting that finds this
 // member's first registration (its value refreshed), or that runs while
 // it deregisters, does not close Lost.
-func TestEtcdViewRelistKeepsLiveOrLeavingMember(t *testing.T) {
+func TestClusterEtcdViewRelistKeepsLiveOrLeavingMember(t *testing.T) {
 	_, lost := relistAfter(t, false, func(ctx context.Context, c *clientv3.Client) {
 		if _, err := c.Put(ctx, "/imsync/chat/chat@self", `{"refreshed":true}`); err != nil {
 			t.Fatal(err)
@@ -230,12 +230,12 @@ func TestEtcdViewRelistKeepsLiveOrLeavingMember(t *testing.T) {
 	}
 }
 
-// TestEtcdViewBoundsCallsWhenEtcdDown: the provider calls etcd without a
+// TestClusterEtcdViewBoundsCallsWhenEtcdDown: the provider calls etcd without a
 // deadline (its deregistration at shutdown, its registration and listing
 // at start); etcd's client would wait for a connection for ever, so with
 // etcd unreachable every such call through the view returns an error
 // within etcdDialTimeout instead.
-func TestEtcdViewBoundsCallsWhenEtcdDown(t *testing.T) {
+func TestClusterEtcdViewBoundsCallsWhenEtcdDown(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -275,10 +275,10 @@ func TestEtcdViewBoundsCallsWhenEtcdDown(t *testing.T) {
 	}
 }
 
-// TestEtcdViewStopEndsTheWatch: the provider's watch context is never
+// TestClusterEtcdViewStopEndsTheWatch: the provider's watch context is never
 // cancelled when its deregistration fails; stop ends the view's watch
 // (and its retries against a closed client) all the same.
-func TestEtcdViewStopEndsTheWatch(t *testing.T) {
+func TestClusterEtcdViewStopEndsTheWatch(t *testing.T) {
 	v, c := newTestView(t)
 	if _, err := v.Get(context.Background(), "/imsync/chat", clientv3.WithPrefix()); err != nil {
 		t.Fatal(err)
@@ -296,5 +296,58 @@ func TestEtcdViewStopEndsTheWatch(t *testing.T) {
 		case <-deadline:
 			t.Fatal("the watch still runs 10 s after stop")
 		}
+	}
+}
+
+// stalledWatcher delivers nothing until its watch is cancelled, as a watch
+// stream that keeps presenting a login token etcd forgot across a restart.
+type stalledWatcher struct{ clientv3.Watcher }
+
+func (stalledWatcher) Watch(ctx context.Context, _ string, _ ...clientv3.OpOption) clientv3.WatchChan {
+	ch := make(chan clientv3.WatchResponse)
+	go func() { <-ctx.Done(); close(ch) }()
+	return ch
+}
+
+// TestClusterEtcdViewNoticesWithoutItsWatch: with its watch stalled, the
+// view still learns of a member that joined and one that left, and that
+// this member's own registration expired, from its periodic listing.
+func TestClusterEtcdViewNoticesWithoutItsWatch(t *testing.T) {
+	c := etcdtest.Client(t, etcdtest.Start(t))
+	v := &etcdView{kv: c.KV, watcher: stalledWatcher{c.Watcher}}
+	v.start("chat", "self", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, k := range []string{"/imsync/chat/chat@self", "/imsync/chat/chat@b"} {
+		if _, err := c.Put(ctx, k, `{}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := v.Get(ctx, "/imsync/chat", clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	lost := v.lostChan()
+	watch := v.Watch(ctx, "/imsync/chat", clientv3.WithPrefix())
+	if _, err := c.Put(ctx, "/imsync/chat/chat@c", `{}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Delete(ctx, "/imsync/chat/chat@b"); err != nil {
+		t.Fatal(err)
+	}
+	got := changes(nextChange(t, watch))
+	if len(got) != 2 || got["/imsync/chat/chat@c"] != "PUT" || got["/imsync/chat/chat@b"] != "DELETE" {
+		t.Fatalf("listed %v, want chat@c joined and chat@b gone", got)
+	}
+	if isClosed(lost) {
+		t.Fatal("own registration still there, but Lost closed")
+	}
+	if _, err := c.Delete(ctx, "/imsync/chat/chat@self"); err != nil {
+		t.Fatal(err)
+	}
+	if got := changes(nextChange(t, watch)); got["/imsync/chat/chat@self"] != "DELETE" {
+		t.Fatalf("listed %v, want chat@self gone", got)
+	}
+	if !isClosed(lost) {
+		t.Fatal("own registration gone, but Lost is open")
 	}
 }
