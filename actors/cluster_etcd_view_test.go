@@ -103,14 +103,7 @@ func TestClusterEtcdViewRelistsAfterCompaction(t *testing.T) {
 	v, c := newTestView(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	for _, k := range []string{"/imsync/chat/chat@a", "/imsync/chat/chat@b"} {
-		if _, err := c.Put(ctx, k, `{}`); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := v.Get(ctx, "/imsync/chat", clientv3.WithPrefix()); err != nil {
-		t.Fatal(err)
-	}
+	registerAndList(t, ctx, c, v, "/imsync/chat/chat@a", "/imsync/chat/chat@b")
 	if _, err := c.Delete(ctx, "/imsync/chat/chat@a"); err != nil {
 		t.Fatal(err)
 	}
@@ -142,14 +135,7 @@ func relistAfter(t *testing.T, leaving bool, change func(ctx context.Context, c 
 	v, c := newTestView(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
-	for _, k := range []string{"/imsync/chat/chat@self", "/imsync/chat/chat@b"} {
-		if _, err := c.Put(ctx, k, `{}`); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := v.Get(ctx, "/imsync/chat", clientv3.WithPrefix()); err != nil {
-		t.Fatal(err)
-	}
+	registerAndList(t, ctx, c, v, "/imsync/chat/chat@self", "/imsync/chat/chat@b")
 	lost := v.lostChan()
 	if leaving {
 		v.leave()
@@ -318,14 +304,7 @@ func TestClusterEtcdViewNoticesWithoutItsWatch(t *testing.T) {
 	v.start("chat", "self", nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for _, k := range []string{"/imsync/chat/chat@self", "/imsync/chat/chat@b"} {
-		if _, err := c.Put(ctx, k, `{}`); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := v.Get(ctx, "/imsync/chat", clientv3.WithPrefix()); err != nil {
-		t.Fatal(err)
-	}
+	registerAndList(t, ctx, c, v, "/imsync/chat/chat@self", "/imsync/chat/chat@b")
 	lost := v.lostChan()
 	watch := v.Watch(ctx, "/imsync/chat", clientv3.WithPrefix())
 	if _, err := c.Put(ctx, "/imsync/chat/chat@c", `{}`); err != nil {
@@ -349,5 +328,19 @@ func TestClusterEtcdViewNoticesWithoutItsWatch(t *testing.T) {
 	}
 	if !isClosed(lost) {
 		t.Fatal("own registration gone, but Lost is open")
+	}
+}
+
+// registerAndList registers keys in etcd, then lets the view list the
+// members (the provider's first listing).
+func registerAndList(t *testing.T, ctx context.Context, c *clientv3.Client, v *etcdView, keys ...string) {
+	t.Helper()
+	for _, k := range keys {
+		if _, err := c.Put(ctx, k, `{}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := v.Get(ctx, "/imsync/chat", clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
 	}
 }
