@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -126,14 +127,15 @@ func EtcdMembersConfig(cfg EtcdConfig) (cluster.ClusterProvider, error) {
 		return nil, errors.New("etcd: a user needs a password (and a password a user)")
 	}
 	endpoints := strings.Join(cfg.Endpoints, ",")
-	client, err := clientv3.New(clientv3.Config{
+	ccfg := clientv3.Config{
 		Endpoints:   cfg.Endpoints,
 		DialTimeout: etcdDialTimeout,
 		TLS:         cfg.TLS,
 		Username:    cfg.Username,
 		Password:    cfg.Password,
 		Logger:      zap.NewNop(), // the client's own logs are JSON on stderr; failures surface here or in the provider's logs
-	})
+	}
+	client, err := clientv3.New(ccfg)
 	if err != nil { // with a user, the client authenticates before it returns
 		return nil, etcdRefused(cfg, err)
 	}
@@ -143,7 +145,13 @@ func EtcdMembersConfig(cfg EtcdConfig) (cluster.ClusterProvider, error) {
 		client.Close()
 		return nil, etcdRefused(cfg, err)
 	}
-	view := &etcdView{kv: client.KV, watcher: client.Watcher}
+	view := &etcdView{kv: client.KV, watcher: client.Watcher, newChecker: func() (clientv3.KV, io.Closer, error) {
+		c, err := clientv3.New(ccfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		return c.KV, c, nil
+	}}
 	client.KV, client.Watcher = view, view
 	client.Lease = boundedLease{client.Lease}
 	provider, err := etcd.NewWithConfig(EtcdKeyPrefix, clientv3.Config{},
@@ -265,6 +273,15 @@ func etcdClusterKey(name string) string { return EtcdKeyPrefix + "/" + name }
 type etcdView struct {
 	kv      clientv3.KV
 	watcher clientv3.Watcher
+	// checker lists the members every etcdRecheck (v.kv until it fails
+	// etcdCheckerFailures times in a row; then a client of its own, made
+	// again by newChecker after as many failures). An etcd client can stay
+	// stuck on a login token etcd forgot in a restart: the others dropped
+	// this member meanwhile, which only a fresh login can show it.
+	newChecker func() (clientv3.KV, io.Closer, error)
+	checker    clientv3.KV
+	checkerC   io.Closer // the checker's own client, if any
+	failures   int
 
 	stopOnce sync.Once
 	done     chan struct{} // closed by stop: the watch ends
@@ -426,6 +443,7 @@ func (v *etcdView) Watch(ctx context.Context, key string, opts ...clientv3.OpOpt
 
 func (v *etcdView) follow(ctx context.Context, out chan<- clientv3.WatchResponse) {
 	defer close(out)
+	defer v.closeChecker()
 	for ctx.Err() == nil {
 		v.mu.Lock()
 		prefix, next := v.key+"/", v.next
@@ -451,7 +469,7 @@ func (v *etcdView) follow(ctx context.Context, out chan<- clientv3.WatchResponse
 				// A watch can stall without an error (after an etcd restart
 				// its stream may keep presenting a login token etcd forgot):
 				// list the members with a plain call, which logs in again.
-				if r, ok := v.relist(ctx, true); ok {
+				if r, ok := v.recheck(ctx); ok {
 					resp, relisted = r, true
 					break
 				}
@@ -593,20 +611,63 @@ func (v *etcdView) seen(evs []*clientv3.Event) {
 	}
 }
 
+// etcdCheckerFailures: failed listings in a row after which the checker
+// gets a fresh client (a fresh login).
+const etcdCheckerFailures = 3
+
+// recheck lists the members with the checker (see etcdView.checker).
+func (v *etcdView) recheck(ctx context.Context) (clientv3.WatchResponse, bool) {
+	kv := v.checker
+	if kv == nil {
+		kv = v.kv
+	}
+	resp, ok, err := v.relistWith(ctx, kv, true)
+	if err == nil {
+		v.failures = 0
+		return resp, ok
+	}
+	if v.failures++; v.failures >= etcdCheckerFailures && v.newChecker != nil {
+		v.failures = 0
+		fresh, closer, err := v.newChecker()
+		if err != nil {
+			v.logger().Warn("etcd: a fresh client for listing the members failed", slog.Any("error", err))
+			return clientv3.WatchResponse{}, false
+		}
+		if v.checkerC != nil {
+			v.checkerC.Close()
+		}
+		v.checker, v.checkerC = fresh, closer
+		v.logger().Info("etcd: listing the members with a fresh client (the previous one kept failing)")
+	}
+	return clientv3.WatchResponse{}, false
+}
+
+// closeChecker closes the checker's own client, if it has one.
+func (v *etcdView) closeChecker() {
+	if v.checkerC != nil {
+		v.checkerC.Close()
+	}
+}
+
 // relist reads the members again after a compaction and returns the
 // difference from what the provider knows, as events (every member's
 // registration again, and the deletions); with onlyNew, only the members
 // it does not know and the deletions.
 func (v *etcdView) relist(ctx context.Context, onlyNew bool) (clientv3.WatchResponse, bool) {
+	resp, ok, _ := v.relistWith(ctx, v.kv, onlyNew)
+	return resp, ok
+}
+
+func (v *etcdView) relistWith(ctx context.Context, kv clientv3.KV, onlyNew bool) (clientv3.WatchResponse, bool, error) {
 	v.mu.Lock()
 	prefix := v.key + "/"
 	v.mu.Unlock()
 	ctx, cancel := bounded(ctx)
 	defer cancel()
-	resp, err := v.kv.Get(ctx, prefix, clientv3.WithPrefix())
+	resp, err := kv.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
 		v.logger().Warn("etcd: listing the members again failed", slog.Any("error", err))
-		return clientv3.WatchResponse{}, false
+		return clientv3.WatchResponse{}, false, err
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -636,11 +697,11 @@ func (v *etcdView) relist(ctx context.Context, onlyNew bool) (clientv3.WatchResp
 		}
 	}
 	if onlyNew && len(evs) == 0 {
-		return clientv3.WatchResponse{}, false // nothing new: the watch goes on from where it is
+		return clientv3.WatchResponse{}, false, nil // nothing new: the watch goes on from where it is
 	}
 	v.members, v.next = now, resp.Header.Revision+1
 	if len(evs) == 0 {
-		return clientv3.WatchResponse{}, false
+		return clientv3.WatchResponse{}, false, nil
 	}
-	return clientv3.WatchResponse{Header: *resp.Header, Events: evs}, true
+	return clientv3.WatchResponse{Header: *resp.Header, Events: evs}, true, nil
 }

@@ -4,7 +4,9 @@ package actors
 
 import (
 	"context"
+	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -342,5 +344,46 @@ func registerAndList(t *testing.T, ctx context.Context, c *clientv3.Client, v *e
 	}
 	if _, err := v.Get(ctx, "/imsync/chat", clientv3.WithPrefix()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// stuckKV fails every call, as a client that keeps presenting a login
+// token etcd forgot in a restart.
+type stuckKV struct{ clientv3.KV }
+
+func (stuckKV) Get(ctx context.Context, _ string, _ ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	return nil, context.DeadlineExceeded
+}
+
+// TestClusterEtcdViewListsWithAFreshClient: when the listing fails again
+// and again (and the watch is stalled), the view lists with a fresh
+// client, and so learns that this member's registration expired.
+func TestClusterEtcdViewListsWithAFreshClient(t *testing.T) {
+	c := etcdtest.Client(t, etcdtest.Start(t))
+	var fresh atomic.Int32
+	v := &etcdView{kv: c.KV, watcher: stalledWatcher{c.Watcher}, newChecker: func() (clientv3.KV, io.Closer, error) {
+		fresh.Add(1)
+		return c.KV, io.NopCloser(nil), nil
+	}}
+	v.start("chat", "self", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	registerAndList(t, ctx, c, v, "/imsync/chat/chat@self", "/imsync/chat/chat@b")
+	lost := v.lostChan()
+	v.kv = stuckKV{c.KV} // the client is stuck from here on
+	watch := v.Watch(ctx, "/imsync/chat", clientv3.WithPrefix())
+	if _, err := c.Delete(ctx, "/imsync/chat/chat@self"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case resp := <-watch:
+		if got := changes(resp); got["/imsync/chat/chat@self"] != "DELETE" {
+			t.Fatalf("listed %v, want chat@self gone", got)
+		}
+	case <-ctx.Done():
+		t.Fatal("the view never listed the members again")
+	}
+	if !isClosed(lost) || fresh.Load() != 1 {
+		t.Fatalf("own registration gone: Lost closed %v, fresh clients %d (want 1)", isClosed(lost), fresh.Load())
 	}
 }
