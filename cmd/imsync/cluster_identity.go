@@ -112,7 +112,7 @@ func checkClusterIdentity(ctx context.Context, store events.Store, c identityChe
 	if err != nil {
 		return err
 	}
-	dir.store = true // the events are in the shared store: none can be missing here
+	dir.remote = true // the events are in the shared store
 	if err := dir.check(c.ownCert); err != nil {
 		return err
 	}

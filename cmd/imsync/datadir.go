@@ -31,6 +31,9 @@ type dataDir struct {
 	store  bool // events/ exists and is not empty
 	key    bool
 	cert   bool // server.crt or server.key
+	// remote: the events are in a remote store (--store), so none can be
+	// missing from the directory, and only the marker says it was served.
+	remote bool
 }
 
 func inspectDataDir(data string) (dataDir, error) {
@@ -50,14 +53,14 @@ func inspectDataDir(data string) (dataDir, error) {
 
 // served says a server has run on this directory: the marker, or (for a
 // directory from a build without it) a store next to a key or certificate.
-func (d dataDir) served() bool { return d.marker || (d.store && (d.key || d.cert)) }
+func (d dataDir) served() bool { return d.marker || (!d.remote && d.store && (d.key || d.cert)) }
 
 // check refuses a directory where starting would silently replace the
 // store, the key or the certificate. ownCert: the certificate comes from
 // --cert/--key, so none is needed in the directory.
 func (d dataDir) check(ownCert bool) error {
 	abs, _ := filepath.Abs(d.path)
-	if !d.store && (d.marker || d.cert) {
+	if !d.remote && !d.store && (d.marker || d.cert) {
 		return fmt.Errorf("%w: %s has been used by a server (it holds %s) but its event store %s is missing or empty; "+
 			"starting would begin with an empty history and hand out seqs again. Restore %s from a backup, "+
 			"pass the --data directory that holds it, or start once with --new-store to begin with an empty store on purpose",

@@ -263,7 +263,7 @@ func startStackWith(data, storeURL, listen string, logger *slog.Logger, tcfg tra
 		// The events live on the remote store: none can be missing from
 		// the directory (a first cluster node's secrets, just created by
 		// the identity check, are not the sign of a lost store).
-		dir.store = true
+		dir.remote = true
 	}
 	if err := dir.check(tcfg.TLS != nil); err != nil {
 		return nil, err
