@@ -125,7 +125,7 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 	case *actor.Stopping:
 		g.idle.stop()
 	case *EnsureFanout:
-		if !g.ensureReady(ctx) || !g.current(ctx, m.Seq > g.state.lastSeq) {
+		if !g.ensureReady(ctx) || !current(ctx, m.Seq > g.state.lastSeq, g.catchUp) {
 			return
 		}
 		if m.Seq > g.fanout.cursor {
@@ -134,12 +134,12 @@ func (g *conversationGrain) Receive(ctx actor.Context) {
 		}
 		ctx.Respond(&Written{Seq: g.fanout.cursor, ConversationId: g.id})
 	case *GetConversation:
-		if !g.ensureReady(ctx) || !g.current(ctx, g.hidden(m.Reader) || m.SeenSeq > g.state.lastSeq) {
+		if !g.ensureReady(ctx) || !current(ctx, g.hidden(m.Reader) || m.SeenSeq > g.state.lastSeq, g.catchUp) {
 			return
 		}
 		ctx.Respond(g.info(m))
 	case *GetHistory:
-		if !g.ensureReady(ctx) || !g.current(ctx, g.hidden(m.Reader)) {
+		if !g.ensureReady(ctx) || !current(ctx, g.hidden(m.Reader), g.catchUp) {
 			return
 		}
 		g.history(ctx, m, ctx.Sender(), false)
@@ -185,21 +185,6 @@ func (g *conversationGrain) reload(ctx actor.Context) error {
 // hidden: the conversation is not there for reader (reads answer NOT_FOUND).
 func (g *conversationGrain) hidden(reader string) bool {
 	return !g.state.exists() || !g.state.isMember(reader)
-}
-
-// current makes sure, when suspect (the state alone would refuse the
-// request, or ends before what the caller knows of), that the state is not
-// behind the stream (catchUp). It answers the request and reports false
-// when the stream cannot say.
-func (g *conversationGrain) current(ctx actor.Context, suspect bool) bool {
-	if !suspect {
-		return true
-	}
-	if _, f := g.catchUp(ctx); f != nil {
-		ctx.Respond(f)
-		return false
-	}
-	return true
 }
 
 // catchUp reloads the state if another activation wrote the stream (see

@@ -188,6 +188,21 @@ func catchUp(svc *Service, j *journal, reload func() error, what string) (reload
 	return true, nil
 }
 
+// current makes sure, when suspect (the state alone would refuse the
+// request, or ends before what the caller knows of), that a grain's state
+// is not behind its stream (catchUp). It answers the request and reports
+// false when the stream cannot say.
+func current(ctx actor.Context, suspect bool, catchUp func(actor.Context) (bool, *Failure)) bool {
+	if !suspect {
+		return true
+	}
+	if _, f := catchUp(ctx); f != nil {
+		ctx.Respond(f)
+		return false
+	}
+	return true
+}
+
 // replay reads a whole stream in order, calling fn with each event's
 // revision count (revision+1) and decoded message.
 func replay(ctx context.Context, store events.Store, stream string, fn func(n uint64, m proto.Message)) (uint64, error) {

@@ -127,14 +127,8 @@ func (g *userGrain) Receive(ctx actor.Context) {
 			g.markRead(ctx, m)
 		}
 	case *GetUserSeq:
-		if !g.ready(ctx) {
+		if !g.ready(ctx) || !current(ctx, m.AtLeast > g.j.durable, g.catchUp) {
 			return
-		}
-		if m.AtLeast > g.j.durable {
-			if _, f := g.catchUp(ctx); f != nil {
-				ctx.Respond(f)
-				return
-			}
 		}
 		ctx.Respond(&Delivered{UserSeq: g.j.durable})
 	case *SyncRequest:
@@ -352,12 +346,9 @@ func (g *userGrain) sync(ctx actor.Context, m *SyncRequest) {
 		ctx.Respond(fail(Code_INVALID, "sync limit must be 1..%d", MaxSyncLimit))
 		return
 	}
-	if max(m.AfterUserSeq, m.AtLeast) > g.j.durable {
-		// The device saw more than this grain knows of.
-		if _, f := g.catchUp(ctx); f != nil {
-			ctx.Respond(f)
-			return
-		}
+	// (The device saw more than this grain knows of: catch up first.)
+	if !current(ctx, max(m.AfterUserSeq, m.AtLeast) > g.j.durable, g.catchUp) {
+		return
 	}
 	newest := g.j.durable
 	if m.AfterUserSeq >= newest {
@@ -402,12 +393,9 @@ func (g *userGrain) list(ctx actor.Context, q *ListConversations) {
 		ctx.Respond(fail(Code_INVALID, "list limit must be 1..%d", MaxListLimit))
 		return
 	}
-	if max(q.ChangedAfter, q.AtLeast) > g.j.durable {
-		// The device saw more than this grain knows of.
-		if _, f := g.catchUp(ctx); f != nil {
-			ctx.Respond(f)
-			return
-		}
+	// (The device saw more than this grain knows of: catch up first.)
+	if !current(ctx, max(q.ChangedAfter, q.AtLeast) > g.j.durable, g.catchUp) {
+		return
 	}
 	lines, userSeq := listLines(g.state, q), g.j.durable
 	var ask []*eventspb.ConversationSummary
